@@ -1,0 +1,137 @@
+"""Renderers for the balancer hosts: plan -> IPVS rules, SNAT/forward rules, sysctls, and the
+stand-in balancers (nftables DNAT, HAProxy) the local lab uses where the kernel has no IPVS.
+
+All pure functions of the plan. The interface facing the VNet is ``eth0`` on Azure, and the lab
+names its link ``eth0`` inside every namespace, so the same files apply in both places.
+"""
+
+from __future__ import annotations
+
+from workloads.plan import Balancer, Plan
+
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "mh")
+HAPROXY_ALGORITHMS = {"rr": "roundrobin", "wrr": "roundrobin", "lc": "leastconn", "wlc": "leastconn", "sh": "source", "mh": "source"}
+
+
+def ipvs_rules(bal: Balancer) -> str:
+    """``ipvsadm-restore`` input, written exactly as ``ipvsadm -Sn`` prints it back."""
+    vs = f"{bal.vip}:{bal.port}"
+    lines = [f"-A -t {vs} -s {bal.scheduler}"]
+    for rs in bal.real_servers:
+        lines.append(f"-a -t {vs} -r {rs.address}:{rs.port} -m -w {rs.weight}")
+    return "\n".join(lines) + "\n"
+
+
+def ipvs_timeouts(bal: Balancer) -> str:
+    """Arguments for ``ipvsadm --set`` (tcp tcpfin udp seconds); not part of the save format."""
+    return f"{bal.timeout_tcp} {bal.timeout_tcpfin} {bal.timeout_udp}\n"
+
+
+def _forward_accepts(bal: Balancer) -> list[tuple[str, str]]:
+    """(broker address, port) pairs whose traffic may cross this director."""
+    return [(rs.address, str(rs.port)) for rs in bal.real_servers]
+
+
+def iptables_rules(bal: Balancer, out_interface: str = "eth0") -> str:
+    """``iptables-restore`` input: the reference's FORWARD policy and the centralized SNAT."""
+    lines = [
+        "*filter",
+        ":INPUT ACCEPT [0:0]",
+        ":FORWARD DROP [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ]
+    for addr, port in _forward_accepts(bal):
+        lines.append(f"-A FORWARD -d {addr}/32 -p tcp -m tcp --dport {port} -j ACCEPT")
+        lines.append(f"-A FORWARD -s {addr}/32 -p tcp -m tcp --sport {port} -j ACCEPT")
+    lines += ["COMMIT", "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]"]
+    for src in bal.snat_sources:
+        lines.append(f"-A POSTROUTING -s {src} -o {out_interface} -j MASQUERADE")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def nft_rules(bal: Balancer, out_interface: str = "eth0") -> str:
+    """The nftables equivalent of :func:`iptables_rules`, in a table of its own."""
+    fwd = []
+    for addr, port in _forward_accepts(bal):
+        fwd.append(f"\t\tip daddr {addr} tcp dport {port} accept")
+        fwd.append(f"\t\tip saddr {addr} tcp sport {port} accept")
+    snat = [f'\t\tip saddr {src} oifname "{out_interface}" masquerade' for src in bal.snat_sources]
+    return "\n".join(
+        [
+            "table ip mqttlab {",
+            "\tchain forward {",
+            "\t\ttype filter hook forward priority filter; policy drop;",
+            "\t\tct state related,established accept",
+            *fwd,
+            "\t}",
+            "\tchain postrouting {",
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+            *snat,
+            "\t}",
+            "}",
+        ]
+    ) + "\n"
+
+
+def sysctl_conf(plan: Plan, host: str) -> str:
+    return "".join(f"{k} = {v}\n" for k, v in plan.sysctls(host).items())
+
+
+def nft_balancer(bal: Balancer) -> str:
+    """Kernel DNAT balancing for kernels without IPVS: weighted round robin with ``numgen``.
+
+    Each real server takes ``weight`` slots of the counter, so wrr weights are honoured; least
+    connection has no nftables equivalent, which the lab reports as a substitution.
+    """
+    slots: list[str] = []
+    for rs in bal.real_servers:
+        slots += [rs.address] * rs.weight
+    mapping = ", ".join(f"{i} : {addr}" for i, addr in enumerate(slots))
+    port = bal.real_servers[0].port
+    dnat = f"ip daddr {bal.vip} tcp dport {bal.port} dnat to numgen inc mod {len(slots)} map {{ {mapping} }} : {port}"
+    brokers = ", ".join(rs.address for rs in bal.real_servers)
+    snat = [f"\t\tip saddr {src} ip daddr {{ {brokers} }} masquerade" for src in bal.snat_sources]
+    return "\n".join(
+        [
+            "table ip mqttlab_lb {",
+            "\tchain prerouting {",
+            "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+            f"\t\t{dnat}",
+            "\t}",
+            "\tchain output {",
+            "\t\ttype nat hook output priority -100; policy accept;",
+            f"\t\t{dnat}",
+            "\t}",
+            "\tchain postrouting {",
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+            *snat,
+            "\t}",
+            "}",
+        ]
+    ) + "\n"
+
+
+def haproxy_cfg(bal: Balancer, maxconn: int = 20000) -> str:
+    """HAProxy in TCP mode; a full proxy, so brokers see the balancer as the client (no SNAT)."""
+    algo = HAPROXY_ALGORITHMS[bal.scheduler]
+    lines = [
+        "global",
+        f"\tmaxconn {maxconn}",
+        "defaults",
+        "\tmode tcp",
+        "\ttimeout connect 5s",
+        f"\ttimeout client {bal.timeout_tcp}s",
+        f"\ttimeout server {bal.timeout_tcp}s",
+        "frontend mqtt",
+        f"\tbind {bal.vip}:{bal.port}",
+        "\tdefault_backend brokers",
+        "backend brokers",
+        f"\tbalance {algo}",
+    ]
+    if bal.scheduler == "mh":
+        lines.append("\thash-type consistent")
+    for rs in bal.real_servers:
+        lines.append(f"\tserver {rs.broker} {rs.address}:{rs.port} weight {rs.weight}")
+    return "\n".join(lines) + "\n"

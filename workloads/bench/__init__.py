@@ -1,0 +1,1 @@
+"""The benchmark: load generator (engine), run directory, emqtt-bench adapter."""

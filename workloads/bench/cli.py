@@ -1,0 +1,146 @@
+"""``mqttlab bench``: run, sub, pub, summary, emqtt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workloads.bench import emqtt
+from workloads.bench.rundir import RunDirError, format_summary, summarize
+from workloads.bench.runner import HostShare, run_host, split_evenly, stop_on_signals
+from workloads.config import ConfigError
+from workloads.scenario import FIELDS, Scenario, scenario_from_mapping
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    """Defaults from the stack file when -s is given, else the reference's; options override."""
+    base: dict[str, Any] = {}
+    if getattr(args, "stack", None):
+        from workloads.cli import project_dir
+        from workloads.config import load_stack
+
+        base = dict(load_stack(args.stack, project_dir(getattr(args, "project_dir", None))).scenario.to_dict())
+        base = {k: base[attr] for k, (attr, _o, _d) in FIELDS.items()}
+    for key in FIELDS:
+        v = getattr(args, f"scenario_{key}", None)
+        if v is not None:
+            base[key] = v
+    return scenario_from_mapping(base, prefix="", names={k: opt for k, (_a, opt, _d) in FIELDS.items()})
+
+
+def _targets(text: str) -> list[str]:
+    out = []
+    for t in text.split(","):
+        host, sep, port = t.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("--target", t, "must be HOST:PORT[,HOST:PORT...]")
+        out.append(f"{host}:{port}")
+    return out
+
+
+def _share(args: argparse.Namespace, sc: Scenario, pubs: bool, subs: bool) -> HostShare:
+    if not 0 <= args.host_index < args.host_count:
+        raise ConfigError("--host-index", args.host_index, f"must be in 0..{args.host_count - 1}")
+    return HostShare(
+        host=args.host,
+        targets=_targets(args.target),
+        publishers=split_evenly(sc.publishers, args.host_count, args.host_index) if pubs else [],
+        subscribers=split_evenly(sc.subscribers, args.host_count, args.host_index) if subs else [],
+    )
+
+
+def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
+    sc = scenario_from_args(args)
+    share = _share(args, sc, pubs, subs)
+    out = Path(args.out)
+    if not pubs and not subs:
+        return 0
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    try:
+        result = run_host(
+            share, sc, out, tag=args.tag, workers=args.workers, progress=not args.quiet,
+            start_at=args.start_at, ready_file=Path(args.ready_file) if args.ready_file else None, stop=stop,
+        )
+    finally:
+        restore()
+    if pubs and subs:
+        summary = summarize(out)
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    else:
+        print(json.dumps(result) if args.json else f"{share.host}: {result['status']} {result['reason']}")
+    return 0 if result["status"] == "complete" else 1
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    try:
+        s = summarize(Path(args.run_dir))
+    except RunDirError as exc:
+        print(f"mqttlab: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def cmd_emqtt(args: argparse.Namespace) -> int:
+    sc = scenario_from_args(args)
+    pubs = split_evenly(sc.publishers, args.host_count, args.host_index)
+    subs = split_evenly(sc.subscribers, args.host_count, args.host_index)
+    msgs = sum(sc.messages_of(p) for p in pubs)
+    cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native)
+    if args.parse_pub or args.parse_sub:
+        pub_text = Path(args.parse_pub).read_text() if args.parse_pub else ""
+        sub_text = Path(args.parse_sub).read_text() if args.parse_sub else ""
+        print(json.dumps(emqtt.summarize(pub_text, sub_text, len(subs), msgs), indent=2))
+        return 0
+    for role, cmd in cmds.items():
+        print(f"{role}: {' '.join(cmd)}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_scenario_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("bench", help="the load generator")
+    bsub = p.add_subparsers(dest="bench", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--target", required=True, help="HOST:PORT[,HOST:PORT...] entry points; clients are spread over them")
+        q.add_argument("-s", "--stack", help="take scenario defaults from Pulumi.<stack>.yaml")
+        q.add_argument("--project-dir")
+        q.add_argument("--host", default="local", help="this client host's name in the run directory")
+        q.add_argument("--host-index", type=int, default=0, help="this host's number among the client hosts")
+        q.add_argument("--host-count", type=int, default=1, help="how many client hosts share the scenario")
+        add_scenario_args(q)
+
+    for name, pubs, subs, text in (
+        ("run", True, True, "subscribers then publishers of this host, then a summary"),
+        ("sub", False, True, "subscribers only, until SIGTERM, the time limit or all expected messages"),
+        ("pub", True, False, "publishers only"),
+    ):
+        q = bsub.add_parser(name, help=text)
+        common(q)
+        q.add_argument("--out", required=True, help="run directory")
+        q.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+        q.add_argument("--tag", type=lambda s: int(s, 0), help="run tag shared by every host of a run (default random)")
+        q.add_argument("--start-at", type=float, help="publishers start at this epoch time (multi-host runs)")
+        q.add_argument("--ready-file", help="written once every client is connected and subscribed")
+        q.add_argument("--json", action="store_true")
+        q.add_argument("--quiet", action="store_true", help="no progress lines")
+        q.set_defaults(func=lambda a, p=pubs, s=subs: _run(a, p, s))
+
+    q = bsub.add_parser("summary", help="summarize a run directory")
+    q.add_argument("run_dir")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_summary)
+
+    q = bsub.add_parser("emqtt", help="emqtt-bench command lines for this scenario, or parse their output")
+    common(q)
+    q.add_argument("--native", action="store_true", help="emqtt_bench on PATH instead of Docker")
+    q.add_argument("--parse-pub", help="emqtt-bench pub console output to summarize")
+    q.add_argument("--parse-sub", help="emqtt-bench sub console output to summarize")
+    q.set_defaults(func=cmd_emqtt)
+

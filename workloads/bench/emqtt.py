@@ -1,0 +1,81 @@
+"""emqtt-bench adapter: the reference's load generator, from the same scenario.
+
+emqtt-bench prints only per-second counters (``<elapsed> <name> total=N rate=X/sec``), so the
+summary built from it is marked ``estimated``: loss is inferred from totals, never per message,
+and it has no latency percentiles.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from workloads.scenario import Scenario
+
+IMAGE = "emqx/emqtt-bench:0.4.25"
+_COUNTER = re.compile(r"^\s*(\d+(?:\.\d+)?)(?:s|ms)?\s+([A-Za-z_]+)\s+total=(\d+)\s+rate=([\d.]+)(?:/sec)?")
+_ERROR = re.compile(r"error|fail|refused|closed|timeout", re.IGNORECASE)
+
+
+def commands(scenario: Scenario, targets: list[str], publishers: int, subscribers: int, messages: int,
+             docker: bool = True, image: str = IMAGE) -> dict[str, list[str]]:
+    """The ``pub`` and ``sub`` command lines for one client host.
+
+    ``messages`` is this host's share of the total: emqtt-bench's ``-L`` is one global count for
+    all publishers of the process (the reference's launcher wrongly called it per publisher).
+    """
+    hosts = ",".join(t.rsplit(":", 1)[0] for t in targets)
+    port = targets[0].rsplit(":", 1)[1]
+    version = "5" if scenario.mqtt_version == "5" else "4"
+    prefix = ["docker", "run", "--rm", "--network", "host", image] if docker else ["emqtt_bench"]
+    common = ["-h", hosts, "-p", port, "-V", version, "-q", str(scenario.qos), "-R", str(scenario.connect_rate)]
+    out: dict[str, list[str]] = {}
+    if subscribers:
+        out["sub"] = [*prefix, "sub", *common, "-c", str(subscribers), "-t", scenario.topic]
+    if publishers:
+        out["pub"] = [*prefix, "pub", *common, "-c", str(publishers), "-I", str(scenario.interval_ms), "-L", str(messages),
+                      "-t", scenario.topic, "-s", str(scenario.payload_bytes)]
+    return out
+
+
+def parse_output(text: str) -> dict[str, Any]:
+    """Final totals per counter name (the last ``total=`` seen), plus error lines."""
+    totals: dict[str, int] = {}
+    errors: list[str] = []
+    complete = False
+    for line in text.splitlines():
+        m = _COUNTER.match(line)
+        if m:
+            totals[m.group(2)] = int(m.group(3))
+            continue
+        if "publish complete" in line.lower():
+            complete = True
+        elif _ERROR.search(line):
+            errors.append(line.strip())
+    return {"totals": totals, "errors": errors, "publish_complete": complete}
+
+
+def summarize(pub_output: str, sub_output: str, subscribers: int, planned: int) -> dict[str, Any]:
+    """The bench summary's fields from emqtt-bench consoles, estimated from totals."""
+    pub = parse_output(pub_output)
+    sub = parse_output(sub_output)
+    sent = pub["totals"].get("pub", 0)
+    expected = sent * subscribers
+    delivered = sub["totals"].get("recv", 0)
+    lost = max(expected - delivered, 0)
+    return {
+        "estimated": True,
+        "planned": planned,
+        "sent": sent,
+        "acked": pub["totals"].get("pub_succ", sent),
+        "expected": expected,
+        "delivered": delivered,
+        "lost": lost,
+        "loss_pct": round(100.0 * lost / expected, 3) if expected else 0.0,
+        # over-delivery is all emqtt-bench can show of duplicates
+        "duplicates": max(delivered - expected, 0),
+        "clients_connected": pub["totals"].get("connect_succ", 0) + sub["totals"].get("connect_succ", 0),
+        "latency_ms": {"p50": None, "p90": None, "p99": None, "max": None},
+        "publish_complete": pub["publish_complete"],
+        "errors": pub["errors"] + sub["errors"],
+    }

@@ -1,0 +1,172 @@
+"""The run directory: the contract between measuring and analysing (docs/run-format.md).
+
+Only the standard library and numpy: this runs on client VMs, where pandas is not installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workloads.bench.hist import Histogram
+
+FORMAT_VERSION = 1
+SATURATION = {"cpu_busy_pct": 90.0, "loop_lag_p99_ms": 50.0}
+
+
+class RunDirError(ValueError):
+    """A run directory is missing a file or has a malformed one; names which and why."""
+
+
+def versions() -> dict[str, str]:
+    import paho.mqtt
+
+    return {"python": platform.python_version(), "paho_mqtt": paho.mqtt.__version__, "kernel": platform.release()}
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def start_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Written before anything runs, with status "running": a crash leaves it so, which loaders
+    report as partial."""
+    doc = {"format_version": FORMAT_VERSION, "run_id": run_dir.name, "status": "running", "started_at": time.time(),
+           "ended_at": None, "versions": versions()} | fields
+    write_json_atomic(run_dir / "manifest.json", doc)
+    return doc
+
+
+def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    doc = read_manifest(run_dir) | fields
+    write_json_atomic(run_dir / "manifest.json", doc)
+    return doc
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise RunDirError(f"{path}: missing; not a run directory")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path}: not valid JSON ({exc})") from None
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise RunDirError(f"{path}: format_version {doc.get('format_version')!r}, this mqttlab reads {FORMAT_VERSION}")
+    return dict(doc)
+
+
+def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise RunDirError(f"{path}: missing columns {', '.join(missing)}")
+        return list(reader)
+
+
+def summarize(run_dir: Path) -> dict[str, Any]:
+    """Exact totals over every host's bench records of a run."""
+    manifest = read_manifest(run_dir)
+    bench = run_dir / "bench"
+    sent: dict[int, int] = {}
+    planned = acked = failed = 0
+    for p in sorted(bench.glob("*/publishers-*.csv")):
+        for r in _rows(p, ("pub", "planned", "sent", "acked", "failed")):
+            sent[int(r["pub"])] = sent.get(int(r["pub"]), 0) + int(r["sent"])
+            planned += int(r["planned"])
+            acked += int(r["acked"])
+            failed += int(r["failed"])
+    expected = delivered = duplicates = ooo = foreign = 0
+    for p in sorted(bench.glob("*/subscribers-*.csv")):
+        for r in _rows(p, ("sub", "pub", "received", "duplicates", "out_of_order")):
+            expected += sent.get(int(r["pub"]), 0)
+            delivered += int(r["received"])
+            duplicates += int(r["duplicates"])
+            ooo += int(r["out_of_order"])
+            foreign += int(r.get("foreign") or 0)
+    clients = connected = disconnects = 0
+    for p in sorted(bench.glob("*/clients-*.csv")):
+        for r in _rows(p, ("client_id", "role", "connected_at", "disconnects")):
+            clients += 1
+            connected += 1 if float(r["connected_at"] or 0) > 0 else 0
+            disconnects += int(r["disconnects"])
+    hist = Histogram()
+    for p in sorted(bench.glob("*/latency-*.json")):
+        try:
+            hist.merge(Histogram.from_json(json.loads(p.read_text())))
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise RunDirError(f"{p}: malformed latency histogram ({exc})") from None
+    if not hist.total:  # killed before the end: rebuild from the raw records
+        for p in sorted(bench.glob("*/deliveries-*.bin")):
+            rec = read_deliveries(p)
+            hist.record((rec["recv_ns"] - rec["send_ns"]) // 1000)
+    selfs = [json.loads(p.read_text()) for p in sorted(bench.glob("*/self-*.json"))]
+    reasons = []
+    for s in selfs:
+        for key, limit in SATURATION.items():
+            if s.get(key, 0) >= limit:
+                reasons.append(f"worker {s.get('worker')} {key}={s[key]} >= {limit}")
+    lost = expected - delivered
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v / 1000.0, 3)
+
+    return {
+        "run_id": manifest.get("run_id"),
+        "status": manifest.get("status"),
+        "partial": manifest.get("status") != "complete",
+        "planned": planned,
+        "sent": sum(sent.values()),
+        "acked": acked,
+        "publish_failures": failed,
+        "expected": expected,
+        "delivered": delivered,
+        "lost": lost,
+        "loss_pct": round(100.0 * lost / expected, 3) if expected else 0.0,
+        "duplicates": duplicates,
+        "out_of_order": ooo,
+        "foreign": foreign,
+        "clients": clients,
+        "clients_connected": connected,
+        "disconnects": disconnects,
+        "latency_ms": {"p50": ms(hist.percentile(50)), "p90": ms(hist.percentile(90)), "p99": ms(hist.percentile(99)), "max": ms(hist.max())},
+        "bench_saturated": bool(reasons),
+        "saturation_reasons": reasons,
+    }
+
+
+def read_deliveries(path: Path) -> np.ndarray:
+    """Per-delivery records; a torn last record (crash mid-write) is dropped."""
+    from workloads.bench.engine import DELIVERY_DTYPE
+
+    raw = path.read_bytes()
+    usable = len(raw) - len(raw) % DELIVERY_DTYPE.itemsize
+    return np.frombuffer(raw[:usable], dtype=DELIVERY_DTYPE)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lat = s["latency_ms"]
+    lines = [
+        f"run {s['run_id']}: {'PARTIAL' if s['partial'] else 'complete'}",
+        f"  clients connected  {s['clients_connected']}/{s['clients']}  (disconnects {s['disconnects']})",
+        f"  published          {s['sent']}/{s['planned']}  acked {s['acked']}",
+        f"  expected deliveries {s['expected']}",
+        f"  delivered          {s['delivered']}",
+        f"  lost               {s['lost']}  ({s['loss_pct']:.3f} %)",
+        f"  duplicates         {s['duplicates']}   out of order {s['out_of_order']}",
+        f"  latency ms         p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
+    ]
+    if s["bench_saturated"]:
+        lines.append("  WARNING bench_saturated: the load generator, not the system, was the limit: " + "; ".join(s["saturation_reasons"]))
+    return "\n".join(lines)

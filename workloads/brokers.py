@@ -1,0 +1,92 @@
+"""Renderers for the broker cluster: plan -> ``mosquitto.conf`` per broker and the compose file.
+
+Pure functions: the same text is written by ``mqttlab render``, started by the local lab and
+shipped to the Azure broker VM.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from workloads.config import ExperimentConfig
+from workloads.plan import Broker, Plan
+
+HEADER = "# Rendered by mqttlab from stack '{stack}' ({topology}). Edit the stack file, not this file.\n"
+
+# "all" (the reference) adds a debug line per PUBLISH, which slows a 0.25-CPU broker by itself;
+# these types keep every line analysis reads, including the queue-full drop warnings.
+DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
+
+
+def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, log_types: tuple[str, ...] = DEFAULT_LOG_TYPES) -> str:
+    b = cfg.brokers
+    lines = [
+        HEADER.format(stack=plan.stack, topology=plan.topology).rstrip("\n"),
+        f"# {broker.name}: {broker.address}:{broker.port}",
+        "per_listener_settings false",
+        f"listener {broker.port} {broker.address}",
+        "allow_anonymous true",
+        "persistence false",
+        "log_dest stdout",
+        "log_timestamp true",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        *(f"log_type {t}" for t in log_types),
+        "connection_messages true",
+        f"sys_interval {b.sys_interval}",
+        f"max_queued_messages {b.max_queued_messages}",
+        f"max_inflight_messages {b.max_inflight_messages}",
+        f"max_queued_bytes {b.max_queued_bytes}",
+        f"memory_limit {b.memory_limit}",
+    ]
+    for link in plan.bridges:
+        if link.local != broker.name:
+            continue
+        lines += [
+            "",
+            f"# bridge {link.local} -> {link.remote}",
+            f"connection {link.name}",
+            f"address {link.remote_address}:{link.remote_port}",
+            f"remote_clientid {link.remote_clientid}",
+            f"local_clientid {link.remote_clientid}-local",
+            f"topic # both {link.qos}",
+            "try_private true",
+            "cleansession false",
+            "bridge_protocol_version mqttv311",
+            "start_type automatic",
+            "restart_timeout 1 10",
+            "notifications true",
+            f"notification_topic $SYS/broker/connection/{link.name}/state",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def compose_file(plan: Plan, cfg: ExperimentConfig, parent_interface: str = "eth0") -> str:
+    """Docker compose for the broker host: one capped service per broker on its own address.
+
+    ipvlan (L2) gives each container a VNet address of its own that is a secondary IP of the NIC.
+    """
+    host = plan.host("brokers")
+    services = {}
+    for br in plan.brokers:
+        services[br.name] = {
+            "image": plan.broker_image,
+            "container_name": f"mqttlab-{br.name}",
+            "restart": "unless-stopped",
+            "cpus": plan.broker_cpus,
+            "mem_limit": f"{plan.broker_memory_mb}m",
+            "volumes": [f"./{br.name}/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"],
+            "networks": {"brokernet": {"ipv4_address": br.address}},
+            "logging": {"driver": "json-file", "options": {"max-size": "200m", "max-file": "3"}},
+        }
+    doc = {  # no top-level "name": Debian's docker-compose 1.29 rejects it; callers pass -p mqttlab
+        "services": services,
+        "networks": {
+            "brokernet": {
+                "driver": "ipvlan",
+                "driver_opts": {"parent": parent_interface, "ipvlan_mode": "l2"},
+                "ipam": {"config": [{"subnet": host.subnet, "gateway": host.gateway}]},
+            }
+        },
+    }
+    head = HEADER.format(stack=plan.stack, topology=plan.topology)
+    return head + yaml.safe_dump(doc, sort_keys=False)

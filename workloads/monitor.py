@@ -1,0 +1,337 @@
+"""Samplers that write CSV during a run: brokers (process + ``$SYS``) and balancers (IPVS,
+HAProxy or conntrack). Columns are documented in docs/run-format.md; units are plain (seconds
+since the epoch, bytes, percent, counts).
+
+Each sampler appends a row per target per interval and flushes it at once, so a crash loses at
+most one interval; SIGTERM and SIGINT end the loop and close the file cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+BROKER_COLUMNS = [
+    "time_s", "broker", "cpu_pct", "mem_bytes", "clients_connected", "msgs_received",
+    "msgs_sent", "msgs_dropped", "net_rx_bytes", "net_tx_bytes",
+]
+BALANCER_COLUMNS = [
+    "time_s", "host", "kind", "virtual", "real", "active_conns", "inactive_conns",
+    "total_conns", "packets_in", "packets_out", "bytes_in", "bytes_out",
+]
+SYS_TOPICS = {
+    "$SYS/broker/clients/connected": "clients_connected",
+    "$SYS/broker/publish/messages/received": "msgs_received",
+    "$SYS/broker/publish/messages/sent": "msgs_sent",
+    "$SYS/broker/publish/messages/dropped": "msgs_dropped",
+    "$SYS/broker/bytes/received": "net_rx_bytes",
+    "$SYS/broker/bytes/sent": "net_tx_bytes",
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Stopper:
+    """Turns SIGTERM/SIGINT into a flag the sampling loop checks between intervals."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def wait(self, seconds: float) -> bool:
+        return self.event.wait(seconds)
+
+
+def _open_csv(path: Path, columns: list[str]) -> tuple[TextIO, csv.DictWriter[str]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    fh = path.open("a", newline="")
+    w = csv.DictWriter(fh, fieldnames=columns)
+    if new:
+        w.writeheader()
+        fh.flush()
+    return fh, w
+
+
+# --------------------------------------------------------------------------- brokers
+
+
+@dataclass
+class BrokerTarget:
+    name: str
+    host: str
+    port: int
+    pid: int | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    last_cpu: tuple[float, float] | None = None  # (wall, cpu seconds)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its waited-for children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def process_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _sys_subscriber(target: BrokerTarget, stop: threading.Event) -> None:
+    """Keep ``target.values`` current from the broker's ``$SYS`` tree (reconnecting as needed)."""
+    import paho.mqtt.client as mqtt
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        col = SYS_TOPICS.get(msg.topic)
+        if col:
+            try:
+                target.values[col] = float(msg.payload)
+            except ValueError:
+                pass
+
+    def on_connect(c: mqtt.Client, *_: object) -> None:
+        c.subscribe([(t, 0) for t in SYS_TOPICS])
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"mqttlab-monitor-{target.name}-{os.getpid()}")
+    client.on_message = on_message
+    client.on_connect = on_connect
+    client.reconnect_delay_set(1, 5)
+    client.connect_async(target.host, target.port, keepalive=30)
+    client.loop_start()
+    stop.wait()
+    client.disconnect()
+    client.loop_stop()
+
+
+def broker_row(t: BrokerTarget, now: float) -> dict[str, object]:
+    row: dict[str, object] = {"time_s": f"{now:.3f}", "broker": t.name, "cpu_pct": "", "mem_bytes": ""}
+    if t.pid:
+        try:
+            cpu = process_cpu_seconds(t.pid)
+            if t.last_cpu:
+                wall0, cpu0 = t.last_cpu
+                row["cpu_pct"] = f"{100.0 * (cpu - cpu0) / max(now - wall0, 1e-6):.1f}"
+            t.last_cpu = (now, cpu)
+            row["mem_bytes"] = process_rss_bytes(t.pid)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    for col in SYS_TOPICS.values():
+        v = t.values.get(col)
+        row[col] = "" if v is None else int(v)
+    return row
+
+
+def run_broker_monitor(targets: list[BrokerTarget], out: Path, interval: float, stopper: Stopper, duration: float | None = None) -> int:
+    threads = [threading.Thread(target=_sys_subscriber, args=(t, stopper.event), daemon=True) for t in targets]
+    for th in threads:
+        th.start()
+    fh, w = _open_csv(out, BROKER_COLUMNS)
+    rows = 0
+    end = time.time() + duration if duration else None
+    try:
+        while not stopper.wait(interval):
+            now = time.time()
+            for t in targets:
+                w.writerow(broker_row(t, now))
+                rows += 1
+            fh.flush()
+            if end and now >= end:
+                break
+    finally:
+        stopper.event.set()
+        fh.close()
+        for th in threads:
+            th.join(timeout=5)
+    return rows
+
+
+# --------------------------------------------------------------------------- balancers
+
+_IPVS_LINE = re.compile(r"^\s*(TCP|UDP)\s+(\S+)\s+(\S+)?")
+
+
+def parse_ipvs(stats_text: str, conns_text: str) -> list[dict[str, object]]:
+    """Join ``ipvsadm -Ln --stats --exact`` (totals) with ``ipvsadm -Ln`` (active/inactive)."""
+    rows: dict[tuple[str, str], dict[str, object]] = {}
+    virtual = ""
+    for line in stats_text.splitlines():
+        parts = line.split()
+        if parts[:1] in (["TCP"], ["UDP"]):
+            virtual = parts[1]
+        elif parts[:1] == ["->"] and len(parts) >= 7 and parts[1][0].isdigit():
+            rows[(virtual, parts[1])] = {
+                "virtual": virtual, "real": parts[1], "total_conns": int(parts[2]), "packets_in": int(parts[3]),
+                "packets_out": int(parts[4]), "bytes_in": int(parts[5]), "bytes_out": int(parts[6]),
+            }
+    for line in conns_text.splitlines():
+        parts = line.split()
+        if parts[:1] in (["TCP"], ["UDP"]):
+            virtual = parts[1]
+        elif parts[:1] == ["->"] and len(parts) >= 6 and parts[1][0].isdigit():
+            r = rows.setdefault((virtual, parts[1]), {"virtual": virtual, "real": parts[1]})
+            r["active_conns"] = int(parts[4])
+            r["inactive_conns"] = int(parts[5])
+    return list(rows.values())
+
+
+def sample_ipvs() -> list[dict[str, object]]:
+    stats = subprocess.run(["ipvsadm", "-Ln", "--stats", "--exact"], capture_output=True, text=True, timeout=10, check=True).stdout
+    conns = subprocess.run(["ipvsadm", "-Ln"], capture_output=True, text=True, timeout=10, check=True).stdout
+    return parse_ipvs(stats, conns)
+
+
+def parse_haproxy_stat(csv_text: str) -> list[dict[str, object]]:
+    """HAProxy ``show stat`` CSV -> per-server rows (current sessions count as active)."""
+    lines = csv_text.lstrip("# ").splitlines()
+    rows = []
+    for rec in csv.DictReader(lines):
+        if rec.get("svname") in ("FRONTEND", "BACKEND", None):
+            continue
+        rows.append({
+            "virtual": rec["pxname"], "real": rec.get("addr") or rec["svname"], "active_conns": int(rec["scur"] or 0),
+            "inactive_conns": 0, "total_conns": int(rec["stot"] or 0), "bytes_in": int(rec["bin"] or 0),
+            "bytes_out": int(rec["bout"] or 0), "packets_in": "", "packets_out": "",
+        })
+    return rows
+
+
+def sample_haproxy(sock_path: str) -> list[dict[str, object]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(sock_path)
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return parse_haproxy_stat(data.decode())
+
+
+def parse_conntrack(text: str, vip: str, port: int) -> list[dict[str, object]]:
+    """``conntrack -L`` -> connections per real server for kernel DNAT to ``vip:port``."""
+    counts: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        if f"dst={vip} " not in line or f"dport={port} " not in line:
+            continue
+        m = re.findall(r"src=(\S+)", line)
+        if len(m) < 2:
+            continue
+        real = m[1]  # reply direction's source is the broker the connection was sent to
+        c = counts.setdefault(real, [0, 0])
+        if "ESTABLISHED" in line:
+            c[0] += 1
+        else:
+            c[1] += 1
+    return [
+        {"virtual": f"{vip}:{port}", "real": f"{r}:{port}", "active_conns": a, "inactive_conns": i, "total_conns": "",
+         "packets_in": "", "packets_out": "", "bytes_in": "", "bytes_out": ""}
+        for r, (a, i) in sorted(counts.items())
+    ]
+
+
+def sample_conntrack(vip: str, port: int) -> list[dict[str, object]]:
+    out = subprocess.run(["conntrack", "-L", "-p", "tcp"], capture_output=True, text=True, timeout=10).stdout
+    return parse_conntrack(out, vip, port)
+
+
+def run_balancer_monitor(host: str, kind: str, sampler: Callable[[], list[dict[str, object]]], out: Path, interval: float,
+                         stopper: Stopper, duration: float | None = None) -> int:
+    fh, w = _open_csv(out, BALANCER_COLUMNS)
+    rows = 0
+    end = time.time() + duration if duration else None
+    try:
+        while True:
+            now = time.time()
+            try:
+                for r in sampler():
+                    w.writerow({c: "" for c in BALANCER_COLUMNS} | r | {"time_s": f"{now:.3f}", "host": host, "kind": kind})
+                    rows += 1
+            except (subprocess.SubprocessError, OSError) as exc:
+                print(f"monitor: {kind} sample failed: {exc}", flush=True)
+            fh.flush()
+            if stopper.wait(interval) or (end and time.time() >= end):
+                break
+    finally:
+        fh.close()
+    return rows
+
+
+def connection_table(kind: str) -> str:
+    """The balancer's connection table as text, for joining clients to brokers after a run."""
+    cmd = ["ipvsadm", "-Lnc"] if kind == "ipvs" else ["conntrack", "-L", "-p", "tcp"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _broker_arg(text: str) -> BrokerTarget:
+    """``name=host:port[@pid]``"""
+    try:
+        name, rest = text.split("=", 1)
+        addr, _, pid = rest.partition("@")
+        host, port = addr.rsplit(":", 1)
+        return BrokerTarget(name, host, int(port), int(pid) if pid else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected name=host:port[@pid], got {text!r}") from None
+
+
+def cmd_brokers(args: argparse.Namespace) -> int:
+    stopper = Stopper()
+    stopper.install()
+    rows = run_broker_monitor(args.broker, Path(args.out), args.interval, stopper, args.duration)
+    print(f"monitor brokers: {rows} rows in {args.out}")
+    return 0
+
+
+def cmd_balancer(args: argparse.Namespace) -> int:
+    stopper = Stopper()
+    stopper.install()
+    sampler: Callable[[], list[dict[str, object]]]
+    if args.kind == "ipvs":
+        sampler = sample_ipvs
+    elif args.kind == "haproxy":
+        sampler = lambda: sample_haproxy(args.haproxy_socket)  # noqa: E731
+    else:
+        vip, port = args.vip.rsplit(":", 1)
+        sampler = lambda: sample_conntrack(vip, int(port))  # noqa: E731
+    rows = run_balancer_monitor(args.host, args.kind, sampler, Path(args.out), args.interval, stopper, args.duration)
+    if args.conn_table:
+        Path(args.conn_table).write_text(connection_table(args.kind))
+    print(f"monitor balancer: {rows} rows in {args.out}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("monitor", help="sample brokers or balancers into CSV until SIGTERM")
+    msub = p.add_subparsers(dest="monitor", required=True)
+    b = msub.add_parser("brokers", help="per-broker CPU, memory and $SYS counters")
+    b.add_argument("--broker", action="append", type=_broker_arg, required=True, help="name=host:port[@pid], repeatable")
+    b.add_argument("--out", required=True)
+    b.add_argument("--interval", type=float, default=1.0, help="seconds between rows (default 1)")
+    b.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    b.set_defaults(func=cmd_brokers)
+    c = msub.add_parser("balancer", help="per-real-server connections and traffic")
+    c.add_argument("--kind", choices=("ipvs", "haproxy", "nftables"), default="ipvs")
+    c.add_argument("--host", default=socket.gethostname())
+    c.add_argument("--vip", help="VIP:PORT (nftables)")
+    c.add_argument("--haproxy-socket", help="HAProxy stats socket path (haproxy)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--interval", type=float, default=0.5, help="seconds between samples (default 0.5)")
+    c.add_argument("--duration", type=float)
+    c.add_argument("--conn-table", help="write the connection table here on exit")
+    c.set_defaults(func=cmd_balancer)
