@@ -113,12 +113,13 @@ def nft_balancer(bal: Balancer) -> str:
     ) + "\n"
 
 
-def haproxy_cfg(bal: Balancer, maxconn: int = 20000) -> str:
+def haproxy_cfg(bal: Balancer, maxconn: int = 20000, stats_socket: str | None = None) -> str:
     """HAProxy in TCP mode; a full proxy, so brokers see the balancer as the client (no SNAT)."""
     algo = HAPROXY_ALGORITHMS[bal.scheduler]
     lines = [
         "global",
         f"\tmaxconn {maxconn}",
+        *([f"\tstats socket {stats_socket} mode 600 level admin"] if stats_socket else []),
         "defaults",
         "\tmode tcp",
         "\ttimeout connect 5s",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from workloads.config import ConfigError, ExperimentConfig, load_stack
+from workloads.lab.netns import LabError
 from workloads.scenario import FIELDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,18 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     monitor.add_parser(sub)
     bench_cli.add_parser(sub, add_scenario_args)
-    try:
-        from workloads.lab import cli as lab_cli
-    except ImportError:  # pragma: no cover - the lab is optional on hosts that only measure
-        pass
-    else:
-        lab_cli.add_parser(sub, add_stack_args, add_scenario_args)
-    try:
-        from workloads.analysis import cli as analysis_cli
-    except ImportError:  # pragma: no cover - analysis needs pandas, absent on broker VMs
-        pass
-    else:
-        analysis_cli.add_parser(sub)
+    from workloads.lab import cli as lab_cli
+
+    lab_cli.add_parser(sub, add_stack_args, add_scenario_args)
     return parser
 
 
@@ -131,8 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mqttlab: {exc}", file=sys.stderr)
         return 2
+    except LabError as exc:
+        print(f"mqttlab: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
-        print("mqttlab: interrupted", file=sys.stderr)
+        print("mqttlab: interrupted; everything it started was torn down", file=sys.stderr)
         return 130
 
 

@@ -118,7 +118,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sce
 
     for name, pubs, subs, text in (
         ("run", True, True, "subscribers then publishers of this host, then a summary"),
-        ("sub", False, True, "subscribers only, until SIGTERM, the time limit or all expected messages"),
+        ("sub", False, True, "subscribers only, until SIGTERM or the time limit"),
         ("pub", True, False, "publishers only"),
     ):
         q = bsub.add_parser(name, help=text)

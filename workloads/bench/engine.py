@@ -238,6 +238,12 @@ class WorkerSpec:
     tag: int
     clients: list[ClientSpec]
     connect_rate: float  # per second, this worker's share
+    role: str = "run"  # run, sub or pub: several bench processes may share a host's folder
+
+    @property
+    def label(self) -> str:
+        """File suffix: unique per process role and worker on one host."""
+        return f"{self.role}{self.worker}"
 
 
 @dataclass
@@ -276,7 +282,7 @@ class Worker:
         self.pubs = [s for s in self.states if s.spec.role == "pub"]
         self.out = Path(spec.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        w = spec.worker
+        w = spec.label
         self.events: IO[str] = (self.out / f"events-{w}.csv").open("a")
         self.timeline: IO[str] = (self.out / f"timeline-{w}.csv").open("a")
         self.deliveries: IO[bytes] = (self.out / f"deliveries-{w}.bin").open("ab")
@@ -657,17 +663,17 @@ class Worker:
             "publish_behind_max_ms": round(max((s.max_behind for s in self.pubs), default=0.0) * 1000, 3),
             "max_rss_kb": ru.ru_maxrss,
         }
-        (self.out / f"self-{self.spec.worker}.json").write_text(json.dumps(self_check, indent=1))
-        (self.out / f"latency-{self.spec.worker}.json").write_text(json.dumps(self.hist.to_json()))
-        with (self.out / f"clients-{self.spec.worker}.csv").open("w") as fh:
+        (self.out / f"self-{self.spec.label}.json").write_text(json.dumps(self_check, indent=1))
+        (self.out / f"latency-{self.spec.label}.json").write_text(json.dumps(self.hist.to_json()))
+        with (self.out / f"clients-{self.spec.label}.csv").open("w") as fh:
             fh.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects\n")
             for st in self.states:
                 fh.write(f"{st.spec.client_id},{st.spec.role},{st.spec.index},{self.spec.worker},{st.spec.target},{st.local},{st.connected_at:.6f},{st.disconnects}\n")
-        with (self.out / f"publishers-{self.spec.worker}.csv").open("w") as fh:
+        with (self.out / f"publishers-{self.spec.label}.csv").open("w") as fh:
             fh.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms\n")
             for st in self.pubs:
                 fh.write(f"{st.spec.index},{st.spec.client_id},{st.planned},{st.sent},{st.acked},{st.failed},{st.first_send:.6f},{st.last_send:.6f},{st.max_behind * 1000:.3f}\n")
-        with (self.out / f"subscribers-{self.spec.worker}.csv").open("w") as fh:
+        with (self.out / f"subscribers-{self.spec.label}.csv").open("w") as fh:
             fh.write("sub,client_id,pub,received,duplicates,out_of_order,foreign\n")
             for st in self.subs:
                 _, heard = self.sc.subscription_of(st.spec.index)

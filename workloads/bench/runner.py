@@ -99,7 +99,8 @@ def run_host(
     for w in range(n):
         mine = clients[w::n]
         parent, child = ctx.Pipe()
-        spec = WorkerSpec(w, share.host, str(out), scenario, tag, mine, scenario.connect_rate / n)
+        role = "run" if share.publishers and share.subscribers else ("pub" if share.publishers else "sub")
+        spec = WorkerSpec(w, share.host, str(out), scenario, tag, mine, scenario.connect_rate / n, role)
         p = ctx.Process(target=worker_main, args=(spec, child), name=f"mqttlab-bench-{w}", daemon=True)
         p.start()
         child.close()
@@ -159,11 +160,13 @@ def run_host(
         # drain: wait for deliveries to settle (everything expected, or drain_s of the quiet tail)
         phase = "drain"
         if share.subscribers and status == "complete":
+            # with local publishers: until everything expected arrived or drain_s passed; a
+            # subscriber-only host waits to be stopped (its orchestrator knows when the run is over)
             want = scenario.expected_deliveries(share.subscribers)
             drain_end = time.time() + scenario.drain_s if share.publishers else deadline
             while not stop.is_set() and time.time() < min(drain_end, deadline):
                 pump(0.2)
-                if sum(s.get("received", 0) for s in state.values()) >= want:
+                if share.publishers and sum(s.get("received", 0) for s in state.values()) >= want:
                     break
         elif share.publishers:
             pump(0.1)

@@ -1,0 +1,95 @@
+"""Shared fixtures: test network namespaces and real Mosquitto brokers in them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from workloads.config import ExperimentConfig, load_stack
+from workloads.lab import netns
+from workloads.plan import Plan, build_plan, renumber
+from workloads.render import render_files, write_files
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+MQTTLAB = [PY, "-m", "workloads.cli"]
+
+
+@pytest.fixture
+def make_ns() -> Iterator[Callable[[str], str]]:
+    """Create namespaces named for this test process; all are deleted afterwards."""
+    made: list[str] = []
+
+    def make(tag: str) -> str:
+        name = f"mqttlab-test{os.getpid()}-{tag}"
+        netns.delete_namespace(name)
+        netns.add_namespace(name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        netns.delete_namespace(name)
+
+
+@dataclass
+class Cluster:
+    ns: str
+    plan: Plan
+    cfg: ExperimentConfig
+    files: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def addr(self, i: int) -> str:
+        return self.plan.brokers[i].address
+
+    def ns_run(self, cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return netns.run(cmd, ns=self.ns, check=False, timeout=timeout)
+
+
+def start_cluster(ns: str, cfg: ExperimentConfig, out: Path) -> Cluster:
+    """The rendered mosquitto.conf of every broker, loaded by real mosquitto processes in ``ns``."""
+    plan = build_plan(cfg)
+    write_files(render_files(plan, cfg), out)
+    for b in plan.brokers:
+        netns.run(["ip", "addr", "add", f"{b.address}/32", "dev", "lo"], ns=ns)
+    cl = Cluster(ns, plan, cfg, out)
+    for b in plan.brokers:
+        cl.procs.append(netns.spawn(["mosquitto", "-c", str(out / "brokers" / b.name / "mosquitto.conf")], ns, out / f"{b.name}.log"))
+    for b in plan.brokers:
+        netns.wait_tcp(ns, b.address, b.port)
+    return cl
+
+
+@pytest.fixture
+def cluster(make_ns: Callable[[str], str], tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    started: list[Cluster] = []
+
+    def make(stack: str = "distributed", overrides: dict[str, object] | None = None) -> Cluster:
+        cfg = load_stack(stack, ROOT)
+        if overrides:
+            cfg = cfg.with_overrides(overrides)
+        cl = start_cluster(make_ns(f"brk{len(started)}"), renumber(cfg), tmp_path / f"cluster{len(started)}")
+        started.append(cl)
+        return cl
+
+    yield make
+    for cl in started:
+        for p in cl.procs:
+            netns.stop(p)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,196 @@
+"""The benchmark engine against a real Mosquitto on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import MQTTLAB, ROOT, wait_for
+from workloads.bench import emqtt
+from workloads.bench.payload import encode
+from workloads.bench.rundir import read_deliveries, summarize
+from workloads.lab import netns
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    def __init__(self, tmp: Path, extra: str = "") -> None:
+        self.port = free_port()
+        conf = tmp / f"mosquitto-{self.port}.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\nlog_dest stdout\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n" + extra
+        )
+        self.log = tmp / f"mosquitto-{self.port}.log"
+        self.proc = netns.spawn(["mosquitto", "-c", str(conf)], None, self.log)
+        netns.wait_tcp(None, "127.0.0.1", self.port)
+        self.target = f"127.0.0.1:{self.port}"
+
+    def sys_value(self, topic: str) -> int:
+        out = subprocess.run(["mosquitto_sub", "-p", str(self.port), "-t", topic, "-C", "1", "-W", "5"], capture_output=True, text=True).stdout
+        return int(out.strip() or 0)
+
+    def stop(self) -> None:
+        netns.stop(self.proc)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    yield b
+    b.stop()
+
+
+def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MQTTLAB, "bench", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_low_load_is_lossless_and_exact(broker: Broker, tmp_path: Path, qos: int, version: str) -> None:
+    out = tmp_path / "run"
+    cp = bench("run", "--target", broker.target, "--out", str(out), "--publishers", "4", "--subscribers", "3", "--messages", "200",
+               "--interval-ms", "20", "--qos", str(qos), "--mqtt-version", version, "--drain-s", "3", "--json", "--quiet")
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)
+    assert (s["expected"], s["delivered"], s["lost"], s["loss_pct"], s["duplicates"]) == (600, 600, 0, 0.0, 0)
+    assert s["clients_connected"] == s["clients"] == 7 and s["disconnects"] == 0 and not s["partial"]
+    assert s["sent"] == s["planned"] == 200 and s["acked"] == 200
+    assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p90"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"] < 5000
+    recs = [r for p in sorted((out / "bench" / "local").glob("deliveries-*.bin")) for r in read_deliveries(p)]
+    assert len(recs) == 600 and len({(int(r["sub"]), int(r["pub"]), int(r["seq"])) for r in recs}) == 600
+    # 200 messages shared by 4 publishers: 50 each, sequence numbers 0..49
+    assert sorted({int(r["seq"]) for r in recs}) == list(range(50))
+    clients = "".join(p.read_text() for p in (out / "bench" / "local").glob("clients-*.csv"))
+    assert clients.count(broker.target) == 7 and clients.count("127.0.0.1:") >= 14  # entry point and local socket
+
+
+def test_loss_equals_what_the_broker_dropped(tmp_path: Path) -> None:
+    """A paused subscriber behind a small queue: the bench's lost count is the broker's drop count."""
+    b = Broker(tmp_path, "max_queued_messages 5\nmax_inflight_messages 5\n")
+    try:
+        out = tmp_path / "run"
+        dropped0 = b.sys_value("$SYS/broker/publish/messages/dropped")
+        ready = tmp_path / "ready"
+        common = ["--target", b.target, "--out", str(out), "--publishers", "2", "--subscribers", "2", "--messages", "400",
+                  "--interval-ms", "10", "--qos", "1", "--tag", "0x5eed", "--quiet", "--time-limit-s", "60"]
+        sub = subprocess.Popen([*MQTTLAB, "bench", "sub", "--host", "subs", "--workers", "1", "--ready-file", str(ready), *common],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(ready.exists, 30, "subscribers ready")
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(sub.pid)], capture_output=True, text=True).stdout.split()]
+        assert workers
+        pub = subprocess.Popen([*MQTTLAB, "bench", "pub", "--host", "pubs", *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)  # the subscribers stop reading: the broker's queue for them fills
+        time.sleep(1.5)
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
+        assert pub.wait(60) == 0, pub.stderr.read() if pub.stderr else ""
+        time.sleep(2)
+        sub.send_signal(signal.SIGTERM)
+        sub.wait(30)
+        time.sleep(1.5)  # one $SYS interval
+        dropped = b.sys_value("$SYS/broker/publish/messages/dropped") - dropped0
+    finally:
+        b.stop()
+    s = summarize(out)
+    assert s["sent"] == 400 and s["expected"] == 800
+    assert dropped > 0, "the pause did not make the broker drop anything"
+    assert s["lost"] == dropped
+    assert s["delivered"] == 800 - dropped and s["duplicates"] == 0
+    assert "Outgoing messages are being dropped" in b.log.read_text()
+
+
+def test_resent_sequence_numbers_are_counted_as_duplicates(broker: Broker, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    ready = tmp_path / "ready"
+    sub = subprocess.Popen([*MQTTLAB, "bench", "sub", "--target", broker.target, "--out", str(out), "--publishers", "1", "--subscribers", "3",
+                            "--messages", "6", "--qos", "1", "--tag", "0xabc", "--ready-file", str(ready), "--quiet", "--time-limit-s", "60"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(ready.exists, 30, "subscribers ready")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-duplicator")
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    seqs = [0, 1, 2, 2, 3, 3, 3, 4, 5, 1]  # 4 resends of 6 distinct messages
+    for seq in seqs:
+        c.publish("bench/test", encode(0, seq, time.time_ns(), 0xABC, 64), qos=1).wait_for_publish(5)
+    c.publish("bench/test", encode(0, 0, time.time_ns(), 0xBAD, 64), qos=1).wait_for_publish(5)  # another run's message
+    c.disconnect()
+    c.loop_stop()
+    time.sleep(1)
+    sub.send_signal(signal.SIGTERM)
+    assert sub.wait(30) in (0, 1)
+    s = summarize(out)
+    assert s["delivered"] == 3 * 6
+    assert s["duplicates"] == 3 * 4
+    assert s["out_of_order"] == 3 * 1  # the late resend of 1 after 5, per subscriber
+    assert s["foreign"] == 3
+
+
+def test_killed_run_leaves_a_partial_run_that_loads(broker: Broker, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*MQTTLAB, "bench", "run", "--target", broker.target, "--out", str(out), "--publishers", "2", "--subscribers", "2",
+                             "--messages", "2000", "--interval-ms", "5", "--qos", "1", "--quiet"], cwd=ROOT, start_new_session=True)
+    wait_for(lambda: any(p.stat().st_size > 0 for p in out.glob("bench/local/deliveries-*.bin")), 30, "first deliveries on disk")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    s = summarize(out)
+    assert s["partial"] and s["status"] == "running"
+    assert s["delivered"] > 0 or s["latency_ms"]["p50"] is not None
+    cp = bench("summary", str(out))
+    assert cp.returncode == 0 and "PARTIAL" in cp.stdout
+
+
+def test_invalid_scenario_is_refused_before_connecting(tmp_path: Path) -> None:
+    cp = bench("run", "--target", "127.0.0.1:1", "--out", str(tmp_path / "r"), "--qos", "3")
+    assert cp.returncode == 2 and "--qos=3" in cp.stderr and "must be 0, 1 or 2" in cp.stderr
+    cp = bench("run", "--target", "nowhere", "--out", str(tmp_path / "r"))
+    assert cp.returncode == 2 and "--target" in cp.stderr
+    assert not (tmp_path / "r").exists()
+
+
+EMQTT_PUB = """\
+1s connect_succ total=10 rate=10.00/sec
+1s pub total=18 rate=18.00/sec
+2s pub total=38 rate=20.00/sec
+3s pub total=50 rate=12.00/sec
+publish complete
+"""
+EMQTT_SUB = """\
+1s connect_succ total=10 rate=10.00/sec
+1s sub total=10 rate=10.00/sec
+2s recv total=300 rate=300.00/sec
+3s recv total=480 rate=180.00/sec
+4s recv total=490 rate=10.00/sec
+Connection closed: tcp_closed
+"""
+
+
+def test_emqtt_adapter_commands_and_estimated_summary() -> None:
+    from workloads.scenario import Scenario
+
+    sc = Scenario(publishers=10, subscribers=10, messages=50, qos=1, interval_ms=500, payload_bytes=64)
+    cmds = emqtt.commands(sc, ["10.3.0.10:1883"], publishers=10, subscribers=10, messages=50)
+    pub = cmds["pub"]
+    assert pub[:6] == ["docker", "run", "--rm", "--network", "host", emqtt.IMAGE]
+    assert pub[pub.index("-L") + 1] == "50" and pub[pub.index("-c") + 1] == "10" and pub[pub.index("-q") + 1] == "1"
+    assert cmds["sub"][cmds["sub"].index("-t") + 1] == "bench/test"
+    s = emqtt.summarize(EMQTT_PUB, EMQTT_SUB, subscribers=10, planned=50)
+    assert s["estimated"] and s["sent"] == 50 and s["expected"] == 500 and s["delivered"] == 490
+    assert s["lost"] == 10 and s["loss_pct"] == 2.0 and s["publish_complete"]
+    assert s["errors"] == ["Connection closed: tcp_closed"] and s["latency_ms"]["p99"] is None

@@ -1,0 +1,156 @@
+"""``mqttlab lab``: run, up, status, down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workloads.bench.rundir import format_summary
+from workloads.lab import lab, netns, vm
+from workloads.lab.netns import LabError
+
+OVERRIDES = {  # option dest -> config key
+    "topology": "topology",
+    "scheduler": "balancer.scheduler",
+    "broker_cpus": "brokers.cpus",
+    "broker_memory_mb": "brokers.memoryMb",
+}
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from workloads.cli import load, scenario_overrides
+    from workloads.plan import renumber
+
+    overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
+    overrides |= scenario_overrides(args)
+    cfg = load(args, overrides)
+    return cfg if args.keep_addresses else renumber(cfg)
+
+
+def format_lab_summary(s: dict[str, Any]) -> str:
+    bal = s["balancer"]
+    per = "  ".join(f"{k} {v}" for k, v in s["connections_per_broker"].items())
+    lines = [
+        f"topology {s['topology']}   balancer {bal['kind']} on {', '.join(bal['hosts'])}   scheduler {s['scheduler']}",
+    ]
+    if bal.get("note"):
+        lines.append(f"  note: {bal['note']}")
+    lines += [f"  clients per broker {per}", format_summary(s), f"  run directory      {s['run_dir']}"]
+    return "\n".join(lines)
+
+
+def in_vm(args: argparse.Namespace, argv: list[str]) -> int:
+    """Re-run this very command inside the micro-VM; the run directory is written through."""
+    runs = Path(args.out).resolve()
+    runs.mkdir(parents=True, exist_ok=True)
+    inner = [a for a in argv if a != "--vm"]
+    prelude = ("set -e; mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; "
+               "grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null || true; modprobe ip_vs; ")
+    cmd = f"{prelude} cd {shlex.quote(str(Path.cwd()))}; exec {shlex.quote(vm.guest_python())} -m workloads.cli {shlex.join(inner)}"
+    print("[lab] booting the micro-VM (a stock kernel with IPVS; about a minute under emulation)", file=sys.stderr, flush=True)
+    cp = vm.run_in_vm(cmd, [runs], timeout=args.vm_timeout)
+    sys.stdout.write(cp.stdout)
+    sys.stderr.write(cp.stderr[-20000:])
+    return cp.returncode
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.vm:
+        reason = vm.unavailable_reason()
+        if reason:
+            raise LabError(f"--vm needs the micro-VM: missing {reason}")
+        _config(args)  # bad input is refused here, before a VM boots
+        return in_vm(args, sys.argv[1:])
+    cfg = _config(args)
+    summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet)
+    print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
+    return 0 if not summary["partial"] else 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    balancer, note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler)
+    lab.preflight(cfg, balancer)
+    run_dir = Path(args.out) / f"lab-up-{cfg.topology}-{balancer}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from workloads.bench.rundir import start_manifest
+
+    start_manifest(run_dir, kind="lab-up", stack=cfg.stack, topology=cfg.topology, balancer=balancer)
+    lb = lab.Lab(cfg, run_dir, balancer, note, progress=True, kind="up")
+    try:
+        lb.up()
+    except BaseException:
+        lb.down()
+        raise
+    print(f"lab {lb.lab_id} is up ({cfg.topology}, {balancer}). Entry points, from inside the client hosts' namespaces:")
+    for c in lb.plan.clients:
+        host, port = c.target.rsplit(":", 1)
+        print(f"  ip netns exec {lb.ns(c.host)} mosquitto_sub -h {host} -p {port} -t '#' -v")
+    print(f"brokers: {', '.join(f'{b.name} {b.address}:{b.port}' for b in lb.plan.brokers)} in {lb.ns('brokers')}")
+    print(f"stop it with: mqttlab lab down --id {lb.lab_id}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    labs = lab.lab_status()
+    stray = [n for n in netns.list_namespaces() if not any(n in lb["namespaces"] for lb in labs) and not n.startswith("mqttlab-test")]
+    if args.json:
+        print(json.dumps({"labs": labs, "stray_namespaces": stray}, indent=2))
+        return 0
+    if not labs and not stray:
+        print("no lab is running")
+    for lb in labs:
+        alive = sum(lb["processes"].values())
+        print(f"lab {lb['lab_id']} ({lb['kind']}, {lb['balancer']}): {len(lb['namespaces'])} namespaces, {alive}/{len(lb['processes'])} processes alive, {lb['run_dir']}")
+    if stray:
+        print(f"left behind by a killed run: {', '.join(stray)} (mqttlab lab down removes them)")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    netns.require_root()
+    done = lab.teardown(args.id or "")
+    print("\n".join(done) if done else "nothing to remove")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_stack_args: Callable[[argparse.ArgumentParser], None],
+               add_scenario_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("lab", help="the experiment on this machine, in network namespaces")
+    lsub = p.add_subparsers(dest="lab", required=True)
+
+    def knobs(q: argparse.ArgumentParser) -> None:
+        add_stack_args(q)
+        q.add_argument("--out", default="runs", help="runs folder (default ./runs)")
+        q.add_argument("--keep-addresses", action="store_true", help="use the stack's addresses instead of 198.18.0.0/15")
+        q.add_argument("--topology", choices=("centralized", "distributed"))
+        q.add_argument("--balancer", choices=lab.BALANCERS, help="default: ipvs where the kernel has it, else the closest stand-in")
+        q.add_argument("--scheduler", choices=("rr", "wrr", "lc", "wlc", "sh", "mh"))
+        q.add_argument("--broker-cpus", type=float)
+        q.add_argument("--broker-memory-mb", type=int)
+        add_scenario_args(q)
+
+    q = lsub.add_parser("run", help="bring the lab up, run the benchmark, tear down, summarize")
+    knobs(q)
+    q.add_argument("--vm", action="store_true", help="run inside the micro-VM (real IPVS on kernels without it)")
+    q.add_argument("--vm-timeout", type=float, default=1800)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_run)
+
+    q = lsub.add_parser("up", help="bring the lab up and leave it running")
+    knobs(q)
+    q.set_defaults(func=cmd_up)
+
+    q = lsub.add_parser("status", help="labs that are up, and anything a killed run left")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_status)
+
+    q = lsub.add_parser("down", help="remove a lab (or all labs), including what a killed run left; idempotent")
+    q.add_argument("--id", help="lab id (default: every lab)")
+    q.set_defaults(func=cmd_down)

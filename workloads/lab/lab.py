@@ -1,0 +1,420 @@
+"""The local lab: the plan's hosts as network namespaces on one machine, the same rendered
+files and the same ``mqttlab`` commands as on Azure.
+
+Layout: one namespace per plan host (its link is ``eth0``, as on an Azure VM) and one switch
+namespace with a bridge per subnet whose ``.1`` address routes between subnets, as Azure's
+fabric does. Nothing is added to the root namespace. Every namespace, cgroup and process is
+recorded in a state file as it is created, so ``lab down`` can undo a run that was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workloads.balancer import haproxy_cfg
+from workloads.bench.rundir import start_manifest, summarize, update_manifest
+from workloads.config import ExperimentConfig
+from workloads.lab import cgroups, netns
+from workloads.lab.netns import LabError
+from workloads.plan import Plan, build_plan
+from workloads.render import render_files, write_files
+
+STATE_DIR = Path(os.environ.get("MQTTLAB_STATE_DIR", "/run/mqttlab"))
+BALANCERS = ("ipvs", "nftables", "haproxy")
+LB_TOOLS = {"ipvs": ["ipvsadm", "ipvsadm-restore", "iptables-restore"], "nftables": ["nft", "conntrack"], "haproxy": ["haproxy"]}
+SUBSTITUTES = {"lc": "haproxy", "wlc": "haproxy", "rr": "nftables", "wrr": "nftables", "sh": "haproxy", "mh": "haproxy"}
+_CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
+
+
+def kernel_has_ipvs() -> bool:
+    if Path("/proc/net/ip_vs").exists():
+        return True
+    return subprocess.run(["modprobe", "ip_vs"], capture_output=True).returncode == 0 and Path("/proc/net/ip_vs").exists()
+
+
+def choose_balancer(requested: str | None, scheduler: str) -> tuple[str, str]:
+    """(balancer, note). The default is IPVS where the kernel has it, else the closest stand-in."""
+    if requested == "ipvs" or requested is None:
+        if kernel_has_ipvs():
+            return "ipvs", ""
+        if requested == "ipvs":
+            raise LabError("this kernel has no IPVS (modprobe ip_vs failed): add --vm to run the lab in a micro-VM with a stock kernel, "
+                           "or choose --balancer nftables or --balancer haproxy")
+        sub = SUBSTITUTES[scheduler]
+        return sub, f"no IPVS in this kernel: {sub} stands in for IPVS {scheduler} (use --vm for real IPVS)"
+    if requested not in BALANCERS:
+        raise LabError(f"--balancer {requested!r}: choose one of {', '.join(BALANCERS)}")
+    note = ""
+    if requested == "nftables" and scheduler not in ("rr", "wrr"):
+        note = f"nftables balances round robin (numgen); scheduler {scheduler} is not available there"
+    return requested, note
+
+
+@dataclass
+class LabState:
+    lab_id: str
+    run_dir: str
+    namespaces: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+    cgroup_version: str | None = None
+    created_at: float = field(default_factory=time.time)
+    kind: str = "run"
+    balancer: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / f"{self.lab_id}.json"
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def load(cls, path: Path) -> LabState:
+        return cls(**json.loads(path.read_text()))
+
+
+def ns_name(lab_id: str, host: str) -> str:
+    return f"{netns.PREFIX}{lab_id}-{host}"
+
+
+class Lab:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, balancer: str, note: str = "", progress: bool = True, kind: str = "run") -> None:
+        self.cfg = cfg
+        self.plan: Plan = build_plan(cfg)
+        self.run_dir = run_dir
+        self.balancer = balancer
+        self.note = note
+        self.progress = progress
+        self.lab_id = secrets.token_hex(3)
+        self.state = LabState(self.lab_id, str(run_dir), kind=kind, balancer=balancer, plan=self.plan.to_dict())
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.caps: dict[str, cgroups.Cap] = {}
+        self.files = run_dir / "rendered"
+
+    # ------------------------------------------------------------------ helpers
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(f"[lab {self.lab_id}] {text}", file=sys.stderr, flush=True)
+
+    def ns(self, host: str) -> str:
+        return ns_name(self.lab_id, host)
+
+    def spawn(self, key: str, cmd: list[str], host: str, log: Path | None = None, cgroup_procs: tuple[Path, ...] = ()) -> subprocess.Popen[bytes]:
+        p = netns.spawn(cmd, self.ns(host), log, cgroup_procs=cgroup_procs)
+        self.procs[key] = p
+        self.state.pids[key] = p.pid
+        self.state.save()
+        return p
+
+    # ------------------------------------------------------------------ build
+
+    def create_network(self) -> None:
+        sw = self.ns("sw")
+        for name in [sw] + [self.ns(h.name) for h in self.plan.hosts]:
+            netns.add_namespace(name)
+            self.state.namespaces.append(name)
+            self.state.save()
+        netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=sw)
+        subnets = sorted({h.subnet for h in self.plan.hosts})
+        for i, subnet in enumerate(subnets):
+            gw = next(h.gateway for h in self.plan.hosts if h.subnet == subnet)
+            prefix = subnet.split("/")[1]
+            netns.run(["ip", "link", "add", f"br{i}", "type", "bridge"], ns=sw)
+            netns.run(["ip", "addr", "add", f"{gw}/{prefix}", "dev", f"br{i}"], ns=sw)
+            netns.run(["ip", "link", "set", f"br{i}", "up"], ns=sw)
+        for j, h in enumerate(self.plan.hosts):
+            i = subnets.index(h.subnet)
+            prefix = h.subnet.split("/")[1]
+            port = f"p{j}"
+            netns.run(["ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.ns(h.name)], ns=sw)
+            netns.run(["ip", "link", "set", port, "master", f"br{i}", "up"], ns=sw)
+            hn = self.ns(h.name)
+            netns.run(["ip", "addr", "add", f"{h.address}/{prefix}", "dev", "eth0"], ns=hn)
+            if h.role == "brokers":
+                for b in self.plan.brokers:
+                    netns.run(["ip", "addr", "add", f"{b.address}/{prefix}", "dev", "eth0"], ns=hn)
+            netns.run(["ip", "link", "set", "eth0", "up"], ns=hn)
+            netns.run(["ip", "route", "add", "default", "via", h.gateway], ns=hn)
+
+    def start_brokers(self) -> None:
+        version = cgroups.detect()
+        if version is None:
+            raise LabError("no usable cgroup hierarchy with cpu and memory controllers: the broker caps cannot be applied")
+        self.state.cgroup_version = version
+        self.state.save()
+        logs = self.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        host = self.plan.host("brokers").name
+        for b in self.plan.brokers:
+            cap = cgroups.create(version, self.lab_id, b.name, self.plan.broker_cpus, self.plan.broker_memory_mb)
+            self.caps[b.name] = cap
+            conf = self.files / "brokers" / b.name / "mosquitto.conf"
+            self.spawn(b.name, ["mosquitto", "-c", str(conf)], host, logs / f"{b.name}.log", cap.procs_files)
+        for b in self.plan.brokers:
+            netns.wait_tcp(self.ns(host), b.address, b.port)
+        # caps read back from the kernel, with the process really inside
+        caps: dict[str, dict[str, Any]] = {}
+        for b in self.plan.brokers:
+            cap = self.caps[b.name]
+            caps[b.name] = cap.read_back() | {"pids": cap.pids(), "broker_pid": self.procs[b.name].pid}
+            if self.procs[b.name].pid not in caps[b.name]["pids"]:
+                raise LabError(f"{b.name} is not inside its cgroup {cap.dirs[0]}")
+        update_manifest(self.run_dir, cgroup_version=version, broker_caps=caps)
+
+    def apply_balancers(self) -> None:
+        for bal in self.plan.balancers:
+            ns = self.ns(bal.host)
+            d = self.files / bal.host
+            for line in (d / "sysctl.conf").read_text().splitlines():
+                if self.balancer == "ipvs" or "ip_forward" in line:
+                    netns.run(["sysctl", "-qw", line.replace(" ", "")], ns=ns)
+            if self.balancer == "ipvs":
+                netns.run(["sh", "-c", f"ipvsadm-restore < {d / 'ipvs.rules'}"], ns=ns)
+                netns.run(["ipvsadm", "--set", *(d / "ipvs-timeouts").read_text().split()], ns=ns)
+                netns.run(["sh", "-c", f"iptables-restore < {d / 'rules.v4'}"], ns=ns)
+            elif self.balancer == "nftables":
+                netns.run(["nft", "-f", str(d / "nft-balancer.nft")], ns=ns)
+            else:
+                sock = self.run_dir / "balancer" / f"{bal.host}-haproxy.sock"
+                sock.parent.mkdir(parents=True, exist_ok=True)
+                cfg = d / "haproxy-lab.cfg"
+                # each proxied connection takes two descriptors; stay under this host's hard limit
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                maxconn = 20000 if hard == resource.RLIM_INFINITY else max(256, min(20000, (hard - 100) // 2))
+                cfg.write_text(haproxy_cfg(bal, maxconn=maxconn, stats_socket=str(sock)))
+                self.spawn(f"haproxy-{bal.host}", ["haproxy", "-W", "-db", "-f", str(cfg)], bal.host, self.run_dir / "logs" / f"haproxy-{bal.host}.log")
+                netns.wait_tcp(ns, bal.vip, bal.port)
+
+    def start_monitors(self, interval: float = 0.5) -> None:
+        mon = self.run_dir / "monitor"
+        mon.mkdir(parents=True, exist_ok=True)
+        args = [f"{b.name}={b.address}:{b.port}@{self.procs[b.name].pid}" for b in self.plan.brokers]
+        cmd = [sys.executable, "-m", "workloads.cli", "monitor", "brokers", "--interval", "1", "--out", str(mon / "brokers.csv")]
+        for a in args:
+            cmd += ["--broker", a]
+        self.spawn("monitor-brokers", cmd, "brokers", self.run_dir / "logs" / "monitor-brokers.log")
+        for bal in self.plan.balancers:
+            cmd = [sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
+                   "--interval", str(interval), "--out", str(mon / f"balancer-{bal.host}.csv"), "--vip", f"{bal.vip}:{bal.port}",
+                   "--conn-table", str(self.run_dir / "balancer" / f"{bal.host}-connections.txt")]
+            if self.balancer == "haproxy":
+                cmd += ["--haproxy-socket", str(self.run_dir / "balancer" / f"{bal.host}-haproxy.sock")]
+            (self.run_dir / "balancer").mkdir(exist_ok=True)
+            self.spawn(f"monitor-{bal.host}", cmd, bal.host, self.run_dir / "logs" / f"monitor-{bal.host}.log")
+
+    def up(self) -> None:
+        """Everything but the benchmark; bounded, and undone by :meth:`down` on any failure."""
+        write_files(render_files(self.plan, self.cfg), self.files)
+        self.say(f"network: {len(self.plan.hosts)} hosts + switch in namespaces {ns_name(self.lab_id, '*')}")
+        self.create_network()
+        self.say(f"brokers: {len(self.plan.brokers)} x mosquitto, {self.plan.broker_cpus} CPU / {self.plan.broker_memory_mb} MB each")
+        self.start_brokers()
+        self.say(f"balancer: {self.balancer} on {', '.join(b.host for b in self.plan.balancers)}" + (f" ({self.note})" if self.note else ""))
+        self.apply_balancers()
+
+    # ------------------------------------------------------------------ bench
+
+    def run_bench(self, tag: int) -> None:
+        sc = self.cfg.scenario
+        n = len(self.plan.clients)
+        bench_logs = self.run_dir / "logs"
+        subs = {}
+        ready = {}
+        for i, c in enumerate(self.plan.clients):
+            ready[c.host] = self.run_dir / "bench" / c.host / "sub.ready"
+            ready[c.host].parent.mkdir(parents=True, exist_ok=True)
+            common = self.bench_args(c.host, i, n, c.target, tag)
+            subs[c.host] = self.spawn(f"bench-sub-{c.host}", [*common[:4], "sub", *common[4:], "--ready-file", str(ready[c.host])], c.host,
+                                      bench_logs / f"bench-sub-{c.host}.log")
+        deadline = time.time() + sc.time_limit_s
+        self.say(f"bench: {sc.subscribers} subscribers connecting on {n} client hosts")
+        while not all(r.exists() for r in ready.values()):
+            if time.time() > deadline or any(p.poll() is not None for p in subs.values()):
+                raise LabError("subscribers did not all connect and subscribe (see logs/bench-sub-*.log)")
+            time.sleep(0.2)
+        start_at = time.time() + 1.0
+        pubs = {}
+        for i, c in enumerate(self.plan.clients):
+            common = self.bench_args(c.host, i, n, c.target, tag)
+            pubs[c.host] = self.spawn(f"bench-pub-{c.host}", [*common[:4], "pub", *common[4:], "--start-at", f"{start_at:.3f}"], c.host,
+                                      bench_logs / f"bench-pub-{c.host}.log")
+        self.say(f"bench: {sc.publishers} publishers, {sc.messages} messages, qos {sc.qos}")
+        last = 0.0
+        while any(p.poll() is None for p in pubs.values()):
+            if time.time() > deadline:
+                raise LabError(f"publishers still running at the time limit ({sc.time_limit_s}s)")
+            if time.time() - last > 5:
+                last = time.time()
+                self.say("bench: publishing ... " + self.live_counts())
+            time.sleep(0.2)
+        self.say(f"bench: publishers done, draining up to {sc.drain_s}s")
+        want = sc.expected_deliveries()
+        drain_end = min(time.time() + sc.drain_s, deadline)
+        while time.time() < drain_end and self.received() < want:
+            time.sleep(0.2)
+        for p in subs.values():
+            netns.stop(p, timeout=30)
+
+    def bench_args(self, host: str, index: int, count: int, target: str, tag: int) -> list[str]:
+        sc = self.cfg.scenario
+        args = [sys.executable, "-m", "workloads.cli", "bench", "--target", target, "--out", str(self.run_dir), "--host", host,
+                "--host-index", str(index), "--host-count", str(count), "--tag", hex(tag), "--quiet"]
+        from workloads.scenario import FIELDS
+
+        for attr, opt, _d in FIELDS.values():
+            v = getattr(sc, attr)
+            args += [opt, str(v).lower() if isinstance(v, bool) else str(v)]
+        return args
+
+    def received(self) -> int:
+        total = 0
+        for p in self.run_dir.glob("bench/*/deliveries-*.bin"):
+            total += p.stat().st_size // 32
+        return total
+
+    def live_counts(self) -> str:
+        return f"{self.received()} deliveries on disk"
+
+    # ------------------------------------------------------------------ collect and teardown
+
+    def stop_monitors(self) -> None:
+        for key, p in list(self.procs.items()):
+            if key.startswith("monitor-"):
+                netns.stop(p, timeout=15)
+
+    def connections_per_broker(self, tag: int) -> dict[str, int]:
+        """Bench clients per broker, from each broker's own log (CONNECT lines carry the client id)."""
+        out: dict[str, int] = {}
+        for b in self.plan.brokers:
+            log = self.run_dir / "logs" / f"{b.name}.log"
+            ids = set()
+            if log.exists():
+                for m in _CONNECT.finditer(log.read_text(errors="replace")):
+                    if m.group(2).startswith(f"mqttlab-{tag:08x}-"):
+                        ids.add(m.group(2))
+            out[b.name] = len(ids)
+        return out
+
+    def down(self) -> None:
+        for p in self.procs.values():
+            netns.stop(p, timeout=10)
+        teardown(self.lab_id)
+
+
+def teardown(lab_id: str) -> list[str]:
+    """Remove everything of lab ``lab_id`` (or of every lab, with ``""``): idempotent."""
+    done = []
+    for path in sorted(STATE_DIR.glob(f"{lab_id}*.json")) if STATE_DIR.is_dir() else []:
+        try:
+            st = LabState.load(path)
+        except (OSError, ValueError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        for pid in st.pids.values():
+            try:
+                os.killpg(pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for name in netns.list_namespaces(f"{netns.PREFIX}{lab_id}"):
+        if name.startswith(f"{netns.PREFIX}test"):
+            continue  # the test suite's own namespaces are its business
+        netns.delete_namespace(name)
+        done.append(f"namespace {name}")
+    for d in cgroups.remove_lab(lab_id):
+        done.append(f"cgroup {d}")
+    for path in sorted(STATE_DIR.glob(f"{lab_id}*.json")) if STATE_DIR.is_dir() else []:
+        path.unlink(missing_ok=True)
+        done.append(f"state {path}")
+    return done
+
+
+def preflight(cfg: ExperimentConfig, balancer: str) -> None:
+    """Everything that can be checked before anything is created."""
+    netns.require_root()
+    netns.require_tools(["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer]])
+    if cgroups.detect() is None:
+        raise LabError("no cgroup hierarchy with cpu and memory controllers under /sys/fs/cgroup: broker caps cannot be applied")
+
+
+def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progress: bool = True) -> dict[str, Any]:
+    balancer, note = choose_balancer(balancer_req, cfg.balancer.scheduler)
+    preflight(cfg, balancer)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.topology}-{balancer}-{cfg.balancer.scheduler}"
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    lab = Lab(cfg, run_dir, balancer, note, progress)
+    tag = secrets.randbits(32)
+    plan = lab.plan
+    start_manifest(run_dir, kind="lab", stack=cfg.stack, topology=cfg.topology, balancer=balancer, balancer_note=note,
+                   scheduler=cfg.balancer.scheduler, scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
+                   mosquitto=mosquitto_version())
+    status, reason = "complete", ""
+    t0 = time.time()
+    try:
+        lab.up()
+        update_manifest(run_dir, lab_up_s=round(time.time() - t0, 3))
+        lab.start_monitors()
+        lab.run_bench(tag)
+    except KeyboardInterrupt:
+        status, reason = "partial", "interrupted"
+        raise
+    except LabError as exc:
+        status, reason = "partial", str(exc)
+        raise
+    finally:
+        lab.stop_monitors()
+        t1 = time.time()
+        lab.down()
+        conns = lab.connections_per_broker(tag)
+        update_manifest(run_dir, status=status, reason=reason, ended_at=time.time(), lab_down_s=round(time.time() - t1, 3),
+                        connections_per_broker=conns)
+        lab.say(f"torn down ({reason or 'done'})")
+    summary = summarize(run_dir)
+    summary.update(
+        run_dir=str(run_dir), topology=cfg.topology, scheduler=cfg.balancer.scheduler, connections_per_broker=conns,
+        balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]},
+    )
+    return summary
+
+
+def mosquitto_version() -> str:
+    out = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
+    m = re.search(r"mosquitto version (\S+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def lab_status() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
+        try:
+            st = LabState.load(path)
+        except (OSError, ValueError, TypeError):
+            continue
+        alive = {k: _alive(pid) for k, pid in st.pids.items()}
+        out.append({"lab_id": st.lab_id, "kind": st.kind, "balancer": st.balancer, "run_dir": st.run_dir, "namespaces": st.namespaces,
+                    "processes": alive})
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
