@@ -56,9 +56,24 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {f"scenario.{k}": getattr(args, f"scenario_{k}") for k in FIELDS if getattr(args, f"scenario_{k}", None) is not None}
 
 
+# config key -> the command-line option that overrides it, so errors name what the user typed
+OPTION_OF = {f"mqttlab:scenario.{k}": opt for k, (_a, opt, _d) in FIELDS.items()} | {
+    "mqttlab:topology": "--topology", "mqttlab:balancer.scheduler": "--scheduler",
+    "mqttlab:brokers.cpus": "--broker-cpus", "mqttlab:brokers.memoryMb": "--broker-memory-mb",
+}
+
+
 def load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     cfg = load_stack(args.stack, project_dir(args.project_dir))
-    return cfg.with_overrides(overrides) if overrides else cfg
+    if not overrides:
+        return cfg
+    try:
+        return cfg.with_overrides(overrides)
+    except ConfigError as exc:
+        given = {f"mqttlab:{k}" for k in overrides}
+        if exc.key in given and exc.key in OPTION_OF:
+            raise ConfigError(OPTION_OF[exc.key], exc.value, exc.allowed) from None
+        raise
 
 
 # --------------------------------------------------------------------------- render
@@ -112,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     from workloads.lab import cli as lab_cli
 
     lab_cli.add_parser(sub, add_stack_args, add_scenario_args)
+    from workloads import hostcmd
+
+    hostcmd.add_parser(sub, add_stack_args)
+    from workloads.analysis import cli as analysis_cli
+
+    analysis_cli.add_parser(sub)
     return parser
 
 

@@ -59,6 +59,9 @@ def create(version: str, lab_id: str, name: str, cpus: float, memory_mb: int) ->
     mem = memory_mb * 1024 * 1024
     try:
         if version == "v2":
+            enabled = set((ROOT / "cgroup.subtree_control").read_text().split())
+            if not {"cpu", "memory"} <= enabled:  # a bare cgroup2 mount (no systemd) delegates nothing yet
+                (ROOT / "cgroup.subtree_control").write_text("+cpu +memory")
             top = ROOT / f"mqttlab-{lab_id}"
             top.mkdir(exist_ok=True)
             (top / "cgroup.subtree_control").write_text("+cpu +memory")

@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ STATE_DIR = Path(os.environ.get("MQTTLAB_STATE_DIR", "/run/mqttlab"))
 BALANCERS = ("ipvs", "nftables", "haproxy")
 LB_TOOLS = {"ipvs": ["ipvsadm", "ipvsadm-restore", "iptables-restore"], "nftables": ["nft", "conntrack"], "haproxy": ["haproxy"]}
 SUBSTITUTES = {"lc": "haproxy", "wlc": "haproxy", "rr": "nftables", "wrr": "nftables", "sh": "haproxy", "mh": "haproxy"}
+HAPROXY_SESS = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); "
+                 "s.sendall(b'show sess\\n'); d=b''\nwhile (c:=s.recv(65536)): d+=c\nprint(d.decode())")
 _CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
 
 
@@ -114,6 +117,13 @@ class Lab:
     def ns(self, host: str) -> str:
         return ns_name(self.lab_id, host)
 
+    def haproxy_socket(self, host: str) -> Path:
+        """Stats sockets live in the state folder: a run folder's path can exceed the 108 bytes a
+        Unix socket path may have."""
+        d = STATE_DIR / self.lab_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{host}.sock"
+
     def spawn(self, key: str, cmd: list[str], host: str, log: Path | None = None, cgroup_procs: tuple[Path, ...] = ()) -> subprocess.Popen[bytes]:
         p = netns.spawn(cmd, self.ns(host), log, cgroup_procs=cgroup_procs)
         self.procs[key] = p
@@ -190,15 +200,18 @@ class Lab:
             elif self.balancer == "nftables":
                 netns.run(["nft", "-f", str(d / "nft-balancer.nft")], ns=ns)
             else:
-                sock = self.run_dir / "balancer" / f"{bal.host}-haproxy.sock"
-                sock.parent.mkdir(parents=True, exist_ok=True)
+                sock = self.haproxy_socket(bal.host)
                 cfg = d / "haproxy-lab.cfg"
                 # each proxied connection takes two descriptors; stay under this host's hard limit
                 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
                 maxconn = 20000 if hard == resource.RLIM_INFINITY else max(256, min(20000, (hard - 100) // 2))
                 cfg.write_text(haproxy_cfg(bal, maxconn=maxconn, stats_socket=str(sock)))
-                self.spawn(f"haproxy-{bal.host}", ["haproxy", "-W", "-db", "-f", str(cfg)], bal.host, self.run_dir / "logs" / f"haproxy-{bal.host}.log")
-                netns.wait_tcp(ns, bal.vip, bal.port)
+                log = self.run_dir / "logs" / f"haproxy-{bal.host}.log"
+                self.spawn(f"haproxy-{bal.host}", ["haproxy", "-W", "-db", "-f", str(cfg)], bal.host, log)
+                try:
+                    netns.wait_tcp(ns, bal.vip, bal.port)
+                except LabError as exc:
+                    raise LabError(f"{exc}; haproxy said: {log.read_text()[-1500:]}") from None
 
     def start_monitors(self, interval: float = 0.5) -> None:
         mon = self.run_dir / "monitor"
@@ -210,10 +223,9 @@ class Lab:
         self.spawn("monitor-brokers", cmd, "brokers", self.run_dir / "logs" / "monitor-brokers.log")
         for bal in self.plan.balancers:
             cmd = [sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
-                   "--interval", str(interval), "--out", str(mon / f"balancer-{bal.host}.csv"), "--vip", f"{bal.vip}:{bal.port}",
-                   "--conn-table", str(self.run_dir / "balancer" / f"{bal.host}-connections.txt")]
+                   "--interval", str(interval), "--out", str(mon / f"balancer-{bal.host}.csv"), "--vip", f"{bal.vip}:{bal.port}"]
             if self.balancer == "haproxy":
-                cmd += ["--haproxy-socket", str(self.run_dir / "balancer" / f"{bal.host}-haproxy.sock")]
+                cmd += ["--haproxy-socket", str(self.haproxy_socket(bal.host))]
             (self.run_dir / "balancer").mkdir(exist_ok=True)
             self.spawn(f"monitor-{bal.host}", cmd, bal.host, self.run_dir / "logs" / f"monitor-{bal.host}.log")
 
@@ -263,6 +275,7 @@ class Lab:
                 self.say("bench: publishing ... " + self.live_counts())
             time.sleep(0.2)
         self.say(f"bench: publishers done, draining up to {sc.drain_s}s")
+        self.snapshot_connections()
         want = sc.expected_deliveries()
         drain_end = min(time.time() + sc.drain_s, deadline)
         while time.time() < drain_end and self.received() < want:
@@ -291,6 +304,20 @@ class Lab:
         return f"{self.received()} deliveries on disk"
 
     # ------------------------------------------------------------------ collect and teardown
+
+    def snapshot_connections(self) -> None:
+        """The balancers' connection tables while every client is still connected, to join
+        clients (local address) to brokers."""
+        for bal in self.plan.balancers:
+            out = self.run_dir / "balancer" / f"{bal.host}-connections.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if self.balancer == "haproxy":
+                sock = self.haproxy_socket(bal.host)
+                text = netns.run(["python3", "-c", HAPROXY_SESS, str(sock)], check=False).stdout
+            else:
+                text = netns.run(["ipvsadm", "-Lnc"] if self.balancer == "ipvs" else ["conntrack", "-L", "-p", "tcp"], ns=self.ns(bal.host),
+                                 check=False).stdout
+            out.write_text(text)
 
     def stop_monitors(self) -> None:
         for key, p in list(self.procs.items()):
@@ -337,8 +364,11 @@ def teardown(lab_id: str) -> list[str]:
         done.append(f"namespace {name}")
     for d in cgroups.remove_lab(lab_id):
         done.append(f"cgroup {d}")
-    for path in sorted(STATE_DIR.glob(f"{lab_id}*.json")) if STATE_DIR.is_dir() else []:
-        path.unlink(missing_ok=True)
+    for path in sorted(STATE_DIR.glob(f"{lab_id}*")) if STATE_DIR.is_dir() else []:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         done.append(f"state {path}")
     return done
 

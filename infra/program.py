@@ -1,0 +1,83 @@
+"""The Azure program: stack config -> plan -> components -> outputs.
+
+Configuration is read and validated completely before the first resource is registered, so a
+bad value stops ``pulumi up`` with the key named and nothing created.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_tls as tls
+
+from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Network, ResultsStore, ssh_commands
+from infra.settings import AzureSettings, parse_azure
+from workloads.config import ConfigError, ExperimentConfig, parse_config
+from workloads.plan import Plan, build_plan
+
+SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario")
+
+
+def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Output[str] | None]:
+    """The experiment through the same parser the local lab uses, plus the Azure settings."""
+    cfg = pulumi.Config("mqttlab")
+    raw: dict[str, Any] = {}
+    if cfg.get("topology") is not None:
+        raw["mqttlab:topology"] = cfg.get("topology")
+    for section in SECTIONS:
+        try:
+            value = cfg.get_object(section)
+        except Exception as exc:  # noqa: BLE001 - pulumi raises its own type for non-JSON values
+            raise ConfigError(f"mqttlab:{section}", cfg.get(section), f"must be a mapping ({exc})") from None
+        if value is not None:
+            raw[f"mqttlab:{section}"] = value
+    experiment = parse_config(raw, stack)
+    az = parse_azure(cfg.get_object("azure"), cfg.get("runId"))
+    private_key = cfg.get_secret("sshPrivateKey")
+    if private_key is None and not az.generate_ssh_key:
+        raise ConfigError("mqttlab:sshPrivateKey", None, "is required for the remote commands unless azure.generateSshKey is true "
+                          "(pulumi config set --secret mqttlab:sshPrivateKey < ~/.ssh/id_ed25519)")
+    return experiment, az, private_key
+
+
+def build() -> dict[str, Any]:
+    project, stack = pulumi.get_project(), pulumi.get_stack()
+    try:
+        experiment, az, private_key = read_config(stack)
+    except ConfigError as exc:
+        raise pulumi.RunError(f"configuration error: {exc}") from None
+    plan: Plan = build_plan(experiment)
+    tags = {"project": project, "stack": stack, "run": az.run_id}
+    if az.generate_ssh_key:
+        key = tls.PrivateKey("ssh-key", algorithm="ED25519")
+        public_key: pulumi.Input[str] = key.public_key_openssh
+        private: pulumi.Input[str] = key.private_key_openssh
+    else:
+        public_key, private = str(az.ssh_public_key), private_key  # type: ignore[assignment]
+    net = Network("mqttlab", plan, az, tags)
+    ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name)
+    store = ResultsStore("results", ctx)
+    brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)
+    balancers = [BalancerHost(h.name, ctx, h, net.subnets[h.subnet], public_key, private) for h in plan.balancer_hosts]
+    run = BenchmarkRun("bench", ctx, brokers, balancers, store)
+    prefix = f"{stack}/{az.run_id}/"
+    outputs: dict[str, Any] = {
+        "topology": plan.topology,
+        "runId": az.run_id,
+        "resultsUrl": store.url,
+        "resultsPrefix": prefix,
+        "resultsSas": store.sas,
+        "fetchCommand": pulumi.Output.concat(
+            "mqttlab results fetch --url ", store.url, f" --prefix {prefix} --out runs --sas \"$(pulumi stack output -s {stack} --show-secrets resultsSas)\""),
+        "entryPoints": {c.host: c.target for c in plan.clients},
+        "balancers": [b.host for b in plan.balancers],
+        "brokerAddresses": {b.name: f"{b.address}:{b.port}" for b in plan.brokers},
+        "sshCommands": ssh_commands([brokers.vm, *[b.vm for b in balancers]], az.admin_user),
+        "benchSummary": run.summary,
+    }
+    if az.generate_ssh_key:
+        outputs["sshPrivateKey"] = pulumi.Output.secret(private)
+    for k, v in outputs.items():
+        pulumi.export(k, v)
+    return outputs

@@ -1,0 +1,139 @@
+"""Analysis on run directories whose truth is known, and one report over real lab runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MQTTLAB, ROOT
+from workloads.analysis.load import load_run
+from workloads.analysis.metrics import attribution, comparison, summarize_run
+from workloads.analysis.report import write_report
+from workloads.analysis.synthetic import reference_truth, write_run
+from workloads.bench.rundir import RunDirError, summarize
+
+
+@pytest.fixture
+def known(tmp_path: Path) -> Path:
+    return write_run(tmp_path / "known", reference_truth())
+
+
+def test_every_summary_number(known: Path) -> None:
+    s = summarize_run(load_run(known))
+    assert (s["offered"], s["expected"], s["delivered"], s["lost"]) == (200, 800, 781, 19)
+    assert s["loss_pct"] == round(100 * 19 / 800, 3) and s["duplicates"] == 1 and s["out_of_order"] == 0
+    # 3 subscribers at 1 ms, broker3's subscriber at 5 ms: 195 of 781 deliveries
+    assert s["latency_ms"] == {"p50": 1.0, "p90": 5.0, "p99": 5.0, "max": 5.0}
+    assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
+    assert s["fairness"] == pytest.approx(36 / (3 * 14))
+    assert s["connections_per_balancer"] == {"ipvs1": {"broker1": 2, "broker2": 1, "broker3": 0},
+                                             "ipvs2": {"broker1": 1, "broker2": 1, "broker3": 1}}
+    assert s["fairness_per_balancer"]["ipvs2"] == pytest.approx(1.0)
+    assert s["loss_by_broker"] == {"broker1": 12, "broker2": 1, "broker3": 6}
+    assert not s["partial"]
+    # the bench's own summary (used on the hosts) agrees with the analysis
+    b = summarize(known)
+    assert (b["expected"], b["delivered"], b["lost"], b["duplicates"]) == (800, 781, 19, 1)
+
+
+def test_loss_attribution_table(known: Path) -> None:
+    a = attribution(load_run(known))
+    rows = {(r["broker"], r["where"]): r for r in a.to_dict("records")}
+    assert set(rows) == {("broker1", "subscriber queue"), ("broker3", "bridge into broker3"), ("broker1", "publisher ingress"),
+                         ("broker2", "publisher ingress"), ("broker3", "publisher ingress")}
+    q = rows[("broker1", "subscriber queue")]
+    assert (q["lost_deliveries"], q["distinct_messages"], q["broker_dropped_sys"], q["explained"]) == (10, 10, 15, True)
+    assert "1 of 1 subscribers logged" in q["evidence"]
+    br = rows[("broker3", "bridge into broker3")]
+    assert (br["lost_deliveries"], br["distinct_messages"], br["explained"]) == (5, 5, True)
+    assert "mqttlab-bridge-x-broker1-broker3-local" in br["evidence"]
+    ingress = [r for (_b, w), r in rows.items() if w == "publisher ingress"]
+    assert sum(r["lost_deliveries"] for r in ingress) == 4 and not any(r["explained"] for r in ingress)
+    assert {r["distinct_messages"] for r in ingress} == {1}
+    assert a.attrs["total_lost"] == 19 and a.attrs["unexplained"] == 4
+    assert a["share_pct"].sum() == pytest.approx(100.0)
+
+
+def test_comparison_groups_repetitions_with_mean_and_spread(tmp_path: Path) -> None:
+    t1 = reference_truth()
+    t2 = reference_truth()
+    t2.lost = {(0, 0, q) for q in range(10, 39)}  # 29 lost
+    t3 = reference_truth()
+    t3.topology, t3.lost = "centralized", set()
+    runs = [load_run(write_run(tmp_path / n, t)) for n, t in (("a", t1), ("b", t2), ("c", t3))]
+    comp = comparison([summarize_run(r) for r in runs]).set_index("topology")
+    d, c = comp.loc["distributed"], comp.loc["centralized"]
+    assert d["runs"] == 2 and d["loss_pct_mean"] == pytest.approx((19 + 29) / 2 / 800 * 100, abs=1e-3)
+    assert d["loss_pct_std"] == pytest.approx(((19 - 29) ** 2 / 2) ** 0.5 / 800 * 100, abs=1e-3)
+    assert c["runs"] == 1 and c["loss_pct_mean"] == 0.0
+
+
+def test_partial_and_malformed_runs(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.status = "running"
+    run = load_run(write_run(tmp_path / "p", t))
+    assert run.partial and "partial run" in run.notes[0]
+    bad = write_run(tmp_path / "bad", reference_truth())
+    f = bad / "bench" / "ipvs1" / "clients-run0.csv"
+    f.write_text("client_id,role\nx,pub\n")
+    with pytest.raises(RunDirError, match="clients-run0.csv: missing columns"):
+        load_run(bad)
+    (bad / "manifest.json").write_text('{"format_version": 99}')
+    with pytest.raises(RunDirError, match="format_version 99"):
+        load_run(bad)
+    cp = subprocess.run([*MQTTLAB, "report", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    assert cp.returncode == 2 and "manifest.json: missing" in cp.stderr
+
+
+def test_report_command_json_and_files(known: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    cp = subprocess.run([*MQTTLAB, "report", str(known), "--out", str(out), "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)[0]
+    assert (s["lost"], s["duplicates"], s["loss_by_broker"]["broker3"]) == (19, 1, 6) and s["fairness"] == pytest.approx(0.857, abs=1e-3)
+    for name in ("runs.csv", "comparison.csv", "attribution.csv", "summary.json", "report.html", "loss.png", "latency.png",
+                 "connections.png", "timeseries.png"):
+        assert (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "Where messages were lost" in html
+
+
+def test_html_report_renders_in_headless_chromium(known: Path, tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is installed by scripts/setup.sh --dev"
+    res = write_report([load_run(known)], tmp_path / "r")
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    cp = subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2400", res["html"].as_uri()], capture_output=True,
+                        text=True, timeout=120)
+    assert cp.returncode == 0 and shot.exists(), cp.stderr[-2000:]
+    dom = subprocess.run([browser, *flags, "--dump-dom", res["html"].as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<img") == 4 and "Loss by configuration" not in dom  # titles are inside the pictures
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    img = mpimg.imread(shot)
+    assert img.shape[0] >= 1000 and len(np.unique(img.reshape(-1, img.shape[-1])[:, :3], axis=0)) > 100  # plots, not a blank page
+
+
+@pytest.mark.lab
+def test_report_over_real_lab_runs_of_both_topologies(tmp_path: Path) -> None:
+    dirs = []
+    for topology in ("distributed", "centralized"):
+        cp = subprocess.run([*MQTTLAB, "lab", "run", "-s", topology, "--balancer", "nftables", "--scheduler", "rr", "--publishers", "6",
+                             "--subscribers", "6", "--messages", "300", "--interval-ms", "20", "--drain-s", "3", "--json", "--quiet",
+                             "--out", str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert cp.returncode == 0, cp.stderr[-3000:]
+        dirs.append(json.loads(cp.stdout))
+    res = write_report([load_run(Path(d["run_dir"])) for d in dirs], tmp_path / "report")
+    for lab_summary, s in zip(dirs, res["summaries"], strict=True):
+        assert (s["expected"], s["delivered"], s["lost"], s["duplicates"]) == (lab_summary["expected"], lab_summary["delivered"],
+                                                                                lab_summary["lost"], lab_summary["duplicates"])
+        assert s["connections_per_broker"] == lab_summary["connections_per_broker"]
+        assert s["topology"] == lab_summary["topology"] and sum(s["connections_per_broker"].values()) == 12
+    assert set(res["comparison"]["topology"]) == {"distributed", "centralized"}

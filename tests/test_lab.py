@@ -1,0 +1,221 @@
+"""The real local lab, end to end: namespaces, capped brokers, balancers, bench, teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MQTTLAB, ROOT, wait_for
+from workloads.lab import lab as lab_mod
+from workloads.lab import netns, vm
+
+SMALL = ["--publishers", "6", "--subscribers", "6", "--messages", "300", "--interval-ms", "20", "--drain-s", "3", "--time-limit-s", "120"]
+
+
+def lab_run(*args: str, out: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MQTTLAB, "lab", "run", *args, "--out", str(out)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=env)
+
+
+def lab_leftovers() -> dict[str, list[str]]:
+    """What any lab (not the test suite's own namespaces) has left on this machine."""
+    cg = [str(p) for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/memory")) for p in base.glob("mqttlab-*")]
+    procs = subprocess.run(["pgrep", "-af", "rendered/brokers|workloads.cli (bench|monitor)|haproxy-lab.cfg"], capture_output=True,
+                           text=True).stdout.splitlines()
+    state = [str(p) for p in lab_mod.STATE_DIR.glob("*")] if lab_mod.STATE_DIR.is_dir() else []
+    return {"namespaces": [n for n in netns.list_namespaces() if not n.startswith("mqttlab-test")], "cgroups": cg,
+            "processes": [p for p in procs if "pgrep" not in p], "state": state,
+            "mounts": [m for m in Path("/proc/mounts").read_text().splitlines() if "/run/netns/mqttlab-" in m and "mqttlab-test" not in m]}
+
+
+def assert_nothing_left() -> None:
+    left = lab_leftovers()
+    assert not any(left.values()), left
+
+
+def client_brokers(run_dir: Path, tag: int) -> dict[str, tuple[str, str]]:
+    """client id -> (broker, source address the broker saw), from the brokers' own logs."""
+    out = {}
+    for log in (run_dir / "logs").glob("broker*.log"):
+        for m in re.finditer(r"New client connected from (\S+):\d+ as (\S+)", log.read_text()):
+            if m.group(2).startswith(f"mqttlab-{tag:08x}-"):
+                out[m.group(2)] = (log.stem, m.group(1))
+    return out
+
+
+def client_hosts(run_dir: Path) -> dict[str, tuple[str, str]]:
+    """client id -> (client host, entry point)."""
+    out = {}
+    for f in (run_dir / "bench").glob("*/clients-*.csv"):
+        for line in f.read_text().splitlines()[1:]:
+            cid, _role, _i, _w, entry, *_ = line.split(",")
+            out[cid] = (f.parent.name, entry)
+    return out
+
+
+def check_run(cp: subprocess.CompletedProcess[str], topology: str, balancer: str, scheduler: str) -> dict[str, Any]:
+    assert cp.returncode == 0, cp.stdout[-2000:] + cp.stderr[-4000:]
+    s = json.loads(cp.stdout)
+    assert (s["lost"], s["duplicates"], s["loss_pct"]) == (0, 0, 0.0) and s["expected"] == 300 * 6 and s["delivered"] == 1800
+    assert s["clients_connected"] == s["clients"] == 12 and s["disconnects"] == 0 and not s["partial"]
+    assert s["balancer"]["kind"] == balancer and s["topology"] == topology and s["scheduler"] == scheduler
+    run_dir = Path(s["run_dir"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    plan = manifest["plan"]
+    landed = client_brokers(run_dir, manifest["tag"])
+    hosts = client_hosts(run_dir)
+    assert set(landed) == set(hosts) and len(landed) == 12
+    assert sum(s["connections_per_broker"].values()) == 12 and all(v > 0 for v in s["connections_per_broker"].values())
+    ipvs1, ipvs2 = plan["hosts"][1]["address"], plan["hosts"][2]["address"]
+    if topology == "centralized":
+        assert s["balancer"]["hosts"] == ["ipvs1"]
+        assert {entry for _h, entry in hosts.values()} == {f"{ipvs1}:1883"}
+        assert not (run_dir / "monitor" / "balancer-ipvs2.csv").exists()
+        if balancer != "haproxy":  # NAT: ipvs2's clients are masqueraded by ipvs1, so brokers see ipvs1 only
+            assert {src for _b, src in landed.values()} == {ipvs1}
+    else:
+        assert s["balancer"]["hosts"] == ["ipvs1", "ipvs2"]
+        assert {hosts[c][1] for c in hosts if hosts[c][0] == "ipvs2"} == {f"{ipvs2}:1883"}
+        if balancer != "haproxy":
+            assert {landed[c][1] for c in landed if hosts[c][0] == "ipvs2"} == {ipvs2}
+    # the spread the scheduler implies, per balancing counter
+    groups: dict[str, Counter[str]] = defaultdict(Counter)
+    for cid, (broker, _src) in landed.items():
+        host = hosts[cid][0]
+        key = host if (balancer == "nftables" or topology == "distributed") else "one"
+        groups[key][broker] += 1
+    for key, counts in groups.items():
+        per = [counts.get(f"broker{i}", 0) for i in (1, 2, 3)]
+        assert max(per) - min(per) <= 1, (key, per)
+    caps = manifest["broker_caps"]
+    assert set(caps) == {"broker1", "broker2", "broker3"}
+    for c in caps.values():
+        assert c["cpus"] == pytest.approx(0.25) and c["memory_bytes"] == 128 * 1024 * 1024 and c["broker_pid"] in c["pids"]
+    assert manifest["cgroup_version"] in ("v1", "v2")
+    for csv_name in ["brokers.csv", *[f"balancer-{h}.csv" for h in s["balancer"]["hosts"]]]:
+        assert len((run_dir / "monitor" / csv_name).read_text().splitlines()) > 2, csv_name
+    return s
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("topology", "balancer", "scheduler"), [
+    ("distributed", "nftables", "rr"), ("centralized", "nftables", "rr"),
+    ("distributed", "haproxy", "lc"), ("centralized", "haproxy", "rr"),
+])
+def test_lab_end_to_end(tmp_path: Path, topology: str, balancer: str, scheduler: str) -> None:
+    cp = lab_run("-s", topology, "--balancer", balancer, "--scheduler", scheduler, *SMALL, "--json", "--quiet", out=tmp_path)
+    check_run(cp, topology, balancer, scheduler)
+    assert_nothing_left()
+
+
+@pytest.mark.lab
+def test_caps_follow_overrides(tmp_path: Path) -> None:
+    cp = lab_run("-s", "distributed", "--balancer", "nftables", "--scheduler", "rr", "--broker-cpus", "0.5", "--broker-memory-mb", "64",
+                 *SMALL, "--json", "--quiet", out=tmp_path)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    caps = json.loads((Path(json.loads(cp.stdout)["run_dir"]) / "manifest.json").read_text())["broker_caps"]
+    assert {c["cpus"] for c in caps.values()} == {0.5} and {c["memory_bytes"] for c in caps.values()} == {64 * 1024 * 1024}
+
+
+def start_long_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    log = tmp_path / "lab.log"
+    proc = subprocess.Popen([*MQTTLAB, "lab", "run", "-s", "distributed", "--balancer", "nftables", "--scheduler", "rr", "--publishers", "4",
+                             "--subscribers", "4", "--messages", "4000", "--interval-ms", "20", "--out", str(tmp_path / "runs")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    wait_for(lambda: "publishing" in log.read_text(), 120, "the run to be publishing")
+    return proc, log
+
+
+@pytest.mark.lab
+def test_ctrl_c_mid_run_tears_everything_down(tmp_path: Path) -> None:
+    proc, log = start_long_run(tmp_path)
+    assert lab_leftovers()["namespaces"]  # it really was up
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130, log.read_text()[-2000:]
+    assert_nothing_left()
+    manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "partial" and manifest["reason"] == "interrupted"
+
+
+@pytest.mark.lab
+def test_kill_9_then_lab_down_leaves_nothing(tmp_path: Path) -> None:
+    proc, _log = start_long_run(tmp_path)
+    proc.kill()
+    proc.wait(10)
+    left = lab_leftovers()
+    assert left["namespaces"] and left["cgroups"] and left["processes"]  # a killed runner leaves things behind ...
+    st = subprocess.run([*MQTTLAB, "lab", "status"], capture_output=True, text=True, cwd=ROOT)
+    assert "lab " in st.stdout and "processes alive" in st.stdout
+    down = subprocess.run([*MQTTLAB, "lab", "down"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert down.returncode == 0 and "namespace" in down.stdout
+    assert_nothing_left()  # ... and lab down removes all of it
+    again = subprocess.run([*MQTTLAB, "lab", "down"], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0 and "nothing to remove" in again.stdout  # idempotent
+
+
+@pytest.mark.lab
+def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
+    before = lab_leftovers()
+    out = tmp_path / "runs"
+    cp = lab_run("-s", "nosuchstack", out=out)
+    assert cp.returncode == 2 and "no file" in cp.stderr and "known stacks here: centralized, distributed" in cp.stderr
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "Pulumi.yaml").write_text("name: mqttlab\n")
+    (proj / "Pulumi.bad.yaml").write_text("config:\n  mqttlab:brokers:\n    cpus: -1\n")
+    cp = lab_run("-s", "bad", "--project-dir", str(proj), out=out)
+    assert cp.returncode == 2 and "mqttlab:brokers.cpus=-1" in cp.stderr
+    cp = lab_run("-s", "distributed", "--qos", "7", out=out)
+    assert cp.returncode == 2 and "--qos=7" in cp.stderr
+    env = dict(os.environ, PATH="/nonexistent")
+    cp = subprocess.run([*MQTTLAB, "lab", "run", "-s", "distributed", "--balancer", "haproxy", "--out", str(out)], capture_output=True,
+                        text=True, cwd=ROOT, env=env)
+    assert cp.returncode == 3 and "missing tools" in cp.stderr and "apt-get install" in cp.stderr
+    if not lab_mod.kernel_has_ipvs():
+        cp = lab_run("-s", "distributed", "--balancer", "ipvs", out=out)
+        assert cp.returncode == 3 and "--vm" in cp.stderr
+    nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *MQTTLAB, "lab", "run", "-s", "distributed",
+                             "--balancer", "haproxy", "--out", str(tmp_path / "nobody")], capture_output=True, text=True, cwd=ROOT)
+    assert nobody.returncode == 3 and "as root" in nobody.stderr
+    assert not out.exists() or not any(out.iterdir())
+    assert lab_leftovers() == before
+
+
+@pytest.mark.vm
+@pytest.mark.lab
+def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
+    """lc and rr, both topologies, with the kernel's IPVS: one VM boot for all four runs."""
+    reason = vm.unavailable_reason()
+    if reason and not lab_mod.kernel_has_ipvs():
+        pytest.skip(f"no IPVS here and no micro-VM: {reason}")
+    runs = tmp_path / "runs"
+    cases = [("distributed", "lc"), ("centralized", "lc"), ("distributed", "rr"), ("centralized", "rr")]
+    py = vm.guest_python()
+    lines = ["set -e", "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup", "modprobe ip_vs", f"cd {ROOT}"]
+    for i, (topology, sched) in enumerate(cases):
+        lines.append(f"{py} -m workloads.cli lab run -s {topology} --balancer ipvs --scheduler {sched} {' '.join(SMALL)} "
+                     f"--json --quiet --out {runs} > {runs}/case{i}.json 2> {runs}/case{i}.err")
+    lines.append(f"ip netns list > {runs}/netns-after.txt")
+    runs.mkdir()
+    t0 = time.time()
+    if lab_mod.kernel_has_ipvs():
+        cp = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, timeout=1200)
+    else:
+        cp = vm.run_in_vm("\n".join(lines), [runs], timeout=1500)
+    for i, (topology, sched) in enumerate(cases):
+        out = (runs / f"case{i}.json").read_text() if (runs / f"case{i}.json").exists() else ""
+        err = (runs / f"case{i}.err").read_text() if (runs / f"case{i}.err").exists() else cp.stderr[-3000:]
+        s = check_run(subprocess.CompletedProcess([], 0 if out else 1, out, err), topology, "ipvs", sched)
+        conns = (Path(s["run_dir"]) / "balancer" / "ipvs1-connections.txt").read_text()
+        assert "ESTABLISHED" in conns  # the IPVS connection table, collected at the end
+    assert (runs / "netns-after.txt").read_text().strip() == ""
+    print(f"four IPVS lab runs in the micro-VM took {time.time() - t0:.0f}s")

@@ -1,0 +1,40 @@
+"""``mqttlab report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from workloads.analysis.load import load_run
+    from workloads.analysis.report import write_report
+    from workloads.bench.rundir import RunDirError
+
+    try:
+        runs = [load_run(Path(p)) for p in args.run_dirs]
+    except RunDirError as exc:
+        print(f"mqttlab: {exc}", file=sys.stderr)
+        return 2
+    result = write_report(runs, Path(args.out))
+    fields = ("run_id", "partial", "topology", "balancer", "scheduler", "qos", "expected", "delivered", "lost", "loss_pct", "duplicates",
+              "out_of_order", "latency_ms", "connections_per_broker", "fairness", "loss_by_broker")
+    if args.json:
+        print(json.dumps([{k: s[k] for k in fields} for s in result["summaries"]], indent=2, default=str))
+    else:
+        for s in result["summaries"]:
+            flag = " PARTIAL" if s["partial"] else ""
+            print(f"{s['run_id']}{flag}: loss {s['loss_pct']} % ({s['lost']}/{s['expected']}), dup {s['duplicates']}, "
+                  f"p99 {s['latency_ms']['p99']} ms, fairness {s['fairness']}")
+        print(f"report: {result['html']}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("report", help="analyse run directories: tables (CSV, JSON), plots, one HTML report")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true", help="print the per-run summary as JSON")
+    p.set_defaults(func=cmd_report)

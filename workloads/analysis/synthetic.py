@@ -1,0 +1,151 @@
+"""Run directories whose truth is known, written in the documented format: for testing the
+analysis (and for timing it on tens of millions of records) without running anything."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workloads.bench.engine import DELIVERY_DTYPE
+from workloads.bench.hist import Histogram
+
+T0 = 1_800_000_000.0
+
+
+@dataclass
+class Truth:
+    """What the synthetic run contains; every number the analysis must find."""
+
+    pubs: dict[int, tuple[str, str, int]]  # pub -> (host, broker, sent)
+    subs: dict[int, tuple[str, str]]  # sub -> (host, broker)
+    lost: set[tuple[int, int, int]] = field(default_factory=set)  # (sub, pub, seq) never delivered
+    dups: list[tuple[int, int, int]] = field(default_factory=list)  # (sub, pub, seq) delivered twice
+    latency_ms: dict[int, float] = field(default_factory=dict)  # per subscriber
+    drops_logged: list[tuple[str, str]] = field(default_factory=list)  # (broker, client id)
+    sys_dropped: dict[str, int] = field(default_factory=dict)
+    status: str = "complete"
+    topology: str = "distributed"
+    balancer: str = "ipvs"
+    scheduler: str = "lc"
+    qos: int = 1
+    tag: int = 0x1234ABCD
+
+    def cid(self, role: str, i: int) -> str:
+        return f"mqttlab-{self.tag:08x}-{role}{i}"
+
+
+def write_run(path: Path, t: Truth, chunk: int = 5_000_000) -> Path:
+    brokers = sorted({b for _h, b, _s in t.pubs.values()} | {b for _h, b in t.subs.values()} | {"broker1", "broker2", "broker3"})
+    hosts = sorted({h for h, _b, _s in t.pubs.values()} | {h for h, _b in t.subs.values()})
+    plan = {
+        "topology": t.topology,
+        "brokers": [{"name": b, "address": f"10.2.0.{20 + i}", "port": 1883} for i, b in enumerate(brokers)],
+        "clients": [{"host": h, "target_host": h if t.topology == "distributed" else hosts[0]} for h in hosts],
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    sent_total = sum(s for _h, _b, s in t.pubs.values())
+    manifest = {"format_version": 1, "run_id": path.name, "status": t.status, "kind": "lab", "topology": t.topology, "balancer": t.balancer,
+                "scheduler": t.scheduler, "tag": t.tag, "plan": plan, "started_at": T0, "ended_at": T0 + 60,
+                "scenario": {"qos": t.qos, "publishers": len(t.pubs), "subscribers": len(t.subs), "messages": sent_total}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    for h in hosts:
+        d = path / "bench" / h
+        d.mkdir(parents=True, exist_ok=True)
+        with (d / "clients-run0.csv").open("w") as f:
+            f.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects\n")
+            for i, (hh, _b, _s) in t.pubs.items():
+                if hh == h:
+                    f.write(f"{t.cid('pub', i)},pub,{i},0,10.3.0.10:1883,10.3.0.10:{40000 + i},{T0},0\n")
+            for i, (hh, _b) in t.subs.items():
+                if hh == h:
+                    f.write(f"{t.cid('sub', i)},sub,{i},0,10.3.0.10:1883,10.3.0.10:{50000 + i},{T0},0\n")
+        with (d / "publishers-run0.csv").open("w") as f:
+            f.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms\n")
+            for i, (hh, _b, s) in t.pubs.items():
+                if hh == h:
+                    f.write(f"{i},{t.cid('pub', i)},{s},{s},{s},0,{T0},{T0 + 10},0.5\n")
+        lost_per_pair: dict[tuple[int, int], int] = {}
+        for s, p, _q in t.lost:
+            lost_per_pair[(s, p)] = lost_per_pair.get((s, p), 0) + 1
+        dup_per_pair: dict[tuple[int, int], int] = {}
+        for s, p, _q in t.dups:
+            dup_per_pair[(s, p)] = dup_per_pair.get((s, p), 0) + 1
+        with (d / "subscribers-run0.csv").open("w") as f:
+            f.write("sub,client_id,pub,received,duplicates,out_of_order,foreign\n")
+            for i, (hh, _b) in t.subs.items():
+                if hh == h:
+                    for p, (_ph, _pb, sent) in t.pubs.items():
+                        f.write(f"{i},{t.cid('sub', i)},{p},{sent - lost_per_pair.get((i, p), 0)},{dup_per_pair.get((i, p), 0)},0,0\n")
+        hist = Histogram()
+        with (d / "deliveries-run0.bin").open("wb") as f:
+            for i, (hh, _b) in t.subs.items():
+                if hh != h:
+                    continue
+                for p, (_ph, _pb, sent) in t.pubs.items():
+                    for start in range(0, sent, chunk):
+                        seq = np.arange(start, min(sent, start + chunk), dtype=np.uint32)
+                        keep = np.ones(len(seq), bool)
+                        for (s, pp, q) in t.lost:
+                            if s == i and pp == p and start <= q < start + len(seq):
+                                keep[q - start] = False
+                        seq = seq[keep]
+                        extra = np.array([q for (s, pp, q) in t.dups if s == i and pp == p and start <= q < start + chunk], dtype=np.uint32)
+                        rec = np.empty(len(seq) + len(extra), DELIVERY_DTYPE)
+                        rec["sub"], rec["pub"] = i, p
+                        rec["seq"] = np.concatenate([seq, extra])
+                        rec["dup"] = np.concatenate([np.zeros(len(seq), np.uint32), np.ones(len(extra), np.uint32)])
+                        send = (T0 * 1e9 + rec["seq"].astype(np.int64) * 1_000_000).astype(np.int64)
+                        rec["send_ns"] = send
+                        rec["recv_ns"] = send + int(t.latency_ms.get(i, 1.0) * 1e6)
+                        f.write(rec.tobytes())
+                        hist.record((rec["recv_ns"][rec["dup"] == 0] - rec["send_ns"][rec["dup"] == 0]) // 1000)
+        (d / "latency-run0.json").write_text(json.dumps(hist.to_json()))
+        with (d / "timeline-run0.csv").open("w") as f:
+            f.write("second,worker,sent,acked,received\n")
+            for k in range(10):
+                f.write(f"{int(T0) + k},0,{sent_total // 20},{sent_total // 20},{sent_total * len(t.subs) // 20}\n")
+    logs = path / "logs"
+    logs.mkdir(exist_ok=True)
+    for b in brokers:
+        lines = []
+        for i, (_h, bb, _s) in t.pubs.items():
+            if bb == b:
+                lines.append(f"2027-01-15T08:00:00: New client connected from 10.3.0.10:{40000 + i} as {t.cid('pub', i)} (p2, c1, k60).")
+        for i, (_h, bb) in t.subs.items():
+            if bb == b:
+                lines.append(f"2027-01-15T08:00:00: New client connected from 10.3.0.10:{50000 + i} as {t.cid('sub', i)} (p2, c1, k60).")
+        lines.append("2027-01-15T08:00:00: New client connected from 10.2.0.20:41000 as mqttlab-bridge-x-broker1-broker2 (p2, c0, k60).")
+        for bb, client in t.drops_logged:
+            if bb == b:
+                lines.append(f"2027-01-15T08:00:05: Outgoing messages are being dropped for client {client}.")
+        (logs / f"{b}.log").write_text("\n".join(lines) + "\n")
+    mon = path / "monitor"
+    mon.mkdir(exist_ok=True)
+    with (mon / "brokers.csv").open("w") as f:
+        f.write("time_s,broker,cpu_pct,mem_bytes,clients_connected,msgs_received,msgs_sent,msgs_dropped,net_rx_bytes,net_tx_bytes\n")
+        for k in range(5):
+            for b in brokers:
+                dropped = t.sys_dropped.get(b, 0) * k // 4
+                f.write(f"{T0 + k},{b},{10 * k},{1000000},{3},{k * 100},{k * 300},{dropped},{k * 1000},{k * 3000}\n")
+    return path
+
+
+def reference_truth(sent: int = 100) -> Truth:
+    """Two publishers, four subscribers over three brokers, with one loss of each kind:
+    a subscriber's queue (sub0 on broker1 misses pub0 10-19), a bridge (broker3's only
+    subscriber misses pub1 50-54), and an ingress loss nobody reports (pub1's last message)."""
+    t = Truth(
+        pubs={0: ("ipvs1", "broker1", sent), 1: ("ipvs2", "broker2", sent)},
+        subs={0: ("ipvs1", "broker1"), 1: ("ipvs2", "broker1"), 2: ("ipvs1", "broker2"), 3: ("ipvs2", "broker3")},
+        latency_ms={0: 1.0, 1: 1.0, 2: 1.0, 3: 5.0},
+        dups=[(2, 0, 3)],
+        sys_dropped={"broker1": 15, "broker2": 0, "broker3": 0},
+    )
+    t.lost |= {(0, 0, q) for q in range(10, 20)}
+    t.lost |= {(3, 1, q) for q in range(50, 55)}
+    t.lost |= {(s, 1, sent - 1) for s in range(4)}
+    t.drops_logged = [("broker1", t.cid("sub", 0)), ("broker1", "mqttlab-bridge-x-broker1-broker3-local")]
+    return t
