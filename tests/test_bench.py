@@ -194,3 +194,25 @@ def test_emqtt_adapter_commands_and_estimated_summary() -> None:
     assert s["estimated"] and s["sent"] == 50 and s["expected"] == 500 and s["delivered"] == 490
     assert s["lost"] == 10 and s["loss_pct"] == 2.0 and s["publish_complete"]
     assert s["errors"] == ["Connection closed: tcp_closed"] and s["latency_ms"]["p99"] is None
+
+
+def test_clients_reconnect_after_the_broker_restarts(tmp_path: Path) -> None:
+    b = Broker(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*MQTTLAB, "bench", "run", "--target", b.target, "--out", str(out), "--publishers", "2", "--subscribers", "2",
+                             "--messages", "200", "--interval-ms", "40", "--qos", "1", "--drain-s", "2", "--quiet", "--json"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(p.stat().st_size > 0 for p in out.glob("bench/local/deliveries-*.bin")), 30, "first deliveries")
+        b.stop()
+        time.sleep(1.5)
+        conf = next(tmp_path.glob(f"mosquitto-{b.port}.conf"))
+        b.proc = netns.spawn(["mosquitto", "-c", str(conf)], None, b.log)  # the same broker comes back
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        b.stop()
+    s = json.loads(stdout)
+    events = "".join(p.read_text() for p in out.glob("bench/local/events-*.csv"))
+    assert events.count(",disconnect,") == 4 and events.count(",reconnect,") >= 4, events
+    assert s["disconnects"] == 4 and s["clients_connected"] == 4
+    assert s["sent"] == 200 and s["delivered"] > 0

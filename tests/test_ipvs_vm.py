@@ -7,6 +7,7 @@ serves every scheduler (booting under emulation takes most of a minute).
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ def host_has_ipvs() -> bool:
 
 
 @pytest.mark.vm
+@pytest.mark.timeout(900)
 def test_rendered_ipvs_rules_read_back_identically_for_every_scheduler(tmp_path: Path) -> None:
     reason = vm.unavailable_reason()
     if reason and not host_has_ipvs():
@@ -55,7 +57,15 @@ ipvsadm -L --timeout > timeouts.out
 iptables-restore < rules.v4
 iptables-save > saved.v4
 sysctl -p sysctl.conf > sysctl.out
-echo done > ok
+# the Azure step itself, as the remote command runs it on VM-IPVS1 and VM-IPVS2 (centralized)
+ipvsadm -C
+cd {ROOT}
+# (one kernel plays both VMs here: ipvs2's step clears IPVS, so it runs first)
+{sys.executable} -m workloads.cli host balancer-apply -s centralized --host ipvs2 > {work}/apply2.out
+{sys.executable} -m workloads.cli host balancer-apply -s centralized --host ipvs1 > {work}/apply1.out
+ipvsadm -Sn > {work}/apply.saved
+iptables-save -t nat > {work}/apply-nat.saved
+echo done > {work}/ok
 """
     if host_has_ipvs():
         cp = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
@@ -69,3 +79,8 @@ echo done > ok
     saved = (work / "saved.v4").read_text()
     assert "-A POSTROUTING -s 10.4.0.0/24 -o eth0 -j MASQUERADE" in saved and ":FORWARD DROP" in saved
     assert "net.ipv4.vs.conntrack = 1" in (work / "sysctl.out").read_text()
+    ref = load_stack("centralized", ROOT)
+    expected = render_files(build_plan(ref), ref)["ipvs1/ipvs.rules"]
+    assert (work / "apply1.out").read_text() == expected == (work / "apply.saved").read_text()
+    assert "no balancer on ipvs2 in the centralized topology; its clients use 10.3.0.10:1883" in (work / "apply2.out").read_text()
+    assert "-A POSTROUTING -s 10.4.0.0/24 -o eth0 -j MASQUERADE" in (work / "apply-nat.saved").read_text()

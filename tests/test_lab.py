@@ -192,6 +192,7 @@ def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
 
 @pytest.mark.vm
 @pytest.mark.lab
+@pytest.mark.timeout(1500)
 def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
     """lc and rr, both topologies, with the kernel's IPVS: one VM boot for all four runs."""
     reason = vm.unavailable_reason()

@@ -58,21 +58,18 @@ def nft_rules(bal: Balancer, out_interface: str = "eth0") -> str:
         fwd.append(f"\t\tip daddr {addr} tcp dport {port} accept")
         fwd.append(f"\t\tip saddr {addr} tcp sport {port} accept")
     snat = [f'\t\tip saddr {src} oifname "{out_interface}" masquerade' for src in bal.snat_sources]
-    return "\n".join(
-        [
-            "table ip mqttlab {",
-            "\tchain forward {",
-            "\t\ttype filter hook forward priority filter; policy drop;",
-            "\t\tct state related,established accept",
-            *fwd,
-            "\t}",
-            "\tchain postrouting {",
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-            *snat,
-            "\t}",
-            "}",
-        ]
-    ) + "\n"
+    return _nft_table("mqttlab", [
+        ("forward", "type filter hook forward priority filter; policy drop;", ["\t\tct state related,established accept", *fwd]),
+        ("postrouting", "type nat hook postrouting priority srcnat; policy accept;", snat),
+    ])
+
+
+def _nft_table(name: str, chains: list[tuple[str, str, list[str]]]) -> str:
+    """An ``nft -f`` table: (chain name, its ``type ... hook ...`` line, its rule lines)."""
+    lines = [f"table ip {name} {{"]
+    for chain, head, rules in chains:
+        lines += [f"\tchain {chain} {{", f"\t\t{head}", *rules, "\t}"]
+    return "\n".join([*lines, "}"]) + "\n"
 
 
 def sysctl_conf(plan: Plan, host: str) -> str:
@@ -93,24 +90,11 @@ def nft_balancer(bal: Balancer) -> str:
     dnat = f"ip daddr {bal.vip} tcp dport {bal.port} dnat to numgen inc mod {len(slots)} map {{ {mapping} }} : {port}"
     brokers = ", ".join(rs.address for rs in bal.real_servers)
     snat = [f"\t\tip saddr {src} ip daddr {{ {brokers} }} masquerade" for src in bal.snat_sources]
-    return "\n".join(
-        [
-            "table ip mqttlab_lb {",
-            "\tchain prerouting {",
-            "\t\ttype nat hook prerouting priority dstnat; policy accept;",
-            f"\t\t{dnat}",
-            "\t}",
-            "\tchain output {",
-            "\t\ttype nat hook output priority -100; policy accept;",
-            f"\t\t{dnat}",
-            "\t}",
-            "\tchain postrouting {",
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-            *snat,
-            "\t}",
-            "}",
-        ]
-    ) + "\n"
+    return _nft_table("mqttlab_lb", [
+        ("prerouting", "type nat hook prerouting priority dstnat; policy accept;", [f"\t\t{dnat}"]),
+        ("output", "type nat hook output priority -100; policy accept;", [f"\t\t{dnat}"]),
+        ("postrouting", "type nat hook postrouting priority srcnat; policy accept;", snat),
+    ])
 
 
 def haproxy_cfg(bal: Balancer, maxconn: int = 20000, stats_socket: str | None = None) -> str:

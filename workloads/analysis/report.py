@@ -67,23 +67,29 @@ def plot_connections(summaries: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_timeseries(runs: list[Run], path: Path) -> Path:
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=False)
+    """Throughput, broker CPU and memory, and balancer connections, on one time axis per run."""
+    fig, axes = plt.subplots(4, 1, figsize=(7.5, 10), sharex=False)
+    a1, a2, a3, a4 = axes
     for r in runs:
         t = throughput(r)
         if not t.empty:
             a1.plot(t["t"], t["received"], label=f"{r.label} received")
             a1.plot(t["t"], t["sent"], linestyle="--", label=f"{r.label} sent")
-        b = r.brokers.dropna(subset=["cpu_pct"])
-        if not b.empty:
-            t0 = b["time_s"].min()
-            for broker, g in b.groupby("broker"):
-                a2.plot(g["time_s"] - t0, g["cpu_pct"], label=f"{r.label} {broker}")
-    a1.set_ylabel("messages / s")
-    a1.set_title("Throughput over time")
-    a1.legend(fontsize=6)
-    a2.set_ylabel("broker CPU (% of a core)")
-    a2.set_xlabel("seconds")
-    a2.legend(fontsize=6)
+        b = r.brokers.dropna(subset=["mem_bytes"])
+        t0 = float(t["second"].min()) if not t.empty else (float(b["time_s"].min()) if not b.empty else 0.0)
+        for broker, g in b.groupby("broker"):
+            a2.plot(g["time_s"] - t0, g["cpu_pct"], label=f"{r.label} {broker}")
+            a3.plot(g["time_s"] - t0, g["mem_bytes"] / 2**20, label=f"{r.label} {broker}")
+        lb = r.balancers.dropna(subset=["active_conns"])
+        for (host, real), g in lb.groupby(["host", "real"]):
+            a4.plot(g["time_s"] - t0, g["active_conns"], label=f"{r.label} {host}->{real}")
+    for ax, ylabel, title in ((a1, "messages / s", "Throughput"), (a2, "% of a core", "Broker CPU"), (a3, "MiB", "Broker memory (RSS)"),
+                              (a4, "active connections", "Balancer connections per real server")):
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        if ax.lines:
+            ax.legend(fontsize=5, ncol=2)
+    a4.set_xlabel("seconds since the first message")
     return _save(fig, path)
 
 

@@ -279,6 +279,7 @@ class ClientState:
     connected_at: float = 0.0
     local: str = ""
     disconnects: int = 0
+    attempted: float = 0.0  # last connection attempt, for reconnecting
     # publisher
     planned: int = 0
     sent: int = 0
@@ -441,6 +442,7 @@ class Worker:
 
     def connect(self, st: ClientState) -> None:
         host, port = st.spec.target.rsplit(":", 1)
+        st.attempted = time.time()
         if st.client is None:
             st.client = self.make_client(st)
         try:
@@ -651,6 +653,8 @@ class Worker:
                         st.client.loop_misc()
                         if st.client.want_write():
                             st.client.loop_write()
+                    elif st.attempted and now - st.attempted >= 1.0:
+                        self.connect(st)  # lost or refused: try again each second; on_connect records "reconnect"
                 self.flush_writes()
                 self.flush()
                 tot = self.totals()

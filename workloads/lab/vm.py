@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from workloads.lab.netns import LabError
@@ -71,8 +72,13 @@ def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str
     for d in rwdirs:
         d.mkdir(parents=True, exist_ok=True)
         cmd += ["--rwdir", str(d)]
-    cmd += ["--exec", script]
+    # the guest sees this filesystem: hand it a script file (vng folds an inline script's newlines)
+    with tempfile.NamedTemporaryFile("w", prefix="mqttlab-vm-", suffix=".sh", delete=False) as fh:
+        fh.write(script)
+    cmd += ["--exec", f"bash {fh.name}"]
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"the micro-VM did not finish within {timeout}s") from exc
+    finally:
+        os.unlink(fh.name)
