@@ -216,3 +216,12 @@ def test_clients_reconnect_after_the_broker_restarts(tmp_path: Path) -> None:
     assert events.count(",disconnect,") == 4 and events.count(",reconnect,") >= 4, events
     assert s["disconnects"] == 4 and s["clients_connected"] == 4
     assert s["sent"] == 200 and s["delivered"] > 0
+
+
+def test_timeline_accounts_for_every_message(broker: Broker, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cp = bench("run", "--target", broker.target, "--out", str(out), "--publishers", "1", "--subscribers", "3", "--messages", "500",
+               "--interval-ms", "0", "--qos", "0", "--json", "--quiet")
+    assert cp.returncode == 0, cp.stderr
+    rows = [line.split(",") for p in out.glob("bench/local/timeline-*.csv") for line in p.read_text().splitlines()[1:]]
+    assert sum(int(r[2]) for r in rows) == 500 and sum(int(r[4]) for r in rows) == 1500  # sent, received

@@ -25,6 +25,7 @@ from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
+from workloads.scenario import QUIET_S
 
 RENDERED = Path("/var/lib/mqttlab/rendered")
 
@@ -243,7 +244,13 @@ def _emqtt(cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path
 def cmd_bench_finish(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
-    time.sleep(cfg.scenario.drain_s)
+    # drain: until this host's deliveries stop growing for QUIET_S, at most drain_s
+    end, seen, quiet_since = time.time() + cfg.scenario.drain_s, -1, time.time()
+    while time.time() < end and time.time() - quiet_since < QUIET_S:
+        got = sum(p.stat().st_size for p in rd.glob(f"bench/{args.host}/deliveries-*.bin"))
+        if got != seen:
+            seen, quiet_since = got, time.time()
+        time.sleep(0.5)
     stop_detached(rd, "bench-sub", timeout=60)
     if args.load_generator == "emqtt-bench":
         log = rd / "logs" / "bench-sub.log"

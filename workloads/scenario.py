@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+QUIET_S = 3.0  # a drain ends early once no delivery arrived for this long (or all did)
 HEADER_BYTES = 20  # publisher id u32, sequence u32, send time ns u64, run tag u32
 QOS_LEVELS = (0, 1, 2)
 MQTT_VERSIONS = ("3.1.1", "5")

@@ -100,7 +100,8 @@ def dropped_delta(run: Run) -> pd.Series:
 def classify_losses(run: Run) -> pd.DataFrame:
     """Every lost delivery (sub, pub, seq) with where it was lost, from the bench's own records:
 
-    - missed by every subscriber: ``publisher ingress`` (never fanned out anywhere);
+    - missed by every subscriber: ``missed by every subscriber``, placed at the publisher's
+      broker (it accepted the message; every queue and bridge it had to cross dropped it);
     - missed by every subscriber on the subscriber's broker while others got it, and that broker
       is not the publisher's: ``bridge into <broker>``;
     - otherwise: ``subscriber queue`` on the subscriber's broker.
@@ -130,8 +131,10 @@ def classify_losses(run: Run) -> pd.DataFrame:
     total_on = pd.Series(list(zip(missing["pub"], missing["broker"], strict=True))).map(subs_on).to_numpy()
     everywhere = miss_all.to_numpy() >= missing["pub"].map(hearers).to_numpy()
     whole_broker = (miss_on.to_numpy() >= total_on) & (missing["broker"].to_numpy() != missing["pub_broker"].to_numpy())
-    missing["where"] = np.where(everywhere, "publisher ingress", np.where(whole_broker, "bridge into " + missing["broker"].astype(str),
+    missing["where"] = np.where(everywhere, "missed by every subscriber", np.where(whole_broker, "bridge into " + missing["broker"].astype(str),
                                                                             "subscriber queue"))
+    # the broker a loss is charged to: the subscriber's, or the publisher's when nobody got it
+    missing["at"] = np.where(everywhere, missing["pub_broker"], missing["broker"])
     return missing.reset_index(drop=True)
 
 
@@ -146,7 +149,7 @@ def attribution(run: Run) -> pd.DataFrame:
     sub_id = cb[cb["role"] == "sub"].set_index("index")["client_id"]
     rows = []
     if not lost.empty:
-        for (broker, where), g in lost.groupby(["broker", "where"], dropna=False):
+        for (broker, where), g in lost.groupby(["at", "where"], dropna=False):
             if where == "subscriber queue":
                 ids = set(g["sub"].map(sub_id))
                 n_logged = logged[(logged["broker"] == broker) & logged["client_id"].isin(ids)]["client_id"].nunique()
@@ -157,9 +160,9 @@ def attribution(run: Run) -> pd.DataFrame:
                 evidence = f"bridge clients logged as dropping: {', '.join(sorted(set(bridges['broker'] + ':' + bridges['client_id']))) or 'none'}"
                 explained = not bridges.empty
             else:
-                pb = g["pub_broker"].dropna().unique()
-                evidence = f"publishers' brokers {', '.join(map(str, pb))} dropped {int(drops.reindex(pb).fillna(0).sum())} ($SYS)"
-                explained = bool(drops.reindex(pb).fillna(0).sum() > 0)
+                n_dropped = int(drops.get(broker, 0)) if isinstance(broker, str) else 0
+                evidence = f"the publishers' broker {broker} dropped {n_dropped} messages ($SYS)"
+                explained = n_dropped > 0
             rows.append({"broker": broker, "where": where, "lost_deliveries": len(g), "distinct_messages": g[["pub", "seq"]].drop_duplicates().shape[0],
                          "share_pct": round(100.0 * len(g) / total, 2) if total else 0.0,
                          "broker_dropped_sys": int(drops.get(broker, 0)) if isinstance(broker, str) else 0,

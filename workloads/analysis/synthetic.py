@@ -136,7 +136,7 @@ def write_run(path: Path, t: Truth, chunk: int = 5_000_000) -> Path:
 def reference_truth(sent: int = 100) -> Truth:
     """Two publishers, four subscribers over three brokers, with one loss of each kind:
     a subscriber's queue (sub0 on broker1 misses pub0 10-19), a bridge (broker3's only
-    subscriber misses pub1 50-54), and an ingress loss nobody reports (pub1's last message)."""
+    subscriber misses pub1 50-54), and pub1's last message missed by everyone, which no broker reports."""
     t = Truth(
         pubs={0: ("ipvs1", "broker1", sent), 1: ("ipvs2", "broker2", sent)},
         subs={0: ("ipvs1", "broker1"), 1: ("ipvs2", "broker1"), 2: ("ipvs1", "broker2"), 3: ("ipvs2", "broker3")},

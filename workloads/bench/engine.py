@@ -592,7 +592,8 @@ class Worker:
                 nxt = due + interval if interval else now
                 heapq.heappush(self.heap, (nxt, i))
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
+        """Append what was measured since the last flush; complete seconds only, unless final."""
         n = len(self.rec_sub)
         if n:
             rec = np.empty(n, DELIVERY_DTYPE)
@@ -607,7 +608,7 @@ class Worker:
             self.flushed += n
             for a in (self.rec_sub, self.rec_pub, self.rec_seq, self.rec_dup, self.rec_send, self.rec_recv):
                 del a[:]
-        now = int(time.time())
+        now = int(time.time()) + (1 if final else 0)
         for sec in sorted(s for s in self.sec_counts if s < now):
             c = self.sec_counts.pop(sec)
             self.timeline.write(f"{sec},{self.spec.worker},{c[0]},{c[1]},{c[2]}\n")
@@ -682,7 +683,7 @@ class Worker:
                         sock.flush()
                 except Exception:  # noqa: BLE001 - closing anyway
                     pass
-        self.flush()
+        self.flush(final=True)
         cpu = time.process_time() - self.cpu0
         pub_cpu = time.process_time() - self.cpu_pub0 if self.cpu_pub0 else 0.0
         pub_wall = time.time() - self.wall_pub0 if self.wall_pub0 else 0.0

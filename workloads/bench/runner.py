@@ -20,7 +20,7 @@ from typing import Any
 
 from workloads.bench.engine import ClientSpec, WorkerSpec, cpu_count, worker_main
 from workloads.bench.rundir import start_manifest, update_manifest
-from workloads.scenario import Scenario
+from workloads.scenario import QUIET_S, Scenario
 
 
 @dataclass
@@ -164,9 +164,13 @@ def run_host(
             # subscriber-only host waits to be stopped (its orchestrator knows when the run is over)
             want = scenario.expected_deliveries(share.subscribers)
             drain_end = time.time() + scenario.drain_s if share.publishers else deadline
+            seen, quiet_since = -1, time.time()
             while not stop.is_set() and time.time() < min(drain_end, deadline):
                 pump(0.2)
-                if share.publishers and sum(s.get("received", 0) for s in state.values()) >= want:
+                got = sum(s.get("received", 0) for s in state.values())
+                if got != seen:
+                    seen, quiet_since = got, time.time()
+                if share.publishers and (got >= want or time.time() - quiet_since >= QUIET_S):
                     break
         elif share.publishers:
             pump(0.1)

@@ -29,6 +29,7 @@ from workloads.lab import cgroups, netns
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
+from workloads.scenario import QUIET_S
 
 STATE_DIR = Path(os.environ.get("MQTTLAB_STATE_DIR", "/run/mqttlab"))
 BALANCERS = ("ipvs", "nftables", "haproxy")
@@ -274,11 +275,19 @@ class Lab:
                 last = time.time()
                 self.say("bench: publishing ... " + self.live_counts())
             time.sleep(0.2)
-        self.say(f"bench: publishers done, draining up to {sc.drain_s}s")
+        self.say(f"bench: publishers done, draining (until all arrived or {QUIET_S:.0f}s without a delivery, at most {sc.drain_s}s)")
         self.snapshot_connections()
         want = sc.expected_deliveries()
         drain_end = min(time.time() + sc.drain_s, deadline)
-        while time.time() < drain_end and self.received() < want:
+        seen, quiet_since = -1, time.time()
+        while time.time() < drain_end:
+            got = self.received()
+            if got >= want:
+                break
+            if got != seen:
+                seen, quiet_since = got, time.time()
+            elif time.time() - quiet_since >= QUIET_S:
+                break
             time.sleep(0.2)
         for p in subs.values():
             netns.stop(p, timeout=30)
