@@ -27,12 +27,20 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_loss(summaries: list[dict[str, Any]], path: Path) -> Path:
-    labels = [f"{s['topology']}\n{s['balancer']}/{s['scheduler']}\nqos{s['qos']}" for s in summaries]
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(labels)), 3.6))
-    ax.bar(range(len(labels)), [s["loss_pct"] for s in summaries], color="#c0392b")
+    """One bar per configuration: the mean over its runs, the spread, and every run as a dot."""
+    groups: dict[str, list[float]] = {}
+    for s in summaries:
+        groups.setdefault(f"{s['topology']}\n{s['balancer']}/{s['scheduler']}\nqos{s['qos']}", []).append(s["loss_pct"])
+    labels = list(groups)
+    means = [float(np.mean(v)) for v in groups.values()]
+    stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in groups.values()]
+    fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(labels)), 3.8))
+    ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="#c0392b", alpha=0.8)
+    for i, v in enumerate(groups.values()):
+        ax.scatter([i] * len(v), v, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("message loss (%)")
-    ax.set_title("Loss by configuration")
+    ax.set_title("Loss by configuration (mean, standard deviation, each run)")
     return _save(fig, path)
 
 
