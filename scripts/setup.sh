@@ -13,7 +13,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(mosquitto mosquitto-clients ipvsadm haproxy nftables iptables conntrack iproute2 procps kmod util-linux python3-venv python3-pip)
 if [ "$dev" = 1 ]; then
-  pkgs+=(docker-compose cloud-init qemu-system-x86 busybox-static chromium)
+  pkgs+=(docker-compose cloud-init qemu-system-x86 busybox-static chromium time)
 fi
 echo "== apt-get install ${pkgs[*]}"
 apt-get update -q >/dev/null
