@@ -7,6 +7,8 @@ names its link ``eth0`` inside every namespace, so the same files apply in both 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from workloads.plan import Balancer, Plan
 
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "mh")
@@ -70,6 +72,24 @@ def _nft_table(name: str, chains: list[tuple[str, str, list[str]]]) -> str:
     for chain, head, rules in chains:
         lines += [f"\tchain {chain} {{", f"\t\t{head}", *rules, "\t}"]
     return "\n".join([*lines, "}"]) + "\n"
+
+
+Step = tuple[list[str], str | None, bool]  # argv, standard input, must succeed
+
+
+def ipvs_apply_steps(host: str, scheduler: str, rendered: Mapping[str, str]) -> list[Step]:
+    """The reference's sequence on a director, as commands over the rendered files: load the
+    modules, set the sysctls, ``ipvsadm -C``, ``ipvsadm-restore``, timeouts, iptables. The
+    Azure host step and the local lab both run exactly this, each in its own place."""
+    steps: list[Step] = [(["modprobe", "-a", "ip_vs", f"ip_vs_{scheduler}"], None, False)]  # built in on some kernels
+    steps += [(["sysctl", "-w", line.replace(" ", "")], None, True) for line in rendered[f"{host}/sysctl.conf"].splitlines()]
+    steps += [
+        (["ipvsadm", "-C"], None, True),
+        (["ipvsadm-restore"], rendered[f"{host}/ipvs.rules"], True),
+        (["ipvsadm", "--set", *rendered[f"{host}/ipvs-timeouts"].split()], None, True),
+        (["iptables-restore"], rendered[f"{host}/rules.v4"], True),
+    ]
+    return steps
 
 
 def sysctl_conf(plan: Plan, host: str) -> str:

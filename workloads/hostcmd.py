@@ -20,12 +20,12 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from workloads.bench.rundir import start_manifest, update_manifest
+from workloads.balancer import ipvs_apply_steps
+from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
 from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
-from workloads.scenario import QUIET_S
 
 RENDERED = Path("/var/lib/mqttlab/rendered")
 
@@ -49,9 +49,11 @@ def _cfg(args: argparse.Namespace) -> tuple[ExperimentConfig, Plan]:
     return cfg, build_plan(cfg)
 
 
-def _render(cfg: ExperimentConfig, plan: Plan) -> Path:
-    write_files(render_files(plan, cfg), RENDERED)
-    return RENDERED
+def _render(cfg: ExperimentConfig, plan: Plan) -> dict[str, str]:
+    """Write every rendered file under RENDERED (where the steps and a person find them)."""
+    files = render_files(plan, cfg)
+    write_files(files, RENDERED)
+    return files
 
 
 # --------------------------------------------------------------------------- brokers
@@ -59,7 +61,8 @@ def _render(cfg: ExperimentConfig, plan: Plan) -> Path:
 
 def cmd_brokers_up(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
-    d = _render(cfg, plan) / "brokers"
+    _render(cfg, plan)
+    d = RENDERED / "brokers"
     sh(["docker", "compose", "-p", "mqttlab", "-f", str(d / "docker-compose.yml"), "up", "-d", "--force-recreate"], timeout=600)
     for b in plan.brokers:
         end = time.time() + 60
@@ -85,21 +88,14 @@ def cmd_brokers_down(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- balancers
 
 
-def apply_balancer(plan: Plan, host: str, files: Path) -> str:
-    """The reference's sequence on a director: sysctls, ``ipvsadm -C``, ``ipvsadm-restore``,
-    timeouts, iptables. Returns ``ipvsadm -Sn`` for the log."""
+def apply_balancer(plan: Plan, host: str, rendered: dict[str, str]) -> str:
+    """Apply this host's director (if the plan has one here); returns ``ipvsadm -Sn`` for the log."""
     bal = plan.balancer_on(host)
     if bal is None:
         sh(["ipvsadm", "-C"], check=False)
         return f"no balancer on {host} in the {plan.topology} topology; its clients use {next(c.target for c in plan.clients if c.host == host)}\n"
-    d = files / host
-    sh(["modprobe", "-a", "ip_vs", f"ip_vs_{bal.scheduler}"], check=False)
-    for line in (d / "sysctl.conf").read_text().splitlines():
-        sh(["sysctl", "-w", line.replace(" ", "")])
-    sh(["ipvsadm", "-C"])
-    sh(["ipvsadm-restore"], input=(d / "ipvs.rules").read_text())
-    sh(["ipvsadm", "--set", *(d / "ipvs-timeouts").read_text().split()])
-    sh(["iptables-restore"], input=(d / "rules.v4").read_text())
+    for argv, stdin, check in ipvs_apply_steps(host, bal.scheduler, rendered):
+        sh(argv, input=stdin, check=check)
     return sh(["ipvsadm", "-Sn"]).stdout
 
 
@@ -177,16 +173,10 @@ def cmd_monitors_start(args: argparse.Namespace) -> int:
 
 
 def bench_args(cfg: ExperimentConfig, plan: Plan, host: str, rd: Path, stack: str, run_id: str) -> list[str]:
-    from workloads.scenario import FIELDS
-
     i = [c.host for c in plan.clients].index(host)
     client = plan.clients[i]
-    out = ["--target", client.target, "--out", str(rd), "--host", host, "--host-index", str(i), "--host-count", str(len(plan.clients)),
-           "--tag", hex(run_tag(stack, run_id)), "--quiet"]
-    for attr, opt, _d in FIELDS.values():
-        v = getattr(cfg.scenario, attr)
-        out += [opt, str(v).lower() if isinstance(v, bool) else str(v)]
-    return out
+    return ["--target", client.target, "--out", str(rd), "--host", host, "--host-index", str(i), "--host-count", str(len(plan.clients)),
+            "--tag", hex(run_tag(stack, run_id)), "--quiet", *cfg.scenario.cli_args()]
 
 
 def cmd_bench_subs(args: argparse.Namespace) -> int:
@@ -244,20 +234,14 @@ def _emqtt(cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path
 def cmd_bench_finish(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
-    # drain: until this host's deliveries stop growing for QUIET_S, at most drain_s
-    end, seen, quiet_since = time.time() + cfg.scenario.drain_s, -1, time.time()
-    while time.time() < end and time.time() - quiet_since < QUIET_S:
-        got = sum(p.stat().st_size for p in rd.glob(f"bench/{args.host}/deliveries-*.bin"))
-        if got != seen:
-            seen, quiet_since = got, time.time()
-        time.sleep(0.5)
+    drain(lambda: deliveries_on_disk(rd, args.host), None, cfg.scenario.drain_s, poll_s=0.5)
     stop_detached(rd, "bench-sub", timeout=60)
     if args.load_generator == "emqtt-bench":
         log = rd / "logs" / "bench-sub.log"
         (rd / "bench" / args.host / "emqtt-sub.log").write_text(log.read_text() if log.exists() else "")
     if plan.clients[0].host == args.host:
         update_manifest(rd, status="complete", ended_at=time.time())
-    print(json.dumps({"host": args.host, "deliveries_on_disk": sum(p.stat().st_size // 32 for p in rd.glob("bench/*/deliveries-*.bin"))}))
+    print(json.dumps({"host": args.host, "deliveries_on_disk": deliveries_on_disk(rd, args.host)}))
     return 0
 
 

@@ -58,6 +58,14 @@ class Scenario:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def cli_args(self) -> list[str]:
+        """Every setting as the bench's options, so another process runs exactly this scenario."""
+        out: list[str] = []
+        for attr, opt, _default in FIELDS.values():
+            v = getattr(self, attr)
+            out += [opt, str(v).lower() if isinstance(v, bool) else str(v)]
+        return out
+
     def messages_of(self, publisher: int) -> int:
         """How many messages publisher ``publisher`` (0-based, global) sends in the burst."""
         if self.messages_per_publisher:

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workloads.bench.engine import DELIVERY_DTYPE
-from workloads.bench.rundir import RunDirError, read_manifest
+from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError, read_deliveries, read_manifest
 
 CONNECT = re.compile(r"^(\S+): New client connected from (\S+?):(\d+) as (\S+)", re.M)
 DROPPING = re.compile(r"^(\S+): Outgoing messages are being dropped for client (\S+?)\.?$", re.M)
@@ -62,11 +61,7 @@ def _csv(paths: list[Path], required: list[str], dtypes: dict[str, Any] | None =
 
 
 def load_deliveries(paths: list[Path]) -> pd.DataFrame:
-    arrays = []
-    for p in paths:
-        raw = np.fromfile(p, dtype=np.uint8)
-        usable = len(raw) - len(raw) % DELIVERY_DTYPE.itemsize
-        arrays.append(raw[:usable].view(DELIVERY_DTYPE))
+    arrays = [read_deliveries(p) for p in paths]
     rec = np.concatenate(arrays) if arrays else np.empty(0, DELIVERY_DTYPE)
     return pd.DataFrame({"sub": rec["sub"], "pub": rec["pub"], "seq": rec["seq"], "dup": rec["dup"].astype(bool),
                          "send_ns": rec["send_ns"], "recv_ns": rec["recv_ns"]})

@@ -111,8 +111,8 @@ def classify_losses(run: Run) -> pd.DataFrame:
     pub_broker = cb[cb["role"] == "pub"].set_index("index")["broker"]
     d = run.deliveries
     got = d.loc[~d["dup"], ["sub", "pub", "seq"]].drop_duplicates()
-    pairs = pair_table(run)
-    pairs = pairs[pairs["lost"] > 0]
+    all_pairs = pair_table(run)
+    pairs = all_pairs[all_pairs["lost"] > 0]
     if pairs.empty:
         return pd.DataFrame(columns=["sub", "pub", "seq", "broker", "pub_broker", "where"])
     # expand only the (sub, pub) pairs that lost something
@@ -123,7 +123,6 @@ def classify_losses(run: Run) -> pd.DataFrame:
     missing = rows[rows["hit"].isna()].drop(columns="hit")
     missing["broker"] = missing["sub"].map(sub_broker)
     missing["pub_broker"] = missing["pub"].map(pub_broker)
-    all_pairs = pair_table(run)
     hearers = all_pairs.groupby("pub")["sub"].nunique()
     subs_on = all_pairs.assign(broker=all_pairs["sub"].map(sub_broker)).groupby(["pub", "broker"])["sub"].nunique()
     miss_all = missing.groupby(["pub", "seq"])["sub"].transform("size")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.bench.engine import DELIVERY_DTYPE
 from workloads.bench.hist import Histogram
+from workloads.bench.rundir import DELIVERY_DTYPE
 
 T0 = 1_800_000_000.0
 

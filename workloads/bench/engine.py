@@ -30,9 +30,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from workloads.bench.hist import Histogram
 from workloads.bench.payload import HEADER, encode
+from workloads.bench.rundir import DELIVERY_DTYPE
 from workloads.scenario import Scenario
 
-DELIVERY_DTYPE = np.dtype([("sub", "<u4"), ("pub", "<u4"), ("seq", "<u4"), ("dup", "<u4"), ("send_ns", "<i8"), ("recv_ns", "<i8")])
 _unpack = HEADER.unpack_from
 
 

@@ -10,14 +10,18 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workloads.bench.hist import Histogram
+from workloads.scenario import QUIET_S
 
 FORMAT_VERSION = 1
+# one record per delivery in bench/<host>/deliveries-*.bin (docs/run-format.md)
+DELIVERY_DTYPE = np.dtype([("sub", "<u4"), ("pub", "<u4"), ("seq", "<u4"), ("dup", "<u4"), ("send_ns", "<i8"), ("recv_ns", "<i8")])
 SATURATION = {"cpu_busy_pct": 90.0, "loop_lag_p99_ms": 50.0}
 
 
@@ -148,11 +152,33 @@ def summarize(run_dir: Path) -> dict[str, Any]:
 
 def read_deliveries(path: Path) -> np.ndarray:
     """Per-delivery records; a torn last record (crash mid-write) is dropped."""
-    from workloads.bench.engine import DELIVERY_DTYPE
-
     raw = path.read_bytes()
     usable = len(raw) - len(raw) % DELIVERY_DTYPE.itemsize
     return np.frombuffer(raw[:usable], dtype=DELIVERY_DTYPE)
+
+
+def deliveries_on_disk(run_dir: Path, host: str = "*") -> int:
+    """How many deliveries the bench has written so far (all hosts, or one)."""
+    return sum(p.stat().st_size // DELIVERY_DTYPE.itemsize for p in run_dir.glob(f"bench/{host}/deliveries-*.bin"))
+
+
+def drain(count: Callable[[], int], want: int | None, limit_s: float, poll_s: float = 0.2) -> int:
+    """Wait for deliveries to settle: until ``count()`` reaches ``want``, or has not grown for
+    QUIET_S, or ``limit_s`` passed. Messages still queued in an overloaded broker are given the
+    time to arrive instead of being counted as lost; returns the last count."""
+    end = time.time() + limit_s
+    seen, quiet_since = -1, time.time()
+    while True:
+        got = count()
+        if want is not None and got >= want:
+            return got
+        if got != seen:
+            seen, quiet_since = got, time.time()
+        elif time.time() - quiet_since >= QUIET_S:
+            return got
+        if time.time() >= end:
+            return got
+        time.sleep(poll_s)
 
 
 def format_summary(s: dict[str, Any]) -> str:

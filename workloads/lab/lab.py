@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.balancer import haproxy_cfg
-from workloads.bench.rundir import start_manifest, summarize, update_manifest
+from workloads.balancer import haproxy_cfg, ipvs_apply_steps
+from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, summarize, update_manifest
 from workloads.config import ExperimentConfig
 from workloads.lab import cgroups, netns
 from workloads.lab.netns import LabError
@@ -108,6 +108,7 @@ class Lab:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.caps: dict[str, cgroups.Cap] = {}
         self.files = run_dir / "rendered"
+        self.rendered: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -191,14 +192,12 @@ class Lab:
         for bal in self.plan.balancers:
             ns = self.ns(bal.host)
             d = self.files / bal.host
-            for line in (d / "sysctl.conf").read_text().splitlines():
-                if self.balancer == "ipvs" or "ip_forward" in line:
-                    netns.run(["sysctl", "-qw", line.replace(" ", "")], ns=ns)
-            if self.balancer == "ipvs":
-                netns.run(["sh", "-c", f"ipvsadm-restore < {d / 'ipvs.rules'}"], ns=ns)
-                netns.run(["ipvsadm", "--set", *(d / "ipvs-timeouts").read_text().split()], ns=ns)
-                netns.run(["sh", "-c", f"iptables-restore < {d / 'rules.v4'}"], ns=ns)
-            elif self.balancer == "nftables":
+            if self.balancer == "ipvs":  # the very steps `mqttlab host balancer-apply` runs on Azure
+                for argv, stdin, check in ipvs_apply_steps(bal.host, bal.scheduler, self.rendered):
+                    netns.run(argv, ns=ns, check=check, input=stdin)
+                continue
+            netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=ns)  # the stand-ins forward, but need no IPVS conntrack
+            if self.balancer == "nftables":
                 netns.run(["nft", "-f", str(d / "nft-balancer.nft")], ns=ns)
             else:
                 sock = self.haproxy_socket(bal.host)
@@ -232,7 +231,8 @@ class Lab:
 
     def up(self) -> None:
         """Everything but the benchmark; bounded, and undone by :meth:`down` on any failure."""
-        write_files(render_files(self.plan, self.cfg), self.files)
+        self.rendered = render_files(self.plan, self.cfg)
+        write_files(self.rendered, self.files)
         self.say(f"network: {len(self.plan.hosts)} hosts + switch in namespaces {ns_name(self.lab_id, '*')}")
         self.create_network()
         self.say(f"brokers: {len(self.plan.brokers)} x mosquitto, {self.plan.broker_cpus} CPU / {self.plan.broker_memory_mb} MB each")
@@ -277,18 +277,7 @@ class Lab:
             time.sleep(0.2)
         self.say(f"bench: publishers done, draining (until all arrived or {QUIET_S:.0f}s without a delivery, at most {sc.drain_s}s)")
         self.snapshot_connections()
-        want = sc.expected_deliveries()
-        drain_end = min(time.time() + sc.drain_s, deadline)
-        seen, quiet_since = -1, time.time()
-        while time.time() < drain_end:
-            got = self.received()
-            if got >= want:
-                break
-            if got != seen:
-                seen, quiet_since = got, time.time()
-            elif time.time() - quiet_since >= QUIET_S:
-                break
-            time.sleep(0.2)
+        drain(self.received, sc.expected_deliveries(), max(0.0, min(sc.drain_s, deadline - time.time())))
         for p in subs.values():
             netns.stop(p, timeout=30)
 
@@ -296,18 +285,10 @@ class Lab:
         sc = self.cfg.scenario
         args = [sys.executable, "-m", "workloads.cli", "bench", "--target", target, "--out", str(self.run_dir), "--host", host,
                 "--host-index", str(index), "--host-count", str(count), "--tag", hex(tag), "--quiet"]
-        from workloads.scenario import FIELDS
-
-        for attr, opt, _d in FIELDS.values():
-            v = getattr(sc, attr)
-            args += [opt, str(v).lower() if isinstance(v, bool) else str(v)]
-        return args
+        return args + sc.cli_args()
 
     def received(self) -> int:
-        total = 0
-        for p in self.run_dir.glob("bench/*/deliveries-*.bin"):
-            total += p.stat().st_size // 32
-        return total
+        return deliveries_on_disk(self.run_dir)
 
     def live_counts(self) -> str:
         return f"{self.received()} deliveries on disk"
