@@ -84,7 +84,7 @@ def build() -> dict[str, Any]:
         "storageAccount": store.account.name,
         # the operator's own Azure login (Storage Blob Data Reader on the container): no key, no SAS
         "fetchCommand": pulumi.Output.concat(
-            "az storage blob download-batch --auth-mode login --account-name ", store.account.name,
+            "mkdir -p runs/azure && az storage blob download-batch --auth-mode login --account-name ", store.account.name,
             f" --source results --pattern '{prefix}*' --destination runs/azure"),
         "entryPoints": {c.host: c.target for c in plan.clients},
         "balancers": [b.host for b in plan.balancers],

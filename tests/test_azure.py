@@ -281,7 +281,7 @@ def test_outputs_are_the_documented_ones(program: Program) -> None:
                       "brokerAddresses", "sshCommands", "benchSummary"}
     assert "resultsSas" not in o
     assert o["resultsUrl"] == f"https://{o['storageAccount']}.blob.core.windows.net/results"
-    assert o["fetchCommand"] == (f"az storage blob download-batch --auth-mode login --account-name {o['storageAccount']} --source results "
+    assert o["fetchCommand"] == (f"mkdir -p runs/azure && az storage blob download-batch --auth-mode login --account-name {o['storageAccount']} --source results "
                                  f"--pattern '{o['resultsPrefix']}*' --destination runs/azure")
     assert o["brokerAddresses"] == {"broker1": "10.2.0.20:1883", "broker2": "10.2.0.21:1883", "broker3": "10.2.0.22:1883"}
     assert set(o["sshCommands"]) == {"brokers", "ipvs1", "ipvs2"} and o["sshCommands"]["ipvs1"].startswith("ssh mqttlab@20.50.0.")

@@ -277,3 +277,18 @@ def test_no_sas_key_or_private_key_in_plain_text(monkeypatch: pytest.MonkeyPatch
                                          if k != "mqttlab:sshPrivateKey"})
     assert "sshPrivateKey" in generated.secret_outputs
     assert all(not PLAIN_SECRETS.search(t) for _, t in recorded_text(generated))
+
+
+# smoke ------------------------------------------------------------------------------------------
+def test_smoke_stack_is_small_cheap_and_passes_the_contracts(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = yaml.safe_load((ROOT / "Pulumi.smoke.yaml").read_text())["config"]["mqttlab:azure"]
+    p = run("smoke", monkeypatch, stack_config("smoke", azure={**own, **AZURE}))
+    assert not p.violations and p.outputs["topology"] == "distributed"
+    sizes = {vm.name: vm.inputs["hardwareProfile"]["vmSize"] for vm in p.of("azure-native:compute:VirtualMachine")}
+    assert sizes == {"brokers-vm": "Standard_B2s", "ipvs1-vm": "Standard_B1ms", "ipvs2-vm": "Standard_B1ms"}
+    shut = p.of("azure-native:devtestlab:GlobalSchedule")
+    assert len(shut) == 3 and all(s.inputs["dailyRecurrence"] == {"time": "1900"} for s in shut)
+    _, files = bundle_of(p)
+    scenario = yaml.safe_load(files["Pulumi.smoke.yaml"])["config"]["mqttlab:scenario"]
+    assert scenario["publishers"] * scenario["messages"] <= 2000 and scenario["timeLimitS"] <= 180
+    assert "sudo timeout 600 " in commands(p)["bench-pubs-ipvs1"].inputs["create"]
