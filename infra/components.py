@@ -131,8 +131,8 @@ class LinuxVm(pulumi.ComponentResource):
         if ctx.az.spot:
             spot = {"priority": "Spot", "eviction_policy": "Deallocate", "billing_profile": {"max_price": -1}}
         user = ctx.az.admin_user
-        init = pulumi.Output.secret(pulumi.Output.all(self.host_key.private_key_openssh, self.host_key.public_key_openssh).apply(
-            lambda k: custom_data(cloud_config(role, user, docker=docker, host_key=(k[0], k[1])))))
+        init: pulumi.Output[str] = pulumi.Output.all(self.host_key.private_key_openssh, self.host_key.public_key_openssh).apply(
+            lambda k: pulumi.Output.secret(custom_data(cloud_config(role, user, docker=docker, host_key=(str(k[0]), str(k[1]))))))
         os_profile: Any = {
             "computer_name": host.name, "admin_username": user, "custom_data": init,
             "linux_configuration": {"disable_password_authentication": True,
@@ -141,10 +141,11 @@ class LinuxVm(pulumi.ComponentResource):
         storage_profile: Any = {"image_reference": UBUNTU,
                                 "os_disk": {"create_option": "FromImage", "delete_option": "Delete", "managed_disk": {"storage_account_type": "Premium_LRS"}}}
         network_profile: Any = {"network_interfaces": [{"id": self.nic.id, "primary": True, "delete_option": "Delete"}]}
+        identity: Any = {"type": "SystemAssigned"}  # uploads results as itself: no key or SAS on the VM
         self.vm = compute.VirtualMachine(
             f"{name}-vm", resource_group_name=rg, hardware_profile={"vm_size": size},
             os_profile=os_profile, storage_profile=storage_profile, network_profile=network_profile,
-            identity={"type": "SystemAssigned"}, tags=ctx.tags, **spot,
+            identity=identity, tags=ctx.tags, **spot,
             opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["osProfile.customData"], delete_before_replace=True),
         )
         if ctx.az.auto_shutdown:

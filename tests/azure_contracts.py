@@ -48,8 +48,6 @@ from typing import Any
 
 import pulumi
 
-from infra.settings import azure_ssh_key_problem, private_key_is_encrypted
-
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -92,6 +90,8 @@ class Seen:
 
 @dataclass(frozen=True)
 class Rule:
+    """One contract: its id (named in failures), the types it applies to, its source, the check."""
+
     id: str
     types: tuple[str, ...]
     source: str
@@ -106,6 +106,35 @@ def autoname(typ: str, logical: str, inputs: Mapping[str, Any]) -> str:
     if isinstance(given, str) and given:
         return given
     return logical + hashlib.sha256(logical.encode()).hexdigest()[:8]
+
+
+def _ssh_key(line: str) -> str | None:
+    """S8, written from the Microsoft page, independently of the program's own check."""
+    parts = line.split()
+    if len(parts) < 2 or parts[0] not in ("ssh-rsa", "ssh-ed25519"):
+        return f"{parts[0] if parts else line!r}: Azure takes only ssh-rsa (>= 2048 bits) or ssh-ed25519"
+    blob = base64.b64decode(parts[1])
+    fields, at = [], 0
+    while at < len(blob):
+        (n,) = struct.unpack(">I", blob[at : at + 4])
+        fields.append(blob[at + 4 : at + 4 + n])
+        at += 4 + n
+    if parts[0] == "ssh-rsa" and int.from_bytes(fields[2], "big").bit_length() < 2048:
+        return "RSA key shorter than 2048 bits"
+    return None
+
+
+def _encrypted(key: str) -> bool:
+    """S4: what makes ssh.ParsePrivateKey fail for want of a passphrase."""
+    if "ENCRYPTED" in key:
+        return True
+    body = "".join(line for line in key.strip().splitlines() if not line.startswith("-----"))
+    try:
+        blob = base64.b64decode(body)
+    except ValueError:
+        return False
+    magic = b"openssh-key-v1\0"
+    return blob.startswith(magic) and blob[len(magic) + 4 : len(magic) + 8] != b"none"
 
 
 def _name(r: Seen) -> str | None:
@@ -163,7 +192,7 @@ def _vm(r: Seen) -> str | None:
     if not 1 <= len(computer) <= 64:
         return f"computerName {computer!r} must be 1-64 characters on Linux"
     for key in ((os_profile.get("linuxConfiguration") or {}).get("ssh") or {}).get("publicKeys") or []:
-        problem = azure_ssh_key_problem(str(key.get("keyData", "")))
+        problem = _ssh_key(str(key.get("keyData", "")))
         if problem:
             return f"SSH key refused: {problem}"
         if key.get("path") != f"/home/{user}/.ssh/authorized_keys":
@@ -192,7 +221,7 @@ def _connection(r: Seen) -> str | None:
     if not conn.get("host"):
         return "connection.host is required"
     key = conn.get("privateKey")
-    if key and private_key_is_encrypted(str(key)) and not conn.get("privateKeyPassword"):
+    if key and _encrypted(str(key)) and not conn.get("privateKeyPassword"):
         return "connection.privateKey is passphrase-protected and no privateKeyPassword is given (ssh.ParsePrivateKey fails)"
     hk = conn.get("hostKey")
     if hk is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", str(hk)):

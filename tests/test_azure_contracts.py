@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pulumi
 import pulumi_command as command
@@ -15,7 +16,7 @@ from pulumi_azure_native import compute, network, storage
 from tests.azure_contracts import RULES, ContractMocks, autoname
 
 
-def under_mocks(program: Callable[[], None]) -> list[str]:
+def under_mocks(program: Callable[[], object]) -> list[str]:
     """Run a tiny program under the contract mocks; the violations they recorded."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -57,7 +58,7 @@ def test_asset_archive_source_is_refused() -> None:
     assert ok == []
 
 
-def rule(name: str, prio: int, direction: str = "Inbound") -> dict[str, object]:
+def rule(name: str, prio: int, direction: str = "Inbound") -> Any:
     return {"name": name, "priority": prio, "direction": direction, "access": "Allow", "protocol": "Tcp", "source_address_prefix": "*",
             "source_port_range": "*", "destination_address_prefix": "*", "destination_port_range": "22"}
 
@@ -68,7 +69,7 @@ def rule(name: str, prio: int, direction: str = "Inbound") -> dict[str, object]:
     ([rule("a", 99)], True),
     ([rule("a", 4097)], True),
 ])
-def test_nsg_priorities_unique_per_direction_in_range(rules: list[dict[str, object]], refused: bool) -> None:
+def test_nsg_priorities_unique_per_direction_in_range(rules: list[Any], refused: bool) -> None:
     v = under_mocks(lambda: network.NetworkSecurityGroup("nsg", resource_group_name="rg", security_rules=rules))
     assert bool(v) is refused
     if refused:
@@ -88,7 +89,7 @@ def test_vm_name_too_long_is_refused() -> None:
 
 
 def test_secondary_ip_configuration_outside_the_primary_subnet_is_refused() -> None:
-    cfgs = [{"name": "p", "primary": True, "subnet": {"id": "/subscriptions/0/a"}}, {"name": "s", "primary": False, "subnet": {"id": "/subscriptions/0/b"}}]
+    cfgs: list[Any] = [{"name": "p", "primary": True, "subnet": {"id": "/subscriptions/0/a"}}, {"name": "s", "primary": False, "subnet": {"id": "/subscriptions/0/b"}}]
     v = under_mocks(lambda: network.NetworkInterface("nic", resource_group_name="rg", ip_configurations=cfgs))
     assert v and v[0].startswith("[nic-ip-configurations]")
 
