@@ -259,7 +259,7 @@ def recorded_text(p: Program) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("stack", ["distributed", "centralized"])
+@pytest.mark.parametrize("stack", ["distributed", "centralized", "smoke"])
 def test_no_sas_key_or_private_key_in_plain_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stack: str) -> None:
     private, public = keygen(tmp_path, "ed25519", passphrase="s3cret-pass")
     cfg = stack_config(stack, azure={**AZURE, "sshPublicKey": public},
