@@ -171,3 +171,16 @@ def test_verdict_fails_the_run_after_everything_is_uploaded(store: str, tmp_path
     (other / "status" / "ipvs2-bench-pubs.json").unlink()
     BlobStore.blobs.pop("distributed/5/status/ipvs2-bench-pubs.json")
     assert cmd_verdict(args) == 0  # nothing failed: the run stands
+
+
+def test_fetch_reads_the_sas_from_a_pipe(store: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    BlobStore.blobs["smoke/4/manifest.json"] = b'{"status": "complete"}'
+    cmd = [sys.executable, "-m", "workloads.cli", "results", "fetch", "--url", store, "--prefix", "smoke/4/", "--out", str(tmp_path), "--sas", "-"]
+    cp = subprocess.run(cmd, input=SAS + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert (tmp_path / "smoke-4" / "manifest.json").read_bytes() == b'{"status": "complete"}'

@@ -520,7 +520,10 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    dest = fetch(args.url, args.prefix, BlobAuth(sas=args.sas), Path(args.out))
+    sas = sys.stdin.readline().strip() if args.sas == "-" else args.sas  # "-": from a pipe, off the command line
+    if not sas:
+        raise LabError("--sas -: no SAS on standard input")
+    dest = fetch(args.url, args.prefix, BlobAuth(sas=sas), Path(args.out))
     print(dest)
     return 0
 
@@ -568,7 +571,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
     f = rsub.add_parser("fetch", help="download a run's files into OUT/<stack>-<run-id>/")
     f.add_argument("--url", required=True)
     f.add_argument("--prefix", required=True)
-    f.add_argument("--sas", required=True, help="a short-lived read/list SAS (az storage container generate-sas --as-user --auth-mode login ...)")
+    f.add_argument("--sas", required=True, help="a short-lived read/list SAS, or - to read it from standard input "
+                   "(az storage container generate-sas --as-user --auth-mode login ... -o tsv | mqttlab results fetch ... --sas -)")
     f.add_argument("--out", default="runs")
     f.set_defaults(func=cmd_fetch)
 
