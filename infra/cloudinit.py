@@ -1,7 +1,17 @@
 """cloud-config per role: static bootstrap only.
 
-Custom data cannot change on an existing VM, so nothing here depends on the topology, the
-scenario or the run; those arrive through remote commands calling ``mqttlab``.
+Custom data cannot change on an existing VM (Azure refuses the update), so nothing here depends
+on the topology, the scenario or the run; those arrive through remote commands calling
+``mqttlab``. What does change it (the load generator needs Docker on the balancers) replaces the
+VM, deliberately: see ``LinuxVm``.
+
+The SSH host key is the program's own (pulumi-tls, Ed25519), written by cloud-init's ``ssh_keys``
+in place of the image's, with no other host key type generated (only ed25519, which exists), so the remote commands can pin
+it. On the broker host cloud-init is told to stop putting the NIC's secondary addresses on eth0
+(Azure datasource ``apply_network_config_for_secondary_ips``, default true; cloud-init
+doc/rtd/reference/datasources/azure.rst): they belong to the ipvlan broker containers. The
+setting is system configuration read when the network is configured, so it takes effect from
+the second boot; ``mqttlab host brokers-up`` removes the addresses the first boot added.
 """
 
 from __future__ import annotations
@@ -14,11 +24,18 @@ IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_v
 COMMON_PACKAGES = ("python3-venv", "python3-pip", "mosquitto-clients", "chrony")
 
 
-def cloud_config(role: str, admin_user: str, docker: bool = False) -> str:
-    """``role``: "brokers" or "balancer". ``docker`` also on balancers for emqtt-bench."""
+SECONDARY_IPS_CFG = "/etc/cloud/cloud.cfg.d/91-mqttlab-secondary-ips.cfg"
+
+
+def cloud_config(role: str, admin_user: str, docker: bool = False, host_key: tuple[str, str] | None = None) -> str:
+    """``role``: "brokers" or "balancer". ``docker`` also on balancers for emqtt-bench.
+    ``host_key``: (OpenSSH private key, public key line) for the SSH server."""
     packages = list(COMMON_PACKAGES)
     files = []
     runcmd: list[list[str]] = []
+    if role == "brokers":
+        files.append({"path": SECONDARY_IPS_CFG, "permissions": "0644",
+                      "content": "datasource:\n  Azure:\n    apply_network_config_for_secondary_ips: false\n"})
     if role == "brokers" or docker:
         packages += ["docker.io", "docker-compose-v2"]
         runcmd += [["systemctl", "enable", "--now", "docker"], ["usermod", "-aG", "docker", admin_user]]
@@ -30,7 +47,10 @@ def cloud_config(role: str, admin_user: str, docker: bool = False) -> str:
         ]
         runcmd += [["modprobe", "-a", *IPVS_MODULES], ["sysctl", "--system"]]
     runcmd += [["mkdir", "-p", "/opt/mqttlab", "/var/lib/mqttlab/runs"], ["chown", "-R", f"{admin_user}:{admin_user}", "/opt/mqttlab", "/var/lib/mqttlab"]]
-    doc = {
+    doc: dict[str, object] = {}
+    if host_key is not None:
+        doc |= {"ssh_deletekeys": True, "ssh_genkeytypes": ["ed25519"], "ssh_keys": {"ed25519_private": host_key[0], "ed25519_public": host_key[1]}}
+    doc |= {
         "package_update": True,
         "packages": packages,
         "write_files": files,

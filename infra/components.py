@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pulumi_command as command
-from pulumi_azure_native import compute, devtestlab, network, resources, storage
+import pulumi_tls as tls
+from pulumi_azure_native import authorization, compute, devtestlab, network, resources, storage
 
+from infra.bundle import Bundle
 from infra.cloudinit import cloud_config, custom_data
 from infra.settings import AzureSettings
 from workloads.plan import Host, Plan
@@ -18,6 +21,12 @@ REMOTE_ROOT = "/opt/mqttlab"
 RUNS = "/var/lib/mqttlab/runs"
 MQTTLAB = f"{REMOTE_ROOT}/.venv/bin/mqttlab"
 UBUNTU = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
+BUNDLE = f"{REMOTE_ROOT}/bundle.tar.gz"
+# Azure built-in roles (Microsoft Learn, "Azure built-in roles": Storage section)
+BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+# Bounds (seconds) on every remote step: pulumi up never hangs on a VM
+T_CLOUD_INIT, T_INSTALL, T_BROKERS, T_BALANCER, T_PROBE, T_COLLECT, T_VERDICT = 1200, 1200, 900, 300, 300, 1800, 600
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,11 @@ class Ctx:
     az: AzureSettings
     location: pulumi.Input[str]
     resource_group: pulumi.Input[str]
+    bundle: Bundle
+    private_key_password: pulumi.Input[str] | None = None
+    subscription_id: pulumi.Input[str] = ""
+    operator_object_id: pulumi.Input[str] = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tags(self) -> dict[str, str]:
@@ -84,14 +98,24 @@ def nsg_rules(az: AzureSettings) -> list[Any]:
 class LinuxVm(pulumi.ComponentResource):
     """Ubuntu 24.04 VM with a static Standard public IP (administration only), a NIC with the
     plan's private address (plus one secondary address per broker on the broker host, which
-    the Azure fabric otherwise drops), SSH key login only, and everything deleted with it."""
+    the Azure fabric otherwise drops), SSH key login only, a host key of the program's own, a
+    system-assigned identity (for uploading results), and everything deleted with it.
+
+    ``customData`` is create-only in Azure (an update is refused with PropertyChangeNotAllowed).
+    A change to it (e.g. ``loadGenerator`` switching Docker on for the balancers) therefore
+    replaces the VM on purpose (``replace_on_changes``), deleting the old one first because its
+    NIC can be attached to one VM only. Ignoring the change instead would leave a VM that lacks
+    what the new configuration needs, and the run would fail later and less clearly. Every
+    remote step carries the VM's ``vmId`` in its triggers, so a replaced VM is installed anew.
+    """
 
     def __init__(self, name: str, ctx: Ctx, host: Host, subnet: network.Subnet, size: str, ssh_key: pulumi.Input[str],
-                 secondary: Sequence[str] = (), ip_forwarding: bool = False, cloud_init: str = "",
+                 secondary: Sequence[str] = (), ip_forwarding: bool = False, role: str = "balancer", docker: bool = False,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mqttlab:azure:LinuxVm", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         rg = ctx.resource_group
+        self.host_key = tls.PrivateKey(f"{name}-hostkey", algorithm="ED25519", opts=child)
         self.public_ip = network.PublicIPAddress(f"{name}-pip", resource_group_name=rg, sku={"name": "Standard"},
                                                  public_ip_allocation_method="Static", tags=ctx.tags, opts=child)
         ipconfigs: list[Any] = [{
@@ -107,18 +131,22 @@ class LinuxVm(pulumi.ComponentResource):
         if ctx.az.spot:
             spot = {"priority": "Spot", "eviction_policy": "Deallocate", "billing_profile": {"max_price": -1}}
         user = ctx.az.admin_user
+        init: pulumi.Output[str] = pulumi.Output.all(self.host_key.private_key_openssh, self.host_key.public_key_openssh).apply(
+            lambda k: pulumi.Output.secret(custom_data(cloud_config(role, user, docker=docker, host_key=(str(k[0]), str(k[1]))))))
         os_profile: Any = {
-            "computer_name": host.name, "admin_username": user, "custom_data": custom_data(cloud_init),
+            "computer_name": host.name, "admin_username": user, "custom_data": init,
             "linux_configuration": {"disable_password_authentication": True,
                                     "ssh": {"public_keys": [{"path": f"/home/{user}/.ssh/authorized_keys", "key_data": ssh_key}]}},
         }
         storage_profile: Any = {"image_reference": UBUNTU,
                                 "os_disk": {"create_option": "FromImage", "delete_option": "Delete", "managed_disk": {"storage_account_type": "Premium_LRS"}}}
         network_profile: Any = {"network_interfaces": [{"id": self.nic.id, "primary": True, "delete_option": "Delete"}]}
+        identity: Any = {"type": "SystemAssigned"}  # uploads results as itself: no key or SAS on the VM
         self.vm = compute.VirtualMachine(
             f"{name}-vm", resource_group_name=rg, hardware_profile={"vm_size": size},
             os_profile=os_profile, storage_profile=storage_profile, network_profile=network_profile,
-            tags=ctx.tags, **spot, opts=child,
+            identity=identity, tags=ctx.tags, **spot,
+            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["osProfile.customData"], delete_before_replace=True),
         )
         if ctx.az.auto_shutdown:
             devtestlab.GlobalSchedule(
@@ -128,66 +156,95 @@ class LinuxVm(pulumi.ComponentResource):
             )
         self.host = host
         self.ip_address: pulumi.Output[str] = self.public_ip.ip_address.apply(lambda ip: ip or "")
+        self.vm_id: pulumi.Output[str] = self.vm.vm_id.apply(lambda v: v or "")
+        self.principal_id: pulumi.Output[str] = self.vm.identity.apply(lambda i: (i.principal_id if i else None) or "")
         self.register_outputs({"publicIp": self.ip_address, "privateIp": host.address})
 
 
+def role_definition(ctx: Ctx, role_id: str) -> pulumi.Output[str]:
+    return pulumi.Output.concat("/subscriptions/", ctx.subscription_id, "/providers/Microsoft.Authorization/roleDefinitions/", role_id)
+
+
+def assignment_name(scope: pulumi.Input[str], principal: pulumi.Input[str], role_id: str) -> pulumi.Output[str]:
+    """Role assignment names must be GUIDs; derived from what they grant, so a re-run keeps them."""
+    return pulumi.Output.all(scope, principal).apply(lambda v: str(uuid.uuid5(uuid.NAMESPACE_URL, f"{v[0]}|{v[1]}|{role_id}")))
+
+
 class ResultsStore(pulumi.ComponentResource):
-    """A storage account with one private container; VMs upload through a short-lived SAS."""
+    """A storage account with one private container. No key or SAS exists for it anywhere:
+    shared-key access is off; VMs write with their managed identity (Storage Blob Data
+    Contributor on the container), the operator who ran ``pulumi up`` reads with ``az login``
+    (Storage Blob Data Reader on the container)."""
 
     def __init__(self, name: str, ctx: Ctx, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mqttlab:azure:ResultsStore", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        self.name, self.ctx = name, ctx
+        self.child = pulumi.ResourceOptions(parent=self)
+        # the logical name is auto-named as-is plus 8 hex characters (azure-native), and account
+        # names allow only 3-24 lowercase letters and digits: no hyphen here
         self.account = storage.StorageAccount(
-            f"{name}-sa", resource_group_name=ctx.resource_group, kind="StorageV2", sku={"name": "Standard_LRS"},
-            allow_blob_public_access=False, minimum_tls_version="TLS1_2", enable_https_traffic_only=True, tags=ctx.tags, opts=child,
+            f"{name}sa", resource_group_name=ctx.resource_group, kind="StorageV2", sku={"name": "Standard_LRS"},
+            allow_blob_public_access=False, allow_shared_key_access=False, minimum_tls_version="TLS1_2", enable_https_traffic_only=True,
+            tags=ctx.tags, opts=self.child,
         )
         self.container = storage.BlobContainer(f"{name}-results", resource_group_name=ctx.resource_group, account_name=self.account.name,
-                                               container_name="results", public_access=storage.PublicAccess.NONE, opts=child)
+                                               container_name="results", public_access=storage.PublicAccess.NONE, opts=self.child)
         self.url = pulumi.Output.concat("https://", self.account.name, ".blob.core.windows.net/", self.container.name)
-        sas = storage.list_storage_account_service_sas_output(
-            account_name=self.account.name, resource_group_name=ctx.resource_group, canonicalized_resource=pulumi.Output.concat(
-                "/blob/", self.account.name, "/", self.container.name),
-            resource="c", permissions="rwl", protocols=storage.HttpProtocol.HTTPS, shared_access_expiry_time="2099-01-01T00:00:00Z",
-        )
-        self.sas: pulumi.Output[str] = pulumi.Output.secret(sas.service_sas_token.apply(lambda t: t or ""))
+        self.reader = authorization.RoleAssignment(
+            f"{name}-reader-operator", scope=self.container.id, principal_id=ctx.operator_object_id,
+            role_definition_id=role_definition(ctx, BLOB_DATA_READER),
+            role_assignment_name=assignment_name(self.container.id, ctx.operator_object_id, BLOB_DATA_READER), opts=self.child)
+        self.writers: dict[str, authorization.RoleAssignment] = {}
         self.register_outputs({"url": self.url})
+
+    def grant_writer(self, vm: LinuxVm) -> authorization.RoleAssignment:
+        ra = authorization.RoleAssignment(
+            f"{self.name}-writer-{vm.host.name}", scope=self.container.id, principal_id=vm.principal_id, principal_type="ServicePrincipal",
+            role_definition_id=role_definition(self.ctx, BLOB_DATA_CONTRIBUTOR),
+            role_assignment_name=assignment_name(self.container.id, vm.principal_id, BLOB_DATA_CONTRIBUTOR), opts=self.child)
+        self.writers[vm.host.name] = ra
+        return ra
 
 
 def connection(vm: LinuxVm, ctx: Ctx, private_key: pulumi.Input[str]) -> command.remote.ConnectionArgs:
-    # VMs take minutes to boot and run cloud-init: keep dialling (about 10 minutes) rather than fail
-    return command.remote.ConnectionArgs(host=vm.ip_address, user=ctx.az.admin_user, private_key=private_key, dial_error_limit=120,
-                                         per_dial_timeout=10)
+    """SSH to the VM, its host key pinned. ``host_key`` is pulumi-command's ``Connection.hostKey``
+    (added by pulumi/pulumi-command#794, 2025; "The expected host key to verify the server's
+    identity", an OpenSSH public key line); before it the provider used InsecureIgnoreHostKey
+    (remote/connection.go). VMs take minutes to boot: about 10 minutes of dialling is allowed."""
+    return command.remote.ConnectionArgs(host=vm.ip_address, user=ctx.az.admin_user, private_key=private_key,
+                                         private_key_password=ctx.private_key_password, host_key=vm.host_key.public_key_openssh,
+                                         dial_error_limit=60, per_dial_timeout=10)
 
 
-def bundle(stack: str) -> pulumi.AssetArchive:
-    """What a VM needs to run ``mqttlab``: the workloads package, packaging and the stack file."""
-    return pulumi.AssetArchive({
-        "workloads": pulumi.FileArchive("workloads"),
-        "pyproject.toml": pulumi.FileAsset("pyproject.toml"),
-        "README.md": pulumi.FileAsset("README.md"),
-        "Pulumi.yaml": pulumi.FileAsset("Pulumi.yaml"),
-        f"Pulumi.{stack}.yaml": pulumi.FileAsset(f"Pulumi.{stack}.yaml"),
-    })
+def bounded(seconds: int, script: str) -> str:
+    """One shell line, as a whole under ``timeout``."""
+    return f"timeout {seconds} sh -c '{script}'"
 
 
-INSTALL = (f"set -e; cloud-init status --wait >/dev/null || true; test -x {REMOTE_ROOT}/.venv/bin/python || python3 -m venv {REMOTE_ROOT}/.venv; "
-           f"{REMOTE_ROOT}/.venv/bin/pip install -q {REMOTE_ROOT}/src && {MQTTLAB} --help >/dev/null")
+CLOUD_INIT_WAIT = bounded(T_CLOUD_INIT, "cloud-init status --wait --long; rc=$?; [ $rc -ne 1 ]")  # 2: finished with warnings
+INSTALL = bounded(T_INSTALL, f"set -e; rm -rf {REMOTE_ROOT}/src.new; mkdir -p {REMOTE_ROOT}/src.new; tar -xzf {BUNDLE} -C {REMOTE_ROOT}/src.new; "
+                  f"rm -rf {REMOTE_ROOT}/src; mv {REMOTE_ROOT}/src.new {REMOTE_ROOT}/src; "
+                  f"test -x {REMOTE_ROOT}/.venv/bin/python || python3 -m venv {REMOTE_ROOT}/.venv; "
+                  f"{REMOTE_ROOT}/.venv/bin/pip install -q --disable-pip-version-check {REMOTE_ROOT}/src; {MQTTLAB} --help >/dev/null")
 
 
 class LabHost(pulumi.ComponentResource):
-    """A VM of the plan with the project installed: the base of both roles."""
+    """A VM of the plan with the project installed: the base of both roles. Nothing here has a
+    ``delete`` command: ``pulumi destroy`` deletes the VM and never dials it (a deallocated or
+    evicted VM would make every dialling delete wait and fail)."""
 
     def __init__(self, type_token: str, name: str, ctx: Ctx, vm_args: dict[str, object], private_key: pulumi.Input[str],
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(type_token, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        self.vm = LinuxVm(f"{name}", ctx, opts=child, **vm_args)  # type: ignore[arg-type]
+        self.vm = LinuxVm(f"{name}", ctx, opts=pulumi.ResourceOptions(parent=self), **vm_args)  # type: ignore[arg-type]
         self.conn = connection(self.vm, ctx, private_key)
-        wait = command.remote.Command(f"{name}-cloud-init", connection=self.conn, create="cloud-init status --wait --long || true",
+        self.install_triggers: list[pulumi.Input[str]] = [ctx.bundle.sha256, self.vm.vm_id]
+        wait = command.remote.Command(f"{name}-cloud-init", connection=self.conn, create=CLOUD_INIT_WAIT, triggers=[self.vm.vm_id],
                                       opts=pulumi.ResourceOptions(parent=self, depends_on=[self.vm.vm]))
-        copy = command.remote.CopyToRemote(f"{name}-bundle", connection=self.conn, source=bundle(ctx.stack), remote_path=f"{REMOTE_ROOT}/src",
+        copy = command.remote.CopyToRemote(f"{name}-bundle", connection=self.conn, source=pulumi.FileAsset(str(ctx.bundle.path)),
+                                           remote_path=BUNDLE, triggers=self.install_triggers,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait]))
-        self.installed = command.remote.Command(f"{name}-install", connection=self.conn, create=INSTALL, triggers=[copy.id],
+        self.installed = command.remote.Command(f"{name}-install", connection=self.conn, create=INSTALL, triggers=self.install_triggers,
                                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]))
         self.host = self.vm.host
 
@@ -197,11 +254,11 @@ class BrokerHost(LabHost):
                  opts: pulumi.ResourceOptions | None = None) -> None:
         host = ctx.plan.host("brokers")
         vm_args = {"host": host, "subnet": subnet, "size": ctx.az.broker_vm_size, "ssh_key": ssh_key,
-                   "secondary": [b.address for b in ctx.plan.brokers], "cloud_init": cloud_config("brokers", ctx.az.admin_user)}
+                   "secondary": [b.address for b in ctx.plan.brokers], "role": "brokers"}
         super().__init__("mqttlab:azure:BrokerHost", name, ctx, vm_args, private_key, opts)
         self.up = command.remote.Command(
-            f"{name}-brokers-up", connection=self.conn, create=f"sudo {MQTTLAB} host brokers-up -s {ctx.stack} --project-dir {REMOTE_ROOT}/src",
-            delete=f"sudo {MQTTLAB} host brokers-down --project-dir {REMOTE_ROOT}/src || true",
+            f"{name}-brokers-up", connection=self.conn, triggers=self.install_triggers,
+            create=f"sudo timeout {T_BROKERS} {MQTTLAB} host brokers-up -s {ctx.stack} --project-dir {REMOTE_ROOT}/src",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.installed]),
         )
         self.register_outputs({"publicIp": self.vm.ip_address})
@@ -212,16 +269,14 @@ class BalancerHost(LabHost):
 
     def __init__(self, name: str, ctx: Ctx, host: Host, subnet: network.Subnet, ssh_key: pulumi.Input[str], private_key: pulumi.Input[str],
                  opts: pulumi.ResourceOptions | None = None) -> None:
-        docker = ctx.az.load_generator == "emqtt-bench"
         vm_args = {"host": host, "subnet": subnet, "size": ctx.az.balancer_vm_size, "ssh_key": ssh_key, "ip_forwarding": True,
-                   "cloud_init": cloud_config("balancer", ctx.az.admin_user, docker=docker)}
+                   "role": "balancer", "docker": ctx.az.load_generator == "emqtt-bench"}
         super().__init__("mqttlab:azure:BalancerHost", name, ctx, vm_args, private_key, opts)
         self.applied: command.remote.Command | None = None
         if ctx.plan.balancer_on(host.name) is not None:
             self.applied = command.remote.Command(
-                f"{name}-balancer-apply", connection=self.conn,
-                create=f"sudo {MQTTLAB} host balancer-apply -s {ctx.stack} --host {host.name} --project-dir {REMOTE_ROOT}/src",
-                delete=f"sudo {MQTTLAB} host balancer-clear || true",
+                f"{name}-balancer-apply", connection=self.conn, triggers=self.install_triggers,
+                create=f"sudo timeout {T_BALANCER} {MQTTLAB} host balancer-apply -s {ctx.stack} --host {host.name} --project-dir {REMOTE_ROOT}/src",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.installed]),
             )
         self.ready: pulumi.Resource = self.applied or self.installed
@@ -229,38 +284,46 @@ class BalancerHost(LabHost):
 
 
 class BenchmarkRun(pulumi.ComponentResource):
-    """One run: monitors, subscribers on every client host, then publishers, then collection and
-    upload. Every step carries ``runId`` in its triggers, so a new ``runId`` reruns only this."""
+    """One run: every balancer host checks it reaches every broker; monitors; subscribers on
+    every client host, then publishers, then finish, collection and upload on every host, then
+    the verdict. The bench steps record their outcome and exit 0, so collection and upload
+    happen for partial and failed runs too; the verdict (after every upload) fails ``pulumi up``
+    if any step failed. Every step carries ``runId`` in its triggers, so a new ``runId`` reruns
+    only this, and the bundle hash, so a code change reruns it on the new code."""
 
     def __init__(self, name: str, ctx: Ctx, brokers: BrokerHost, balancers: Sequence[BalancerHost], store: ResultsStore,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mqttlab:azure:BenchmarkRun", name, None, opts)
         run = ctx.az.run_id
-        trig = [run]
+        trig: list[pulumi.Input[str]] = [run, ctx.bundle.sha256]
         limit = ctx.az.bench_timeout_s
         base = f"sudo timeout {limit} {MQTTLAB} host"
         common = f"-s {ctx.stack} --project-dir {REMOTE_ROOT}/src --run-id {run} --runs {RUNS}"
         ready = [brokers.up, *[b.ready for b in balancers]]
 
-        def cmd(rname: str, host: LabHost, create: str, deps: Sequence[pulumi.Resource], extra: Sequence[pulumi.Input[str]] = ()) -> command.remote.Command:
-            return command.remote.Command(f"{name}-{rname}", connection=host.conn, create=create, triggers=[*trig, *extra],
+        def cmd(rname: str, host: LabHost, create: pulumi.Input[str], deps: Sequence[pulumi.Resource]) -> command.remote.Command:
+            return command.remote.Command(f"{name}-{rname}", connection=host.conn, create=create, triggers=[*trig, host.vm.vm_id],
                                           opts=pulumi.ResourceOptions(parent=self, depends_on=list(deps)))
 
-        mon = [cmd("monitor-brokers", brokers, f"{base} monitors-start --role brokers {common}", ready)]
+        probes = [cmd(f"probe-{b.host.name}", b, f"sudo timeout {T_PROBE} {MQTTLAB} host probe-brokers -s {ctx.stack} --host {b.host.name} "
+                      f"--project-dir {REMOTE_ROOT}/src", ready) for b in balancers if b.applied is not None]
+        mon = [cmd("monitor-brokers", brokers, f"{base} monitors-start --role brokers {common}", probes)]
         for b in balancers:
             if b.applied is not None:
-                mon.append(cmd(f"monitor-{b.host.name}", b, f"{base} monitors-start --role balancer --host {b.host.name} {common}", ready))
+                mon.append(cmd(f"monitor-{b.host.name}", b, f"{base} monitors-start --role balancer --host {b.host.name} {common}", probes))
         lg = f"--load-generator {ctx.az.load_generator}"
         subs = [cmd(f"subs-{b.host.name}", b, f"{base} bench-subs --host {b.host.name} {lg} {common}", mon) for b in balancers]
         pubs = [cmd(f"pubs-{b.host.name}", b, f"{base} bench-pubs --host {b.host.name} {lg} {common}", subs) for b in balancers]
-        finish = [cmd(f"finish-{b.host.name}", b, f"{base} bench-finish --host {b.host.name} {common}", pubs) for b in balancers]
+        finish = [cmd(f"finish-{b.host.name}", b, f"{base} bench-finish --host {b.host.name} {lg} {common}", pubs) for b in balancers]
         self.collect: list[command.remote.Command] = []
         for h in [brokers, *balancers]:
-            upload = pulumi.Output.concat(
-                f"sudo timeout 900 {MQTTLAB} host collect --host {h.host.name} {common} --url ", store.url, " --sas '", store.sas, "'")
-            self.collect.append(command.remote.Command(f"{name}-collect-{h.host.name}", connection=h.conn, create=upload, triggers=trig,
-                                                       opts=pulumi.ResourceOptions(parent=self, depends_on=finish)))
-        self.summary = finish[0].stdout
+            writer = store.grant_writer(h.vm)
+            upload = pulumi.Output.concat(f"sudo timeout {T_COLLECT} {MQTTLAB} host collect --host {h.host.name} {lg} {common} --url ", store.url)
+            self.collect.append(cmd(f"collect-{h.host.name}", h, upload, [*finish, writer]))
+        first = balancers[0]
+        verdict = cmd("verdict", first, pulumi.Output.concat(
+            f"sudo timeout {T_VERDICT} {MQTTLAB} host verdict --host {first.host.name} {lg} {common} --url ", store.url), self.collect)
+        self.summary = verdict.stdout
         self.register_outputs({"runId": run})
 
 

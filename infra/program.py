@@ -6,21 +6,26 @@ bad value stops ``pulumi up`` with the key named and nothing created.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_tls as tls
+from pulumi.runtime.config import get_config
+from pulumi_azure_native import authorization
 
+from infra.bundle import build_bundle
 from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Network, ResultsStore, ssh_commands
-from infra.settings import AzureSettings, parse_azure
+from infra.settings import AzureSettings, parse_azure, private_key_is_encrypted
 from workloads.config import ConfigError, ExperimentConfig, parse_config
 from workloads.plan import Plan, build_plan
 
 SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario")
 
 
-def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Output[str] | None]:
-    """The experiment through the same parser the local lab uses, plus the Azure settings."""
+def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Output[str] | None, dict[str, Any]]:
+    """The experiment through the same parser the local lab uses, plus the Azure settings, plus
+    the experiment sections as read (they become the VMs' stack file)."""
     cfg = pulumi.Config("mqttlab")
     raw: dict[str, Any] = {}
     if cfg.get("topology") is not None:
@@ -38,13 +43,18 @@ def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Out
     if private_key is None and not az.generate_ssh_key:
         raise ConfigError("mqttlab:sshPrivateKey", None, "is required for the remote commands unless azure.generateSshKey is true "
                           "(pulumi config set --secret mqttlab:sshPrivateKey < ~/.ssh/id_ed25519)")
-    return experiment, az, private_key
+    # read raw (no secret warning) only to check it; the value used stays wrapped as a secret
+    raw_key = get_config("mqttlab:sshPrivateKey")
+    if private_key is not None and raw_key and private_key_is_encrypted(raw_key) and get_config("mqttlab:sshPrivateKeyPassword") is None:
+        raise ConfigError("mqttlab:sshPrivateKey", "(passphrase-protected key)", "needs its passphrase: "
+                          "pulumi config set --secret mqttlab:sshPrivateKeyPassword (or use a key without one)")
+    return experiment, az, private_key, raw
 
 
 def build() -> dict[str, Any]:
     project, stack = pulumi.get_project(), pulumi.get_stack()
     try:
-        experiment, az, private_key = read_config(stack)
+        experiment, az, private_key, raw = read_config(stack)
     except ConfigError as exc:
         raise pulumi.RunError(f"configuration error: {exc}") from None
     plan: Plan = build_plan(experiment)
@@ -55,8 +65,12 @@ def build() -> dict[str, Any]:
         private: pulumi.Input[str] = key.private_key_openssh
     else:
         public_key, private = str(az.ssh_public_key), private_key  # type: ignore[assignment]
+    bundle = build_bundle(Path.cwd(), stack, raw)
+    client = authorization.get_client_config_output()
     net = Network("mqttlab", plan, az, tags)
-    ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name)
+    ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name, bundle=bundle,
+              private_key_password=pulumi.Config("mqttlab").get_secret("sshPrivateKeyPassword"),
+              subscription_id=client.subscription_id, operator_object_id=client.object_id)
     store = ResultsStore("results", ctx)
     brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)
     balancers = [BalancerHost(h.name, ctx, h, net.subnets[h.subnet], public_key, private) for h in plan.balancer_hosts]
@@ -67,9 +81,11 @@ def build() -> dict[str, Any]:
         "runId": az.run_id,
         "resultsUrl": store.url,
         "resultsPrefix": prefix,
-        "resultsSas": store.sas,
+        "storageAccount": store.account.name,
+        # the operator's own Azure login (Storage Blob Data Reader on the container): no key, no SAS
         "fetchCommand": pulumi.Output.concat(
-            "mqttlab results fetch --url ", store.url, f" --prefix {prefix} --out runs --sas \"$(pulumi stack output -s {stack} --show-secrets resultsSas)\""),
+            "mkdir -p runs/azure && az storage blob download-batch --auth-mode login --account-name ", store.account.name,
+            f" --source results --pattern '{prefix}*' --destination runs/azure"),
         "entryPoints": {c.host: c.target for c in plan.clients},
         "balancers": [b.host for b in plan.balancers],
         "brokerAddresses": {b.name: f"{b.address}:{b.port}" for b in plan.brokers},

@@ -6,8 +6,11 @@ through ``workloads.config``, the code the local lab uses, so it is never descri
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +65,10 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
     generate = bool(sec.get("generateSshKey", False))
     if key is None and not generate:
         raise ConfigError(P + "sshPublicKey", None, "is required unless generateSshKey is true")
-    if key is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", str(key)):
-        raise ConfigError(P + "sshPublicKey", str(key)[:30] + "...", "must be an OpenSSH public key line (ssh-ed25519 AAAA... or ssh-rsa AAAA...)")
+    if key is not None:
+        problem = azure_ssh_key_problem(str(key))
+        if problem:
+            raise ConfigError(P + "sshPublicKey", str(key)[:30] + "...", problem)
     sizes = {}
     for k, default in (("brokerVmSize", "Standard_D2s_v5"), ("balancerVmSize", "Standard_D2s_v5")):
         v = str(sec.get(k, default))
@@ -95,3 +100,62 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
         mqtt_cidrs=tuple(_cidr(f"{P}mqttCidrs[{i}]", c) for i, c in enumerate(mqtt)), load_generator=lg, run_id=rid,
         bench_timeout_s=timeout,
     )
+
+
+# Azure accepts only SSH-2 RSA keys of at least 2048 bits and Ed25519 keys for Linux VMs
+# (Microsoft Learn, "Supported SSH key formats", virtual-machines/linux/mac-create-ssh-keys);
+# anything else (ecdsa-*, DSA, short RSA) passes an OpenSSH parser and fails at VM creation.
+AZURE_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
+MIN_RSA_BITS = 2048
+
+
+def _ssh_string(blob: bytes, at: int) -> tuple[bytes, int]:
+    (n,) = struct.unpack(">I", blob[at : at + 4])
+    return blob[at + 4 : at + 4 + n], at + 4 + n
+
+
+def azure_ssh_key_problem(line: str) -> str | None:
+    """Why Azure would refuse this OpenSSH public key line, or None."""
+    parts = line.strip().split()
+    if len(parts) < 2:
+        return "must be an OpenSSH public key line (ssh-ed25519 AAAA... or ssh-rsa AAAA...)"
+    kind = parts[0]
+    if kind not in AZURE_KEY_TYPES:
+        return f"Azure accepts only ssh-ed25519 or ssh-rsa (>= {MIN_RSA_BITS} bits) keys, not {kind}"
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+        inner, at = _ssh_string(blob, 0)
+        if inner.decode() != kind:
+            return f"key data says {inner.decode(errors='replace')} but the line says {kind}"
+        if kind == "ssh-rsa":
+            _, at = _ssh_string(blob, at)  # public exponent
+            modulus, _ = _ssh_string(blob, at)
+            bits = int.from_bytes(modulus, "big").bit_length()
+            if bits < MIN_RSA_BITS:
+                return f"RSA key has {bits} bits; Azure requires at least {MIN_RSA_BITS}"
+    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+        return "key data is not valid base64 OpenSSH public key data"
+    return None
+
+
+def private_key_is_encrypted(text: str) -> bool:
+    """True for a passphrase-protected private key (OpenSSH format with a cipher other than
+    "none", or PEM marked ENCRYPTED). pulumi-command parses it with ``ssh.ParsePrivateKey``
+    unless ``privateKeyPassword`` is given (connection.go SShConfig), which then fails."""
+    if "ENCRYPTED" in text:
+        return True
+    m = re.search(r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE KEY-----", text, re.S)
+    if not m:
+        return False
+    try:
+        blob = base64.b64decode("".join(m.group(1).split()))
+    except binascii.Error:
+        return False
+    magic = b"openssh-key-v1\0"
+    if not blob.startswith(magic):
+        return False
+    try:
+        cipher, _ = _ssh_string(blob, len(magic))
+    except struct.error:
+        return False
+    return cipher != b"none"

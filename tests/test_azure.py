@@ -8,7 +8,6 @@ import base64
 import json
 import runpy
 import subprocess
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,50 +19,31 @@ import yaml
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockMonitor
 
+from tests.azure_contracts import ContractMocks, ContractViolation, options_violation, unsecret
 from tests.conftest import ROOT
 
 AZURE = {"adminCidr": "203.0.113.7/32", "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockKeyForTestsOnly user@host"}
 SECRET = {"mqttlab:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"}
 
 
-class Mocks(pulumi.runtime.Mocks):
-    """Answers as the providers would: names, ids, addresses, command output, the SAS call."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.n += 1
-        out = dict(args.inputs)
-        given = next((v for k, v in args.inputs.items() if k.endswith("Name") and k[:-4] in args.typ.lower().split(":")[-1].lower()), None)
-        suffix = zlib.crc32(args.name.encode())  # deterministic, like a stable auto-name
-        out.setdefault("name", given or f"{args.name}{suffix % 0xFFFF:04x}")
-        if args.typ == "azure-native:network:PublicIPAddress":
-            out["ipAddress"] = f"20.50.0.{suffix % 250}"
-        if args.typ == "azure-native:resources:ResourceGroup":
-            out["location"] = "westeurope"
-        if args.typ == "command:remote:Command":
-            out["stdout"] = json.dumps({"host": args.name})
-            out["stderr"] = ""
-        return f"/subscriptions/0/{args.typ}/{args.name}", out
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> Any:
-        if args.token == "azure-native:storage:listStorageAccountServiceSAS":
-            return {"serviceSasToken": "sv=2024-01-01&sr=c&sp=rwl&sig=mock"}
-        return {}
-
-
 class Monitor(MockMonitor):
     """Records what the engine would see, including dependencies, which Mocks cannot."""
 
-    def __init__(self, mocks: Mocks) -> None:
+    def __init__(self, mocks: ContractMocks) -> None:
         super().__init__(mocks)
         self.registered: list[Res] = []
+        self.raw: dict[str, dict[str, Any]] = {}
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        why = options_violation(request.type, request.name, list(request.replaceOnChanges), list(request.ignoreChanges))
+        if why:
+            self.mocks.violations.append(why)  # type: ignore[attr-defined]
+            raise ContractViolation(why)
         resp = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
-            self.registered.append(Res(request.type, request.name, resp.urn, list(request.dependencies), request.parent))
+            self.registered.append(Res(request.type, request.name, resp.urn, list(request.dependencies), request.parent,
+                                       options={"replaceOnChanges": list(request.replaceOnChanges), "ignoreChanges": list(request.ignoreChanges),
+                                                "deleteBeforeReplace": request.deleteBeforeReplace}))
         return resp
 
 
@@ -74,13 +54,17 @@ class Res:
     urn: str
     deps: list[str]
     parent: str
+    options: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Program:
     resources: list[Res]
     outputs: dict[str, Any]
+    violations: list[str] = field(default_factory=list)
+    secret_outputs: set[str] = field(default_factory=set)
 
     def of(self, typ: str) -> list[Res]:
         return [r for r in self.resources if r.type == typ]
@@ -93,58 +77,61 @@ class Program:
         return {by[u] for u in urns if u in by}
 
 
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
-
-
-def unsecret(v: Any) -> Any:
-    """Secrets reach the mocks wrapped; the tests look at the plain values."""
-    if isinstance(v, dict):
-        if SECRET_SIG in v:
-            return unsecret(v["value"])
-        return {k: unsecret(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [unsecret(x) for x in v]
-    return v
-
-
 def stack_config(stack: str, azure: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, str]:
     doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     doc = {**doc, "mqttlab:azure": azure if azure is not None else AZURE, **SECRET, **(extra or {})}
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in doc.items() if v is not None}
 
 
-def run(stack: str, monkeypatch: pytest.MonkeyPatch, config: dict[str, str] | None = None) -> Program:
+def run(stack: str, monkeypatch: pytest.MonkeyPatch, config: dict[str, str] | None = None, allow_violations: bool = False,
+        root: Path = ROOT) -> Program:
     """The real __main__.py under mocks, resolving every input and output."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi_settings.ROOT.set(None)
-    mocks = Mocks()
+    pulumi_settings.SETTINGS.rpc_manager.clear()  # a program that failed leaves RPCs and output tasks
+    pulumi_settings.SETTINGS.outputs.clear()  # of its own (closed) event loop behind
+    mocks = ContractMocks()
     recorded: dict[str, dict[str, Any]] = {}
+    raw: dict[str, dict[str, Any]] = {}
     orig = mocks.new_resource
 
     def new_resource(args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         recorded[args.name] = unsecret(dict(args.inputs))
+        raw[args.name] = dict(args.inputs)
         return orig(args)
 
     mocks.new_resource = new_resource  # type: ignore[method-assign]
     monitor = Monitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="mqttlab", stack=stack, preview=False, monitor=monitor)  # type: ignore[arg-type]
     pulumi.runtime.set_all_config(config if config is not None else stack_config(stack))
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(root)
     try:
         runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
         from pulumi.runtime.stack import wait_for_rpcs
 
-        root = pulumi_settings.get_root_resource()
+        stack_resource = pulumi_settings.get_root_resource()
         outputs: dict[str, Any] = {}
-        for k, v in (root.outputs if root else {}).items():  # type: ignore[attr-defined]
-            outputs[k] = loop.run_until_complete(pulumi.Output.from_input(v).future())
+        secret_outputs: set[str] = set()
+        for k, v in (stack_resource.outputs if stack_resource else {}).items():  # type: ignore[attr-defined]
+            out = pulumi.Output.from_input(v)
+            outputs[k] = loop.run_until_complete(out.future())
+            if loop.run_until_complete(out.is_secret()):
+                secret_outputs.add(k)
         loop.run_until_complete(wait_for_rpcs())
+    except Exception:
+        if mocks.violations and not allow_violations:
+            raise ContractViolation("; ".join(mocks.violations)) from None
+        if not allow_violations:
+            raise
     finally:
         pulumi.runtime.set_all_config({})
     for r in monitor.registered:
         r.inputs = recorded.get(r.name, {})
-    return Program(monitor.registered, outputs)
+        r.raw = raw.get(r.name, {})
+    if mocks.violations and not allow_violations:
+        raise ContractViolation("; ".join(mocks.violations))
+    return Program(monitor.registered, outputs if not mocks.violations else {}, list(mocks.violations), secret_outputs if not mocks.violations else set())
 
 
 @pytest.fixture(params=["distributed", "centralized"])
@@ -250,7 +237,8 @@ def test_remote_command_graph(program: Program) -> None:
         assert {"bench-monitor-brokers", "bench-monitor-ipvs1"} <= deps[f"bench-subs-{h}"]
         assert {"bench-subs-ipvs1", "bench-subs-ipvs2"} <= deps[f"bench-pubs-{h}"]  # subscribers everywhere first
         assert {"bench-pubs-ipvs1", "bench-pubs-ipvs2"} <= deps[f"bench-finish-{h}"]
-    assert {"brokers-brokers-up", "ipvs1-balancer-apply"} <= deps["bench-monitor-brokers"]
+    assert {"bench-probe-ipvs1"} <= deps["bench-monitor-brokers"]  # every broker answered a balancer host first
+    assert {"brokers-brokers-up", "ipvs1-balancer-apply"} <= deps["bench-probe-ipvs1"]
     for h in ("brokers", "ipvs1", "ipvs2"):
         assert {"bench-finish-ipvs1", "bench-finish-ipvs2"} <= deps[f"bench-collect-{h}"]
         assert "timeout" in cmds[f"bench-collect-{h}"].inputs["create"]
@@ -289,10 +277,12 @@ def test_changing_run_id_changes_only_benchmark_and_collection_triggers(monkeypa
 
 def test_outputs_are_the_documented_ones(program: Program) -> None:
     o = program.outputs
-    assert set(o) >= {"topology", "runId", "resultsUrl", "resultsPrefix", "resultsSas", "fetchCommand", "entryPoints", "balancers",
+    assert set(o) >= {"topology", "runId", "resultsUrl", "resultsPrefix", "storageAccount", "fetchCommand", "entryPoints", "balancers",
                       "brokerAddresses", "sshCommands", "benchSummary"}
-    assert o["resultsUrl"].startswith("https://") and o["resultsUrl"].endswith(".blob.core.windows.net/results")
-    assert o["fetchCommand"].startswith("mqttlab results fetch --url https://") and "--prefix" in o["fetchCommand"]
+    assert "resultsSas" not in o
+    assert o["resultsUrl"] == f"https://{o['storageAccount']}.blob.core.windows.net/results"
+    assert o["fetchCommand"] == (f"mkdir -p runs/azure && az storage blob download-batch --auth-mode login --account-name {o['storageAccount']} --source results "
+                                 f"--pattern '{o['resultsPrefix']}*' --destination runs/azure")
     assert o["brokerAddresses"] == {"broker1": "10.2.0.20:1883", "broker2": "10.2.0.21:1883", "broker3": "10.2.0.22:1883"}
     assert set(o["sshCommands"]) == {"brokers", "ipvs1", "ipvs2"} and o["sshCommands"]["ipvs1"].startswith("ssh mqttlab@20.50.0.")
     if o["topology"] == "centralized":
@@ -313,7 +303,8 @@ def test_spot_shutdown_and_generated_key(monkeypatch: pytest.MonkeyPatch) -> Non
         assert vm.inputs["priority"] == "Spot" and vm.inputs["evictionPolicy"] == "Deallocate"
     shut = p.of("azure-native:devtestlab:GlobalSchedule")
     assert len(shut) == 3 and all(s.inputs["dailyRecurrence"] == {"time": "1900"} and s.inputs["taskType"] == "ComputeVmShutdownTask" for s in shut)
-    assert len(p.of("tls:index/privateKey:PrivateKey")) == 1 and "sshPrivateKey" in p.outputs
+    keys = {k.name for k in p.of("tls:index/privateKey:PrivateKey")}
+    assert keys == {"ssh-key", "brokers-hostkey", "ipvs1-hostkey", "ipvs2-hostkey"} and "sshPrivateKey" in p.outputs
     assert p.one("brokers-vm").inputs["hardwareProfile"]["vmSize"] == "Standard_D4s_v5"
 
 

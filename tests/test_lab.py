@@ -167,7 +167,7 @@ def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
     before = lab_leftovers()
     out = tmp_path / "runs"
     cp = lab_run("-s", "nosuchstack", out=out)
-    assert cp.returncode == 2 and "no file" in cp.stderr and "known stacks here: centralized, distributed" in cp.stderr
+    assert cp.returncode == 2 and "no file" in cp.stderr and "known stacks here: centralized, distributed, smoke" in cp.stderr
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "Pulumi.yaml").write_text("name: mqttlab\n")

@@ -63,7 +63,12 @@ def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, log_types:
 def compose_file(plan: Plan, cfg: ExperimentConfig, parent_interface: str = "eth0") -> str:
     """Docker compose for the broker host: one capped service per broker on its own address.
 
-    ipvlan (L2) gives each container a VNet address of its own that is a secondary IP of the NIC.
+    ipvlan gives each container a VNet address of its own that is a secondary IP configuration of
+    the NIC. L3 mode, not L2: Azure's SDN does not give L2 semantics (no ARP/broadcast between
+    endpoints; it delivers by IP to the NIC that owns the address), so the parent interface must
+    route by IP to its children; L3 mode does that and needs no gateway (the children's default
+    route is the parent). Source: J. Moreno (Microsoft), "IPvlan with Docker in Azure",
+    blog.cloudtrooper.net, 2023-05-10. See the README's "ipvlan on Azure".
     """
     host = plan.host("brokers")
     services = {}
@@ -83,8 +88,8 @@ def compose_file(plan: Plan, cfg: ExperimentConfig, parent_interface: str = "eth
         "networks": {
             "brokernet": {
                 "driver": "ipvlan",
-                "driver_opts": {"parent": parent_interface, "ipvlan_mode": "l2"},
-                "ipam": {"config": [{"subnet": host.subnet, "gateway": host.gateway}]},
+                "driver_opts": {"parent": parent_interface, "ipvlan_mode": "l3"},
+                "ipam": {"config": [{"subnet": host.subnet}]},
             }
         },
     }

@@ -13,12 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workloads.balancer import ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
@@ -59,10 +62,29 @@ def _render(cfg: ExperimentConfig, plan: Plan) -> dict[str, str]:
 # --------------------------------------------------------------------------- brokers
 
 
+def stray_addresses(ip_addr_output: str, wanted: Sequence[str]) -> list[str]:
+    """Broker addresses found on the host's own interface (``ip -4 -o addr show`` lines), as
+    ``addr/len``. cloud-init's Azure datasource puts every secondary IP configuration on eth0
+    on first boot (``apply_network_config_for_secondary_ips``, default true); the host would
+    then answer for the brokers itself instead of handing the packets to the ipvlan children."""
+    found = []
+    for line in ip_addr_output.splitlines():
+        parts = line.split()
+        if "inet" in parts:
+            cidr = parts[parts.index("inet") + 1]
+            if cidr.split("/")[0] in wanted:
+                found.append(cidr)
+    return found
+
+
 def cmd_brokers_up(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     _render(cfg, plan)
     d = RENDERED / "brokers"
+    shown = sh(["ip", "-4", "-o", "addr", "show", "dev", args.parent], check=False).stdout
+    for cidr in stray_addresses(shown, [b.address for b in plan.brokers]):
+        sh(["ip", "addr", "del", cidr, "dev", args.parent])
+        print(f"removed {cidr} from {args.parent}: it belongs to a broker container")
     sh(["docker", "compose", "-p", "mqttlab", "-f", str(d / "docker-compose.yml"), "up", "-d", "--force-recreate"], timeout=600)
     for b in plan.brokers:
         end = time.time() + 60
@@ -75,6 +97,38 @@ def cmd_brokers_up(args: argparse.Namespace) -> int:
                 raise LabError(f"{b.name} does not answer on {b.address}:{b.port}: {cp.stderr.strip()}")
             time.sleep(1)
         print(f"{b.name} up on {b.address}:{b.port}")
+    return 0
+
+
+def probe_brokers(targets: Sequence[tuple[str, str, int]], attempts: int = 30, pause_s: float = 2.0) -> list[str]:
+    """Each broker answers a real MQTT subscription to its ``$SYS`` uptime from this host, or the
+    unreachable ones are named. Run on a balancer host: the broker host cannot reach its own
+    ipvlan children, and a broker the balancers cannot reach is otherwise found only when the
+    subscribers time out."""
+    pending = {name: (addr, port) for name, addr, port in targets}
+    answered: list[str] = []
+    last: dict[str, str] = {}
+    for i in range(attempts):
+        for name, (addr, port) in list(pending.items()):
+            cp = sh(["mosquitto_sub", "-h", addr, "-p", str(port), "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"], check=False, timeout=15)
+            if cp.returncode == 0:
+                answered.append(f"{name} {addr}:{port} answers: {cp.stdout.strip()}")
+                del pending[name]
+            else:
+                last[name] = (cp.stderr or cp.stdout).strip()[-200:] or f"exit {cp.returncode}"
+        if not pending:
+            return answered
+        if i + 1 < attempts:
+            time.sleep(pause_s)
+    raise LabError("brokers unreachable from this host after " f"{attempts} attempts: "
+                   + ", ".join(f"{n} {pending[n][0]}:{pending[n][1]} ({last.get(n, '')})" for n in sorted(pending))
+                   + "; check the broker NIC's secondary IP configurations, the ipvlan network and the NSG")
+
+
+def cmd_probe_brokers(args: argparse.Namespace) -> int:
+    _, plan = _cfg(args)
+    for line in probe_brokers([(b.name, b.address, b.port) for b in plan.brokers]):
+        print(line)
     return 0
 
 
@@ -121,6 +175,46 @@ def run_dir(args: argparse.Namespace) -> Path:
     return d
 
 
+def record_step(rd: Path, host: str, step: str, status: str, detail: str = "") -> Path:
+    """One file per host and step under ``status/``: uploaded with the run, read by the verdict."""
+    f = rd / "status" / f"{host}-{step}.json"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({"host": host, "step": step, "status": status, "detail": detail, "at": time.time()}) + "\n")
+    return f
+
+
+def step_status(rd: Path, host: str, step: str) -> str | None:
+    f = rd / "status" / f"{host}-{step}.json"
+    return str(json.loads(f.read_text()).get("status")) if f.exists() else None
+
+
+def recorded(step: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """A benchmark step that never stops the run: its outcome is written down and it exits 0, so
+    the finish, collection and upload after it always happen (an overloaded run, the
+    interesting kind, is not lost); the verdict step reports the run failed afterwards."""
+
+    def wrap(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            rd = run_dir(args)
+            try:
+                rc, detail = func(args), ""
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the run still has to be collected
+                rc, detail = 1, f"{type(exc).__name__}: {exc}"
+            status = {0: "ok", SKIPPED: "skipped"}.get(rc, "failed")
+            record_step(rd, args.host, step, status, detail or ("" if rc == 0 else f"exit status {rc}"))
+            if status != "ok":
+                print(f"{step} on {args.host}: {status} {detail}; recorded, the run goes on to collection", file=sys.stderr)
+            return 0
+
+        run.__doc__ = func.__doc__
+        return run
+
+    return wrap
+
+
+SKIPPED = 75  # a step that did not run because an earlier one on this host failed
+
+
 def detach(cmd: Sequence[str], rd: Path, name: str) -> int:
     log = (rd / "logs")
     log.mkdir(parents=True, exist_ok=True)
@@ -154,6 +248,7 @@ def me() -> list[str]:
     return [sys.executable, "-m", "workloads.cli"]
 
 
+@recorded("monitors-start")
 def cmd_monitors_start(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
@@ -179,6 +274,7 @@ def bench_args(cfg: ExperimentConfig, plan: Plan, host: str, rd: Path, stack: st
             "--tag", hex(run_tag(stack, run_id)), "--quiet", *cfg.scenario.cli_args()]
 
 
+@recorded("bench-subs")
 def cmd_bench_subs(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
@@ -200,15 +296,20 @@ def cmd_bench_subs(args: argparse.Namespace) -> int:
     return 0
 
 
+@recorded("bench-pubs")
 def cmd_bench_pubs(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
+    if step_status(rd, args.host, "bench-subs") != "ok":
+        return SKIPPED
     if args.load_generator == "emqtt-bench":
         return _emqtt(cfg, plan, args, rd, "pub")
     cp = subprocess.run([*me(), "bench", "pub", *bench_args(cfg, plan, args.host, rd, args.stack, args.run_id), "--json"],
                         timeout=cfg.scenario.time_limit_s + 60, capture_output=True, text=True)
     print(cp.stdout.strip())
-    return cp.returncode
+    if cp.returncode != 0:
+        raise LabError(f"publishers on {args.host} exited {cp.returncode}: {(cp.stderr or cp.stdout).strip()[-500:]}")
+    return 0
 
 
 def _emqtt(cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path, role: str) -> int:
@@ -231,6 +332,7 @@ def _emqtt(cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path
     return rc
 
 
+@recorded("bench-finish")
 def cmd_bench_finish(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
@@ -247,35 +349,107 @@ def cmd_bench_finish(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- results
 
-
-def put_blob(url: str, data: bytes, timeout: float = 120) -> None:
-    req = urllib.request.Request(url, data=data, method="PUT", headers={"x-ms-blob-type": "BlockBlob", "Content-Length": str(len(data))})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - https URL from the stack
-        if resp.status not in (200, 201):
-            raise LabError(f"upload to {url.split('?')[0]} answered {resp.status}")
-
-
-def blob_url(container: str, name: str, sas: str) -> str:
-    return f"{container.rstrip('/')}/{urllib.parse.quote(name)}?{sas.lstrip('?')}"
+# The VMs authenticate to Blob storage as themselves: a system-assigned managed identity holding
+# "Storage Blob Data Contributor" on the results container. The token comes from the instance
+# metadata service, lives in memory for one collect, and is never printed or put on a command
+# line. Bearer requests need x-ms-version 2017-11-09 or later.
+IMDS_TOKEN_URL = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://storage.azure.com/"
+BLOB_API_VERSION = "2021-08-06"
 
 
-def upload_dir(rd: Path, container: str, prefix: str, sas: str, skip_manifest: bool) -> int:
+@dataclass(frozen=True)
+class BlobAuth:
+    """Either a bearer token (VMs, managed identity) or a SAS (a user's short-lived read SAS)."""
+
+    token: str | None = None
+    sas: str | None = None
+
+    def url(self, base: str, query: str = "") -> str:
+        parts = [q for q in (query, (self.sas or "").lstrip("?")) if q]
+        return base + ("?" + "&".join(parts) if parts else "")
+
+    def headers(self) -> dict[str, str]:
+        h = {"x-ms-version": BLOB_API_VERSION}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        return h
+
+
+def imds_token(url: str = IMDS_TOKEN_URL, attempts: int = 10, pause_s: float = 2.0) -> str:
+    """A storage token for this VM's managed identity. IMDS answers 404/429/5xx for a while after
+    boot or when throttling; a bounded number of attempts rides that out."""
+    last = ""
+    for i in range(attempts):
+        try:
+            req = urllib.request.Request(url, headers={"Metadata": "true"})
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - link-local IMDS
+                token = json.loads(resp.read()).get("access_token", "")
+            if token:
+                return str(token)
+            last = "no access_token in the answer"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(getattr(exc, "code", "") or exc)
+        if i + 1 < attempts:
+            time.sleep(pause_s)
+    raise LabError(f"no managed-identity token from the instance metadata service after {attempts} attempts ({last}); "
+                   "is the VM's system-assigned identity enabled?")
+
+
+def put_blob(url: str, data: bytes, auth: BlobAuth, timeout: float = 120, forbidden_retries: int = 0, pause_s: float = 10) -> None:
+    """A 403 right after ``pulumi up`` is usually the role assignment still propagating (Azure
+    documents up to 10 minutes): retried a bounded number of times, then reported."""
+    for i in range(forbidden_retries + 1):
+        req = urllib.request.Request(auth.url(url), data=data, method="PUT",
+                                     headers={"x-ms-blob-type": "BlockBlob", "Content-Length": str(len(data)), **auth.headers()})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - https URL from the stack
+                if resp.status in (200, 201):
+                    return
+                raise LabError(f"upload to {url} answered {resp.status}")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 403 or i == forbidden_retries:
+                raise LabError(f"upload to {url} answered {exc.code} {exc.reason}") from None
+        time.sleep(pause_s)
+
+
+def blob_url(container: str, name: str) -> str:
+    return f"{container.rstrip('/')}/{urllib.parse.quote(name)}"
+
+
+def blob_name(rel: str, host: str | None) -> str:
+    """Where a run-directory file goes in the shared prefix. ``logs/`` holds per-process files
+    with the same names on every host (bench-sub.log, ...), so each host's logs get their own
+    folder; every other path already names its host."""
+    if host and rel.startswith("logs/"):
+        return f"logs/{host}/{rel[len('logs/'):]}"
+    return rel
+
+
+def upload_dir(rd: Path, container: str, prefix: str, auth: BlobAuth, skip_manifest: bool, host: str | None = None,
+               forbidden_retries: int = 0) -> int:
     n = 0
     for path in sorted(p for p in rd.rglob("*") if p.is_file()):
         rel = path.relative_to(rd).as_posix()
         if rel.startswith("pids/") or (skip_manifest and rel == "manifest.json") or path.suffix == ".sock":
             continue
-        put_blob(blob_url(container, prefix + rel, sas), path.read_bytes())
+        put_blob(blob_url(container, prefix + blob_name(rel, host)), path.read_bytes(), auth, forbidden_retries=forbidden_retries)
         n += 1
     return n
 
 
-def list_blobs(container: str, prefix: str, sas: str) -> list[str]:
+def get_blob(container: str, name: str, auth: BlobAuth, timeout: float = 300) -> bytes:
+    req = urllib.request.Request(auth.url(blob_url(container, name)), headers=auth.headers())
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        return bytes(resp.read())
+
+
+def list_blobs(container: str, prefix: str, auth: BlobAuth) -> list[str]:
     names: list[str] = []
     marker = ""
     while True:
         q = f"restype=container&comp=list&prefix={urllib.parse.quote(prefix)}" + (f"&marker={urllib.parse.quote(marker)}" if marker else "")
-        with urllib.request.urlopen(f"{container.rstrip('/')}?{q}&{sas.lstrip('?')}", timeout=60) as resp:  # noqa: S310
+        req = urllib.request.Request(auth.url(container.rstrip("/"), q), headers=auth.headers())
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
             root = ET.fromstring(resp.read())
         names += [e.text or "" for e in root.iter("Name")]
         marker = (root.findtext("NextMarker") or "").strip()
@@ -283,16 +457,15 @@ def list_blobs(container: str, prefix: str, sas: str) -> list[str]:
             return names
 
 
-def fetch(container: str, prefix: str, sas: str, out: Path) -> Path:
-    names = list_blobs(container, prefix, sas)
+def fetch(container: str, prefix: str, auth: BlobAuth, out: Path) -> Path:
+    names = list_blobs(container, prefix, auth)
     if not names:
         raise LabError(f"no results under {container}/{prefix}")
     dest = out / prefix.strip("/").replace("/", "-")
     for name in names:
         target = dest / name[len(prefix):]
         target.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(blob_url(container, name, sas), timeout=300) as resp:  # noqa: S310
-            target.write_bytes(resp.read())
+        target.write_bytes(get_blob(container, name, auth))
     return dest
 
 
@@ -300,6 +473,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
     stop_detached(rd, "monitor-")
+    stop_detached(rd, "bench-sub", timeout=30)  # a failed finish may have left them running
     host = plan.host(args.host)
     if host.role == "brokers":
         for b in plan.brokers:
@@ -310,13 +484,46 @@ def cmd_collect(args: argparse.Namespace) -> int:
         (rd / "balancer").mkdir(exist_ok=True)
         (rd / "balancer" / f"{args.host}-connections.txt").write_text(sh(["ipvsadm", "-Lnc"], check=False).stdout)
     prefix = f"{args.stack}/{args.run_id}/"
-    n = upload_dir(rd, args.url, prefix, args.sas, skip_manifest=plan.clients[0].host != args.host)
+    auth = BlobAuth(token=imds_token(args.imds))
+    n = upload_dir(rd, args.url, prefix, auth, skip_manifest=plan.clients[0].host != args.host, host=args.host, forbidden_retries=60)
     print(f"uploaded {n} files from {args.host} to {args.url}/{prefix}")
     return 0
 
 
+def failed_steps(container: str, prefix: str, auth: BlobAuth) -> list[dict[str, Any]]:
+    """Every step outcome the hosts uploaded that is not "ok"."""
+    bad = []
+    for name in list_blobs(container, prefix + "status/", auth):
+        doc = json.loads(get_blob(container, name, auth))
+        if doc.get("status") != "ok":
+            bad.append(doc)
+    return bad
+
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    """After every host uploaded: the run fails (and its manifest says so) if any step failed.
+    The results are in the store either way; this is what makes ``pulumi up`` report it."""
+    _, plan = _cfg(args)
+    rd = run_dir(args)
+    prefix = f"{args.stack}/{args.run_id}/"
+    auth = BlobAuth(token=imds_token(args.imds))
+    bad = failed_steps(args.url, prefix, auth)
+    if bad and (rd / "manifest.json").exists():
+        update_manifest(rd, status="failed", failed_steps=bad)
+        put_blob(blob_url(args.url, prefix + "manifest.json"), (rd / "manifest.json").read_bytes(), auth, forbidden_retries=6)
+    summary = {"run": prefix, "failed_steps": bad, "status": "failed" if bad else "complete"}
+    print(json.dumps(summary))
+    if bad:
+        print("run failed: " + "; ".join(f"{b.get('host')} {b.get('step')}: {b.get('detail', '')[-300:]}" for b in bad), file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
-    dest = fetch(args.url, args.prefix, args.sas, Path(args.out))
+    sas = sys.stdin.readline().strip() if args.sas == "-" else args.sas  # "-": from a pipe, off the command line
+    if not sas:
+        raise LabError("--sas -: no SAS on standard input")
+    dest = fetch(args.url, args.prefix, BlobAuth(sas=sas), Path(args.out))
     print(dest)
     return 0
 
@@ -337,7 +544,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
         x.set_defaults(func=func)
         return x
 
-    q("brokers-up", cmd_brokers_up, "render and start the broker containers, wait until each answers")
+    b = q("brokers-up", cmd_brokers_up, "render and start the broker containers, wait until each answers")
+    b.add_argument("--parent", default="eth0", help="the NIC the ipvlan network hangs off")
+    q("probe-brokers", cmd_probe_brokers, "from this (balancer) host, check every broker answers MQTT", host=True)
     x = hsub.add_parser("brokers-down", help="stop the broker containers")
     x.add_argument("--project-dir")
     x.set_defaults(func=cmd_brokers_down)
@@ -352,14 +561,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
     q("bench-finish", cmd_bench_finish, "drain, stop the subscribers", run=True, host=True)
     c = q("collect", cmd_collect, "stop monitors, gather logs and tables, upload the run directory", run=True, host=True)
     c.add_argument("--url", required=True, help="results container URL")
-    c.add_argument("--sas", required=True, help="SAS token for the container")
+    c.add_argument("--imds", default=IMDS_TOKEN_URL, help=argparse.SUPPRESS)
+    v = q("verdict", cmd_verdict, "after every upload: fail if any host recorded a failed step", run=True, host=True)
+    v.add_argument("--url", required=True, help="results container URL")
+    v.add_argument("--imds", default=IMDS_TOKEN_URL, help=argparse.SUPPRESS)
 
     r = sub.add_parser("results", help="results in the Azure container")
     rsub = r.add_subparsers(dest="results_cmd", required=True)
     f = rsub.add_parser("fetch", help="download a run's files into OUT/<stack>-<run-id>/")
     f.add_argument("--url", required=True)
     f.add_argument("--prefix", required=True)
-    f.add_argument("--sas", required=True)
+    f.add_argument("--sas", required=True, help="a short-lived read/list SAS, or - to read it from standard input "
+                   "(az storage container generate-sas --as-user --auth-mode login ... -o tsv | mqttlab results fetch ... --sas -)")
     f.add_argument("--out", default="runs")
     f.set_defaults(func=cmd_fetch)
 

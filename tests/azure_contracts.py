@@ -1,0 +1,344 @@
+"""What Azure and the providers refuse, as one table the Pulumi mocks apply to every resource.
+
+Plain Pulumi mocks accept any input; a real ``pulumi up`` does not. Each row below is one rule
+with the source it comes from; ``ContractMocks`` names the row when a resource breaks it, and the
+test fails. Adding a resource type to the program means adding its rows here.
+
+Sources (S1..S9 in the table):
+- S1 Microsoft Learn, "Naming rules and restrictions for Azure resources"
+  (azure-resource-manager/management/resource-name-rules): per resource type, length, valid
+  characters, case, first/last character.
+- S2 pulumi-azure-native auto-naming: a resource without an explicit name gets its logical name
+  plus 8 random hex characters, unchanged (no hyphen, no lower-casing): pulumi/pulumi-azure-native
+  #3406, #3665 ("MyAccountab50c96d is not a valid storage account name", AccountNameInvalid).
+- S3 pulumi-command ``CopyToRemote.Check`` (provider/pkg/provider/remote/copyController.go):
+  "asset must be a path-based file asset or a text asset", "archive must be a path to a file or
+  directory", exactly one of asset or archive.
+- S4 pulumi-command ``Connection`` (provider/pkg/provider/remote/connection.go): ``host`` is
+  required; ``privateKey`` is parsed with ``ssh.ParsePrivateKey`` unless ``privateKeyPassword``
+  is given (``ParsePrivateKeyWithPassphrase``), so a passphrase-protected key without it fails
+  every dial; ``hostKey`` (pulumi/pulumi-command#794) is the server's public key.
+- S5 Microsoft Learn, "Network security groups: how they work / security rules": priority
+  100-4096, unique per direction within a group.
+- S6 Microsoft Learn, "Assign multiple IP addresses to virtual machines": one primary IP
+  configuration per NIC; secondary configurations in the primary's subnet (as this program
+  uses them).
+- S7 Microsoft Learn, "Public IP addresses": the Standard SKU is always static ("Standard SKU
+  public IP addresses use the static allocation method").
+- S8 Microsoft Learn, "Supported SSH key formats" (Linux VMs): SSH-2 RSA >= 2048 bits, or Ed25519;
+  compute REST API ``SshPublicKey.path``: "/home/<user>/.ssh/authorized_keys" is the only path;
+  ``OSProfile.customData``: "The maximum length of the binary array is 65535 bytes", and it
+  cannot be changed on an existing VM (PropertyChangeNotAllowed).
+- S9 Azure RBAC REST API (Role Assignments - Create): the assignment name is a GUID; the role
+  definition id is /subscriptions/<id>/providers/Microsoft.Authorization/roleDefinitions/<guid>.
+- S10 Azure DevTest Labs ``GlobalSchedule`` for VM auto-shutdown: the schedule must be named
+  ``shutdown-computevm-<vm name>``, time HHMM.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class Name:
+    """One row of S1 for one resource type: which input carries the name, and the rule."""
+
+    key: str
+    lo: int
+    hi: int
+    pattern: str
+    says: str
+
+
+NAMES: dict[str, Name] = {
+    "azure-native:resources:ResourceGroup": Name("resourceGroupName", 1, 90, r"^[\w().-]*[\w()-]$", "letters, digits, _ ( ) . -, not ending in ."),
+    "azure-native:network:VirtualNetwork": Name("virtualNetworkName", 2, 64, r"^[A-Za-z0-9][\w.-]*[A-Za-z0-9_]$", "alphanumerics, _ . -; start alphanumeric, end alphanumeric or _"),
+    "azure-native:network:Subnet": Name("subnetName", 1, 80, r"^[A-Za-z0-9]([\w.-]*[A-Za-z0-9_])?$", "alphanumerics, _ . -; start alphanumeric, end alphanumeric or _"),
+    "azure-native:network:NetworkSecurityGroup": Name("networkSecurityGroupName", 1, 80, r"^[A-Za-z0-9]([\w.-]*[A-Za-z0-9_])?$", "alphanumerics, _ . -; start alphanumeric, end alphanumeric or _"),
+    "azure-native:network:NetworkInterface": Name("networkInterfaceName", 1, 80, r"^[A-Za-z0-9]([\w.-]*[A-Za-z0-9_])?$", "alphanumerics, _ . -; start alphanumeric, end alphanumeric or _"),
+    "azure-native:network:PublicIPAddress": Name("publicIpAddressName", 1, 80, r"^[A-Za-z0-9]([\w.-]*[A-Za-z0-9_])?$", "alphanumerics, _ . -; start alphanumeric, end alphanumeric or _"),
+    "azure-native:compute:VirtualMachine": Name("vmName", 1, 64, r"^[^\s~!@#$%^&*()=+_\[\]{}\\|;:.'\",<>/?][^\s~!@#$%^&*()=+_\[\]{}\\|;:'\",<>/?]*(?<![.-])$", "Linux: 1-64, none of ~!@#$%^&*()=+_[]{}\\|;:.'\",<>/? or spaces, not ending in . or -"),
+    "azure-native:storage:StorageAccount": Name("accountName", 3, 24, r"^[a-z0-9]+$", "3-24 lowercase letters and digits only"),
+    "azure-native:storage:BlobContainer": Name("containerName", 3, 63, r"^[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]$", "lowercase letters, digits, single hyphens; start and end alphanumeric"),
+    "azure-native:authorization:RoleAssignment": Name("roleAssignmentName", 36, 36, GUID.pattern, "a GUID"),
+    "azure-native:devtestlab:GlobalSchedule": Name("name", 1, 260, r"^shutdown-computevm-.+$", "shutdown-computevm-<vm name>"),
+}
+
+
+@dataclass
+class Seen:
+    """A resource as the contract sees it: type, logical name, plain inputs, physical name."""
+
+    typ: str
+    logical: str
+    inputs: dict[str, Any]
+    physical: str
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One contract: its id (named in failures), the types it applies to, its source, the check."""
+
+    id: str
+    types: tuple[str, ...]
+    source: str
+    check: Callable[[Seen], str | None]
+
+
+def autoname(typ: str, logical: str, inputs: Mapping[str, Any]) -> str:
+    """S2: the given name, else logical name + 8 hex characters (random in the provider;
+    derived from the logical name here so runs compare)."""
+    spec = NAMES.get(typ)
+    given = inputs.get(spec.key) if spec else None
+    if isinstance(given, str) and given:
+        return given
+    return logical + hashlib.sha256(logical.encode()).hexdigest()[:8]
+
+
+def _ssh_key(line: str) -> str | None:
+    """S8, written from the Microsoft page, independently of the program's own check."""
+    parts = line.split()
+    if len(parts) < 2 or parts[0] not in ("ssh-rsa", "ssh-ed25519"):
+        return f"{parts[0] if parts else line!r}: Azure takes only ssh-rsa (>= 2048 bits) or ssh-ed25519"
+    blob = base64.b64decode(parts[1])
+    fields, at = [], 0
+    while at < len(blob):
+        (n,) = struct.unpack(">I", blob[at : at + 4])
+        fields.append(blob[at + 4 : at + 4 + n])
+        at += 4 + n
+    if parts[0] == "ssh-rsa" and int.from_bytes(fields[2], "big").bit_length() < 2048:
+        return "RSA key shorter than 2048 bits"
+    return None
+
+
+def _encrypted(key: str) -> bool:
+    """S4: what makes ssh.ParsePrivateKey fail for want of a passphrase."""
+    if "ENCRYPTED" in key:
+        return True
+    body = "".join(line for line in key.strip().splitlines() if not line.startswith("-----"))
+    try:
+        blob = base64.b64decode(body)
+    except ValueError:
+        return False
+    magic = b"openssh-key-v1\0"
+    return blob.startswith(magic) and blob[len(magic) + 4 : len(magic) + 8] != b"none"
+
+
+def _name(r: Seen) -> str | None:
+    spec = NAMES[r.typ]
+    n = r.physical
+    if not spec.lo <= len(n) <= spec.hi:
+        return f"name {n!r} is {len(n)} characters; Azure allows {spec.lo}-{spec.hi} ({spec.says})"
+    if not re.match(spec.pattern, n):
+        return f"name {n!r} breaks Azure's rule: {spec.says}"
+    return None
+
+
+def _nsg(r: Seen) -> str | None:
+    seen: dict[tuple[str, int], str] = {}
+    names: set[str] = set()
+    for rule in r.inputs.get("securityRules") or []:
+        prio, direction, name = rule.get("priority"), rule.get("direction"), rule.get("name")
+        if isinstance(prio, float) and prio.is_integer():
+            prio = int(prio)  # numbers cross the engine as floats
+        if not isinstance(prio, int) or not 100 <= prio <= 4096:
+            return f"rule {name!r} has priority {prio}; Azure allows 100-4096"
+        if (direction, prio) in seen:
+            return f"rules {seen[(direction, prio)]!r} and {name!r} share priority {prio} ({direction}); priorities are unique per direction"
+        if name in names:
+            return f"two rules are named {name!r}"
+        seen[(direction, prio)] = name
+        names.add(name)
+    return None
+
+
+def _nic(r: Seen) -> str | None:
+    cfgs = r.inputs.get("ipConfigurations") or []
+    primaries = [c for c in cfgs if c.get("primary")]
+    if len(cfgs) > 1 and len(primaries) != 1:
+        return f"{len(primaries)} primary IP configurations; exactly one is required"
+    if primaries:
+        subnet = (primaries[0].get("subnet") or {}).get("id")
+        for c in cfgs:
+            if (c.get("subnet") or {}).get("id") != subnet:
+                return f"IP configuration {c.get('name')!r} is not in the primary's subnet"
+    return None
+
+
+def _pip(r: Seen) -> str | None:
+    sku = (r.inputs.get("sku") or {}).get("name", "Basic")
+    if sku == "Standard" and r.inputs.get("publicIPAllocationMethod") != "Static":
+        return "a Standard public IP must use publicIPAllocationMethod Static"
+    return None
+
+
+def _vm(r: Seen) -> str | None:
+    os_profile = r.inputs.get("osProfile") or {}
+    user = os_profile.get("adminUsername", "")
+    computer = os_profile.get("computerName", "")
+    if not 1 <= len(computer) <= 64:
+        return f"computerName {computer!r} must be 1-64 characters on Linux"
+    for key in ((os_profile.get("linuxConfiguration") or {}).get("ssh") or {}).get("publicKeys") or []:
+        problem = _ssh_key(str(key.get("keyData", "")))
+        if problem:
+            return f"SSH key refused: {problem}"
+        if key.get("path") != f"/home/{user}/.ssh/authorized_keys":
+            return f"SSH key path {key.get('path')!r} must be /home/{user}/.ssh/authorized_keys"
+    data = os_profile.get("customData")
+    if data is not None and len(base64.b64decode(data)) > 65535:
+        return "customData is larger than 65535 bytes"
+    return None
+
+
+def _copy(r: Seen) -> str | None:
+    src = r.raw.get("source")
+    if isinstance(src, pulumi.FileAsset | pulumi.StringAsset):
+        return None
+    if isinstance(src, pulumi.FileArchive):
+        return None
+    if isinstance(src, pulumi.Asset):
+        return "asset must be a path-based file asset or a text asset"
+    if isinstance(src, pulumi.Archive):
+        return "archive must be a path to a file or directory"
+    return "either asset or archive must be set"
+
+
+def _connection(r: Seen) -> str | None:
+    conn = r.inputs.get("connection") or {}
+    if not conn.get("host"):
+        return "connection.host is required"
+    key = conn.get("privateKey")
+    if key and _encrypted(str(key)) and not conn.get("privateKeyPassword"):
+        return "connection.privateKey is passphrase-protected and no privateKeyPassword is given (ssh.ParsePrivateKey fails)"
+    hk = conn.get("hostKey")
+    if hk is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", str(hk)):
+        return f"connection.hostKey {str(hk)[:40]!r} is not an OpenSSH public key"
+    return None
+
+
+def _role(r: Seen) -> str | None:
+    rd = str(r.inputs.get("roleDefinitionId", ""))
+    if not re.match(r"^/subscriptions/[^/]+/providers/Microsoft\.Authorization/roleDefinitions/[0-9a-f-]{36}$", rd):
+        return f"roleDefinitionId {rd!r} is not /subscriptions/<id>/providers/Microsoft.Authorization/roleDefinitions/<guid>"
+    if not GUID.match(str(r.inputs.get("principalId", ""))):
+        return f"principalId {r.inputs.get('principalId')!r} is not a GUID"
+    if not str(r.inputs.get("scope", "")).startswith("/subscriptions/"):
+        return "scope must be a resource id"
+    return None
+
+
+def _schedule(r: Seen) -> str | None:
+    t = str((r.inputs.get("dailyRecurrence") or {}).get("time", ""))
+    return None if re.match(r"^([01]\d|2[0-3])[0-5]\d$", t) else f"dailyRecurrence.time {t!r} is not HHMM"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("azure-name", tuple(NAMES), "S1 naming rules, S2 azure-native auto-naming", _name),
+    Rule("nsg-priority", ("azure-native:network:NetworkSecurityGroup",), "S5 NSG security rules", _nsg),
+    Rule("nic-ip-configurations", ("azure-native:network:NetworkInterface",), "S6 multiple IP addresses", _nic),
+    Rule("public-ip-standard-static", ("azure-native:network:PublicIPAddress",), "S7 public IP SKUs", _pip),
+    Rule("vm-os-profile", ("azure-native:compute:VirtualMachine",), "S8 SSH key formats, OSProfile", _vm),
+    Rule("copy-source-kind", ("command:remote:CopyToRemote",), "S3 CopyToRemote.Check", _copy),
+    Rule("command-connection", ("command:remote:Command", "command:remote:CopyToRemote"), "S4 remote Connection", _connection),
+    Rule("role-assignment", ("azure-native:authorization:RoleAssignment",), "S9 role assignments", _role),
+    Rule("vm-shutdown-schedule", ("azure-native:devtestlab:GlobalSchedule",), "S10 auto-shutdown schedule", _schedule),
+)
+# Options the engine sees, not the provider: customData is create-only (S8), so a VM must say
+# what happens when it changes, or the update is refused by Azure.
+CUSTOM_DATA_RULE = Rule("vm-custom-data-immutable", ("azure-native:compute:VirtualMachine",), "S8 OSProfile.customData", lambda r: None)
+
+
+class ContractViolation(Exception):
+    pass
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+
+def unsecret(v: Any) -> Any:
+    """Secrets reach the mocks wrapped; the rules look at the plain values."""
+    if isinstance(v, dict):
+        if SECRET_SIG in v:
+            return unsecret(v["value"])
+        return {k: unsecret(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [unsecret(x) for x in v]
+    return v
+
+
+def violation(typ: str, logical: str, raw_inputs: Mapping[str, Any]) -> str | None:
+    """The first rule this resource breaks, as "[rule] type 'name': why (source)", or None."""
+    inputs = unsecret(dict(raw_inputs))
+    seen = Seen(typ, logical, inputs, autoname(typ, logical, inputs), raw=dict(raw_inputs))
+    for rule in RULES:
+        if typ in rule.types:
+            why = rule.check(seen)
+            if why:
+                return f"[{rule.id}] {typ} '{logical}': {why} (source: {rule.source})"
+    return None
+
+
+def options_violation(typ: str, logical: str, replace_on_changes: list[str], ignore_changes: list[str]) -> str | None:
+    if typ in CUSTOM_DATA_RULE.types and not {"osProfile.customData", "osProfile"} & {*replace_on_changes, *ignore_changes}:
+        return (f"[{CUSTOM_DATA_RULE.id}] {typ} '{logical}': customData cannot change on an existing VM; declare replace_on_changes "
+                f"or ignore_changes for osProfile.customData (source: {CUSTOM_DATA_RULE.source})")
+    return None
+
+
+class ContractMocks(pulumi.runtime.Mocks):
+    """Answers as the providers would (names, ids, addresses, identities, command output), after
+    applying ``RULES``; a violation is recorded and raised with its rule named."""
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self.calls: list[str] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        why = violation(args.typ, args.name, args.inputs)
+        if why:
+            self.violations.append(why)
+            raise ContractViolation(why)
+        out = dict(args.inputs)
+        digest = hashlib.sha256(args.name.encode()).hexdigest()
+        name = autoname(args.typ, args.name, unsecret(dict(args.inputs)))
+        out.setdefault("name", name)
+        spec = NAMES.get(args.typ)
+        if spec:
+            out.setdefault(spec.key, name)
+        if args.typ == "azure-native:network:PublicIPAddress":
+            out["ipAddress"] = f"20.50.0.{int(digest[:4], 16) % 250}"
+        if args.typ == "azure-native:resources:ResourceGroup":
+            out["location"] = "westeurope"
+        if args.typ == "azure-native:compute:VirtualMachine":
+            out["vmId"] = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+            if (unsecret(args.inputs.get("identity")) or {}).get("type") == "SystemAssigned":
+                out["identity"] = {"type": "SystemAssigned", "principalId": f"{digest[32:40]}-{digest[40:44]}-{digest[44:48]}-{digest[48:52]}-{digest[52:64]}"}
+        if args.typ == "tls:index/privateKey:PrivateKey":
+            blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes.fromhex(digest)
+            out["publicKeyOpenssh"] = "ssh-ed25519 " + base64.b64encode(blob).decode() + "\n"
+            out["privateKeyOpenssh"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nmock" + digest[:16] + "\n-----END OPENSSH PRIVATE KEY-----\n"
+        if args.typ == "command:remote:Command":
+            out["stdout"] = json.dumps({"host": args.name})
+            out["stderr"] = ""
+        rid = f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/mock/providers/{args.typ}/{name}"
+        return rid, out
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> Any:
+        self.calls.append(args.token)
+        if args.token == "azure-native:authorization:getClientConfig":
+            return {"clientId": "11111111-1111-1111-1111-111111111111", "objectId": "22222222-2222-2222-2222-222222222222",
+                    "subscriptionId": "00000000-0000-0000-0000-000000000000", "tenantId": "33333333-3333-3333-3333-333333333333"}
+        raise ContractViolation(f"the program calls {args.token}, which these mocks do not answer")

@@ -1,0 +1,75 @@
+"""The Azure-only host steps that need no VM: what a failing step leaves behind, which addresses
+brokers-up takes back from eth0, and the broker probe against real Mosquitto on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from workloads import hostcmd
+from workloads.hostcmd import LabError, probe_brokers, stray_addresses
+
+
+def args_for(tmp: Path, host: str = "ipvs1") -> argparse.Namespace:
+    return argparse.Namespace(stack="distributed", project_dir=str(ROOT), runs=str(tmp / "runs"), run_id="3", host=host, load_generator="mqttlab")
+
+
+def test_a_failed_publisher_run_is_recorded_and_does_not_stop_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rd = tmp_path / "runs" / "3"
+    hostcmd.record_step(rd, "ipvs1", "bench-subs", "ok")
+    fake = [sys.executable, "-c", "import sys; print('{\"complete\": false}'); sys.exit(3)"]  # a real process that fails as the bench does
+    monkeypatch.setattr(hostcmd, "me", lambda: fake)
+    assert hostcmd.cmd_bench_pubs(args_for(tmp_path)) == 0
+    doc = json.loads((rd / "status" / "ipvs1-bench-pubs.json").read_text())
+    assert doc["status"] == "failed" and "exited 3" in doc["detail"] and doc["host"] == "ipvs1"
+    hostcmd.record_step(rd, "ipvs2", "bench-subs", "failed", "subscribers not ready")
+    assert hostcmd.cmd_bench_pubs(args_for(tmp_path, "ipvs2")) == 0  # no subscribers here: publishing would only measure loss
+    assert json.loads((rd / "status" / "ipvs2-bench-pubs.json").read_text())["status"] == "skipped"
+
+
+def test_brokers_up_takes_back_only_the_broker_addresses() -> None:
+    shown = ("2: eth0    inet 10.2.0.10/24 metric 100 brd 10.2.0.255 scope global eth0\\       valid_lft forever\n"
+             "2: eth0    inet 10.2.0.20/24 brd 10.2.0.255 scope global secondary eth0\\       valid_lft forever\n"
+             "2: eth0    inet 10.2.0.22/24 brd 10.2.0.255 scope global secondary eth0\\       valid_lft forever\n")
+    assert stray_addresses(shown, ["10.2.0.20", "10.2.0.21", "10.2.0.22"]) == ["10.2.0.20/24", "10.2.0.22/24"]
+    assert stray_addresses("", ["10.2.0.20"]) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    conf = tmp_path / "m.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n")
+    p = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):  # until it listens (bounded)
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield port
+    p.terminate()
+    p.wait(timeout=10)
+
+
+def test_probe_names_the_unreachable_broker(broker: int) -> None:
+    ok = probe_brokers([("broker1", "127.0.0.1", broker)], attempts=3, pause_s=0.2)
+    assert len(ok) == 1 and ok[0].startswith(f"broker1 127.0.0.1:{broker} answers: ")
+    dead = free_port()
+    with pytest.raises(LabError, match=rf"broker2 127\.0\.0\.1:{dead}") as info:
+        probe_brokers([("broker1", "127.0.0.1", broker), ("broker2", "127.0.0.1", dead)], attempts=2, pause_s=0.1)
+    assert "broker1" not in str(info.value).split("attempts:")[1]
