@@ -24,7 +24,7 @@ from workloads.analysis.report import _img, _save  # noqa: E402
 from workloads.analysis.stats import Estimate, compare_sentence, mean_ci, welch  # noqa: E402
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
 
-METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " msg/s", 0.0))
+METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
 
 
 def _label(levels: dict[str, Any], keys: Iterable[str]) -> str:
@@ -193,7 +193,7 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     comps = comparisons(results, compare + (["offered_rate"] if capacities else []))
     table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
                            "loss % mean [95 % CI]": _fmt(r.loss_pct), "p99 latency ms mean [95 % CI]": _fmt(r.p99_ms, 1),
-                           "throughput msg/s mean [95 % CI]": _fmt(r.throughput, 0)} for r in conf])
+                           "delivered per second mean [95 % CI]": _fmt(r.throughput, 0)} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
     sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS]
     (out / "comparisons.txt").write_text("\n".join(sentences) + ("\n" if sentences else ""))

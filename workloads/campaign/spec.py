@@ -30,6 +30,7 @@ ALIASES = {
 } | {k: f"scenario.{k}" for k in FIELDS}
 SECTIONS = ("scenario", "brokers", "balancer", "bridge", "network")
 TOP_KEYS = ("name", "stack", "place", "balancer", "repetitions", "seed", "set", "factors", "compare", "vm", "capacity", "projectDir")
+VM_BOOT_S = 90.0  # booting the micro-VM under software emulation, per point
 LAB_OVERHEAD_S = 4.0  # lab up + down and process start-up per point, measured 1.5-3 s on a 2-core machine
 
 
@@ -112,7 +113,7 @@ class Campaign:
             raise CampaignError(f"{where}: {exc}") from None
 
     def estimate_s(self, cfg: ExperimentConfig) -> float:
-        return estimate_point_s(cfg)
+        return estimate_point_s(cfg) + (VM_BOOT_S if self.vm else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stack": self.stack, "project_dir": str(self.project_dir), "place": self.place,
