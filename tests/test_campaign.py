@@ -182,6 +182,9 @@ def test_capacity_campaign_on_a_synthetic_system_is_resumable_and_reported(tmp_p
     assert cp.returncode == 0, cp.stderr
     page = (tmp_path / "cap" / "report" / "report.html").read_text()
     assert "Capacity" in page and d["text"] in page
+    summary = json.loads((tmp_path / "cap" / "report" / "summary.json").read_text())
+    assert {c["n"] for c in summary["configurations"]} == {2}  # one entry per configuration and rate, its two repetitions
+    assert len(summary["configurations"]) == sum(len(r["steps"]) for r in res.values())
 
 
 def test_report_opens_with_the_answer_and_states_n_and_intervals(tmp_path: Path) -> None:

@@ -28,7 +28,11 @@ METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 late
 
 
 def _label(levels: dict[str, Any], keys: Iterable[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]} {levels[k]}" for k in keys if k in levels) or "base"
+    def show(k: str, v: Any) -> str:
+        if k == "offered_rate":
+            return f"{float(v):.0f} msg/s"
+        return f"{k.split('.')[-1]} {v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+    return ", ".join(show(k, levels[k]) for k in keys if k in levels) or "base"
 
 
 @dataclass(frozen=True)
@@ -44,23 +48,28 @@ class ConfigStats:
     throughput: Estimate
 
 
-def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
-    """One entry per configuration: n, and mean with 95 % CI for each metric."""
+def _group(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Repetitions of one setting: the same configuration at the same offered rate (a capacity
+    search runs one configuration at many rates)."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        by.setdefault(r["config_id"], []).append(r)
+        by.setdefault(f"{r['config_id']}@{float(r['offered_rate']):.6g}", []).append(r)
+    return by
+
+
+def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
+    """One entry per configuration: n, and mean with 95 % CI for each metric."""
+    by = _group(results)
     out = []
-    for cid, rs in by.items():
+    for rs in by.values():
         est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low) for key, _n, _u, low in METRICS}
-        out.append(ConfigStats(cid, rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"]))
+        out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"]))
     return out
 
 
 def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[str, Any]]:
     """Each pair of configurations that differ only in a compared factor, at the same other levels."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        by.setdefault(r["config_id"], []).append(r)
+    by = _group(results)
     out = []
     ids = list(by)
     for i, a in enumerate(ids):
@@ -71,7 +80,8 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
                 continue
             k = diff[0]
             rest = _label(la, [x for x in la if x != k])
-            row: dict[str, Any] = {"factor": k, "a": la[k], "b": lb[k], "at": rest, "config_a": a, "config_b": b}
+            row: dict[str, Any] = {"factor": k, "a": la[k], "b": lb[k], "at": rest, "config_a": by[a][0]["config_id"],
+                                   "config_b": by[b][0]["config_id"]}
             for key, name, unit, _low in METRICS:
                 va = [r[key] for r in by[a] if r.get(key) is not None]
                 vb = [r[key] for r in by[b] if r.get(key) is not None]
@@ -190,7 +200,7 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     compare = camp.get("compare") or factors[:1]
     capacities = json.loads((campaign_dir / "capacity.json").read_text())["configurations"] if (campaign_dir / "capacity.json").is_file() else {}
     conf = configurations(results)
-    comps = comparisons(results, compare + (["offered_rate"] if capacities else []))
+    comps = comparisons(results, compare)
     table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
                            "loss % mean [95 % CI]": _fmt(r.loss_pct), "p99 latency ms mean [95 % CI]": _fmt(r.p99_ms, 1),
                            "delivered per second mean [95 % CI]": _fmt(r.throughput, 0)} for r in conf])
