@@ -144,18 +144,20 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
         key = _label(r.levels, [k for k in r.levels if k not in load_keys])
         series.setdefault(key, []).append((r.offered_rate, r.loss_pct))
     top = 0.0
+    colours: dict[str, Any] = {}
     for name, pts in series.items():
         pts.sort(key=lambda t: t[0])
         x = [p[0] for p in pts]
         y = [p[1].mean for p in pts]
         err = [[p[1].mean - (p[1].lo if p[1].lo is not None else p[1].mean) for p in pts],
                [(p[1].hi if p[1].hi is not None else p[1].mean) - p[1].mean for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+        colours[name] = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name).lines[0].get_color()
         top = max([top, *[(p[1].hi if p[1].hi is not None else p[1].mean) for p in pts]])
-    for cid, c in capacities.items():
-        if c.get("capacity"):
-            ax.axvline(c["capacity"], color="grey", linestyle=":", linewidth=1)
-            ax.text(c["capacity"], 0, f" capacity {cid}", rotation=90, fontsize=6, va="bottom", color="grey")
+    for c in capacities.values():  # the bracket: highest rate that passed to lowest that failed
+        name = _label(c["levels"], [k for k in c["levels"] if k not in load_keys])
+        if c.get("capacity") and c.get("upper"):
+            ax.axvspan(c["capacity"], c["upper"], color=colours.get(name, "grey"), alpha=0.2,
+                       label=f"capacity, {name}: {c['capacity']:.0f}-{c['upper']:.0f} msg/s")
     if top <= 0:
         ax.set_ylim(0, 1)
         ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
