@@ -33,10 +33,12 @@ POINT_BOUND_S = 180  # one small point takes about 10 s; a point that takes this
 
 
 def assert_nothing_left(mine: Path) -> None:
-    """No lab namespace, cgroup, state or mount is left, nor any process of this campaign (other
-    worktrees' tests may run loopback benches at the same time; they are not ours to judge)."""
-    left = lab_leftovers()
-    left["processes"] = [p for p in left["processes"] if str(mine) in p]
+    """Nothing of this campaign's labs is left (namespaces, cgroups, state, mounts, processes).
+    Scoped to the labs its runs name: other worktrees' tests may leave their own on purpose."""
+    ids = {json.loads(m.read_text()).get("lab_id") for m in mine.glob("camp/points/*/*/*/manifest.json")}
+    ids |= {json.loads(m.read_text()).get("lab_id") for m in mine.glob("camp/points/*/interrupted/*/*/manifest.json")}
+    assert ids and None not in ids
+    left = {k: [x for x in v if any(f"mqttlab-{i}" in x or f"/{i}" in x for i in ids) or str(mine) in x] for k, v in lab_leftovers().items()}
     assert not any(left.values()), left
 
 
