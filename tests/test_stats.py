@@ -68,5 +68,7 @@ def test_sentences_say_direction_interval_test_and_n() -> None:
     a, b = [5.0, 5.2, 4.9], [1.0, 1.1, 0.8]
     assert welch(a, b).p == pytest.approx(sst.ttest_ind(a, b, equal_var=False).pvalue)
     assert "same loss in every run" in same and "n = 2 and 3" in same
+    tie = compare_sentence("a", "b", "throughput", " msg/s", [1.0, 2.0, 3.0], [3.0, 1.0, 2.0])
+    assert tie.startswith("a and b had the same mean throughput, 2.00 msg/s (95 % CI of the difference -")
     few = compare_sentence("a", "b", "loss", " %", [1.0], [0.5, 0.6])
     assert "too few runs" in few

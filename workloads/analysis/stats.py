@@ -92,6 +92,9 @@ def compare_sentence(name_a: str, name_b: str, metric: str, unit: str, a: Sequen
         return f"{name_a} had {metric} {abs(dif.diff):.{digits}f}{unit} {more if dif.diff > 0 else less} than {name_b} ({n}: too few runs for an interval or a test)."
     if dif.diff == 0 and dif.lo == dif.hi:
         return f"{name_a} and {name_b} had the same {metric} in every run ({np.mean(a):.{digits}f}{unit if level_unit is None else level_unit}; {n})."
+    ci = f"95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}"
+    if round(abs(dif.diff), digits) == 0:
+        return f"{name_a} and {name_b} had the same mean {metric}, {np.mean(a):.{digits}f}{unit if level_unit is None else level_unit} ({ci}; {n})."
     sig = dif.p is not None and dif.p < 1 - CONFIDENCE
     verdict = "a significant difference" if sig else "not a significant difference"
     direction = more if dif.diff > 0 else less

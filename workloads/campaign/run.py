@@ -11,7 +11,6 @@ moved aside under ``interrupted/``.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from workloads.bench.rundir import read_manifest, write_json_atomic
+from workloads.bench.rundir import read_deliveries, read_manifest, write_json_atomic
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.config import ExperimentConfig
 
@@ -53,22 +52,23 @@ def offered_rate(cfg: ExperimentConfig) -> float:
     return sc.publishers * 1000.0 / sc.interval_ms if sc.interval_ms else float("inf")
 
 
-def timeline_throughput(run_dir: Path) -> float | None:
-    """Delivered messages per second between the first second anything was sent and the last
-    second anything was received, summed over every host's timeline."""
-    per: dict[int, list[int]] = {}
-    for p in run_dir.glob("bench/*/timeline-*.csv"):
-        with p.open(newline="") as fh:
-            for r in csv.DictReader(fh):
-                s = per.setdefault(int(float(r["second"])), [0, 0])
-                s[0] += int(r["sent"])
-                s[1] += int(r["received"])
-    sent = [s for s, v in per.items() if v[0] > 0]
-    recv = [s for s, v in per.items() if v[1] > 0]
-    if not sent or not recv:
+def delivery_throughput(run_dir: Path) -> float | None:
+    """Deliveries per second from the first message sent to the last delivery received, from the
+    per-delivery records (exact to the nanosecond; per-second timelines are too coarse for runs
+    of a few seconds)."""
+    first, last, n = None, None, 0
+    for p in run_dir.glob("bench/*/deliveries-*.bin"):
+        rec = read_deliveries(p)
+        if not len(rec):
+            continue
+        rec = rec[rec["dup"] == 0]
+        n += len(rec)
+        lo, hi = int(rec["send_ns"].min()), int(rec["recv_ns"].max())
+        first = lo if first is None else min(first, lo)
+        last = hi if last is None else max(last, hi)
+    if not n or first is None or last is None or last <= first:
         return None
-    span = max(recv) - min(sent) + 1
-    return sum(v[1] for v in per.values()) / span
+    return n / ((last - first) / 1e9)
 
 
 def point_record(point: Point, cfg: ExperimentConfig, run_dir: Path, summary: dict[str, Any], duration_s: float) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def point_record(point: Point, cfg: ExperimentConfig, run_dir: Path, summary: di
         "qos": cfg.scenario.qos, "publishers": cfg.scenario.publishers, "subscribers": cfg.scenario.subscribers,
         "expected": summary.get("expected"), "delivered": summary.get("delivered"), "lost": summary.get("lost"),
         "loss_pct": summary.get("loss_pct"), "p99_ms": (summary.get("latency_ms") or {}).get("p99"),
-        "throughput": summary.get("throughput", timeline_throughput(run_dir) if run_dir.is_dir() else None),
+        "throughput": summary.get("throughput", delivery_throughput(run_dir) if run_dir.is_dir() else None),
         "balancer_kind": (summary.get("balancer") or {}).get("kind"), "balancer_note": (summary.get("balancer") or {}).get("note"),
         "bench_saturated": summary.get("bench_saturated"),
     }
