@@ -163,6 +163,10 @@ def test_capacity_search_finds_a_known_capacity_within_its_bracket() -> None:
         assert (cap.upper - cap.capacity) / cap.capacity <= 0.05 or cap.note
     ceiling = search(lambda r: (rate_overrides(20, r, 5.0)[0], [0.0], []), 100.0, 1.0, 100000.0, 0.1, 0.05)
     assert ceiling.capacity == 20000.0 and ceiling.upper is None and "the most these publishers can offer" in ceiling.note
+    sat = search(lambda r: (r, [0.0 if r < 3000 else 5.0], [str(r)]), 100.0, 1.0, 100000.0, 0.1, 0.05,
+                 saturation=lambda ids: int(float(ids[0]) >= 1600))
+    assert sat.capacity is not None and sat.capacity < 3000 <= (sat.upper or 0)
+    assert "load generator was saturated at 1600 msg/s" in sat.text() and "lower bound" in sat.text()
     open_top = search(lambda r: (r, [0.0], []), 100.0, 1.0, 1000.0, 0.1, 0.05)
     assert open_top.capacity == 1000.0 and open_top.upper is None and "at least 1000" in open_top.text()
 

@@ -39,6 +39,7 @@ class Step:
     losses: list[float]
     passed: bool
     points: list[str] = field(default_factory=list)
+    bench_saturated: int = 0  # repetitions where the load generator, not the system, was the limit
 
     @property
     def mean_loss(self) -> float:
@@ -54,6 +55,9 @@ class Capacity:
     note: str = ""
 
     def text(self) -> str:
+        return self._text() + (f" ({self.note})" if self.note else "")
+
+    def _text(self) -> str:
         if self.capacity is None:
             return f"below {self.upper:.0f} msg/s (even the lowest rate tried lost more than {self.threshold_pct} %)"
         if self.upper is None:
@@ -66,6 +70,7 @@ class Capacity:
 
 
 Probe = Callable[[float], tuple[float, list[float], list[str]]]  # asked rate -> (offered rate, losses, point ids)
+SaturationOf = Callable[[list[str]], int]  # point ids -> how many had a saturated load generator
 
 
 def settings(campaign: Campaign) -> dict[str, Any]:
@@ -86,12 +91,14 @@ def settings(campaign: Campaign) -> dict[str, Any]:
     return s
 
 
-def search(probe: Probe, start: float, min_rate: float, max_rate: float, threshold_pct: float, resolution: float, max_steps: int = 20) -> Capacity:
+def search(probe: Probe, start: float, min_rate: float, max_rate: float, threshold_pct: float, resolution: float, max_steps: int = 20,
+           saturation: SaturationOf | None = None) -> Capacity:
     steps: list[Step] = []
 
     def step(rate: float) -> Step:
         offered, losses, ids = probe(rate)
-        st = Step(offered, losses, bool(losses) and sum(losses) / len(losses) <= threshold_pct, ids)
+        st = Step(offered, losses, bool(losses) and sum(losses) / len(losses) <= threshold_pct, ids,
+                  saturation(ids) if saturation else 0)
         steps.append(st)
         return st
 
@@ -126,6 +133,10 @@ def search(probe: Probe, start: float, min_rate: float, max_rate: float, thresho
             steps.pop()
             break
         lo, hi = (s.rate, hi) if s.passed else (lo, s.rate)
+    sat = [s for s in steps if s.bench_saturated and (lo is None or s.rate <= lo)]
+    if sat:
+        note = (note + "; " if note else "") + (f"the load generator was saturated at {sat[0].rate:.0f} msg/s and above: "
+                                                 "the system may carry more, read the capacity as a lower bound")
     return Capacity(lo, hi, threshold_pct, steps, note)
 
 
@@ -182,8 +193,11 @@ def run_capacity(campaign: Campaign, out: Path, runner: PointRunner, progress: b
             say(f"{cid}: {offered:.1f} msg/s lost {', '.join(f'{x:.3f}' for x in losses)} %")
             return offered, losses, ids
 
+        def saturated(ids: list[str]) -> int:
+            return sum(1 for pid in ids if (cdir.result(pid) or {}).get("bench_saturated"))
+
         cap = search(probe, float(s["startRate"]), float(s["minRate"]), float(s["maxRate"]), float(s["thresholdPct"]),
-                     float(s["resolution"]), int(s["maxSteps"]))
+                     float(s["resolution"]), int(s["maxSteps"]), saturation=saturated)
         results[cid] = {"levels": levels, **cap.to_dict()}
         say(f"{cid}: capacity {cap.text()}")
         write_json_atomic(out / "capacity.json", {"settings": s, "configurations": results})
