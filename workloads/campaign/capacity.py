@@ -133,10 +133,10 @@ def search(probe: Probe, start: float, min_rate: float, max_rate: float, thresho
             steps.pop()
             break
         lo, hi = (s.rate, hi) if s.passed else (lo, s.rate)
-    sat = [s for s in steps if s.bench_saturated and (lo is None or s.rate <= lo)]
+    sat = sorted(s.rate for s in steps if s.bench_saturated)
     if sat:
-        note = (note + "; " if note else "") + (f"the load generator was saturated at {sat[0].rate:.0f} msg/s and above: "
-                                                 "the system may carry more, read the capacity as a lower bound")
+        note = (note + "; " if note else "") + (f"the load generator was saturated at {', '.join(f'{r:.0f}' for r in sat)} msg/s: "
+                                                 "loss there may be the generator's, read the capacity as a lower bound")
     return Capacity(lo, hi, threshold_pct, steps, note)
 
 
