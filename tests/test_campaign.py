@@ -213,3 +213,64 @@ def test_report_opens_with_the_answer_and_states_n_and_intervals(tmp_path: Path)
     assert (cdir.path / "report" / "loss-vs-load.png").stat().st_size > 10000
     assert "runs (n)" in page and "loss % mean [95 % CI]" in page
     json.loads((cdir.path / "report" / "summary.json").read_text())
+
+
+CHILD = """
+import json, pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def teardown(*_):
+    time.sleep(0.5)  # a lab takes a moment to tear down
+    (out / "torn-down").write_text("yes")
+    sys.exit(130)
+signal.signal(signal.SIGINT, teardown)
+mode = sys.argv[2]
+if mode == "fail":
+    print("mqttlab: subscribers did not all connect", file=sys.stderr)
+    sys.exit(3)
+run = out / "runs" / "r1"
+run.mkdir(parents=True)
+(run / "manifest.json").write_text(json.dumps({"format_version": 1, "status": "running"}))
+(out / "ready").write_text("")
+if mode == "hang":
+    time.sleep(120)
+(run / "manifest.json").write_text(json.dumps({"format_version": 1, "status": "complete"}))
+print(json.dumps({"loss_pct": 0.0, "expected": 10}))
+"""
+
+
+def test_run_child_returns_the_summary_reports_failures_and_forwards_ctrl_c(tmp_path: Path) -> None:
+    import _thread
+    import sys
+    import threading
+    import time
+
+    from workloads.campaign.run import run_child
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    for mode in ("ok", "fail", "hang"):
+        d = tmp_path / mode
+        d.mkdir()
+        cmd = [sys.executable, str(script), str(d), mode]
+        if mode == "ok":
+            s = run_child(cmd, d, d / "runs", bound_s=60)
+            assert s["loss_pct"] == 0.0 and s["run_dir"] == str(d / "runs" / "r1")
+        elif mode == "fail":
+            with pytest.raises(PointFailed, match="lab run exited 3: mqttlab: subscribers did not all connect"):
+                run_child(cmd, d, d / "runs", bound_s=60)
+        else:
+            def interrupt_when_ready(d: Path = d) -> None:
+                end = time.time() + 60
+                while not (d / "ready").exists() and time.time() < end:
+                    time.sleep(0.05)
+                _thread.interrupt_main()  # Ctrl-C in the campaign's process
+
+            threading.Thread(target=interrupt_when_ready, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                run_child(cmd, d, d / "runs", bound_s=60)
+            assert (d / "torn-down").read_text() == "yes"  # the point got SIGINT and finished its teardown first
+    d = tmp_path / "bound"
+    d.mkdir()
+    with pytest.raises(PointFailed, match="still running after 10 s; stopped"):
+        run_child([sys.executable, str(script), str(d), "hang"], d, d / "runs", bound_s=10)  # generous: the child must have started
+    assert (d / "torn-down").read_text() == "yes"
