@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 from tests.test_results import store  # noqa: F401  (the Blob service fixture)
 from workloads.campaign.azure import azure_runner
 from workloads.campaign.run import CampaignDir, execute_points
-from workloads.campaign.spec import load_campaign
+from workloads.campaign.spec import CampaignError, load_campaign
 
 
 @pytest.fixture
@@ -97,3 +97,12 @@ def test_a_stack_pulumi_does_not_know_fails_the_point_with_pulumis_message(tmp_p
     out = execute_points(cdir, c, cdir.open(c, c.order()), azure_runner(c), progress=False)
     assert list(out.failed.values())[0].endswith("no stack named 'staging' found")
     assert not [a for a in calls(fake_pulumi) if "up" in a]
+
+
+def test_no_pulumi_cli_is_refused_before_any_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proj = project(tmp_path)
+    f = tmp_path / "az.yaml"
+    f.write_text(f"name: az\nstack: distributed\nplace: azure\nprojectDir: {proj}\nset: {{messages: 240}}\nfactors: {{qos: [1]}}\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(CampaignError, match="place: azure needs the Pulumi CLI on PATH"):
+        azure_runner(load_campaign(f, ROOT))

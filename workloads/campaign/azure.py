@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from workloads.bench.rundir import summarize
 from workloads.campaign.run import PointFailed, PointRunner
-from workloads.campaign.spec import Campaign, Point
+from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
 
@@ -58,7 +59,13 @@ def stack_file_kept(project_dir: Path, stack: str) -> Iterator[None]:
 
 
 def azure_runner(campaign: Campaign) -> PointRunner:
-    from pulumi import automation as auto
+    """Checks what an Azure point needs before the first one starts."""
+    if shutil.which("pulumi") is None:
+        raise CampaignError("place: azure needs the Pulumi CLI on PATH (https://www.pulumi.com/docs/install/)")
+    try:
+        from pulumi import automation as auto
+    except ImportError:
+        raise CampaignError("place: azure needs the Pulumi SDK: .venv/bin/pip install -e '.[infra]'") from None
 
     def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
         from workloads.hostcmd import fetch

@@ -46,9 +46,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from workloads.lab import netns
 
         netns.require_root()
+    runner = _runner(campaign, args)  # refuses a missing prerequisite before the directory exists
     cdir = CampaignDir(Path(args.out))
     order = cdir.open(campaign, order)
-    outcome = execute_points(cdir, campaign, order, _runner(campaign, args), progress=not args.quiet)
+    outcome = execute_points(cdir, campaign, order, runner, progress=not args.quiet)
     from workloads.campaign.report import write_campaign_report
 
     rep = write_campaign_report(cdir.path)
@@ -76,7 +77,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         from workloads.lab import netns
 
         netns.require_root()
-    results = run_capacity(campaign, Path(args.out), _runner(campaign, args), progress=not args.quiet)
+    runner = _runner(campaign, args)
+    results = run_capacity(campaign, Path(args.out), runner, progress=not args.quiet)
     from workloads.campaign.report import write_campaign_report
 
     rep = write_campaign_report(Path(args.out))
