@@ -48,7 +48,8 @@ class Difference:
     test: str = "Welch t-test"
 
 
-def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE, clip_low: float | None = None) -> Estimate:
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE, clip_low: float | None = None,
+            clip_high: float | None = None) -> Estimate:
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     n = len(x)
     if n == 0:
@@ -61,6 +62,8 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE, clip_low: f
     lo, hi = m - half, m + half
     if clip_low is not None:
         lo = max(lo, clip_low)
+    if clip_high is not None:  # a percentage of messages: never above 100
+        hi = min(hi, clip_high)
     return Estimate(m, lo, hi, n, sd)
 
 

@@ -25,6 +25,7 @@ from workloads.analysis.stats import Estimate, compare_sentence, mean_ci, welch 
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
 
 METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
+CLIP_HIGH = {"loss_pct": 100.0}
 
 
 def _label(levels: dict[str, Any], keys: Iterable[str]) -> str:
@@ -62,9 +63,11 @@ def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
     by = _group(results)
     out = []
     for rs in by.values():
-        est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low) for key, _n, _u, low in METRICS}
+        est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low, clip_high=CLIP_HIGH.get(key))
+               for key, _n, _u, low in METRICS}
         out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"]))
-    return out
+    return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
+                                      c.offered_rate))
 
 
 def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[str, Any]]:
@@ -138,7 +141,7 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
     """Mean loss against offered rate, one line per configuration (all factors but the load),
     95 % intervals as error bars; the y axis starts at 0 (loss is never negative) and is not
     stretched around zero when nothing was lost."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     series: dict[str, list[tuple[float, Estimate]]] = {}
     for r in conf:
         key = _label(r.levels, [k for k in r.levels if k not in load_keys])
@@ -162,7 +165,7 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
         ax.set_ylim(0, 1)
         ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
     else:
-        ax.set_ylim(0, top * 1.15)
+        ax.set_ylim(0, min(top * 1.15, 100.0))
     ax.set_xlabel("offered rate (messages/s published, all publishers)")
     ax.set_ylabel("message loss (%)")
     ax.set_title("Loss against offered load (mean, 95 % CI)")
@@ -224,7 +227,7 @@ img{{max-width:100%;margin:0.5em 0}} .answer{{font-size:1.15em;background:#eef6e
 <h1>Campaign {html.escape(camp['name'])}</h1>
 <p class="answer">{answer(conf, comps)}</p>
 <p>Stack {html.escape(camp['stack'])} ({html.escape(camp['place'])}); {status}; randomized order, seed {camp['seed']};
-factors: {html.escape(', '.join(f'{k} {v}' for k, v in camp['factors'].items()))}. Intervals are Student's t 95 % confidence intervals
+factors: {html.escape('; '.join(f"{k} {', '.join(map(str, v))}" for k, v in camp['factors'].items()))}. Intervals are Student's t 95 % confidence intervals
 over repetitions (loss intervals clipped at 0); differences use Welch's t-test.</p>
 <h2>Configurations</h2>{table.to_html(index=False, border=0, na_rep="")}
 <h2>Comparisons</h2><ul>{comp_html or '<li>No pair of configurations differs in exactly one compared factor.</li>'}</ul>
