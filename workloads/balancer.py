@@ -97,17 +97,19 @@ def sysctl_conf(plan: Plan, host: str) -> str:
 
 
 def nft_balancer(bal: Balancer) -> str:
-    """Kernel DNAT balancing for kernels without IPVS: weighted round robin with ``numgen``.
+    """Kernel DNAT balancing for kernels without IPVS: weighted round robin with ``numgen``, or a
+    hash of the client's address (``jhash``) for the source-hashing schedulers (sh, mh).
 
-    Each real server takes ``weight`` slots of the counter, so wrr weights are honoured; least
-    connection has no nftables equivalent, which the lab reports as a substitution.
+    Each real server takes ``weight`` slots of the counter or hash, so weights are honoured; least
+    connection has no nftables equivalent, which the lab reports (workloads/lab/standin.py).
     """
     slots: list[str] = []
     for rs in bal.real_servers:
         slots += [rs.address] * rs.weight
     mapping = ", ".join(f"{i} : {addr}" for i, addr in enumerate(slots))
     port = bal.real_servers[0].port
-    dnat = f"ip daddr {bal.vip} tcp dport {bal.port} dnat to numgen inc mod {len(slots)} map {{ {mapping} }} : {port}"
+    pick = f"jhash ip saddr mod {len(slots)}" if bal.scheduler in ("sh", "mh") else f"numgen inc mod {len(slots)}"
+    dnat = f"ip daddr {bal.vip} tcp dport {bal.port} dnat to {pick} map {{ {mapping} }} : {port}"
     brokers = ", ".join(rs.address for rs in bal.real_servers)
     snat = [f"\t\tip saddr {src} ip daddr {{ {brokers} }} masquerade" for src in bal.snat_sources]
     return _nft_table("mqttlab_lb", [

@@ -13,13 +13,11 @@ from workloads.plan import Broker, Plan
 
 HEADER = "# Rendered by mqttlab from stack '{stack}' ({topology}). Edit the stack file, not this file.\n"
 
-# "all" (the reference) adds a debug line per PUBLISH, which slows a 0.25-CPU broker by itself;
-# these types keep every line analysis reads, including the queue-full drop warnings.
-DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
-
-
-def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, log_types: tuple[str, ...] = DEFAULT_LOG_TYPES) -> str:
+def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker) -> str:
+    """``log_type`` lines come from ``brokers.logTypes`` (config.py says why the default is not the
+    reference's ``all``)."""
     b = cfg.brokers
+    log_types = b.log_types
     lines = [
         HEADER.format(stack=plan.stack, topology=plan.topology).rstrip("\n"),
         f"# {broker.name}: {broker.address}:{broker.port}",

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from workloads.analysis import cli as analysis_cli
 
     analysis_cli.add_parser(sub)
+    from workloads.campaign import cli as campaign_cli
+
+    campaign_cli.add_parser(sub)
     return parser
 
 

@@ -23,6 +23,11 @@ TOPOLOGIES = ("centralized", "distributed")
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "mh")
 FORWARDING = ("nat",)
 BRIDGE_LAYOUTS = ("star", "none")
+# mosquitto.conf(5) log_type values. The default leaves out "debug" (a line per PUBLISH in and
+# out, which "all" includes and the reference used): on a 0.25-CPU broker that logging is itself
+# a load, so it is a setting with the reference's value one line away ([all]).
+LOG_TYPES = ("debug", "error", "warning", "notice", "information", "subscribe", "unsubscribe", "websockets", "none", "all")
+DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
 
 
 class ConfigError(ValueError):
@@ -57,6 +62,7 @@ class BrokerConfig:
     max_queued_bytes: int
     memory_limit: int
     sys_interval: int
+    log_types: tuple[str, ...] = DEFAULT_LOG_TYPES
 
 
 @dataclass(frozen=True)
@@ -237,7 +243,21 @@ def _parse_brokers(cfg: Mapping[str, Any], network: NetworkConfig) -> BrokerConf
         max_queued_bytes=_int(p + "maxQueuedBytes", _get(sec, "maxQueuedBytes", 0), 0),
         memory_limit=_int(p + "memoryLimit", _get(sec, "memoryLimit", 0), 0),
         sys_interval=_int(p + "sysInterval", _get(sec, "sysInterval", 1), 1, 3600),
+        log_types=_log_types(p + "logTypes", _get(sec, "logTypes", list(DEFAULT_LOG_TYPES))),
     )
+
+
+def _log_types(key: str, value: Any) -> tuple[str, ...]:
+    """Mosquitto's log types; the analysis reads connection lines (notice) and the queue-full drop
+    warnings (warning), so a list without them (or "all") would make the run unreadable."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, value, f"must be a non-empty list of mosquitto log types ({', '.join(LOG_TYPES)}); the reference used [all]")
+    for i, t in enumerate(value):
+        if t not in LOG_TYPES:
+            raise ConfigError(f"{key}[{i}]", t, f"must be one of {', '.join(LOG_TYPES)}")
+    if "all" not in value and not {"notice", "warning"} <= set(value):
+        raise ConfigError(key, value, "must include notice and warning (connections and drop warnings, which the analysis reads), or be [all]")
+    return tuple(value)
 
 
 def _parse_bridge(cfg: Mapping[str, Any], brokers: BrokerConfig) -> BridgeConfig:

@@ -39,8 +39,14 @@ def plot_loss(summaries: list[dict[str, Any]], path: Path) -> Path:
     for i, v in enumerate(groups.values()):
         ax.scatter([i] * len(v), v, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    top = max([m + sd for m, sd in zip(means, stds, strict=True)] + [max(v) for v in groups.values()], default=0.0)
+    if top <= 0:  # nothing lost: say so rather than draw an axis around zero
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
+    else:
+        ax.set_ylim(0, top * 1.15)
     ax.set_ylabel("message loss (%)")
-    ax.set_title("Loss by configuration (mean, standard deviation, each run)")
+    ax.set_title("Loss by configuration (mean, standard deviation, each run)", fontsize=9)
     return _save(fig, path)
 
 
@@ -76,7 +82,7 @@ def plot_connections(summaries: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_timeseries(runs: list[Run], path: Path) -> Path:
     """Throughput, broker CPU and memory, and balancer connections, on one time axis per run."""
-    fig, axes = plt.subplots(4, 1, figsize=(7.5, 10), sharex=False)
+    fig, axes = plt.subplots(4, 1, figsize=(10, 10), sharex=False)
     a1, a2, a3, a4 = axes
     for r in runs:
         t = throughput(r)
@@ -88,6 +94,13 @@ def plot_timeseries(runs: list[Run], path: Path) -> Path:
         for broker, g in b.groupby("broker"):
             a2.plot(g["time_s"] - t0, g["cpu_pct"], label=f"{r.label} {broker}")
             a3.plot(g["time_s"] - t0, g["mem_bytes"] / 2**20, label=f"{r.label} {broker}")
+        caps = r.manifest.get("broker_caps") or {}
+        for ax, values, what in ((a2, {c.get("cpus") for c in caps.values()}, "CPU cap"),
+                                 (a3, {c.get("memory_bytes") for c in caps.values()}, "memory cap")):
+            for v in sorted(x for x in values if x):  # the caps as read back from the kernel
+                y = v * 100 if ax is a2 else v / 2**20
+                ax.axhline(y, color="black", linestyle="--", linewidth=1)
+                ax.annotate(f"{what} {y:.0f}", (0, y), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
         lb = r.balancers.dropna(subset=["active_conns"])
         for (host, real), g in lb.groupby(["host", "real"]):
             a4.plot(g["time_s"] - t0, g["active_conns"], label=f"{r.label} {host}->{real}")
@@ -95,8 +108,10 @@ def plot_timeseries(runs: list[Run], path: Path) -> Path:
                               (a4, "active connections", "Balancer connections per real server")):
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
-        if ax.lines:
-            ax.legend(fontsize=5, ncol=2)
+        if ax.lines:  # beside the plot, so it never covers the data
+            ax.legend(fontsize=5, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    for ax in (a2, a3, a4):
+        ax.set_ylim(bottom=0)
     a4.set_xlabel("seconds since the first message")
     return _save(fig, path)
 

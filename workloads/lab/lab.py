@@ -25,7 +25,7 @@ from typing import Any
 from workloads.balancer import haproxy_cfg, ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, summarize, update_manifest
 from workloads.config import ExperimentConfig
-from workloads.lab import cgroups, netns
+from workloads.lab import cgroups, netns, standin
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
@@ -34,7 +34,6 @@ from workloads.scenario import QUIET_S
 STATE_DIR = Path(os.environ.get("MQTTLAB_STATE_DIR", "/run/mqttlab"))
 BALANCERS = ("ipvs", "nftables", "haproxy")
 LB_TOOLS = {"ipvs": ["ipvsadm", "ipvsadm-restore", "iptables-restore"], "nftables": ["nft", "conntrack"], "haproxy": ["haproxy"]}
-SUBSTITUTES = {"lc": "haproxy", "wlc": "haproxy", "rr": "nftables", "wrr": "nftables", "sh": "haproxy", "mh": "haproxy"}
 HAPROXY_SESS = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); "
                  "s.sendall(b'show sess\\n'); d=b''\nwhile (c:=s.recv(65536)): d+=c\nprint(d.decode())")
 _CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
@@ -47,21 +46,18 @@ def kernel_has_ipvs() -> bool:
 
 
 def choose_balancer(requested: str | None, scheduler: str) -> tuple[str, str]:
-    """(balancer, note). The default is IPVS where the kernel has it, else the closest stand-in."""
+    """(balancer, note). The default is IPVS where the kernel has it, else the kernel NAT stand-in
+    (workloads/lab/standin.py says why and what it does for each scheduler)."""
     if requested == "ipvs" or requested is None:
         if kernel_has_ipvs():
             return "ipvs", ""
         if requested == "ipvs":
             raise LabError("this kernel has no IPVS (modprobe ip_vs failed): add --vm to run the lab in a micro-VM with a stock kernel, "
                            "or choose --balancer nftables or --balancer haproxy")
-        sub = SUBSTITUTES[scheduler]
-        return sub, f"no IPVS in this kernel: {sub} stands in for IPVS {scheduler} (use --vm for real IPVS)"
+        return standin.default_standin(scheduler)
     if requested not in BALANCERS:
         raise LabError(f"--balancer {requested!r}: choose one of {', '.join(BALANCERS)}")
-    note = ""
-    if requested == "nftables" and scheduler not in ("rr", "wrr"):
-        note = f"nftables balances round robin (numgen); scheduler {scheduler} is not available there"
-    return requested, note
+    return requested, standin.explicit_note(requested, scheduler)
 
 
 @dataclass
@@ -381,7 +377,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
     tag = secrets.randbits(32)
     plan = lab.plan
     start_manifest(run_dir, kind="lab", stack=cfg.stack, topology=cfg.topology, balancer=balancer, balancer_note=note,
-                   scheduler=cfg.balancer.scheduler, scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
+                   stood_in=standin.stood_in(balancer, cfg.balancer.scheduler), scheduler=cfg.balancer.scheduler, scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
                    mosquitto=mosquitto_version())
     status, reason = "complete", ""
     t0 = time.time()

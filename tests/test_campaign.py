@@ -1,0 +1,276 @@
+"""Campaigns without the lab: the file's validation, the seeded order, resuming after Ctrl-C,
+the capacity search on a synthetic system of known capacity, and the report. The point runner is
+injected (the real one, a ``mqttlab lab run`` per point, is exercised in test_campaign_lab.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import MQTTLAB, ROOT
+from workloads.campaign.capacity import rate_overrides, run_capacity, search
+from workloads.campaign.run import CampaignDir, PointFailed, execute_points, offered_rate
+from workloads.campaign.spec import CampaignError, Point, load_campaign
+from workloads.config import ExperimentConfig
+
+BASE = """
+name: t
+stack: distributed
+repetitions: 3
+seed: 7
+set: {subscribers: 4, messages: 40, messagesPerPublisher: true, intervalMs: 20}
+factors:
+  topology: [distributed, centralized]
+  publishers: [2, 4, 8]
+compare: topology
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, names", [
+    (BASE.replace("publishers: [2, 4, 8]", "publishers: [2, -4, 8]"), "factors.publishers[1]"),
+    (BASE.replace("publishers: [2, 4, 8]", "publisherz: [2, 4, 8]"), "factors.publisherz"),
+    (BASE.replace("topology: [distributed, centralized]", "topology: [distributed, ring]"), "factors.topology[1]"),
+    (BASE.replace("compare: topology", "compare: qos"), "compare"),
+    (BASE.replace("repetitions: 3", "repetitions: 0"), "repetitions"),
+    (BASE + "balancer: f5\n", "balancer"),
+    (BASE + "colour: blue\n", "colour"),
+    (BASE.replace("stack: distributed", "stack: nosuch"), "stack"),
+    (BASE.replace("publishers: [2, 4, 8]", "brokers.cpus: [0.5, 0]"), "factors.brokers.cpus[1]"),
+    (BASE.replace("publishers: [2, 4, 8]", "publishers: [2, 2]"), "factors.publishers"),
+    (BASE.replace("set: {", "set: {qos: 2, bridge.qos: 1, "), "set"),
+    (BASE.replace("publishers: [2, 4, 8]", "qos: [1, 2]\n  bridge.qos: [1, 2]"), "point topology=distributed-qos=2-bridge.qos=1"),  # only a combination is wrong
+    ("factors: [", "c.yaml"),
+])
+def test_bad_campaign_files_are_refused_naming_the_key_before_anything_runs(tmp_path: Path, text: str, names: str) -> None:
+    f = write(tmp_path, text)
+    with pytest.raises(CampaignError) as exc:
+        load_campaign(f, ROOT)
+    assert names in str(exc.value)
+    out = tmp_path / "out"
+    cp = subprocess.run([*MQTTLAB, "campaign", "run", str(f), "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert cp.returncode == 2 and names in cp.stderr
+    assert not out.exists()  # nothing was created
+
+
+def test_matrix_order_is_seeded_recorded_and_dry_run_prints_it(tmp_path: Path) -> None:
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    order = [p.point_id for p in c.order()]
+    assert len(order) == len(set(order)) == 2 * 3 * 3
+    assert order == [p.point_id for p in load_campaign(write(tmp_path, BASE), ROOT).order()]
+    assert order != [p.point_id for p in load_campaign(write(tmp_path, BASE.replace("seed: 7", "seed: 8")), ROOT).order()]
+    assert order != sorted(order)
+    cp = subprocess.run([*MQTTLAB, "campaign", "run", str(write(tmp_path, BASE)), "--out", str(tmp_path / "o"), "--dry-run"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    listed = [line.split()[1] for line in cp.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert listed == order
+    assert "estimated time:" in cp.stdout and not (tmp_path / "o").exists()
+
+
+class FakeSystem:
+    """Stands in for the lab: loss grows once the offered rate passes ``capacity`` msg/s; the
+    latency and throughput follow. Records every call; can be told to raise Ctrl-C."""
+
+    def __init__(self, capacity: float, topology_penalty: float = 0.0, seed: int = 0, interrupt_at: int | None = None) -> None:
+        self.capacity = capacity
+        self.penalty = topology_penalty
+        self.rng = np.random.default_rng(seed)
+        self.calls: list[str] = []
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        self.calls.append(point.point_id)
+        (point_dir / "runs").mkdir(exist_ok=True)
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            (point_dir / "runs" / "half-done").mkdir()
+            raise KeyboardInterrupt
+        rate = offered_rate(cfg)
+        cap = self.capacity * (1 - self.penalty if cfg.topology == "centralized" else 1)
+        loss = max(0.0, 100 * (rate - cap) / rate) + abs(self.rng.normal(0, 0.01)) * (rate > cap)
+        return {"run_dir": str(point_dir / "runs" / "r"), "expected": 1000, "delivered": round(1000 * (1 - loss / 100)),
+                "loss_pct": round(loss, 4), "latency_ms": {"p99": 5 + rate / 100 + self.rng.normal(0, 0.5)},
+                "throughput": rate * (1 - loss / 100) * cfg.scenario.subscribers, "balancer": {"kind": "nftables", "note": ""}}
+
+
+def test_interrupted_campaign_resumes_without_rerunning_a_complete_point(tmp_path: Path) -> None:
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    order = cdir.open(c, c.order())
+    first = FakeSystem(capacity=300, topology_penalty=0.3, interrupt_at=8)
+    with pytest.raises(KeyboardInterrupt):
+        execute_points(cdir, c, order, first, progress=False)
+    assert len(cdir.results()) == 7
+    # resumed from a fresh load of the same file: the recorded order, the remaining points only
+    c2 = load_campaign(write(tmp_path, BASE), ROOT)
+    second = FakeSystem(capacity=300, topology_penalty=0.3, seed=1)
+    out = execute_points(cdir, c2, cdir.open(c2, c2.order()), second, progress=False)
+    assert set(first.calls[:7]).isdisjoint(second.calls)
+    assert second.calls[0] == first.calls[7]  # the interrupted point runs again, first
+    assert len(out.ran) == 11 and len(out.done) == 7 and not out.failed
+    results = cdir.results()
+    assert sorted(r["point_id"] for r in results) == sorted(p.point_id for p in order)  # none missing
+    completes = Counter(e["point"] for e in cdir.events() if e["event"] == "complete")
+    assert set(completes.values()) == {1}  # none run twice
+    assert [e["event"] for e in cdir.events()].count("interrupted") == 1
+    assert (cdir.point_dir(first.calls[7]) / "interrupted").is_dir()  # what the interrupted attempt left, set aside
+    # a third invocation runs nothing
+    third = FakeSystem(capacity=300)
+    assert execute_points(cdir, c2, cdir.open(c2, c2.order()), third, progress=False).ran == [] and third.calls == []
+    # another file in the same directory is refused
+    with pytest.raises(CampaignError, match="another campaign"):
+        cdir.open(load_campaign(write(tmp_path, BASE.replace("seed: 7", "seed: 9")), ROOT), [])
+
+
+def test_a_failed_point_is_reported_and_retried_on_resume(tmp_path: Path) -> None:
+    c = load_campaign(write(tmp_path, BASE.replace("repetitions: 3", "repetitions: 1")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    order = cdir.open(c, c.order())
+    sys_ok = FakeSystem(capacity=1000)
+
+    def flaky(point: Point, cfg: ExperimentConfig, pdir: Path) -> dict[str, Any]:
+        if point.point_id == order[2].point_id:
+            raise PointFailed("lab run exited 3")
+        return sys_ok(point, cfg, pdir)
+
+    out = execute_points(cdir, c, order, flaky, progress=False)
+    assert list(out.failed) == [order[2].point_id] and len(out.ran) == 5
+    again = FakeSystem(capacity=1000)
+    assert execute_points(cdir, c, order, again, progress=False).ran == [order[2].point_id]
+
+
+def test_capacity_search_finds_a_known_capacity_within_its_bracket() -> None:
+    for true in (37.0, 730.0, 4100.0, 25000.0):
+        def probe(rate: float, true: float = true) -> tuple[float, list[float], list[str]]:
+            offered, _ = rate_overrides(200, rate, 5.0)
+            return offered, [max(0.0, 100 * (offered - true) / offered)] * 2, []
+
+        cap = search(probe, start=100.0, min_rate=1.0, max_rate=100000.0, threshold_pct=0.1, resolution=0.05)
+        assert cap.capacity is not None and cap.upper is not None
+        # the threshold lets loss up to 0.1 % through: the highest passing rate is true / 0.999
+        assert cap.capacity <= true / 0.999 < cap.upper, (true, cap.capacity, cap.upper)
+        assert (cap.upper - cap.capacity) / cap.capacity <= 0.05 or cap.note
+    ceiling = search(lambda r: (rate_overrides(20, r, 5.0)[0], [0.0], []), 100.0, 1.0, 100000.0, 0.1, 0.05)
+    assert ceiling.capacity == 20000.0 and ceiling.upper is None and "the most these publishers can offer" in ceiling.note
+    sat = search(lambda r: (r, [0.0 if r < 3000 else 5.0], [str(r)]), 100.0, 1.0, 100000.0, 0.1, 0.05,
+                 saturation=lambda ids: int(float(ids[0]) >= 1600))
+    assert sat.capacity is not None and sat.capacity < 3000 <= (sat.upper or 0)
+    assert "load generator was saturated at 1600, 2400, 2800, 2900, 3000, 3200 msg/s" in sat.text() and "lower bound" in sat.text()
+    open_top = search(lambda r: (r, [0.0], []), 100.0, 1.0, 1000.0, 0.1, 0.05)
+    assert open_top.capacity == 1000.0 and open_top.upper is None and "at least 1000" in open_top.text()
+
+
+def test_capacity_campaign_on_a_synthetic_system_is_resumable_and_reported(tmp_path: Path) -> None:
+    text = BASE.replace("publishers: [2, 4, 8]", "publishers: [20]") + \
+        "capacity: {startRate: 100, maxRate: 20000, repetitions: 2, resolution: 0.1, durationS: 2}\n"
+    c = load_campaign(write(tmp_path, text), ROOT)
+    fake = FakeSystem(capacity=900, topology_penalty=0.5)
+    res = run_capacity(c, tmp_path / "cap", fake, progress=False)
+    d, cz = res["topology=distributed-publishers=20"], res["topology=centralized-publishers=20"]
+    assert d["capacity"] <= 900 / 0.999 < d["upper"] and cz["capacity"] <= 450 / 0.999 < cz["upper"]
+    assert len(fake.calls) == sum(len(r["steps"]) for r in res.values()) * 2  # two repetitions per step
+    again = FakeSystem(capacity=900, topology_penalty=0.5)
+    assert run_capacity(c, tmp_path / "cap", again, progress=False) == res and again.calls == []
+    cp = subprocess.run([*MQTTLAB, "campaign", "report", str(tmp_path / "cap")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    page = (tmp_path / "cap" / "report" / "report.html").read_text()
+    assert "Capacity" in page and d["text"] in page
+    summary = json.loads((tmp_path / "cap" / "report" / "summary.json").read_text())
+    assert {c["n"] for c in summary["configurations"]} == {2}  # one entry per configuration and rate, its two repetitions
+    assert len(summary["configurations"]) == sum(len(r["steps"]) for r in res.values())
+
+
+def test_report_opens_with_the_answer_and_states_n_and_intervals(tmp_path: Path) -> None:
+    c = load_campaign(write(tmp_path, BASE.replace("set: {", "set: {intervalMs: 10, ").replace(", intervalMs: 20}", "}")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    execute_points(cdir, c, cdir.open(c, c.order()), FakeSystem(capacity=500, topology_penalty=0.4), progress=False)
+    from workloads.campaign.report import write_campaign_report
+
+    rep = write_campaign_report(cdir.path)
+    page = (cdir.path / "report" / "report.html").read_text()
+    answer = page.split('<p class="answer">')[1].split("</p>")[0]
+    # 2, 4, 8 publishers at 100 msg/s each: distributed (capacity 500) loses only at 800, centralized (300) at 400 and 800
+    assert answer.startswith("distributed lost least: less loss at 2 of the 3 settings compared (2 of them significant at 5 %), "
+                             "the same loss at 1.")
+    assert "Largest difference: At publishers 4: centralized had 25.01 percentage points more loss than distributed" in answer
+    assert len(rep["comparisons"]) == 3 * 3  # topology compared at 3 loads, for loss, p99 and throughput
+    loss8 = next(s for s in rep["comparisons"] if "loss than" in s and "publishers 8" not in s and "centralized" in s and "more loss" in s)
+    assert "n = 3 and 3" in loss8 and "95 % CI" in loss8
+    conf = {x["config_id"]: x for x in rep["configurations"]}
+    zero = conf["topology=distributed-publishers=2"]["loss_pct"]
+    assert zero["mean"] == 0 and zero["lo"] == 0 and zero["hi"] == 0 and zero["n"] == 3
+    assert (cdir.path / "report" / "loss-vs-load.png").stat().st_size > 10000
+    assert "runs (n)" in page and "loss % mean [95 % CI]" in page
+    json.loads((cdir.path / "report" / "summary.json").read_text())
+
+
+CHILD = """
+import json, pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def teardown(*_):
+    time.sleep(0.5)  # a lab takes a moment to tear down
+    (out / "torn-down").write_text("yes")
+    sys.exit(130)
+signal.signal(signal.SIGINT, teardown)
+mode = sys.argv[2]
+if mode == "fail":
+    print("mqttlab: subscribers did not all connect", file=sys.stderr)
+    sys.exit(3)
+run = out / "runs" / "r1"
+run.mkdir(parents=True)
+(run / "manifest.json").write_text(json.dumps({"format_version": 1, "status": "running"}))
+(out / "ready").write_text("")
+if mode == "hang":
+    time.sleep(120)
+(run / "manifest.json").write_text(json.dumps({"format_version": 1, "status": "complete"}))
+print(json.dumps({"loss_pct": 0.0, "expected": 10}))
+"""
+
+
+def test_run_child_returns_the_summary_reports_failures_and_forwards_ctrl_c(tmp_path: Path) -> None:
+    import _thread
+    import sys
+    import threading
+    import time
+
+    from workloads.campaign.run import run_child
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    for mode in ("ok", "fail", "hang"):
+        d = tmp_path / mode
+        d.mkdir()
+        cmd = [sys.executable, str(script), str(d), mode]
+        if mode == "ok":
+            s = run_child(cmd, d, d / "runs", bound_s=60)
+            assert s["loss_pct"] == 0.0 and s["run_dir"] == str(d / "runs" / "r1")
+        elif mode == "fail":
+            with pytest.raises(PointFailed, match="lab run exited 3: mqttlab: subscribers did not all connect"):
+                run_child(cmd, d, d / "runs", bound_s=60)
+        else:
+            def interrupt_when_ready(d: Path = d) -> None:
+                end = time.time() + 60
+                while not (d / "ready").exists() and time.time() < end:
+                    time.sleep(0.05)
+                _thread.interrupt_main()  # Ctrl-C in the campaign's process
+
+            threading.Thread(target=interrupt_when_ready, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                run_child(cmd, d, d / "runs", bound_s=60)
+            assert (d / "torn-down").read_text() == "yes"  # the point got SIGINT and finished its teardown first
+    d = tmp_path / "bound"
+    d.mkdir()
+    with pytest.raises(PointFailed, match="still running after 10 s; stopped"):
+        run_child([sys.executable, str(script), str(d), "hang"], d, d / "runs", bound_s=10)  # generous: the child must have started
+    assert (d / "torn-down").read_text() == "yes"

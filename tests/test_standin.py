@@ -1,0 +1,83 @@
+"""The stand-in for IPVS on kernels without it, and the stack keys for the reference's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Cluster
+from workloads.balancer import nft_balancer
+from workloads.config import ConfigError, load_stack
+from workloads.lab import lab, netns, standin
+from workloads.plan import build_plan
+from workloads.render import render_files
+
+
+@pytest.mark.parametrize("scheduler", ["rr", "wrr", "lc", "wlc", "sh", "mh"])
+def test_the_default_stand_in_is_the_kernel_nat_for_every_scheduler(scheduler: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab, "kernel_has_ipvs", lambda: False)
+    balancer, note = lab.choose_balancer(None, scheduler)
+    assert balancer == "nftables"
+    assert note.startswith(f"no IPVS in this kernel: nftables kernel NAT stands in for IPVS {scheduler}")
+    rec = standin.stood_in(balancer, scheduler)
+    assert rec["kind"] == "kernel NAT" and rec["exact"] is (scheduler in ("rr", "wrr", "sh"))
+    if scheduler in ("lc", "wlc"):
+        assert "nftables has no least-connection scheduler" in note and "round robin" in rec["scheduler"]
+    with pytest.raises(netns.LabError, match="--vm"):
+        lab.choose_balancer("ipvs", scheduler)
+
+
+def test_haproxy_is_used_only_when_asked_and_says_it_is_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab, "kernel_has_ipvs", lambda: False)
+    balancer, note = lab.choose_balancer("haproxy", "lc")
+    assert balancer == "haproxy" and "TCP proxy, leastconn" in note and "brokers see the balancer as the client" in note
+    assert standin.stood_in("haproxy", "lc") == {"for": "ipvs lc", "by": "haproxy", "kind": "TCP proxy", "scheduler": "leastconn", "exact": False}
+    monkeypatch.setattr(lab, "kernel_has_ipvs", lambda: True)
+    assert lab.choose_balancer(None, "lc") == ("ipvs", "")
+
+
+@pytest.mark.parametrize("scheduler, weights, pick", [("sh", [2, 1, 1], "jhash ip saddr mod 4"), ("wlc", [3, 1, 1], "numgen inc mod 5"),
+                                                       ("rr", [1, 1, 1], "numgen inc mod 3")])
+def test_nft_balancer_rules_pass_nft_for_each_scheduler(scheduler: str, weights: list[int], pick: str, make_ns: Callable[[str], str],
+                                                         tmp_path: Path) -> None:
+    cfg = load_stack("centralized", ROOT).with_overrides({"balancer.scheduler": scheduler, "balancer.weights": weights})
+    text = nft_balancer(build_plan(cfg).balancers[0])
+    assert text.count(f"dnat to {pick} map") == 2
+    f = tmp_path / "lb.nft"
+    f.write_text(text)
+    ns = make_ns("nftlb")
+    cp = netns.run(["nft", "-c", "-f", str(f)], ns=ns, check=False)
+    assert cp.returncode == 0, cp.stderr
+
+
+@pytest.mark.parametrize("value, key", [(["error"], "mqttlab:brokers.logTypes"), (["all", "loud"], "mqttlab:brokers.logTypes[1]"),
+                                        ("all", "mqttlab:brokers.logTypes")])
+def test_bad_log_types_name_the_key(value: object, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_stack("distributed", ROOT).with_overrides({"brokers.logTypes": value})
+    assert exc.value.key == key
+
+
+def test_log_types_default_and_reference_render(tmp_path: Path) -> None:
+    cfg = load_stack("distributed", ROOT)
+    conf = render_files(build_plan(cfg), cfg)["brokers/broker1/mosquitto.conf"]
+    assert "log_type notice" in conf and "log_type all" not in conf and "log_type debug" not in conf
+    ref = cfg.with_overrides({"brokers.logTypes": ["all"]})
+    lines = [x for x in render_files(build_plan(ref), ref)["brokers/broker1/mosquitto.conf"].splitlines() if x.startswith("log_type")]
+    assert lines == ["log_type all"]
+
+
+def test_reference_log_types_make_the_real_broker_log_every_publish(cluster: Callable[..., Cluster]) -> None:
+    logs = {}
+    for name, over in (("reference", {"brokers.logTypes": ["all"]}), ("default", {})):
+        cl = cluster("distributed", over | {"bridge.layout": "none"})
+        for k in range(3):
+            cp = cl.ns_run(["mosquitto_pub", "-h", cl.addr(1), "-t", "t", "-q", "1", "-m", f"m{k}"])
+            assert cp.returncode == 0, cp.stderr
+        for p in cl.procs:
+            netns.stop(p)  # mosquitto's stdout to a file is block-buffered: read it once it exited
+        logs[name] = (cl.files / "broker2.log").read_text()
+    assert logs["reference"].count("Received PUBLISH") == 3
+    assert logs["default"].count("New client connected") == 3 and "Received PUBLISH" not in logs["default"]

@@ -1,0 +1,1 @@
+"""Campaigns: many runs as one study (matrix, capacity search, statistics)."""

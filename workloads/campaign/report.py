@@ -1,0 +1,243 @@
+"""The campaign report: the answer first, then per-configuration estimates with 95 % intervals,
+one sentence per comparison, loss against offered load with intervals, capacities.
+
+It reads only the campaign directory (each point's ``result.json``, which points at a normal run
+directory); the per-run report (``mqttlab report``) stays the place for one run's details.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from workloads.analysis.report import _img, _save  # noqa: E402
+from workloads.analysis.stats import Estimate, compare_sentence, mean_ci, welch  # noqa: E402
+from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
+
+METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
+CLIP_HIGH = {"loss_pct": 100.0}
+
+
+def _label(levels: dict[str, Any], keys: Iterable[str]) -> str:
+    def show(k: str, v: Any) -> str:
+        if k == "offered_rate":
+            return f"{float(v):.0f} msg/s"
+        return f"{k.split('.')[-1]} {v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+    return ", ".join(show(k, levels[k]) for k in keys if k in levels) or "base"
+
+
+@dataclass(frozen=True)
+class ConfigStats:
+    """One configuration: its factor levels, its offered rate, n, and each metric's estimate."""
+
+    config_id: str
+    levels: dict[str, Any]
+    n: int
+    offered_rate: float
+    loss_pct: Estimate
+    p99_ms: Estimate
+    throughput: Estimate
+
+
+def _group(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Repetitions of one setting: the same configuration at the same offered rate (a capacity
+    search runs one configuration at many rates)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault(f"{r['config_id']}@{float(r['offered_rate']):.6g}", []).append(r)
+    return by
+
+
+def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
+    """One entry per configuration: n, and mean with 95 % CI for each metric."""
+    by = _group(results)
+    out = []
+    for rs in by.values():
+        est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low, clip_high=CLIP_HIGH.get(key))
+               for key, _n, _u, low in METRICS}
+        out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"]))
+    return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
+                                      c.offered_rate))
+
+
+def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[str, Any]]:
+    """Each pair of configurations that differ only in a compared factor, at the same other levels."""
+    by = _group(results)
+    out = []
+    ids = list(by)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            la, lb = by[a][0]["levels"], by[b][0]["levels"]
+            diff = [k for k in la if la[k] != lb.get(k)]
+            if len(diff) != 1 or diff[0] not in compare:
+                continue
+            k = diff[0]
+            rest = _label(la, [x for x in la if x != k])
+            row: dict[str, Any] = {"factor": k, "a": la[k], "b": lb[k], "at": rest, "config_a": by[a][0]["config_id"],
+                                   "config_b": by[b][0]["config_id"]}
+            for key, name, unit, _low in METRICS:
+                va = [r[key] for r in by[a] if r.get(key) is not None]
+                vb = [r[key] for r in by[b] if r.get(key) is not None]
+                row[key] = welch(va, vb) if va and vb else None
+                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(f"{la[k]}", f"{lb[k]}", name, unit, va, vb,
+                                                                   level_unit=" %" if key == "loss_pct" else None)
+            out.append(row)
+    return out
+
+
+def _fmt(e: Estimate, digits: int = 3) -> str:
+    if e.n == 0:
+        return ""
+    if e.lo is None or e.hi is None:
+        return f"{e.mean:.{digits}f}"
+    return f"{e.mean:.{digits}f} [{e.lo:.{digits}f}, {e.hi:.{digits}f}]"
+
+
+def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
+    """The opening paragraph: which level of the compared factor lost least, at how many of the
+    settings compared, how many of those differences are significant, and the largest one."""
+    if not conf:
+        return "No point of this campaign is complete yet."
+    if all(r.loss_pct.mean == 0 for r in conf):
+        return (f"No configuration lost any message ({sum(r.n for r in conf)} runs, {len(conf)} configurations); "
+                "they differ only in latency and throughput, below.")
+    parts = []
+    loss_comps = [c for c in comps if c["loss_pct"] is not None]
+    if loss_comps:
+        wins: dict[str, int] = {}
+        sig: dict[str, int] = {}
+        ties = 0
+        for c in loss_comps:
+            d = c["loss_pct"]
+            if d.diff == 0:
+                ties += 1
+                continue
+            w = str(c["b"] if d.diff > 0 else c["a"])
+            wins[w] = wins.get(w, 0) + 1
+            if d.p is not None and d.p < 0.05:
+                sig[w] = sig.get(w, 0) + 1
+        if wins:
+            best = max(wins, key=lambda k: (wins[k], sig.get(k, 0)))
+            parts.append(f"{html.escape(best)} lost least: less loss at {wins[best]} of the {len(loss_comps)} settings compared "
+                         f"({sig.get(best, 0)} of them significant at 5 %)" + (f", the same loss at {ties}" if ties else "") + ".")
+        biggest = max(loss_comps, key=lambda c: abs(c["loss_pct"].diff))
+        parts.append("Largest difference: " + html.escape(biggest["loss_pct_sentence"]))
+    best_cfg = min(conf, key=lambda r: (r.loss_pct.mean, -r.offered_rate))
+    parts.append(f"Least loss of all: {html.escape(_label(best_cfg.levels, best_cfg.levels))}, {best_cfg.loss_pct.text(' %', 3)}.")
+    return " ".join(parts)
+
+
+def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: dict[str, Any], path: Path) -> Path:
+    """Mean loss against offered rate, one line per configuration (all factors but the load),
+    95 % intervals as error bars; the y axis starts at 0 (loss is never negative) and is not
+    stretched around zero when nothing was lost."""
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    series: dict[str, list[tuple[float, Estimate]]] = {}
+    for r in conf:
+        key = _label(r.levels, [k for k in r.levels if k not in load_keys])
+        series.setdefault(key, []).append((r.offered_rate, r.loss_pct))
+    top = 0.0
+    colours: dict[str, Any] = {}
+    for name, pts in series.items():
+        pts.sort(key=lambda t: t[0])
+        x = [p[0] for p in pts]
+        y = [p[1].mean for p in pts]
+        err = [[p[1].mean - (p[1].lo if p[1].lo is not None else p[1].mean) for p in pts],
+               [(p[1].hi if p[1].hi is not None else p[1].mean) - p[1].mean for p in pts]]
+        colours[name] = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name).lines[0].get_color()
+        top = max([top, *[(p[1].hi if p[1].hi is not None else p[1].mean) for p in pts]])
+    for c in capacities.values():  # the bracket: highest rate that passed to lowest that failed
+        name = _label(c["levels"], [k for k in c["levels"] if k not in load_keys])
+        if c.get("capacity") and c.get("upper"):
+            ax.axvspan(c["capacity"], c["upper"], color=colours.get(name, "grey"), alpha=0.2,
+                       label=f"capacity, {name}: {c['capacity']:.0f}-{c['upper']:.0f} msg/s")
+    if top <= 0:
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
+    else:
+        ax.set_ylim(0, min(top * 1.15, 100.0))
+    ax.set_xlabel("offered rate (messages/s published, all publishers)")
+    ax.set_ylabel("message loss (%)")
+    ax.set_title("Loss against offered load (mean, 95 % CI)")
+    if series:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, path)
+
+
+def plot_capacity(capacities: dict[str, Any], path: Path) -> Path:
+    """Each configuration's capacity as a bracket: the highest rate that passed to the lowest that failed."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.5 * max(1, len(capacities))))
+    for i, c in enumerate(capacities.values()):
+        lo, hi = c.get("capacity"), c.get("upper")
+        if lo is not None:
+            ax.plot([lo, hi if hi is not None else lo], [i, i], linewidth=6, color="#2c7fb8", solid_capstyle="butt")
+            ax.plot([lo], [i], marker="|", markersize=14, color="black")
+        elif hi is not None:
+            ax.plot([hi], [i], marker="<", color="#c0392b")
+    ax.set_yticks(range(len(capacities)), list(capacities), fontsize=7)
+    ax.set_xlabel("offered rate (messages/s)")
+    ax.set_title("Capacity: highest rate that passed to lowest that failed")
+    return _save(fig, path)
+
+
+def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[str, Any]:
+    from workloads.campaign.run import CampaignDir
+
+    cdir = CampaignDir(campaign_dir)
+    spec = cdir.spec
+    out = out or campaign_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    results = [r for r in (cdir.result(p.name) for p in sorted((campaign_dir / "points").glob("*"))) if r] \
+        if (campaign_dir / "points").is_dir() else []
+    camp = spec["campaign"]
+    factors = list(camp["factors"])
+    load_keys = [k for k in factors if k in LOAD_KEYS] + ["offered_rate"]
+    compare = camp.get("compare") or factors[:1]
+    capacities = json.loads((campaign_dir / "capacity.json").read_text())["configurations"] if (campaign_dir / "capacity.json").is_file() else {}
+    conf = configurations(results)
+    comps = comparisons(results, compare)
+    table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
+                           "loss % mean [95 % CI]": _fmt(r.loss_pct), "p99 latency ms mean [95 % CI]": _fmt(r.p99_ms, 1),
+                           "delivered per second mean [95 % CI]": _fmt(r.throughput, 0)} for r in conf])
+    table.to_csv(out / "configurations.csv", index=False)
+    sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS]
+    (out / "comparisons.txt").write_text("\n".join(sentences) + ("\n" if sentences else ""))
+    plots = [plot_loss_curves(conf, load_keys, capacities, out / "loss-vs-load.png")]
+    if capacities:
+        plots.append(plot_capacity(capacities, out / "capacity.png"))
+    expected = len(spec["order"]) if spec.get("kind") == "matrix" else len(results)
+    status = f"{len(results)} of {expected} points complete" if spec.get("kind") == "matrix" else f"{len(results)} runs"
+    cap_rows = "".join(f"<tr><td>{html.escape(cid)}</td><td>{html.escape(c['text'])}</td><td>{len(c['steps'])}</td></tr>"
+                       for cid, c in capacities.items())
+    comp_html = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>mqttlab campaign {html.escape(camp['name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px;line-height:1.4}} table{{border-collapse:collapse;font-size:13px;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#f4f4f4}} td:first-child{{text-align:left}}
+img{{max-width:100%;margin:0.5em 0}} .answer{{font-size:1.15em;background:#eef6ee;padding:0.8em;border-left:4px solid #2a7}}</style></head><body>
+<h1>Campaign {html.escape(camp['name'])}</h1>
+<p class="answer">{answer(conf, comps)}</p>
+<p>Stack {html.escape(camp['stack'])} ({html.escape(camp['place'])}); {status}; randomized order, seed {camp['seed']};
+factors: {html.escape('; '.join(f"{k} {', '.join(map(str, v))}" for k, v in camp['factors'].items()))}. Intervals are Student's t 95 % confidence intervals
+over repetitions (loss intervals clipped at 0); differences use Welch's t-test.</p>
+<h2>Configurations</h2>{table.to_html(index=False, border=0, na_rep="")}
+<h2>Comparisons</h2><ul>{comp_html or '<li>No pair of configurations differs in exactly one compared factor.</li>'}</ul>
+{f'<h2>Capacity</h2><table><tr><th>configuration</th><th>capacity (loss at most the threshold)</th><th>steps</th></tr>{cap_rows}</table>' if capacities else ''}
+<h2>Plots</h2>{''.join(_img(p) for p in plots)}
+<p>Each point is a normal run directory (see <code>points/*/result.json</code>); <code>mqttlab report</code> on it gives the run's details.</p>
+</body></html>"""
+    (out / "report.html").write_text(doc)
+    summary = {"points": len(results), "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n,
+                                                             **{k: vars(getattr(r, k)) for k, *_ in METRICS}} for r in conf],
+               "comparisons": sentences, "capacity": capacities}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary | {"html": out / "report.html"}

@@ -1,0 +1,275 @@
+"""Running a campaign: the matrix in its recorded order, one normal run directory per point,
+resumable, with progress and an ETA.
+
+Each lab point is a ``mqttlab lab run`` in a child process of its own session: a crash in one
+point cannot take the campaign down, the lab's own teardown runs on Ctrl-C (we forward SIGINT
+and wait for it), and what a point ran is exactly what a user running ``lab run`` gets. The point
+is complete only once its ``result.json`` is written, atomically, after the run directory says
+``complete``; anything else (killed, interrupted, failed) is run again on resume, with what it left
+moved aside under ``interrupted/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workloads.bench.rundir import read_deliveries, read_manifest, write_json_atomic
+from workloads.campaign.spec import Campaign, CampaignError, Point
+from workloads.config import ExperimentConfig
+
+STOP_GRACE_S = 120.0  # how long a point gets to tear its lab down after SIGINT
+
+
+class PointFailed(RuntimeError):
+    """A point ran but did not produce a complete run; the campaign goes on with the next."""
+
+
+PointRunner = Callable[[Point, ExperimentConfig, Path], dict[str, Any]]
+
+
+@dataclass
+class Outcome:
+    done: list[str]
+    ran: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+
+
+def offered_rate(cfg: ExperimentConfig) -> float:
+    """Messages per second the publishers offer together (the schedule's rate, not what got through)."""
+    sc = cfg.scenario
+    return sc.publishers * 1000.0 / sc.interval_ms if sc.interval_ms else float("inf")
+
+
+def delivery_throughput(run_dir: Path) -> float | None:
+    """Deliveries per second from the first message sent to the last delivery received, from the
+    per-delivery records (exact to the nanosecond; per-second timelines are too coarse for runs
+    of a few seconds)."""
+    first, last, n = None, None, 0
+    for p in run_dir.glob("bench/*/deliveries-*.bin"):
+        rec = read_deliveries(p)
+        if not len(rec):
+            continue
+        rec = rec[rec["dup"] == 0]
+        n += len(rec)
+        lo, hi = int(rec["send_ns"].min()), int(rec["recv_ns"].max())
+        first = lo if first is None else min(first, lo)
+        last = hi if last is None else max(last, hi)
+    if not n or first is None or last is None or last <= first:
+        return None
+    return n / ((last - first) / 1e9)
+
+
+def point_record(point: Point, cfg: ExperimentConfig, run_dir: Path, summary: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """What the campaign keeps about a point: where its run is, and the numbers statistics need."""
+    return point.to_dict() | {
+        "status": "complete", "run_dir": str(run_dir), "duration_s": round(duration_s, 3),
+        "offered_rate": offered_rate(cfg), "topology": cfg.topology, "scheduler": cfg.balancer.scheduler,
+        "qos": cfg.scenario.qos, "publishers": cfg.scenario.publishers, "subscribers": cfg.scenario.subscribers,
+        "expected": summary.get("expected"), "delivered": summary.get("delivered"), "lost": summary.get("lost"),
+        "loss_pct": summary.get("loss_pct"), "p99_ms": (summary.get("latency_ms") or {}).get("p99"),
+        "throughput": summary.get("throughput", delivery_throughput(run_dir) if run_dir.is_dir() else None),
+        "balancer_kind": (summary.get("balancer") or {}).get("kind"), "balancer_note": (summary.get("balancer") or {}).get("note"),
+        "bench_saturated": summary.get("bench_saturated"),
+    }
+
+
+# --------------------------------------------------------------------------- lab points
+
+
+def write_point_stack(cfg: ExperimentConfig, point_dir: Path) -> Path:
+    """The point's exact configuration as a stack file of its own: ``lab run`` reads it like any
+    other, and it stays beside the run as the record of what ran."""
+    path = point_dir / f"Pulumi.{cfg.stack}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by mqttlab campaign: the base stack with this point's overrides.\n"
+                    + yaml.safe_dump({"config": dict(cfg.raw)}, sort_keys=False))
+    return path
+
+
+def lab_runner(campaign: Campaign, progress: bool = False) -> PointRunner:
+    def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        write_point_stack(cfg, point_dir)
+        runs = point_dir / "runs"
+        cmd = [sys.executable, "-m", "workloads.cli", "lab", "run", "-s", cfg.stack, "--project-dir", str(point_dir), "--out", str(runs),
+               "--json"]
+        cmd += ["--balancer", point.balancer] if point.balancer else []
+        cmd += ["--vm"] if campaign.vm else []
+        cmd += [] if progress else ["--quiet"]
+        return run_child(cmd, point_dir, runs, bound_s=cfg.scenario.time_limit_s + (1800 if campaign.vm else 180))
+    return run
+
+
+def run_child(cmd: list[str], point_dir: Path, runs: Path, bound_s: float) -> dict[str, Any]:
+    """Run one point's command in a session of its own; forward Ctrl-C and wait for its teardown."""
+    log = point_dir / "point.log"
+    with log.open("ab") as err, (point_dir / "point.out").open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+        try:
+            rc = proc.wait(timeout=bound_s)
+        except BaseException as exc:  # Ctrl-C, or the bound
+            _stop(proc)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise PointFailed(f"still running after {bound_s:.0f} s; stopped") from None
+            raise
+    text = (point_dir / "point.out").read_text()
+    dirs = sorted(p for p in runs.iterdir() if (p / "manifest.json").is_file()) if runs.is_dir() else []
+    if rc != 0 or len(dirs) != 1:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise PointFailed(f"lab run exited {rc}: {' | '.join(tail) or 'no output'}")
+    status = read_manifest(dirs[0]).get("status")
+    if status != "complete":
+        raise PointFailed(f"run {dirs[0].name} is {status}")
+    summary = json.loads(text[text.index("{"):]) if "{" in text else {}
+    summary["run_dir"] = str(dirs[0])
+    return dict(summary)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT (the lab tears down on it), then SIGKILL to the session we started, by its id."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
+# --------------------------------------------------------------------------- the campaign directory
+
+
+class CampaignDir:
+    """``campaign.yaml`` (the file as given), ``campaign.json`` (the spec and the recorded order),
+    ``events.jsonl`` (every start, finish, failure and interruption), ``points/<id>/``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(json.loads((self.path / "campaign.json").read_text()))
+
+    def point_dir(self, point_id: str) -> Path:
+        return self.path / "points" / point_id
+
+    def result(self, point_id: str) -> dict[str, Any] | None:
+        p = self.point_dir(point_id) / "result.json"
+        return dict(json.loads(p.read_text())) if p.is_file() else None
+
+    def results(self) -> list[dict[str, Any]]:
+        return [r for pid in self.spec["order"] if (r := self.result(pid))]
+
+    def event(self, kind: str, point_id: str | None = None, **fields: Any) -> None:
+        with (self.path / "events.jsonl").open("a") as fh:
+            fh.write(json.dumps({"t": round(time.time(), 3), "event": kind, "point": point_id} | fields) + "\n")
+
+    def events(self) -> list[dict[str, Any]]:
+        p = self.path / "events.jsonl"
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+
+    def open(self, campaign: Campaign, order: list[Point], kind: str = "matrix") -> list[Point]:
+        """Start a new campaign directory, or check that an existing one is this campaign and
+        return its recorded order (the seed's order, whatever this process would draw)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta = self.path / "campaign.json"
+        if meta.is_file():
+            old = self.spec
+            if old.get("source") != campaign.source or old.get("kind") != kind:
+                raise CampaignError(f"{self.path} holds another campaign (a different file or kind); resume it with the file it was "
+                                    "started with, or choose another --out")
+            by_id = {p.point_id: p for p in order}
+            return [by_id[i] for i in old["order"] if i in by_id]
+        write_json_atomic(meta, {"kind": kind, "created_at": time.time(), "campaign": campaign.to_dict(), "source": campaign.source,
+                                 "order": [p.point_id for p in order], "points": {p.point_id: p.to_dict() for p in order}})
+        (self.path / "campaign.yaml").write_text(campaign.source)
+        return order
+
+
+def fmt_s(s: float) -> str:
+    s = max(0.0, s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], runner: PointRunner, progress: bool = True,
+                   on_point: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
+    """Run every point of ``order`` that is not complete yet; progress and ETA on stderr."""
+    cfgs = {p.point_id: campaign.validate_point(p.overrides, f"point {p.point_id}") for p in order}
+    est = {pid: campaign.estimate_s(c) for pid, c in cfgs.items()}
+    todo = [p for p in order if cdir.result(p.point_id) is None]
+    out = Outcome(done=[p.point_id for p in order if p not in todo], ran=[], failed={}, skipped=[])
+    spent = estimated = 0.0
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"[campaign {campaign.name}] {text}", file=sys.stderr, flush=True)
+
+    if out.done:
+        say(f"resuming: {len(out.done)} of {len(order)} points already complete, {len(todo)} to run")
+    for i, p in enumerate(todo):
+        pdir = cdir.point_dir(p.point_id)
+        _set_aside(pdir)
+        pdir.mkdir(parents=True, exist_ok=True)
+        n = len(out.done) + len(out.ran) + len(out.failed) + 1
+        say(f"{n}/{len(order)} {p.point_id} starting (about {fmt_s(est[p.point_id])})")
+        cdir.event("start", p.point_id)
+        t0 = time.time()
+        try:
+            summary = runner(p, cfgs[p.point_id], pdir)
+        except PointFailed as exc:
+            cdir.event("failed", p.point_id, reason=str(exc))
+            out.failed[p.point_id] = str(exc)
+            say(f"{n}/{len(order)} {p.point_id} FAILED: {exc}")
+            continue
+        except KeyboardInterrupt:
+            cdir.event("interrupted", p.point_id)
+            say(f"interrupted during {p.point_id}; its lab was torn down. Run the same command again to resume "
+                f"({len(out.done) + len(out.ran)} of {len(order)} points complete).")
+            raise
+        dt = time.time() - t0
+        rec = point_record(p, cfgs[p.point_id], Path(summary.get("run_dir", "")), summary, dt)
+        write_json_atomic(pdir / "result.json", rec)
+        cdir.event("complete", p.point_id, duration_s=round(dt, 3))
+        out.ran.append(p.point_id)
+        if on_point:
+            on_point(rec)
+        spent += dt
+        estimated += est[p.point_id]
+        left = todo[i + 1:]
+        eta = sum(est[q.point_id] for q in left) * (spent / estimated if estimated else 1.0)
+        finish = time.strftime("%H:%M", time.localtime(time.time() + eta))
+        say(f"{n}/{len(order)} {p.point_id} done in {fmt_s(dt)}: loss {rec['loss_pct']} %, p99 {rec['p99_ms']} ms; "
+            f"{len(left)} left, ETA {fmt_s(eta)} (about {finish})")
+    return out
+
+
+def _set_aside(point_dir: Path) -> None:
+    """What an interrupted or failed attempt left is kept for diagnosis, out of the analysis's way."""
+    runs = point_dir / "runs"
+    if not runs.is_dir() or not any(runs.iterdir()):
+        return
+    dest = point_dir / "interrupted" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in runs.iterdir():
+        child.rename(dest / child.name)
