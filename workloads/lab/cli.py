@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workloads.bench.rundir import format_summary
+from workloads.config import ConfigError
 from workloads.lab import lab, netns, vm
 from workloads.lab.netns import LabError
 
@@ -28,7 +29,14 @@ def _config(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
     overrides |= scenario_overrides(args)
-    cfg = load(args, overrides)
+    if getattr(args, "fault", None):
+        overrides["faults"] = list(args.fault)  # the command line's faults replace the stack file's
+    try:
+        cfg = load(args, overrides)
+    except ConfigError as exc:
+        if exc.key.startswith("mqttlab:faults[") and getattr(args, "fault", None):
+            raise ConfigError("--fault", exc.value, exc.allowed) from None
+        raise
     return cfg if args.keep_addresses else renumber(cfg)
 
 
@@ -138,6 +146,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
     q = lsub.add_parser("run", help="bring the lab up, run the benchmark, tear down, summarize")
     knobs(q)
     q.add_argument("--vm", action="store_true", help="run inside the micro-VM (real IPVS on kernels without it)")
+    q.add_argument("--fault", action="append", metavar="SPEC",
+                   help="inject a fault, repeatable: broker2:kill@5s, broker2:pause@5s+3s, broker2:restart@5s[+2s], "
+                        "bridge:broker1-broker3:cut@5s+4s, director:ipvs1:kill@5s[+10s] (times after publishing starts)")
     q.add_argument("--vm-timeout", type=float, default=1800)
     q.add_argument("--json", action="store_true")
     q.add_argument("--quiet", action="store_true")
