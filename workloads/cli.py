@@ -32,7 +32,7 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
 SCENARIO_TYPES: dict[str, Callable[[str], Any]] = {
     "publishers": int, "subscribers": int, "messages": int, "qos": int, "intervalMs": int,
     "payloadBytes": int, "mqttVersion": str, "topicLayout": str, "topic": str, "connectRate": int,
-    "keepalive": int, "drainS": float, "timeLimitS": float,
+    "keepalive": int, "drainS": float, "timeLimitS": float, "reconnectMinMs": int, "reconnectMaxMs": int,
 }
 
 

@@ -21,6 +21,7 @@ from workloads.plan import Balancer
 
 PROBE = Path(__file__).with_name("probe.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # the probe needs only the standard library
+MISC_GRACE_S = 5
 
 
 def _num(x: float) -> str:
@@ -36,10 +37,11 @@ def _checker(hc: HealthCheckConfig, address: str, port: int, python: str, probe:
     # keepalived fails a server after ``retry`` + 1 failed checks, each retry delay_before_retry apart
     common = [f"retry {hc.retries - 1}", f"delay_before_retry {_num(hc.interval)}"]
     if hc.type == "mqtt":
-        # the probe bounds itself by ``timeout``; misc_timeout (whole seconds only) is the hard stop
-        # for a probe that could not even start, one second beyond
+        # the probe bounds its network part by ``timeout``; misc_timeout (whole seconds only) is the
+        # hard stop for a probe that could not even start (an interpreter starts in ~30 ms on a
+        # normal host, seconds under CPU emulation), so it leaves room for that
         return ["MISC_CHECK {", f'    misc_path "{probe_command(address, port, hc.timeout, python, probe)}"',
-                f"    misc_timeout {math.ceil(hc.timeout) + 1}", *(f"    {c}" for c in common), "}"]
+                f"    misc_timeout {math.ceil(hc.timeout) + MISC_GRACE_S}", *(f"    {c}" for c in common), "}"]
     return ["TCP_CHECK {", f"    connect_port {port}", f"    connect_timeout {_num(hc.timeout)}", *(f"    {c}" for c in common), "}"]
 
 
