@@ -206,7 +206,7 @@ def parse_haproxy_stat(csv_text: str) -> list[dict[str, object]]:
             "virtual": rec["pxname"], "real": rec.get("addr") or rec["svname"], "active_conns": int(rec["scur"] or 0),
             "inactive_conns": 0, "total_conns": int(rec["stot"] or 0), "bytes_in": int(rec["bin"] or 0),
             "bytes_out": int(rec["bout"] or 0), "packets_in": "", "packets_out": "",
-            "status": (rec.get("status") or "").split()[0] if rec.get("status") else "",  # UP, DOWN, "UP 1/2", no check
+            "status": (rec.get("status") or "").strip(),  # UP, DOWN, "UP 1/2" (going down), "no check"
         })
     return rows
 
