@@ -47,7 +47,7 @@ GUEST = textwrap.dedent('''
     (work / "keepalived.conf").write_text(conf.read_text())
     ka = subprocess.Popen(argv, stdout=open(work / "keepalived.log", "w"), stderr=subprocess.STDOUT)
     mon = subprocess.Popen([sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", "ipvs", "--host", bal.host,
-                            "--interval", "1", "--out", str(work / "balancer.csv")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                            "--interval", "1", "--out", str(work / "balancer.csv")], stdout=open(work / "monitor.log", "w"), stderr=subprocess.STDOUT)
     def reals():
         return keepalived.ipvs_reals(sh("ipvsadm", "-Ln").stdout, bal.vip, bal.port)
     def until(pred, limit):
@@ -66,6 +66,8 @@ GUEST = textwrap.dedent('''
     everyone = {f"{b.address}:{b.port}" for b in plan.brokers}
     b2 = f"{plan.brokers[1].address}:{plan.brokers[1].port}"
     res["all_in_at"] = until(lambda: reals() == everyone, 120)
+    # the monitor is a whole interpreter with paho and friends to import: slow under emulation
+    res["monitor_at"] = until(lambda: (work / "balancer.csv").exists() and len((work / "balancer.csv").read_text().splitlines()) > 3, 240)
     time.sleep(2)
     res["before"] = sorted(reals())
     procs["broker2"].kill(); res["killed_at"] = time.time()
@@ -101,6 +103,7 @@ def test_keepalived_removes_a_killed_broker_and_adds_it_back(tmp_path: Path) -> 
         vm.run_in_vm(script, [work], timeout=1100)
     assert (work / "result.json").exists(), (work / "guest.log").read_text()[-3000:] if (work / "guest.log").exists() else "no guest log"
     res = json.loads((work / "result.json").read_text())
+    assert res["monitor_at"], (work / "monitor.log").read_text()[-3000:]
     b2 = "10.2.0.21:1883"
     assert res["all_in_at"], (work / "keepalived.log").read_text()[-3000:]
     assert b2 in res["before"] and len(res["before"]) == 3

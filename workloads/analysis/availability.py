@@ -102,8 +102,8 @@ def lost_with_send_time(run: Run) -> pd.DataFrame:
         if len(k) >= 2:
             lost.loc[idx, "send_s"] = np.interp(seqs, k["seq"].to_numpy(dtype=float), k["send_ns"].to_numpy(dtype=float) / 1e9)
         elif pub in pubs.index:  # nothing of it arrived: spread its messages over its sending time
-            row = pubs.loc[pub]
-            first, last, sent = float(np.min(row["first_send_s"])), float(np.max(row["last_send_s"])), max(1, int(np.sum(row["sent"])) - 1)
+            row = pubs[pubs.index == pub]
+            first, last, sent = float(row["first_send_s"].min()), float(row["last_send_s"].max()), max(1, int(row["sent"].sum()) - 1)
             lost.loc[idx, "send_s"] = first + (last - first) * seqs / sent
     return lost
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,7 +152,7 @@ def reference_truth(sent: int = 100) -> Truth:
     return t
 
 
-def write_fault_run(path: Path, health_checked: bool = True) -> tuple[Path, dict[str, object]]:
+def write_fault_run(path: Path, health_checked: bool = True) -> tuple[Path, dict[str, Any]]:
     """A run in which broker2 failed 40 ms into publishing and came back 2 s later, with its
     clients' outages, their reconnections elsewhere and the balancer's view; returns the path and
     what the availability analysis must find.

@@ -31,6 +31,12 @@ def _config(args: argparse.Namespace) -> Any:
     overrides |= scenario_overrides(args)
     if getattr(args, "fault", None):
         overrides["faults"] = list(args.fault)  # the command line's faults replace the stack file's
+    hc = {k: getattr(args, f"health_{k}") for k in ("check", "interval", "retries", "timeout") if getattr(args, f"health_{k}", None) is not None}
+    if hc:  # on top of the stack file's healthCheck section
+        from workloads.cli import load as load_plain
+
+        base = dict(load_plain(args).raw.get("mqttlab:balancer", {}).get("healthCheck") or {})
+        overrides["balancer.healthCheck"] = base | {("type" if k == "check" else k): v for k, v in hc.items()}
     try:
         cfg = load(args, overrides)
     except ConfigError as exc:
@@ -48,7 +54,12 @@ def format_lab_summary(s: dict[str, Any]) -> str:
     ]
     if bal.get("note"):
         lines.append(f"  note: {bal['note']}")
-    lines += [f"  clients per broker {per}", format_summary(s), f"  run directory      {s['run_dir']}"]
+    lines += [f"  clients per broker {per}", format_summary(s)]
+    for f in s.get("faults", []):
+        when = "not carried out" if f.get("started_at") is None else (
+            f"at +{f['started_at'] - f['t0']:.3f}s" + (f", ended +{f['ended_at'] - f['t0']:.3f}s" if f.get("ended_at") else ", to the end"))
+        lines.append(f"  fault              {f['spec']}: {when} ({f['detail']})")
+    lines.append(f"  run directory      {s['run_dir']}")
     return "\n".join(lines)
 
 
@@ -141,6 +152,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
         q.add_argument("--scheduler", choices=("rr", "wrr", "lc", "wlc", "sh", "mh"))
         q.add_argument("--broker-cpus", type=float)
         q.add_argument("--broker-memory-mb", type=int)
+        q.add_argument("--health-check", choices=("none", "mqtt", "tcp"), help="balancer health checks (keepalived with IPVS, HAProxy's own)")
+        q.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
+        q.add_argument("--health-retries", type=int, metavar="N", help="failed checks before a broker is taken out")
+        q.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
         add_scenario_args(q)
 
     q = lsub.add_parser("run", help="bring the lab up, run the benchmark, tear down, summarize")

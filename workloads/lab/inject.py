@@ -123,7 +123,7 @@ class Injector:
             pid = lab.procs[f.target].pid
             if f.action == "pause":
                 os.kill(pid, signal.SIGSTOP)
-                self.undo[i] = lambda: (os.kill(pid, signal.SIGCONT), "SIGCONT")[1]
+                self.undo[i] = lambda: self.resume(pid)
                 rec["detail"] = f"SIGSTOP pid {pid}"
             else:
                 os.kill(pid, signal.SIGKILL)
@@ -156,6 +156,10 @@ class Injector:
         rec["detail"] += f"; ended: {what}" + (" (at the end of the run)" if by_teardown else "")
         self.write()
         self.lab.say(f"fault {self.faults[i].spec} ended: {what}")
+
+    def resume(self, pid: int) -> str:
+        os.kill(pid, signal.SIGCONT)
+        return f"SIGCONT pid {pid}"
 
     def nft(self, ns: str, rules: str) -> None:
         netns.run(["nft", "-f", "-"], ns=ns, input=rules)

@@ -27,7 +27,7 @@ from workloads.balancer import haproxy_cfg, ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, summarize, update_manifest
 from workloads.config import ExperimentConfig
 from workloads.lab import cgroups, health, netns
-from workloads.lab.inject import Injector
+from workloads.lab.inject import Injector, read_faults
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
@@ -419,7 +419,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
     summary = summarize(run_dir)
     summary.update(
         run_dir=str(run_dir), topology=cfg.topology, scheduler=cfg.balancer.scheduler, connections_per_broker=conns,
-        balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]},
+        balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]}, faults=read_faults(run_dir),
     )
     return summary
 
