@@ -81,6 +81,20 @@ GUEST = textwrap.dedent('''
     res["ipvsadm"] = sh("ipvsadm", "-Ln").stdout
     mon.terminate(); mon.wait(20)
     ka.terminate(); ka.wait(20)
+    # the Azure step on the same kernel: `mqttlab host balancer-apply` starts keepalived as a daemon
+    import yaml
+    doc = yaml.safe_load((Path(sys.argv[2]) / "Pulumi.distributed.yaml").read_text())
+    doc["config"]["mqttlab:balancer"]["healthCheck"] = hc
+    (work / "project").mkdir(exist_ok=True)
+    (work / "project" / "Pulumi.distributed.yaml").write_text(yaml.safe_dump(doc))
+    sh("ipvsadm", "-C")
+    cp = subprocess.run([sys.executable, "-m", "workloads.cli", "host", "balancer-apply", "-s", "distributed", "--project-dir",
+                         str(work / "project"), "--host", "ipvs1"], capture_output=True, text=True, timeout=300)
+    res["apply_rc"], res["apply_out"], res["apply_err"] = cp.returncode, cp.stdout, cp.stderr[-2000:]
+    pid = Path("/run/mqttlab/keepalived/ipvs1/keepalived.pid")
+    res["apply_daemon"] = pid.exists()
+    if pid.exists():
+        subprocess.run(["kill", pid.read_text().split()[0]])
     for p in procs.values():
         p.kill()
     (work / "result.json").write_text(json.dumps(res, indent=1))
@@ -114,6 +128,9 @@ def test_keepalived_removes_a_killed_broker_and_adds_it_back(tmp_path: Path) -> 
     t2 = sorted(float(r[0]) for r in rows if r[4] == b2)
     gap = max((b - a, a) for a, b in zip(t2, t2[1:], strict=False))
     assert res["killed_at"] - 1 < gap[1] < res["restarted_at"] and gap[0] > 1.5
+    # the Azure host step brought the same service up through keepalived, every broker in
+    assert res["apply_rc"] == 0 and res["apply_daemon"], res["apply_err"]
+    assert "-A -t 10.3.0.10:1883 -s lc" in res["apply_out"] and res["apply_out"].count("-m -w 1") == 3, res["apply_out"]
     delays = {"removed_after_s": round(res["removed_at"] - res["killed_at"], 2),
               "readded_after_s": round(res["readded_at"] - res["restarted_at"], 2),
               "monitor_gap_s": round(gap[0], 2), "bound_s": 2 * 2 + 1, "one_probe_s": round(res["probe_s"], 2)}

@@ -173,7 +173,9 @@ class Injector:
         b = next(x for x in lab.plan.brokers if x.name == name)
         conf = lab.files / "brokers" / name / "mosquitto.conf"
         cap = lab.caps.get(name)
-        p = lab.spawn(name, ["mosquitto", "-c", str(conf)], "brokers", lab.run_dir / "logs" / f"{name}.log",
+        from workloads.lab.lab import broker_command
+
+        p = lab.spawn(name, broker_command(conf), "brokers", lab.run_dir / "logs" / f"{name}.log",
                       cap.procs_files if cap else ())
         netns.wait_tcp(lab.ns("brokers"), b.address, b.port)
         return f"started again as pid {p.pid}, listening"

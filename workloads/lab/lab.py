@@ -42,6 +42,12 @@ HAPROXY_SESS = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeou
 _CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
 
 
+def broker_command(conf: Path) -> list[str]:
+    """Line-buffered output: a broker killed by a fault would otherwise take its last log lines
+    (who connected) with it. stdbuf execs mosquitto, so the PID stays the broker's."""
+    return ["stdbuf", "-oL", "mosquitto", "-c", str(conf)]
+
+
 def kernel_has_ipvs() -> bool:
     if Path("/proc/net/ip_vs").exists():
         return True
@@ -179,7 +185,7 @@ class Lab:
             cap = cgroups.create(version, self.lab_id, b.name, self.plan.broker_cpus, self.plan.broker_memory_mb)
             self.caps[b.name] = cap
             conf = self.files / "brokers" / b.name / "mosquitto.conf"
-            self.spawn(b.name, ["mosquitto", "-c", str(conf)], host, logs / f"{b.name}.log", cap.procs_files)
+            self.spawn(b.name, broker_command(conf), host, logs / f"{b.name}.log", cap.procs_files)
         for b in self.plan.brokers:
             netns.wait_tcp(self.ns(host), b.address, b.port)
         # caps read back from the kernel, with the process really inside
