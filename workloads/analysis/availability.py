@@ -65,14 +65,12 @@ def read_outages(run: Run) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _run_end(run: Run) -> float:
-    return float(run.manifest.get("ended_at") or np.inf)
-
-
 def window(fault: dict[str, Any], run: Run) -> tuple[float, float]:
+    """From when the fault was carried out to when it was undone; a kill lasts to the end of the
+    measurement (before the teardown, whose disconnections are no fault's doing)."""
     start = float(fault["started_at"])
-    end = fault.get("ended_at")
-    return start, float(end) if end is not None else _run_end(run)
+    end = fault.get("ended_at") or fault.get("run_ended_at") or run.manifest.get("ended_at")
+    return start, float(end) if end is not None else np.inf
 
 
 def _pct(x: np.ndarray) -> dict[str, float | None]:

@@ -100,6 +100,8 @@ class Injector:
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout=60)
+        for r in self.records:  # the measurement ends here: what the teardown breaks is no fault's doing
+            r["run_ended_at"] = time.time()
         for i in list(self.undo):
             try:
                 self.end(i, by_teardown=True)
