@@ -121,6 +121,7 @@ class Injector:
         f = self.faults[i]
         rec = self.records[i]
         lab = self.lab
+        began = time.time()  # before the act: on one machine a client can notice within a millisecond
         if f.kind == "broker":
             pid = lab.procs[f.target].pid
             if f.action == "pause":
@@ -146,15 +147,16 @@ class Injector:
             self.nft(lab.ns(bal.host), director_dead_rules(table, bal.vip, bal.port, brokers, bal.real_servers[0].port))
             self.undo[i] = lambda: self.nft_delete(lab.ns(bal.host), table)
             rec["detail"] = f"drop all of {bal.vip}:{bal.port} and its broker traffic in {lab.ns(bal.host)}"
-        rec["started_at"] = time.time()
+        rec["started_at"] = began
         self.write()
         lab.say(f"fault {f.spec}: {rec['detail']}")
 
     def end(self, i: int, by_teardown: bool = False) -> None:
         undo = self.undo.pop(i)
+        ended = time.time()
         what = undo()
         rec = self.records[i]
-        rec["ended_at"] = time.time()
+        rec["ended_at"] = ended
         rec["detail"] += f"; ended: {what}" + (" (at the end of the run)" if by_teardown else "")
         self.write()
         self.lab.say(f"fault {self.faults[i].spec} ended: {what}")
