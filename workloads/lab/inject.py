@@ -153,10 +153,9 @@ class Injector:
 
     def end(self, i: int, by_teardown: bool = False) -> None:
         undo = self.undo.pop(i)
-        ended = time.time()
         what = undo()
         rec = self.records[i]
-        rec["ended_at"] = ended
+        rec["ended_at"] = time.time()  # in force until undone (a restarted broker: until it listens)
         rec["detail"] += f"; ended: {what}" + (" (at the end of the run)" if by_teardown else "")
         self.write()
         self.lab.say(f"fault {self.faults[i].spec} ended: {what}")
