@@ -175,7 +175,8 @@ def fault_table(run: Run) -> pd.DataFrame:
             continue  # never carried out (the run ended first, or it failed: see its detail)
         start, end = window(f, run)
         # a silent failure is noticed only by keepalive (1.5 x), so outages that begin that late still belong to it
-        notice = end + 1.5 * keepalive if f["kind"] == "director" else end
+        measured_to = float(f.get("run_ended_at") or run.manifest.get("ended_at") or np.inf)
+        notice = min(end + 1.5 * keepalive, measured_to) if f["kind"] == "director" else end
         o = outages[(outages["lost_at"] >= start - 0.001) & (outages["lost_at"] <= notice)]
         back = o[o["back_at"] > 0]
         took = (back["back_at"] - back["lost_at"]).to_numpy(dtype=float)
