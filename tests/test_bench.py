@@ -246,3 +246,28 @@ def test_reconnect_backoff_doubles_with_jitter_and_stays_bounded() -> None:
         d = [delay_s(failures, 200, 2500, rng) for _ in range(200)]
         assert lo <= min(d) and max(d) <= hi and max(d) - min(d) > (hi - lo) / 2  # spread: jittered, not lock step
     assert delay_s(10_000, 200, 2500, rng) <= 2.5
+
+
+def test_clients_reconnect_after_a_keepalive_timeout(tmp_path: Path) -> None:
+    """A paused broker answers nothing: paho gives up on keepalive and closes the socket itself;
+    the reconnection must reuse the freed descriptor number without tripping over the old one."""
+    b = Broker(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*MQTTLAB, "bench", "run", "--target", b.target, "--out", str(out), "--publishers", "1", "--subscribers", "1",
+                             "--messages", "300", "--interval-ms", "50", "--qos", "1", "--keepalive", "5", "--drain-s", "3", "--quiet", "--json",
+                             "--reconnect-min-ms", "100", "--reconnect-max-ms", "400"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(p.stat().st_size > 0 for p in out.glob("bench/local/deliveries-*.bin")), 30, "first deliveries")
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        wait_for(lambda: "Keep alive timeout" in "".join(p.read_text() for p in out.glob("bench/local/events-*.csv")), 60, "a keepalive timeout")
+        os.kill(b.proc.pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+        b.stop()
+    assert proc.returncode == 0, stderr[-2000:]
+    s = json.loads(stdout)
+    assert s["sent"] == 300 and s["clients_connected"] == 2
+    rows = [line.split(",") for p in out.glob("bench/local/outages-*.csv") for line in p.read_text().splitlines()[1:]]
+    assert rows and all(float(r[3]) > float(r[2]) for r in rows)  # every lost connection came back

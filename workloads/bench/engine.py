@@ -484,6 +484,9 @@ class Worker:
             return
         sock = st.client.socket()
         if sock is not None:
+            # paho closes a socket itself on a keepalive timeout, leaving its entry here; the kernel
+            # then hands the same number to a new socket
+            self.drop(st, sock.fileno())
             self.sel.register(sock.fileno(), selectors.EVENT_READ, st)
             self.flush_writes()
 
