@@ -167,3 +167,15 @@ def test_availability_per_fault_on_a_run_with_known_truth(tmp_path: Path, health
 def test_runs_without_faults_have_no_availability_section(known: Path, tmp_path: Path) -> None:
     rep = write_report([load_run(known)], tmp_path / "report")
     assert "Availability under faults" not in rep["html"].read_text() and not (tmp_path / "report" / "availability.csv").exists()
+
+
+def test_a_client_back_only_after_the_measurement_ended_counts_as_never_back(tmp_path: Path) -> None:
+    from workloads.analysis.availability import fault_table
+    from workloads.analysis.synthetic import T0, write_fault_run
+
+    path, truth = write_fault_run(tmp_path / "faulted")
+    rec = json.loads((path / "faults.jsonl").read_text())
+    (path / "faults.jsonl").write_text(json.dumps(rec | {"ended_at": None, "run_ended_at": T0 + 0.5}) + "\n")
+    f = fault_table(load_run(path)).to_dict("records")[0]
+    assert f["window_s"] == pytest.approx(0.46) and f["affected_clients"] == 3
+    assert f["never_back"] == 1 and f["reconnect_max_s"] == truth["reconnect_s"][1]  # the one back after 1 s was back too late

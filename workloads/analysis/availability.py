@@ -97,8 +97,16 @@ def lost_with_send_time(run: Run) -> pd.DataFrame:
     for pub, idx in lost.groupby("pub").groups.items():
         k = known[known["pub"] == pub]
         seqs = lost.loc[idx, "seq"].to_numpy(dtype=float)
-        if len(k) >= 2:
-            lost.loc[idx, "send_s"] = np.interp(seqs, k["seq"].to_numpy(dtype=float), k["send_ns"].to_numpy(dtype=float) / 1e9)
+        xs, ys = list(k["seq"].to_numpy(dtype=float)), list(k["send_ns"].to_numpy(dtype=float) / 1e9)
+        if len(xs) and pub in pubs.index:  # beyond what arrived, the publisher's own first and last send anchor the line
+            row = pubs[pubs.index == pub]
+            last_seq = float(row["sent"].sum()) - 1
+            if xs[0] > 0:
+                xs, ys = [0.0, *xs], [float(row["first_send_s"].min()), *ys]
+            if last_seq > xs[-1]:
+                xs, ys = [*xs, last_seq], [*ys, float(row["last_send_s"].max())]
+        if len(xs) >= 2:
+            lost.loc[idx, "send_s"] = np.interp(seqs, np.asarray(xs), np.asarray(ys))
         elif pub in pubs.index:  # nothing of it arrived: spread its messages over its sending time
             row = pubs[pubs.index == pub]
             first, last, sent = float(row["first_send_s"].min()), float(row["last_send_s"].max()), max(1, int(row["sent"].sum()) - 1)
@@ -174,10 +182,11 @@ def fault_table(run: Run) -> pd.DataFrame:
         if f.get("started_at") is None:
             continue  # never carried out (the run ended first, or it failed: see its detail)
         start, end = window(f, run)
-        # a silent failure is noticed only by keepalive (1.5 x), so outages that begin that late still belong to it
         measured_to = float(f.get("run_ended_at") or run.manifest.get("ended_at") or np.inf)
+        # a silent failure is noticed only by keepalive (1.5 x), so outages that begin that late still belong to it
         notice = min(end + 1.5 * keepalive, measured_to) if f["kind"] == "director" else end
         o = outages[(outages["lost_at"] >= start - 0.001) & (outages["lost_at"] <= notice)]
+        o = o.assign(back_at=o["back_at"].where(o["back_at"] <= measured_to, 0))  # back only once the teardown lifted it: not back
         back = o[o["back_at"] > 0]
         took = (back["back_at"] - back["lost_at"]).to_numpy(dtype=float)
         after = connects.merge(o[["client_id", "lost_at"]], on="client_id") if not connects.empty else pd.DataFrame()
