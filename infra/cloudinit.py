@@ -40,7 +40,7 @@ def cloud_config(role: str, admin_user: str, docker: bool = False, host_key: tup
         packages += ["docker.io", "docker-compose-v2"]
         runcmd += [["systemctl", "enable", "--now", "docker"], ["usermod", "-aG", "docker", admin_user]]
     if role == "balancer":
-        packages += ["ipvsadm", "conntrack", "iptables"]
+        packages += ["ipvsadm", "conntrack", "iptables", "keepalived"]
         files += [
             {"path": "/etc/modules-load.d/mqttlab-ipvs.conf", "content": "".join(f"{m}\n" for m in IPVS_MODULES), "permissions": "0644"},
             {"path": "/etc/sysctl.d/90-mqttlab.conf", "content": "net.ipv4.ip_forward = 1\n", "permissions": "0644"},

@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(mosquitto mosquitto-clients ipvsadm haproxy nftables iptables conntrack iproute2 procps kmod util-linux python3-venv python3-pip openssh-client)
+pkgs=(mosquitto mosquitto-clients ipvsadm haproxy keepalived nftables iptables conntrack iproute2 procps kmod util-linux python3-venv python3-pip openssh-client)
 if [ "$dev" = 1 ]; then
   pkgs+=(docker-compose cloud-init qemu-system-x86 busybox-static chromium time)
 fi

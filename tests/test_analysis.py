@@ -136,3 +136,46 @@ def test_report_over_real_lab_runs_of_both_topologies(tmp_path: Path) -> None:
         assert s["connections_per_broker"] == lab_summary["connections_per_broker"]
         assert s["topology"] == lab_summary["topology"] and sum(s["connections_per_broker"].values()) == 12
     assert set(res["comparison"]["topology"]) == {"distributed", "centralized"}
+
+
+@pytest.mark.parametrize("health_checked", [True, False])
+def test_availability_per_fault_on_a_run_with_known_truth(tmp_path: Path, health_checked: bool) -> None:
+    from workloads.analysis.availability import fault_table
+    from workloads.analysis.synthetic import write_fault_run
+
+    path, truth = write_fault_run(tmp_path / "faulted", health_checked)
+    rows = fault_table(load_run(path)).to_dict("records")
+    assert len(rows) == 1
+    f = rows[0]
+    assert (f["spec"], f["window_s"]) == ("broker2:restart@0.04s+2s", 2.0)
+    assert f["affected"] == truth["affected"] and f["affected_by_host"] == truth["affected_by_host"] and f["never_back"] == 0
+    took = truth["reconnect_s"]
+    assert (f["reconnect_p50_s"], f["reconnect_max_s"]) == (took[1], took[2])
+    assert f["reconnect_p99_s"] == pytest.approx(took[1] + 0.98 * (took[2] - took[1]), abs=1e-3)
+    assert f["back_on"] == truth["back_on"]
+    assert (f["lost_inside"], f["lost_outside"], f["dup_inside"], f["dup_outside"]) == (80, 5, 1, 1)
+    assert f["balancer_out_after_s"] == truth["balancer_out_after_s"] and f["sent_to_failed_broker"] == truth["sent_to_failed_broker"]
+    # the report carries it: table, plot, summary
+    rep = write_report([load_run(path)], tmp_path / "report")
+    assert (tmp_path / "report" / "availability.png").stat().st_size > 10_000
+    html_text = rep["html"].read_text()
+    assert "Availability under faults" in html_text and "broker2:restart@0.04s+2s" in html_text
+    s = json.loads((tmp_path / "report" / "summary.json").read_text())["runs"][0]["faults"][0]
+    assert s["lost_inside"] == 80 and s["affected_clients"] == 3
+
+
+def test_runs_without_faults_have_no_availability_section(known: Path, tmp_path: Path) -> None:
+    rep = write_report([load_run(known)], tmp_path / "report")
+    assert "Availability under faults" not in rep["html"].read_text() and not (tmp_path / "report" / "availability.csv").exists()
+
+
+def test_a_client_back_only_after_the_measurement_ended_counts_as_never_back(tmp_path: Path) -> None:
+    from workloads.analysis.availability import fault_table
+    from workloads.analysis.synthetic import T0, write_fault_run
+
+    path, truth = write_fault_run(tmp_path / "faulted")
+    rec = json.loads((path / "faults.jsonl").read_text())
+    (path / "faults.jsonl").write_text(json.dumps(rec | {"ended_at": None, "run_ended_at": T0 + 0.5}) + "\n")
+    f = fault_table(load_run(path)).to_dict("records")[0]
+    assert f["window_s"] == pytest.approx(0.46) and f["affected_clients"] == 3
+    assert f["never_back"] == 1 and f["reconnect_max_s"] == truth["reconnect_s"][1]  # the one back after 1 s was back too late

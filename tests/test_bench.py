@@ -200,12 +200,15 @@ def test_clients_reconnect_after_the_broker_restarts(tmp_path: Path) -> None:
     b = Broker(tmp_path)
     out = tmp_path / "run"
     proc = subprocess.Popen([*MQTTLAB, "bench", "run", "--target", b.target, "--out", str(out), "--publishers", "2", "--subscribers", "2",
-                             "--messages", "200", "--interval-ms", "40", "--qos", "1", "--drain-s", "2", "--quiet", "--json"],
+                             "--messages", "200", "--interval-ms", "40", "--qos", "1", "--drain-s", "2", "--quiet", "--json",
+                             "--reconnect-min-ms", "100", "--reconnect-max-ms", "400"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: any(p.stat().st_size > 0 for p in out.glob("bench/local/deliveries-*.bin")), 30, "first deliveries")
         b.stop()
+        down_at = time.time()
         time.sleep(1.5)
+        up_at = time.time()
         conf = next(tmp_path.glob(f"mosquitto-{b.port}.conf"))
         b.proc = netns.spawn(["mosquitto", "-c", str(conf)], None, b.log)  # the same broker comes back
         stdout, stderr = proc.communicate(timeout=120)
@@ -216,6 +219,12 @@ def test_clients_reconnect_after_the_broker_restarts(tmp_path: Path) -> None:
     assert events.count(",disconnect,") == 4 and events.count(",reconnect,") >= 4, events
     assert s["disconnects"] == 4 and s["clients_connected"] == 4
     assert s["sent"] == 200 and s["delivered"] > 0
+    # one outage per client: lost when the broker went, back only after it returned, after several
+    # refused attempts (each wait is at most 400 ms, the broker was away 1.5 s)
+    rows = [line.split(",") for p in out.glob("bench/local/outages-*.csv") for line in p.read_text().splitlines()[1:]]
+    assert len(rows) == 4 and {r[1] for r in rows} == {"pub", "sub"}
+    for _cid, _role, lost, back, attempts, before, after in rows:
+        assert float(lost) <= down_at + 0.5 and float(back) >= up_at and int(attempts) >= 2 and before and after and before != after
 
 
 def test_timeline_accounts_for_every_message(broker: Broker, tmp_path: Path) -> None:
@@ -225,3 +234,40 @@ def test_timeline_accounts_for_every_message(broker: Broker, tmp_path: Path) -> 
     assert cp.returncode == 0, cp.stderr
     rows = [line.split(",") for p in out.glob("bench/local/timeline-*.csv") for line in p.read_text().splitlines()[1:]]
     assert sum(int(r[2]) for r in rows) == 500 and sum(int(r[4]) for r in rows) == 1500  # sent, received
+
+
+def test_reconnect_backoff_doubles_with_jitter_and_stays_bounded() -> None:
+    import random
+
+    from workloads.bench.backoff import delay_s
+
+    rng = random.Random(1)
+    for failures, (lo, hi) in enumerate([(0.1, 0.2), (0.2, 0.4), (0.4, 0.8), (0.8, 1.6), (1.25, 2.5), (1.25, 2.5)]):
+        d = [delay_s(failures, 200, 2500, rng) for _ in range(200)]
+        assert lo <= min(d) and max(d) <= hi and max(d) - min(d) > (hi - lo) / 2  # spread: jittered, not lock step
+    assert delay_s(10_000, 200, 2500, rng) <= 2.5
+
+
+def test_clients_reconnect_after_a_keepalive_timeout(tmp_path: Path) -> None:
+    """A paused broker answers nothing: paho gives up on keepalive and closes the socket itself;
+    the reconnection must reuse the freed descriptor number without tripping over the old one."""
+    b = Broker(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*MQTTLAB, "bench", "run", "--target", b.target, "--out", str(out), "--publishers", "1", "--subscribers", "1",
+                             "--messages", "300", "--interval-ms", "50", "--qos", "1", "--keepalive", "5", "--drain-s", "3", "--quiet", "--json",
+                             "--reconnect-min-ms", "100", "--reconnect-max-ms", "400"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(p.stat().st_size > 0 for p in out.glob("bench/local/deliveries-*.bin")), 30, "first deliveries")
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        wait_for(lambda: "Keep alive timeout" in "".join(p.read_text() for p in out.glob("bench/local/events-*.csv")), 60, "a keepalive timeout")
+        os.kill(b.proc.pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+        b.stop()
+    assert proc.returncode == 0, stderr[-2000:]
+    s = json.loads(stdout)
+    assert s["sent"] == 300 and s["clients_connected"] == 2
+    rows = [line.split(",") for p in out.glob("bench/local/outages-*.csv") for line in p.read_text().splitlines()[1:]]
+    assert rows and all(float(r[3]) > float(r[2]) for r in rows)  # every lost connection came back

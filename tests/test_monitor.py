@@ -75,7 +75,7 @@ def test_ipvs_output_is_joined_per_real_server() -> None:
     rows = parse_ipvs(IPVS_STATS, IPVS_LIST)
     assert [r["real"] for r in rows] == ["10.2.0.20:1883", "10.2.0.21:1883", "10.2.0.22:1883"]
     assert rows[1] == {"virtual": "10.3.0.10:1883", "real": "10.2.0.21:1883", "total_conns": 53, "packets_in": 16050, "packets_out": 15990,
-                       "bytes_in": 1100060, "bytes_out": 1710002, "active_conns": 53, "inactive_conns": 1}
+                       "bytes_in": 1100060, "bytes_out": 1710002, "active_conns": 53, "inactive_conns": 1, "status": "UP"}
     assert set(rows[0]) <= set(BALANCER_COLUMNS)
 
 

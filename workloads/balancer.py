@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from workloads.plan import Balancer, Plan
+from workloads.probe import CONNACK_OK, DISCONNECT, connect_packet
 
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "mh")
 HAPROXY_ALGORITHMS = {"rr": "roundrobin", "wrr": "roundrobin", "lc": "leastconn", "wlc": "leastconn", "sh": "source", "mh": "source"}
@@ -89,6 +90,8 @@ def ipvs_apply_steps(host: str, scheduler: str, rendered: Mapping[str, str]) -> 
         (["ipvsadm", "--set", *rendered[f"{host}/ipvs-timeouts"].split()], None, True),
         (["iptables-restore"], rendered[f"{host}/rules.v4"], True),
     ]
+    if f"{host}/keepalived.conf" in rendered:  # health-checked: keepalived creates the virtual server itself
+        steps = [s for s in steps if s[0][0] != "ipvsadm-restore"]
     return steps
 
 
@@ -139,6 +142,39 @@ def haproxy_cfg(bal: Balancer, maxconn: int = 20000, stats_socket: str | None = 
     ]
     if bal.scheduler == "mh":
         lines.append("\thash-type consistent")
+    lines += haproxy_checks(bal)
+    check = haproxy_server_check(bal)
     for rs in bal.real_servers:
-        lines.append(f"\tserver {rs.broker} {rs.address}:{rs.port} weight {rs.weight}")
+        lines.append(f"\tserver {rs.broker} {rs.address}:{rs.port} weight {rs.weight}{check}")
     return "\n".join(lines) + "\n"
+
+
+def _ms(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+def haproxy_checks(bal: Balancer) -> list[str]:
+    """The same health check as keepalived's: for ``mqtt`` an MQTT CONNECT must be answered by
+    an accepting CONNACK (the bytes of :mod:`workloads.probe`), for ``tcp`` the port must accept."""
+    hc = bal.health_check
+    if hc.type == "none":
+        return []
+    lines = [f"\ttimeout check {_ms(hc.timeout)}"]
+    if hc.type == "mqtt":
+        lines += [
+            "\toption tcp-check",
+            "\ttcp-check connect",
+            f"\ttcp-check send-binary {connect_packet(f'mqttlab-probe-{bal.host}').hex()}",
+            f"\ttcp-check expect binary {CONNACK_OK.hex()}",
+            f"\ttcp-check send-binary {DISCONNECT.hex()}",
+        ]
+    return lines
+
+
+def haproxy_server_check(bal: Balancer) -> str:
+    """Per-server check timing: out after ``retries`` failures (``fall``), back on the first pass
+    (``rise 1``, as keepalived puts a server back after one good check)."""
+    hc = bal.health_check
+    if hc.type == "none":
+        return ""
+    return f" check inter {_ms(hc.interval)} fall {hc.retries} rise 1"

@@ -44,6 +44,9 @@ def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker) -> str:
             f"# bridge {link.local} -> {link.remote}",
             f"connection {link.name}",
             f"address {link.remote_address}:{link.remote_port}",
+            # leave from the hub's own address, also where brokers share a host: a bridge is then
+            # one address pair, which is what a bridge cut (fault injection) drops
+            f"bridge_bind_address {broker.address}",
             f"remote_clientid {link.remote_clientid}",
             f"local_clientid {link.remote_clientid}-local",
             f"topic # both {link.qos}",

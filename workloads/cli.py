@@ -32,7 +32,7 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
 SCENARIO_TYPES: dict[str, Callable[[str], Any]] = {
     "publishers": int, "subscribers": int, "messages": int, "qos": int, "intervalMs": int,
     "payloadBytes": int, "mqttVersion": str, "topicLayout": str, "topic": str, "connectRate": int,
-    "keepalive": int, "drainS": float, "timeLimitS": float,
+    "keepalive": int, "drainS": float, "timeLimitS": float, "reconnectMinMs": int, "reconnectMaxMs": int,
 }
 
 
@@ -60,7 +60,7 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
 OPTION_OF = {f"mqttlab:scenario.{k}": opt for k, (_a, opt, _d) in FIELDS.items()} | {
     "mqttlab:topology": "--topology", "mqttlab:balancer.scheduler": "--scheduler",
     "mqttlab:brokers.cpus": "--broker-cpus", "mqttlab:brokers.memoryMb": "--broker-memory-mb",
-}
+} | {f"mqttlab:balancer.healthCheck.{k}": f"--health-{'check' if k == 'type' else k}" for k in ("type", "interval", "retries", "timeout")}
 
 
 def load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> ExperimentConfig:

@@ -8,6 +8,7 @@ anything is created anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from workloads.faults import Fault, FaultError, TargetError, check_targets, parse_fault
 from workloads.scenario import Scenario, scenario_from_mapping
 
 NAMESPACE = "mqttlab"
@@ -28,6 +30,7 @@ BRIDGE_LAYOUTS = ("star", "none")
 # a load, so it is a setting with the reference's value one line away ([all]).
 LOG_TYPES = ("debug", "error", "warning", "notice", "information", "subscribe", "unsubscribe", "websockets", "none", "all")
 DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
+HEALTH_CHECKS = ("none", "mqtt", "tcp")
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,18 @@ class BridgeConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheckConfig:
+    """How a balancer proves a broker is alive: ``none`` (IPVS alone, as the reference), ``tcp``
+    (the port accepts) or ``mqtt`` (a CONNECT is answered by a CONNACK). A broker is taken out
+    after ``retries`` failed checks ``interval`` seconds apart, each bounded by ``timeout``."""
+
+    type: str = "none"
+    interval: float = 1.0
+    retries: int = 2
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True)
 class BalancerConfig:
     scheduler: str
     weights: tuple[int, ...]
@@ -81,6 +96,7 @@ class BalancerConfig:
     timeout_tcp: int
     timeout_tcpfin: int
     timeout_udp: int
+    health_check: HealthCheckConfig = HealthCheckConfig()
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,7 @@ class ExperimentConfig:
     balancer: BalancerConfig
     scenario: Scenario
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    faults: tuple[Fault, ...] = ()
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
         """Re-validate with ``{"section.key": value}`` overrides, so the command line obeys the
@@ -286,6 +303,28 @@ def _parse_balancer(cfg: Mapping[str, Any], brokers: BrokerConfig) -> BalancerCo
         timeout_tcp=_int(p + "timeouts.tcp", _get(_get(sec, "timeouts", {}), "tcp", 900), 1),
         timeout_tcpfin=_int(p + "timeouts.tcpfin", _get(_get(sec, "timeouts", {}), "tcpfin", 120), 1),
         timeout_udp=_int(p + "timeouts.udp", _get(_get(sec, "timeouts", {}), "udp", 300), 1),
+        health_check=_parse_health_check(_get(sec, "healthCheck", {}), p + "healthCheck"),
+    )
+
+
+def _parse_health_check(sec: Any, key: str) -> HealthCheckConfig:
+    if not isinstance(sec, Mapping):
+        raise ConfigError(key, sec, "must be a mapping with type (none, mqtt, tcp), interval, retries, timeout")
+    unknown = sorted(set(sec) - {"type", "interval", "retries", "timeout"})
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", sec[unknown[0]], "is not a health check setting; known: type, interval, retries, timeout")
+    d = HealthCheckConfig()
+    interval = _positive_float(key + ".interval", _get(sec, "interval", d.interval))
+    timeout = _positive_float(key + ".timeout", _get(sec, "timeout", d.timeout))
+    if interval > 3600 or timeout > 3600:
+        raise ConfigError(key + (".interval" if interval > 3600 else ".timeout"), max(interval, timeout), "must be <= 3600 seconds")
+    if timeout > interval:
+        raise ConfigError(key + ".timeout", timeout, f"must be <= interval ({interval}): a check must end before the next one starts")
+    return HealthCheckConfig(
+        type=_choice(key + ".type", _get(sec, "type", d.type), HEALTH_CHECKS),
+        interval=interval,
+        retries=_int(key + ".retries", _get(sec, "retries", d.retries), 1, 100),
+        timeout=timeout,
     )
 
 
@@ -301,7 +340,35 @@ def parse_config(cfg: Mapping[str, Any], stack: str) -> ExperimentConfig:
     scenario = scenario_from_mapping(_section(cfg, "scenario"), prefix=f"{NAMESPACE}:scenario.")
     if bridge.layout != "none" and bridge.qos < scenario.qos:
         raise ConfigError(f"{NAMESPACE}:bridge.qos", bridge.qos, f"must be >= the scenario's qos {scenario.qos}, or the bridge downgrades the test's guarantees")
-    return ExperimentConfig(stack, topology, network, brokers, bridge, balancer, scenario, raw=dict(cfg))
+    exp = ExperimentConfig(stack, topology, network, brokers, bridge, balancer, scenario, raw=dict(cfg))
+    faults = _parse_faults(cfg.get(f"{NAMESPACE}:faults"), exp)
+    return dataclasses.replace(exp, faults=faults) if faults else exp
+
+
+def _parse_faults(value: Any, exp: ExperimentConfig) -> tuple[Fault, ...]:
+    """``mqttlab:faults``: a list of fault strings (see :mod:`workloads.faults`), checked against
+    this very plan, so a fault on a broker or bridge that does not exist is refused up front."""
+    from workloads.plan import build_plan
+
+    key = f"{NAMESPACE}:faults"
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(key, value, "must be a list of faults like broker2:kill@5s")
+    keys = [f"{key}[{i}]" for i in range(len(value))]
+    faults = []
+    for k, text in zip(keys, value, strict=True):
+        try:
+            faults.append(parse_fault(text))
+        except FaultError as exc:
+            raise ConfigError(k, text, str(exc)) from None
+    plan = build_plan(exp)
+    try:
+        check_targets(faults, [b.name for b in plan.brokers], [b.name for b in plan.bridges], [b.host for b in plan.balancers],
+                      exp.scenario.time_limit_s, keys)
+    except TargetError as exc:
+        raise ConfigError(exc.key, exc.spec, str(exc)) from None
+    return tuple(faults)
 
 
 def stack_file(stack: str, project_dir: Path | None = None) -> Path:

@@ -150,6 +150,13 @@ def apply_balancer(plan: Plan, host: str, rendered: dict[str, str]) -> str:
         return f"no balancer on {host} in the {plan.topology} topology; its clients use {next(c.target for c in plan.clients if c.host == host)}\n"
     for argv, stdin, check in ipvs_apply_steps(host, bal.scheduler, rendered):
         sh(argv, input=stdin, check=check)
+    if bal.health_check.type != "none":
+        from workloads import keepalived
+
+        try:
+            keepalived.start_daemon(bal, Path("/run/mqttlab/keepalived") / host)  # root-only: script security
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            raise LabError(str(exc)) from None
     return sh(["ipvsadm", "-Sn"]).stdout
 
 

@@ -28,7 +28,7 @@ BROKER_COLUMNS = [
 ]
 BALANCER_COLUMNS = [
     "time_s", "host", "kind", "virtual", "real", "active_conns", "inactive_conns",
-    "total_conns", "packets_in", "packets_out", "bytes_in", "bytes_out",
+    "total_conns", "packets_in", "packets_out", "bytes_in", "bytes_out", "status",
 ]
 SYS_TOPICS = {
     "$SYS/broker/clients/connected": "clients_connected",
@@ -174,8 +174,8 @@ def parse_ipvs(stats_text: str, conns_text: str) -> list[dict[str, object]]:
         if parts[:1] in (["TCP"], ["UDP"]):
             virtual = parts[1]
         elif parts[:1] == ["->"] and len(parts) >= 7 and parts[1][0].isdigit():
-            rows[(virtual, parts[1])] = {
-                "virtual": virtual, "real": parts[1], "total_conns": int(parts[2]), "packets_in": int(parts[3]),
+            rows[(virtual, parts[1])] = {  # listed means in service: keepalived removes failed servers
+                "virtual": virtual, "real": parts[1], "status": "UP", "total_conns": int(parts[2]), "packets_in": int(parts[3]),
                 "packets_out": int(parts[4]), "bytes_in": int(parts[5]), "bytes_out": int(parts[6]),
             }
     for line in conns_text.splitlines():
@@ -183,7 +183,7 @@ def parse_ipvs(stats_text: str, conns_text: str) -> list[dict[str, object]]:
         if parts[:1] in (["TCP"], ["UDP"]):
             virtual = parts[1]
         elif parts[:1] == ["->"] and len(parts) >= 6 and parts[1][0].isdigit():
-            r = rows.setdefault((virtual, parts[1]), {"virtual": virtual, "real": parts[1]})
+            r = rows.setdefault((virtual, parts[1]), {"virtual": virtual, "real": parts[1], "status": "UP"})
             r["active_conns"] = int(parts[4])
             r["inactive_conns"] = int(parts[5])
     return list(rows.values())
@@ -206,6 +206,7 @@ def parse_haproxy_stat(csv_text: str) -> list[dict[str, object]]:
             "virtual": rec["pxname"], "real": rec.get("addr") or rec["svname"], "active_conns": int(rec["scur"] or 0),
             "inactive_conns": 0, "total_conns": int(rec["stot"] or 0), "bytes_in": int(rec["bin"] or 0),
             "bytes_out": int(rec["bout"] or 0), "packets_in": "", "packets_out": "",
+            "status": (rec.get("status") or "").strip(),  # UP, DOWN, "UP 1/2" (going down), "no check"
         })
     return rows
 

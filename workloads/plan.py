@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from workloads.config import ExperimentConfig, NetworkConfig
+from workloads.config import ExperimentConfig, HealthCheckConfig, NetworkConfig
 
 BROKER_HOST = "brokers"
 LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
@@ -66,6 +66,7 @@ class Balancer:
     timeout_tcp: int
     timeout_tcpfin: int
     timeout_udp: int
+    health_check: HealthCheckConfig = HealthCheckConfig()
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def build_plan(cfg: ExperimentConfig) -> Plan:
     bc = cfg.balancer
 
     def balancer(host: Host, snat: tuple[str, ...]) -> Balancer:
-        return Balancer(host.name, host.address, bc.port, bc.scheduler, bc.forwarding, reals, snat, bc.timeout_tcp, bc.timeout_tcpfin, bc.timeout_udp)
+        return Balancer(host.name, host.address, bc.port, bc.scheduler, bc.forwarding, reals, snat, bc.timeout_tcp, bc.timeout_tcpfin, bc.timeout_udp,
+                        bc.health_check)
 
     if cfg.topology == "distributed":
         balancers = tuple(balancer(h, ()) for h in bal_hosts)

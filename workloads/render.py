@@ -11,6 +11,7 @@ from pathlib import Path
 
 from workloads import balancer as bal_r
 from workloads import brokers as brk_r
+from workloads import keepalived
 from workloads.config import ExperimentConfig
 from workloads.plan import Plan
 
@@ -31,6 +32,8 @@ def render_files(plan: Plan, cfg: ExperimentConfig) -> dict[str, str]:
         files[f"{d}/sysctl.conf"] = bal_r.sysctl_conf(plan, d)
         files[f"{d}/nft-balancer.nft"] = bal_r.nft_balancer(bal)
         files[f"{d}/haproxy.cfg"] = bal_r.haproxy_cfg(bal)
+        if bal.health_check.type != "none":
+            files[f"{d}/keepalived.conf"] = keepalived.keepalived_conf(bal)
     return files
 
 

@@ -34,6 +34,8 @@ FIELDS: dict[str, tuple[str, str, Any]] = {
     "cleanSession": ("clean_session", "--clean-session", True),
     "drainS": ("drain_s", "--drain-s", 5.0),
     "timeLimitS": ("time_limit_s", "--time-limit-s", 600.0),
+    "reconnectMinMs": ("reconnect_min_ms", "--reconnect-min-ms", 200),
+    "reconnectMaxMs": ("reconnect_max_ms", "--reconnect-max-ms", 5000),
 }
 
 
@@ -54,6 +56,8 @@ class Scenario:
     clean_session: bool = True
     drain_s: float = 5.0
     time_limit_s: float = 600.0
+    reconnect_min_ms: int = 200  # back-off of a client that lost its connection: doubles per failed
+    reconnect_max_ms: int = 5000  # attempt up to the max, each wait drawn in [half, full] (jitter)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +124,8 @@ def validate(s: Scenario, names: Mapping[str, str]) -> Scenario:
     whole("payload_bytes", HEADER_BYTES, 256 * 1024 * 1024)
     whole("connect_rate", 1)
     whole("keepalive", 5, 65535)
+    whole("reconnect_min_ms", 10, 600_000)
+    whole("reconnect_max_ms", s.reconnect_min_ms, 600_000)
     if s.qos not in QOS_LEVELS or isinstance(s.qos, bool):
         raise _err(names["qos"], s.qos, "must be 0, 1 or 2")
     if s.mqtt_version not in MQTT_VERSIONS:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from workloads.analysis import availability  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import attribution, comparison, summarize_run, throughput  # noqa: E402
 
@@ -140,6 +141,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Any]:
         s["attribution"] = {"total_lost": a.attrs["total_lost"], "unexplained": a.attrs["unexplained"], "rows": a.drop(columns="run_id").to_dict("records")}
     att = pd.concat(attributions, ignore_index=True) if attributions else pd.DataFrame()
     att.to_csv(out / "attribution.csv", index=False)
+    faults_html = availability.report_section(runs, summaries, out)
     (out / "summary.json").write_text(json.dumps({"runs": summaries, "comparison": comp.to_dict("records")}, indent=2, default=str))
     plots = [plot_loss(summaries, out / "loss.png"), plot_latency(runs, out / "latency.png"),
              plot_connections(summaries, out / "connections.png"), plot_timeseries(runs, out / "timeseries.png")]
@@ -154,6 +156,7 @@ table.t td,table.t th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} 
 <h2>Comparison</h2><p>Grouped by topology, balancer, scheduler, QoS and load; mean and standard deviation over repetitions.</p>{_table(comp)}
 <h2>Where messages were lost</h2><p>Each lost delivery classified from the bench's records, set against the brokers' own drop counters
 and warnings. Unexplained: lost deliveries that no broker reported.</p>{_table(att) if not att.empty else '<p>No message was lost.</p>'}
+{faults_html}
 <h2>Plots</h2>{''.join(_img(p) for p in plots)}
 </body></html>"""
     (out / "report.html").write_text(doc)

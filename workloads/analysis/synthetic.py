@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,3 +150,59 @@ def reference_truth(sent: int = 100) -> Truth:
     t.lost |= {(s, 1, sent - 1) for s in range(4)}
     t.drops_logged = [("broker1", t.cid("sub", 0)), ("broker1", "mqttlab-bridge-x-broker1-broker3-local")]
     return t
+
+
+def write_fault_run(path: Path, health_checked: bool = True) -> tuple[Path, dict[str, Any]]:
+    """A run in which broker2 failed 40 ms into publishing and came back 2 s later, with its
+    clients' outages, their reconnections elsewhere and the balancer's view; returns the path and
+    what the availability analysis must find.
+
+    Messages are sent 1 ms apart (seq 40-99 inside the window). broker2's two subscribers lose
+    seq 40-59 of both publishers (80 deliveries inside); sub0 loses pub0 10-14 (5 outside);
+    sub3 gets pub0 50 twice (inside) and sub2 pub1 30 twice (outside). With health checks the
+    balancer's first sample without broker2 is 0.55 s after the fault, and it sends it nothing
+    more; without, it keeps it and sends it 6 more connections."""
+    t = Truth(
+        pubs={0: ("ipvs1", "broker1", 100), 1: ("ipvs2", "broker2", 100)},
+        subs={0: ("ipvs1", "broker1"), 1: ("ipvs2", "broker2"), 2: ("ipvs1", "broker2"), 3: ("ipvs2", "broker3")},
+        dups=[(3, 0, 50), (2, 1, 30)],
+    )
+    t.lost |= {(s, p, q) for s in (1, 2) for p in (0, 1) for q in range(40, 60)}
+    t.lost |= {(0, 0, q) for q in range(10, 15)}
+    write_run(path, t)
+    start, end = T0 + 0.040, T0 + 2.040
+    fault = {"spec": "broker2:restart@0.04s+2s", "kind": "broker", "target": "broker2", "action": "restart", "at_s": 0.04,
+             "duration_s": 2.0, "t0": T0, "started_at": start, "ended_at": end, "detail": "SIGKILL pid 1"}
+    (path / "faults.jsonl").write_text(json.dumps(fault) + "\n")
+    back = {t.cid("sub", 1): (0.06, "ipvs2", "broker1"), t.cid("sub", 2): (0.26, "ipvs1", "broker3"), t.cid("pub", 1): (1.0, "ipvs2", "broker3")}
+    for host in ("ipvs1", "ipvs2"):
+        with (path / "bench" / host / "outages-run0.csv").open("w") as f:
+            f.write("client_id,role,lost_at,back_at,attempts,local_before,local_after\n")
+            for cid, (took, h, _b) in back.items():
+                if h == host:
+                    f.write(f"{cid},{cid.rsplit('-', 1)[1][:3]},{start:.6f},{start + took:.6f},2,10.3.0.10:1,10.3.0.10:2\n")
+            if host == "ipvs1":  # an outage long before the fault belongs to no fault
+                f.write(f"{t.cid('sub', 0)},sub,{T0 - 30:.6f},{T0 - 29:.6f},1,10.3.0.10:3,10.3.0.10:4\n")
+    for cid, (_took, _h, broker) in back.items():
+        with (path / "logs" / f"{broker}.log").open("a") as f:
+            f.write(f"2027-01-15T08:00:01: New client connected from 10.3.0.10:2 as {cid} (p2, c1, k60).\n")
+    with (path / "monitor" / "balancer-ipvs1.csv").open("w") as f:
+        f.write("time_s,host,kind,virtual,real,active_conns,inactive_conns,total_conns,packets_in,packets_out,bytes_in,bytes_out,status\n")
+        for k in range(8):
+            now = T0 - 0.41 + 0.25 * k  # samples at -0.41, -0.16, +0.09, ..., +1.34 s
+            for i, b in enumerate(("broker1", "broker2", "broker3")):
+                gone = b == "broker2" and now >= start + 0.5 and health_checked
+                if gone:
+                    continue
+                total = 10 + (k if b == "broker2" and not health_checked else 0)
+                f.write(f"{now:.3f},ipvs1,ipvs,10.3.0.10:1883,10.2.0.{20 + i}:1883,3,0,{total},,,,,UP\n")
+    truth = {
+        "affected": sorted(back), "affected_by_host": {"ipvs1": 1, "ipvs2": 2},
+        "reconnect_s": sorted(v[0] for v in back.values()), "back_on": {"broker1": 1, "broker3": 2},
+        "lost_inside": 80, "lost_outside": 5, "dup_inside": 1, "dup_outside": 1,
+        # first sample without broker2: T0 + 0.59 (k = 4)
+        "balancer_out_after_s": {"ipvs1": 0.55 if health_checked else None},
+        # its total connections: 11 at the last sample before the fault, 17 at the last in the window
+        "sent_to_failed_broker": 0 if health_checked else 6,
+    }
+    return path, truth

@@ -14,6 +14,7 @@ import array
 import heapq
 import json
 import os
+import random
 import resource
 import selectors
 import socket
@@ -28,6 +29,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from workloads.bench import backoff
 from workloads.bench.hist import Histogram
 from workloads.bench.payload import HEADER, encode
 from workloads.bench.rundir import DELIVERY_DTYPE
@@ -280,6 +282,10 @@ class ClientState:
     local: str = ""
     disconnects: int = 0
     attempted: float = 0.0  # last connection attempt, for reconnecting
+    retry_at: float = 0.0  # earliest next attempt if this one fails (jittered back-off)
+    failures: int = 0  # consecutive attempts without a CONNACK
+    lost_at: float = 0.0  # when an established connection was lost (0: not lost)
+    lost_local: str = ""
     # publisher
     planned: int = 0
     sent: int = 0
@@ -303,6 +309,7 @@ class Worker:
         self.sel = selectors.DefaultSelector()
         self.dirty: set[BufferedSocket] = set()
         self.states = [ClientState(c) for c in spec.clients]
+        self.index = {id(st): i for i, st in enumerate(self.states)}
         self.subs = [s for s in self.states if s.spec.role == "sub"]
         self.pubs = [s for s in self.states if s.spec.role == "pub"]
         self.out = Path(spec.out)
@@ -326,6 +333,9 @@ class Worker:
         self.lag_max = 0.0
         self.lags = array.array("d")
         self.heap: list[tuple[float, int]] = []
+        self.retries: list[tuple[float, int]] = []  # (retry_at, index in states): reconnect on time, not on the tick
+        self.outages: list[str] = []  # client_id,role,lost_at,back_at,attempts,local_before,local_after
+        self.rng = random.Random(spec.tag * 1000 + spec.worker)
         self.t0 = 0.0
         self.phase = "connect"
         self.stop = False
@@ -360,6 +370,10 @@ class Worker:
         except OSError:
             st.local = ""
         self.event(st, "connect" if first else "reconnect", st.local)
+        if st.lost_at:
+            self.outages.append(f"{st.spec.client_id},{st.spec.role},{st.lost_at:.6f},{time.time():.6f},{st.failures},{st.lost_local},{st.local}")
+            st.lost_at = 0.0
+        st.failures = 0
         if st.spec.role == "sub":
             topic, _ = self.sc.subscription_of(st.spec.index)
             client.subscribe(topic, self.sc.qos)
@@ -374,7 +388,17 @@ class Worker:
         if st.connected:
             st.disconnects += 1
             self.event(st, "disconnect", str(rc).replace(",", ";"))
+        self.lose(st)
+
+    def lose(self, st: ClientState) -> None:
+        """The client has no connection (lost, refused, or closed before CONNACK): note when an
+        established one was lost, and queue the next attempt at its back-off time."""
+        if st.connected and not st.lost_at:
+            st.lost_at, st.lost_local = time.time(), st.local
         st.connected = False
+        if self.stop or not st.attempted:
+            return
+        heapq.heappush(self.retries, (st.retry_at, self.index[id(st)]))
 
     def on_publish(self, client: mqtt.Client, st: ClientState, mid: int, rc: Any, props: Any = None) -> None:
         st.acked += 1
@@ -443,6 +467,8 @@ class Worker:
     def connect(self, st: ClientState) -> None:
         host, port = st.spec.target.rsplit(":", 1)
         st.attempted = time.time()
+        st.retry_at = st.attempted + backoff.delay_s(st.failures, self.sc.reconnect_min_ms, self.sc.reconnect_max_ms, self.rng)
+        st.failures += 1
         if st.client is None:
             st.client = self.make_client(st)
         try:
@@ -454,9 +480,13 @@ class Worker:
                 st.client.connect(host, int(port), self.sc.keepalive)
         except OSError as exc:
             self.event(st, "connect_error", str(exc).replace(",", ";"))
+            self.lose(st)
             return
         sock = st.client.socket()
         if sock is not None:
+            # paho closes a socket itself on a keepalive timeout, leaving its entry here; the kernel
+            # then hands the same number to a new socket
+            self.drop(st, sock.fileno())
             self.sel.register(sock.fileno(), selectors.EVENT_READ, st)
             self.flush_writes()
 
@@ -474,9 +504,9 @@ class Worker:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or c.socket() is None:
                 self.drop(st, fd)
                 if st.connected:
-                    st.connected = False
                     st.disconnects += 1
                     self.event(st, "disconnect", f"read:{int(rc)}")
+                self.lose(st)
                 return
         if mask & selectors.EVENT_WRITE:
             if c.want_write() and c.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -637,6 +667,8 @@ class Worker:
                 timeout = min(timeout, max(0.0, next_connect - now))
             if self.heap:
                 timeout = min(timeout, max(0.0, self.heap[0][0] - now))
+            if self.retries:
+                timeout = min(timeout, max(0.0, self.retries[0][0] - now))
             t_sel = time.time()
             self.poll(timeout)
             lag = time.time() - t_sel - timeout
@@ -645,6 +677,10 @@ class Worker:
                 self.lag_max = max(self.lag_max, lag)
             if self.heap:
                 self.publish_due()
+            while self.retries and self.retries[0][0] <= time.time():
+                st = self.states[heapq.heappop(self.retries)[1]]
+                if st.retry_at <= time.time() and not st.connected and (st.client is None or st.client.socket() is None):
+                    self.connect(st)
             self.flush_writes()
             now = time.time()
             if now - last_tick >= 0.5:
@@ -654,8 +690,8 @@ class Worker:
                         st.client.loop_misc()
                         if st.client.want_write():
                             st.client.loop_write()
-                    elif st.attempted and now - st.attempted >= 1.0:
-                        self.connect(st)  # lost or refused: try again each second; on_connect records "reconnect"
+                    elif st.attempted and now >= st.retry_at:
+                        self.connect(st)  # lost or refused by a path that did not queue it: on_connect records "reconnect"
                 self.flush_writes()
                 self.flush()
                 tot = self.totals()
@@ -706,6 +742,13 @@ class Worker:
             fh.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects\n")
             for st in self.states:
                 fh.write(f"{st.spec.client_id},{st.spec.role},{st.spec.index},{self.spec.worker},{st.spec.target},{st.local},{st.connected_at:.6f},{st.disconnects}\n")
+        with (self.out / f"outages-{self.spec.label}.csv").open("w") as fh:
+            fh.write("client_id,role,lost_at,back_at,attempts,local_before,local_after\n")
+            for line in self.outages:
+                fh.write(line + "\n")
+            for st in self.states:  # still without a connection at the end
+                if st.lost_at:
+                    fh.write(f"{st.spec.client_id},{st.spec.role},{st.lost_at:.6f},0,{st.failures},{st.lost_local},\n")
         with (self.out / f"publishers-{self.spec.label}.csv").open("w") as fh:
             fh.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms\n")
             for st in self.pubs:

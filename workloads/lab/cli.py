@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workloads.bench.rundir import format_summary
+from workloads.config import ConfigError
 from workloads.lab import lab, netns, vm
 from workloads.lab.netns import LabError
 
@@ -28,7 +29,20 @@ def _config(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
     overrides |= scenario_overrides(args)
-    cfg = load(args, overrides)
+    if getattr(args, "fault", None):
+        overrides["faults"] = list(args.fault)  # the command line's faults replace the stack file's
+    hc = {k: getattr(args, f"health_{k}") for k in ("check", "interval", "retries", "timeout") if getattr(args, f"health_{k}", None) is not None}
+    if hc:  # on top of the stack file's healthCheck section
+        from workloads.cli import load as load_plain
+
+        base = dict(load_plain(args).raw.get("mqttlab:balancer", {}).get("healthCheck") or {})
+        overrides["balancer.healthCheck"] = base | {("type" if k == "check" else k): v for k, v in hc.items()}
+    try:
+        cfg = load(args, overrides)
+    except ConfigError as exc:
+        if exc.key.startswith("mqttlab:faults[") and getattr(args, "fault", None):
+            raise ConfigError("--fault", exc.value, exc.allowed) from None
+        raise
     return cfg if args.keep_addresses else renumber(cfg)
 
 
@@ -40,7 +54,12 @@ def format_lab_summary(s: dict[str, Any]) -> str:
     ]
     if bal.get("note"):
         lines.append(f"  note: {bal['note']}")
-    lines += [f"  clients per broker {per}", format_summary(s), f"  run directory      {s['run_dir']}"]
+    lines += [f"  clients per broker {per}", format_summary(s)]
+    for f in s.get("faults", []):
+        when = "not carried out" if f.get("started_at") is None else (
+            f"at +{f['started_at'] - f['t0']:.3f}s" + (f", ended +{f['ended_at'] - f['t0']:.3f}s" if f.get("ended_at") else ", to the end"))
+        lines.append(f"  fault              {f['spec']}: {when} ({f['detail']})")
+    lines.append(f"  run directory      {s['run_dir']}")
     return "\n".join(lines)
 
 
@@ -133,11 +152,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
         q.add_argument("--scheduler", choices=("rr", "wrr", "lc", "wlc", "sh", "mh"))
         q.add_argument("--broker-cpus", type=float)
         q.add_argument("--broker-memory-mb", type=int)
+        q.add_argument("--health-check", choices=("none", "mqtt", "tcp"), help="balancer health checks (keepalived with IPVS, HAProxy's own)")
+        q.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
+        q.add_argument("--health-retries", type=int, metavar="N", help="failed checks before a broker is taken out")
+        q.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
         add_scenario_args(q)
 
     q = lsub.add_parser("run", help="bring the lab up, run the benchmark, tear down, summarize")
     knobs(q)
     q.add_argument("--vm", action="store_true", help="run inside the micro-VM (real IPVS on kernels without it)")
+    q.add_argument("--fault", action="append", metavar="SPEC",
+                   help="inject a fault, repeatable: broker2:kill@5s, broker2:pause@5s+3s, broker2:restart@5s[+2s], "
+                        "bridge:broker1-broker3:cut@5s+4s, director:ipvs1:kill@5s[+10s] (times after publishing starts)")
     q.add_argument("--vm-timeout", type=float, default=1800)
     q.add_argument("--json", action="store_true")
     q.add_argument("--quiet", action="store_true")

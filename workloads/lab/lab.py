@@ -9,6 +9,7 @@ recorded in a state file as it is created, so ``lab down`` can undo a run that w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,7 +26,8 @@ from typing import Any
 from workloads.balancer import haproxy_cfg, ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, summarize, update_manifest
 from workloads.config import ExperimentConfig
-from workloads.lab import cgroups, netns, standin
+from workloads.lab import cgroups, health, netns, standin
+from workloads.lab.inject import Injector, read_faults
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
@@ -37,6 +39,12 @@ LB_TOOLS = {"ipvs": ["ipvsadm", "ipvsadm-restore", "iptables-restore"], "nftable
 HAPROXY_SESS = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); "
                  "s.sendall(b'show sess\\n'); d=b''\nwhile (c:=s.recv(65536)): d+=c\nprint(d.decode())")
 _CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
+
+
+def broker_command(conf: Path) -> list[str]:
+    """Line-buffered output: a broker killed by a fault would otherwise take its last log lines
+    (who connected) with it. stdbuf execs mosquitto, so the PID stays the broker's."""
+    return ["stdbuf", "-oL", "mosquitto", "-c", str(conf)]
 
 
 def kernel_has_ipvs() -> bool:
@@ -105,6 +113,7 @@ class Lab:
         self.caps: dict[str, cgroups.Cap] = {}
         self.files = run_dir / "rendered"
         self.rendered: dict[str, str] = {}
+        self.injector: Injector | None = Injector(self, cfg.faults) if cfg.faults else None
 
     # ------------------------------------------------------------------ helpers
 
@@ -172,7 +181,7 @@ class Lab:
             cap = cgroups.create(version, self.lab_id, b.name, self.plan.broker_cpus, self.plan.broker_memory_mb)
             self.caps[b.name] = cap
             conf = self.files / "brokers" / b.name / "mosquitto.conf"
-            self.spawn(b.name, ["mosquitto", "-c", str(conf)], host, logs / f"{b.name}.log", cap.procs_files)
+            self.spawn(b.name, broker_command(conf), host, logs / f"{b.name}.log", cap.procs_files)
         for b in self.plan.brokers:
             netns.wait_tcp(self.ns(host), b.address, b.port)
         # caps read back from the kernel, with the process really inside
@@ -191,6 +200,8 @@ class Lab:
             if self.balancer == "ipvs":  # the very steps `mqttlab host balancer-apply` runs on Azure
                 for argv, stdin, check in ipvs_apply_steps(bal.host, bal.scheduler, self.rendered):
                     netns.run(argv, ns=ns, check=check, input=stdin)
+                if bal.health_check.type != "none":
+                    health.start_keepalived(self, bal)
                 continue
             netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=ns)  # the stand-ins forward, but need no IPVS conntrack
             if self.balancer == "nftables":
@@ -257,6 +268,8 @@ class Lab:
                 raise LabError("subscribers did not all connect and subscribe (see logs/bench-sub-*.log)")
             time.sleep(0.2)
         start_at = time.time() + 1.0
+        if self.injector:  # fault times count from the start of publishing
+            self.injector.start(start_at)
         pubs = {}
         for i, c in enumerate(self.plan.clients):
             common = self.bench_args(c.host, i, n, c.target, tag)
@@ -362,7 +375,9 @@ def teardown(lab_id: str) -> list[str]:
 def preflight(cfg: ExperimentConfig, balancer: str) -> None:
     """Everything that can be checked before anything is created."""
     netns.require_root()
-    netns.require_tools(["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer]])
+    netns.require_tools(["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer],
+                         *(["keepalived"] if balancer == "ipvs" and cfg.balancer.health_check.type != "none" else []),
+                         *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else [])])
     if cgroups.detect() is None:
         raise LabError("no cgroup hierarchy with cpu and memory controllers under /sys/fs/cgroup: broker caps cannot be applied")
 
@@ -378,7 +393,8 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
     plan = lab.plan
     start_manifest(run_dir, kind="lab", stack=cfg.stack, topology=cfg.topology, balancer=balancer, balancer_note=note,
                    stood_in=standin.stood_in(balancer, cfg.balancer.scheduler), scheduler=cfg.balancer.scheduler, scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
-                   mosquitto=mosquitto_version())
+                   mosquitto=mosquitto_version(), faults=[f.spec for f in cfg.faults],
+                   health_check=dataclasses.asdict(cfg.balancer.health_check))
     status, reason = "complete", ""
     t0 = time.time()
     try:
@@ -393,6 +409,8 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
         status, reason = "partial", str(exc)
         raise
     finally:
+        if lab.injector:
+            lab.injector.stop()
         lab.stop_monitors()
         t1 = time.time()
         lab.down()
@@ -403,7 +421,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
     summary = summarize(run_dir)
     summary.update(
         run_dir=str(run_dir), topology=cfg.topology, scheduler=cfg.balancer.scheduler, connections_per_broker=conns,
-        balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]},
+        balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]}, faults=read_faults(run_dir),
     )
     return summary
 

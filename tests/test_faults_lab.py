@@ -1,0 +1,85 @@
+"""A broker killed in the middle of a real lab run, with and without health checks (the HAProxy
+stand-in: this kernel may have no IPVS), and what the availability report makes of it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_lab import lab_run
+from workloads.analysis.availability import fault_table
+from workloads.analysis.load import load_run
+from workloads.lab import lab as lab_mod
+from workloads.lab import netns
+
+LOAD = ["--publishers", "6", "--subscribers", "6", "--messages", "600", "--interval-ms", "50", "--qos", "1", "--drain-s", "5",
+        "--reconnect-min-ms", "100", "--reconnect-max-ms", "1000", "--balancer", "haproxy", "--fault", "broker2:kill@2s"]
+
+
+def assert_lab_gone(run_dir: Path) -> None:
+    """This run's lab left nothing (other labs on the machine are not this test's business)."""
+    lab_id = json.loads((run_dir / "manifest.json").read_text())["lab_id"]
+    assert not netns.list_namespaces(f"mqttlab-{lab_id}-")
+    assert not list(lab_mod.STATE_DIR.glob(f"{lab_id}*")) if lab_mod.STATE_DIR.is_dir() else True
+
+
+def first_broker(run_dir: Path, tag: int) -> dict[str, str]:
+    """client id -> the broker it first connected to, from the brokers' logs (timestamps order them)."""
+    seen: list[tuple[str, str, str]] = []
+    for log in (run_dir / "logs").glob("broker*.log"):
+        for m in re.finditer(r"^(\S+): New client connected from \S+ as (\S+)", log.read_text(), re.M):
+            if m.group(2).startswith(f"mqttlab-{tag:08x}-"):
+                seen.append((m.group(1), m.group(2), log.stem))
+    out: dict[str, str] = {}
+    for _t, cid, broker in sorted(seen):
+        out.setdefault(cid, broker)
+    return out
+
+
+def faulted_run(out: Path, *extra: str, time_limit: str = "120") -> tuple[Path, dict[str, Any], int]:
+    cp = lab_run("-s", "distributed", *LOAD, "--time-limit-s", time_limit, *extra, "--json", out=out, timeout=400)
+    runs = sorted(out.iterdir())
+    assert len(runs) == 1, cp.stderr[-3000:]
+    return runs[0], (json.loads(cp.stdout) if cp.stdout.strip() else {}), cp.returncode
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(900)
+def test_broker_kill_with_and_without_health_checks(tmp_path: Path) -> None:
+    # with checks: broker2's clients all come back, elsewhere, and the run completes
+    run_dir, summary, rc = faulted_run(tmp_path / "checked", "--health-check", "mqtt", "--health-interval", "0.5", "--health-retries", "2",
+                                       "--health-timeout", "0.5")
+    assert rc == 0 and summary["partial"] is False, summary
+    assert_lab_gone(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    faults = [json.loads(line) for line in (run_dir / "faults.jsonl").read_text().splitlines()]
+    assert len(faults) == 1 and faults[0]["started_at"] - faults[0]["t0"] >= 2.0 and faults[0]["ended_at"] is None
+    assert "SIGKILL pid" in faults[0]["detail"]
+    on_b2 = {cid for cid, b in first_broker(run_dir, manifest["tag"]).items() if b == "broker2"}
+    assert on_b2, "the balancer put nobody on broker2"
+    f = fault_table(load_run(run_dir)).to_dict("records")[0]
+    assert set(f["affected"]) == on_b2 and f["never_back"] == 0
+    assert f["back_on"] and "broker2" not in f["back_on"] and sum(f["back_on"].values()) == len(on_b2)
+    assert all(v is not None for v in f["balancer_out_after_s"].values()), f  # both HAProxies marked it DOWN
+    assert summary["sent"] == 600 and summary["delivered"] > 0
+    print(f"with checks: {len(on_b2)} clients of broker2 back after p50 {f['reconnect_p50_s']} s, max {f['reconnect_max_s']} s; "
+          f"balancer out after {f['balancer_out_after_s']}; connections still sent to broker2 {f['sent_to_failed_broker']}; "
+          f"lost inside {f['lost_inside']} outside {f['lost_outside']}")
+
+    # without checks: HAProxy leastconn keeps choosing the empty, dead broker2; its clients are
+    # refused again and again, and the report shows who and how many connections went there
+    run_dir, summary, rc = faulted_run(tmp_path / "unchecked", "--health-check", "none", time_limit="25")
+    assert_lab_gone(run_dir)
+    f = fault_table(load_run(run_dir)).to_dict("records")[0]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    on_b2 = {cid for cid, b in first_broker(run_dir, manifest["tag"]).items() if b == "broker2"}
+    assert on_b2 and set(f["affected"]) == on_b2
+    assert all(v is None for v in f["balancer_out_after_s"].values()), f  # never taken out
+    assert f["sent_to_failed_broker"] > len(on_b2)  # more connections than clients: the same clients, sent there again
+    assert f["never_back"] > 0 and f["attempts"] > 2 * len(on_b2)
+    print(f"without checks: {f['never_back']} of {len(on_b2)} clients never back, {f['attempts']} attempts, "
+          f"{f['sent_to_failed_broker']} connections sent to the dead broker; run {'partial' if rc else 'complete'}")

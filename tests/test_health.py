@@ -1,0 +1,141 @@
+"""Health-checked balancing: the configuration keys, keepalived's and HAProxy's checks proven by
+the real programs, and the MQTT probe against real brokers (alive, killed, paused)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Cluster, wait_for
+from workloads import keepalived
+from workloads.balancer import haproxy_cfg, ipvs_apply_steps
+from workloads.config import ConfigError, load_stack
+from workloads.lab import netns
+from workloads.monitor import sample_haproxy
+from workloads.plan import build_plan
+from workloads.render import render_files
+
+HC = {"type": "mqtt", "interval": 1, "retries": 2, "timeout": 0.5}
+
+
+def test_health_check_defaults_to_none_and_renders_no_keepalived() -> None:
+    cfg = load_stack("distributed", ROOT)
+    assert cfg.balancer.health_check.type == "none"
+    files = render_files(build_plan(cfg), cfg)
+    assert not any(k.endswith("keepalived.conf") for k in files)
+    assert " check" not in files["ipvs1/haproxy.cfg"]
+    steps = [argv[0] for argv, _, _ in ipvs_apply_steps("ipvs1", "lc", files)]
+    assert "ipvsadm-restore" in steps  # today's behaviour: the rules themselves
+
+
+@pytest.mark.parametrize(("value", "key", "needle"), [
+    ({"type": "http"}, "mqttlab:balancer.healthCheck.type", "none, mqtt, tcp"),
+    ({"type": "mqtt", "interval": 0}, "mqttlab:balancer.healthCheck.interval", "> 0"),
+    ({"type": "mqtt", "retries": 0}, "mqttlab:balancer.healthCheck.retries", ">= 1"),
+    ({"type": "mqtt", "interval": 1, "timeout": 2}, "mqttlab:balancer.healthCheck.timeout", "must be <= interval"),
+    ({"type": "mqtt", "intervl": 1}, "mqttlab:balancer.healthCheck.intervl", "known: type, interval"),
+    ("mqtt", "mqttlab:balancer.healthCheck", "must be a mapping"),
+])
+def test_bad_health_check_is_refused_naming_the_key(value: object, key: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_stack("distributed", ROOT).with_overrides({"balancer.healthCheck": value})
+    assert err.value.key == key and needle in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["mqtt", "tcp"])
+@pytest.mark.parametrize("stack", ["distributed", "centralized"])
+def test_rendered_keepalived_conf_passes_keepalived_config_test(tmp_path: Path, kind: str, stack: str) -> None:
+    cfg = load_stack(stack, ROOT).with_overrides({"balancer.healthCheck": HC | {"type": kind, "interval": 1.5, "retries": 3},
+                                                   "balancer.weights": [3, 2, 1], "balancer.scheduler": "wlc"})
+    plan = build_plan(cfg)
+    files = render_files(plan, cfg)
+    assert [k for k in files if k.endswith("keepalived.conf")] == [f"{b.host}/keepalived.conf" for b in plan.balancers]
+    for bal in plan.balancers:
+        conf, _argv = keepalived.prepare(bal, tmp_path / bal.host)  # tmp_path is root's: script security holds
+        text = conf.read_text()
+        cp = subprocess.run(["keepalived", "--config-test", "-f", str(conf)], capture_output=True, text=True, timeout=30)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert f"virtual_server {bal.vip} 1883" in text and "lb_algo wlc" in text and "lb_kind NAT" in text
+        assert "delay_loop 1.5" in text and "retry 2" in text and "delay_before_retry 1.5" in text
+        assert [line.split()[1] for line in text.splitlines() if "weight" in line] == ["3", "2", "1"]
+        if kind == "mqtt":
+            assert text.count("MISC_CHECK") == 3 and f"{tmp_path / bal.host / 'probe.py'} 10.2.0.21 1883 0.5" in text
+        else:
+            assert text.count("TCP_CHECK") == 3 and "connect_timeout 0.5" in text
+    # keepalived owns the virtual server: the apply steps leave ipvsadm-restore out
+    steps = [argv[0] for argv, _, _ in ipvs_apply_steps(plan.balancers[0].host, "wlc", files)]
+    assert "ipvsadm-restore" not in steps and "iptables-restore" in steps
+
+
+def test_keepalived_config_test_rejects_what_keepalived_rejects(tmp_path: Path) -> None:
+    """The validator is real: a broken file fails it (so the passing test above means something)."""
+    cfg = load_stack("distributed", ROOT).with_overrides({"balancer.healthCheck": HC})
+    conf, _ = keepalived.prepare(build_plan(cfg).balancers[0], tmp_path)
+    conf.write_text(conf.read_text().replace("misc_timeout 6", "misc_timeout 0.5"))
+    cp = subprocess.run(["keepalived", "--config-test", "-f", str(conf)], capture_output=True, text=True, timeout=30)
+    assert cp.returncode != 0 and "misc_timeout" in cp.stdout + cp.stderr
+
+
+@pytest.mark.parametrize("kind", ["mqtt", "tcp"])
+def test_haproxy_checks_pass_haproxy_c(tmp_path: Path, kind: str) -> None:
+    cfg = load_stack("distributed", ROOT).with_overrides({"balancer.healthCheck": HC | {"type": kind}})
+    text = render_files(build_plan(cfg), cfg)["ipvs1/haproxy.cfg"]
+    (tmp_path / "h.cfg").write_text(text)
+    cp = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "h.cfg")], capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert text.count("check inter 1000ms fall 2 rise 1") == 3 and "timeout check 500ms" in text
+    assert ("tcp-check expect binary 20020000" in text) == (kind == "mqtt")
+
+
+def test_probe_passes_a_live_broker_and_fails_a_dead_or_paused_one(cluster: Callable[..., Cluster]) -> None:
+    cl = cluster("distributed", {"bridge.layout": "none"})
+    b = cl.plan.brokers[1]
+    run = ["python3", "-I", "-S", str(keepalived.PROBE), b.address, str(b.port), "0.5"]
+    assert cl.ns_run(run).returncode == 0
+    os.kill(cl.procs[1].pid, signal.SIGSTOP)  # accepts TCP in the kernel, never answers CONNECT
+    try:
+        cp = cl.ns_run(run)
+        assert cp.returncode == 1 and "no CONNACK within 0.5s" in cp.stderr  # its own deadline ended it, not a hang
+        # a port check would have called it alive
+        tcp = cl.ns_run(["python3", "-c", f"import socket; socket.create_connection(({b.address!r}, {b.port}), 1)"])
+        assert tcp.returncode == 0
+    finally:
+        os.kill(cl.procs[1].pid, signal.SIGCONT)
+    assert cl.ns_run(run).returncode == 0
+    netns.stop(cl.procs[1])
+    cp = cl.ns_run(run)
+    assert cp.returncode == 1 and "refused" in cp.stderr.lower()
+
+
+def _states(sock: Path) -> dict[str, str]:
+    return {str(r["real"]): str(r["status"]) for r in sample_haproxy(str(sock))}
+
+
+def test_haproxy_mqtt_check_takes_a_killed_broker_out_and_back(cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    """HAProxy with the rendered check, in front of real brokers: a killed broker goes DOWN (seen
+    through the balancer monitor's sampler) and comes back UP once restarted."""
+    cl = cluster("distributed", {"bridge.layout": "none", "balancer.healthCheck": HC})
+    bal = build_plan(cl.cfg).balancers[0]
+    vip = "198.18.99.1"
+    netns.run(["ip", "addr", "add", f"{vip}/32", "dev", "lo"], ns=cl.ns)
+    bal = type(bal)(**{**bal.__dict__, "vip": vip})
+    sock = tmp_path / "h.sock"
+    cfg_file = tmp_path / "h.cfg"
+    cfg_file.write_text(haproxy_cfg(bal, maxconn=256, stats_socket=str(sock)))
+    hp = netns.spawn(["haproxy", "-W", "-db", "-f", str(cfg_file)], cl.ns, tmp_path / "haproxy.log")
+    try:
+        b2 = f"{cl.plan.brokers[1].address}:{cl.plan.brokers[1].port}"
+        wait_for(lambda: sock.exists() and set(_states(sock).values()) == {"UP"}, 20, "every broker UP")
+        netns.stop(cl.procs[1])
+        wait_for(lambda: _states(sock)[b2] == "DOWN", 20, "broker2 DOWN")
+        assert all(v == "UP" for k, v in _states(sock).items() if k != b2)
+        conf = cl.files / "brokers" / "broker2" / "mosquitto.conf"
+        cl.procs[1] = netns.spawn(["mosquitto", "-c", str(conf)], cl.ns, cl.files / "broker2-again.log")
+        wait_for(lambda: _states(sock)[b2] == "UP", 20, "broker2 UP again")
+    finally:
+        netns.stop(hp)
