@@ -6,11 +6,11 @@ import argparse
 import json
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workloads.bench.rundir import format_summary
+from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
 from workloads.lab import lab, netns, vm
 from workloads.lab.netns import LabError
 
@@ -23,7 +23,6 @@ OVERRIDES = {  # option dest -> config key
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from workloads.cli import load, scenario_overrides
     from workloads.plan import renumber
 
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
@@ -119,8 +118,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_stack_args: Callable[[argparse.ArgumentParser], None],
-               add_scenario_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("lab", help="the experiment on this machine, in network namespaces")
     lsub = p.add_subparsers(dest="lab", required=True)
 
