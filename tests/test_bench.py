@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -225,3 +226,107 @@ def test_timeline_accounts_for_every_message(broker: Broker, tmp_path: Path) -> 
     assert cp.returncode == 0, cp.stderr
     rows = [line.split(",") for p in out.glob("bench/local/timeline-*.csv") for line in p.read_text().splitlines()[1:]]
     assert sum(int(r[2]) for r in rows) == 500 and sum(int(r[4]) for r in rows) == 1500  # sent, received
+
+
+def _sub_and_pub(b: Broker, tmp_path: Path, name: str, throttle: Callable[[list[int]], None] | None,
+                 release: Callable[[list[int]], None] | None = None, messages: int = 1600, interval_ms: int = 5,
+                 publishers: int = 2) -> dict[str, Any]:
+    """Subscribers in one worker process, publishers in another; ``throttle`` gets the subscriber
+    worker's pids once deliveries flow, ``release`` once publishing is over. Ends when deliveries
+    stopped growing (bounded)."""
+    out = tmp_path / name
+    ready = tmp_path / f"{name}.ready"
+    common = ["--target", b.target, "--out", str(out), "--publishers", str(publishers), "--subscribers", "2", "--messages", str(messages),
+              "--interval-ms", str(interval_ms), "--qos", "1", "--tag", "0x5a7", "--quiet", "--time-limit-s", "120"]
+    sub = subprocess.Popen([*MQTTLAB, "bench", "sub", "--host", "subs", "--workers", "1", "--ready-file", str(ready), *common],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in out.glob("bench/subs/deliveries-*.bin")) // 32
+
+    try:
+        wait_for(ready.exists, 30, "subscribers ready")
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(sub.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(workers) == 1
+        pub = subprocess.Popen([*MQTTLAB, "bench", "pub", "--host", "pubs", "--workers", "1", *common], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: on_disk() > 0, 30, "first deliveries")
+        if throttle is not None:
+            throttle(workers)
+        assert pub.wait(100) == 0, pub.stderr.read() if pub.stderr else ""
+        if release is not None:
+            release(workers)
+        seen, quiet = -1, time.time()
+        while on_disk() < 2 * messages and time.time() - quiet < 3:  # bounded: it ends 3 s after the count stops growing
+            if on_disk() != seen:
+                seen, quiet = on_disk(), time.time()
+            time.sleep(0.2)
+    finally:
+        sub.send_signal(signal.SIGTERM)
+        sub.wait(60)
+    return summarize(out)
+
+
+def test_a_paused_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path) -> None:
+    """The bench made the bottleneck on purpose (its subscriber worker stopped twice for 1.2 s):
+    the summary names the subscribers and how long data waited unread; unpaused, it does not."""
+    b = Broker(tmp_path)
+
+    def pause(pids: list[int]) -> None:
+        for _ in range(2):
+            for w in pids:
+                os.kill(w, signal.SIGSTOP)
+            time.sleep(1.2)
+            for w in pids:
+                os.kill(w, signal.SIGCONT)
+            time.sleep(0.5)
+
+    try:
+        paused = _sub_and_pub(b, tmp_path, "paused", pause)
+        free = _sub_and_pub(b, tmp_path, "free", None)
+    finally:
+        b.stop()
+    assert paused["delivered"] == free["delivered"] == 3200  # no loss either way: TCP buffers held the backlog
+    assert paused["bench_saturated"], paused["saturation_reasons"]
+    named = {c["client_id"]: c for c in paused["saturated_clients"]}
+    assert set(named) == {"mqttlab-000005a7-sub0", "mqttlab-000005a7-sub1"}, paused["saturated_clients"]
+    for c in named.values():
+        assert c["kind"] == "receive_backlog" and c["episodes"] >= 2
+        assert 1.0 <= c["longest_s"] < 5 and 2.0 <= c["seconds"] < 10
+    assert any("mqttlab-000005a7-sub0 left data unread" in r for r in paused["saturation_reasons"])
+    assert not free["bench_saturated"], free["saturation_reasons"]
+    assert free["saturated_clients"] == []
+
+
+def test_a_cpu_capped_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path) -> None:
+    """The subscriber worker under a 1 % CPU cap (cgroup) while 8000 deliveries a second arrive:
+    its sockets' receive queues stay full, and the summary names both subscribers."""
+    from workloads.lab import cgroups
+
+    version = cgroups.detect()
+    if version is None:
+        pytest.skip("no cgroup hierarchy with the cpu controller here")
+    cap = cgroups.create(version, f"test{os.getpid()}", "bench-sub", 0.01, 512)
+    root_procs = cgroups.ROOT / "cgroup.procs" if version == "v2" else cgroups.ROOT / "cpu" / "cgroup.procs"
+    b = Broker(tmp_path)
+
+    def throttle(pids: list[int]) -> None:
+        for w in pids:
+            cap.procs_files[0].write_text(str(w))
+
+    def release(pids: list[int]) -> None:
+        for w in pids:
+            root_procs.write_text(str(w))
+
+    try:
+        capped = _sub_and_pub(b, tmp_path, "capped", throttle, release, messages=12000, interval_ms=1, publishers=4)
+        free = _sub_and_pub(b, tmp_path, "free", None, messages=12000, interval_ms=1, publishers=4)
+    finally:
+        b.stop()
+        cgroups.remove_lab(f"test{os.getpid()}")
+    assert capped["bench_saturated"], capped
+    named = {c["client_id"]: c for c in capped["saturated_clients"]}
+    assert set(named) == {"mqttlab-000005a7-sub0", "mqttlab-000005a7-sub1"}, capped["saturated_clients"]
+    assert all(c["kind"] == "receive_backlog" and c["longest_s"] >= 0.5 and c["max_queued_bytes"] > 0 for c in named.values())
+    assert not free["bench_saturated"], free["saturation_reasons"]
+    assert free["delivered"] == free["expected"] == 24000

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workloads.bench.client import BenchClient
+from workloads.bench.saturation import Lateness, ReceiveBacklog
 from workloads.scenario import Scenario
 
 
@@ -52,6 +53,8 @@ class ClientState:
     first_send: float = 0.0
     last_send: float = 0.0
     max_behind: float = 0.0
+    late: Lateness = field(default_factory=Lateness)
     # subscriber: per publisher [bitmap, unique, duplicates, out_of_order, last_seq]
     seen: dict[int, list[Any]] = field(default_factory=dict)
     foreign: int = 0
+    backlog: ReceiveBacklog = field(default_factory=lambda: ReceiveBacklog(0.0))

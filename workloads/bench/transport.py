@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+CHUNK = 262144  # bytes per kernel read
+
 
 class BufferedSocket:
     """A socket that reads in large chunks and coalesces writes.
@@ -19,7 +21,7 @@ class BufferedSocket:
     flushes once per loop turn, so a burst of publishes or PUBACKs costs one system call.
     """
 
-    __slots__ = ("_sock", "_data", "_off", "wbuf", "dirty")
+    __slots__ = ("_sock", "_data", "_off", "wbuf", "dirty", "full")
 
     def __init__(self, sock: socket.socket, dirty: set[BufferedSocket]) -> None:
         self._sock = sock
@@ -27,10 +29,11 @@ class BufferedSocket:
         self._off = 0
         self.wbuf = bytearray()
         self.dirty = dirty
+        self.full = False  # the last kernel read filled the whole chunk: more is probably waiting
 
     def recv(self, n: int) -> bytes:
         if self._off >= len(self._data):
-            data = self._sock.recv(262144)
+            data = self._sock.recv(CHUNK)
             if not data:
                 return b""
             self._data, self._off = data, 0
@@ -43,11 +46,14 @@ class BufferedSocket:
         rest = self._data[self._off :]
         self._data, self._off = b"", 0
         try:
-            return rest + self._sock.recv(262144) if rest else self._sock.recv(262144)
+            data = self._sock.recv(CHUNK)
         except BlockingIOError:
+            self.full = False
             if rest:
                 return rest
             raise
+        self.full = len(data) == CHUNK
+        return rest + data if rest else data
 
     def buffered(self) -> bool:
         return self._off < len(self._data)

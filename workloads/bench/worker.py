@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from workloads.bench.client import BenchClient
 from workloads.bench.payload import encode
 from workloads.bench.recorder import Recorder
+from workloads.bench.saturation import SAMPLE_S, STALL_S, client_record, queued_bytes
 from workloads.bench.schedule import PublishSchedule
 from workloads.bench.state import ClientSpec, ClientState, WorkerSpec
 from workloads.bench.transport import BufferedSocket
@@ -48,6 +49,10 @@ class Worker:
         self.rec = Recorder(self.out, spec.label, spec.worker, spec.tag, self.sc)
         self.lag_max = 0.0
         self.lags = array.array("d")
+        self.looked_at = time.time()  # when select last returned: the loop last looked at its sockets
+        self.stall_from = 0.0  # this turn follows a stall: the loop last looked at this time
+        self.idle = 0.0  # seconds waiting in select with nothing to do, in the measured window
+        self.inq = array.array("i", [0])
         self.schedule = PublishSchedule(self.sc.interval_ms / 1000.0, self.sc.publishers)
         self.t0 = 0.0
         self.phase = "connect"
@@ -73,6 +78,7 @@ class Worker:
         except OSError:
             st.local = ""
         self.rec.event(st, "connect" if first else "reconnect", st.local)
+        st.backlog.empty_at = time.time()
         if st.spec.role == "sub":
             topic, _ = self.sc.subscription_of(st.spec.index)
             client.subscribe(topic, self.sc.qos)
@@ -148,13 +154,20 @@ class Worker:
         assert c is not None
         if mask & selectors.EVENT_READ:
             rc = c.fast_read()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or c.socket() is None:
+            sock = c.socket()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
                 self.drop(st, fd)
                 if st.connected:
                     st.connected = False
                     st.disconnects += 1
                     self.rec.event(st, "disconnect", f"read:{int(rc)}")
                 return
+            if st.spec.role == "sub":
+                now = time.time()
+                bl = st.backlog
+                full = isinstance(sock, BufferedSocket) and sock.full
+                if full or self.stall_from or now - bl.checked >= SAMPLE_S:
+                    bl.sample(queued_bytes(fd, self.inq), now, self.stall_from, True)
         if mask & selectors.EVENT_WRITE:
             if c.want_write() and c.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.drop(st, fd)
@@ -216,6 +229,7 @@ class Worker:
             behind = now - due
             if behind > st.max_behind:
                 st.max_behind = behind
+            st.late.observe(due, now)
             seq = st.sent
             payload = encode(st.spec.index, seq, time.time_ns(), self.spec.tag, sc.payload_bytes)
             if sc.qos == 0:
@@ -241,11 +255,29 @@ class Worker:
     # ------------------------------------------------------------------ loop
 
     def poll(self, timeout: float) -> None:
-        for key, mask in self.sel.select(timeout):
+        t_sel = time.time()
+        events = self.sel.select(timeout)
+        now = time.time()
+        waited = min(now - t_sel, timeout)  # beyond the timeout the process was not running
+        if self.wall_pub0:
+            self.idle += waited
+        lag = now - t_sel - timeout
+        if lag > 0:
+            self.lags.append(lag)
+            self.lag_max = max(self.lag_max, lag)
+        # not looking at the sockets for a while (a long turn, or stopped, or starved of CPU):
+        # what the subscribers read next may have waited since the loop last looked (after a
+        # SIGCONT, epoll can first return empty: the stall holds until a turn has events)
+        if now - self.looked_at - waited >= STALL_S and not self.stall_from:
+            self.stall_from = self.looked_at
+        self.looked_at = now
+        for key, mask in events:
             if key.data is None:
                 self.control()
             else:
                 self.handle(key.data, key.fd, mask)  # type: ignore[arg-type]
+        if events:
+            self.stall_from = 0.0
 
     def control(self) -> None:
         while self.ctl.poll():
@@ -289,12 +321,7 @@ class Worker:
                 timeout = min(timeout, max(0.0, next_connect - now))
             if self.schedule:
                 timeout = min(timeout, max(0.0, self.schedule.next_due() - now))
-            t_sel = time.time()
             self.poll(timeout)
-            lag = time.time() - t_sel - timeout
-            if lag > 0:
-                self.lags.append(lag)
-                self.lag_max = max(self.lag_max, lag)
             if self.schedule:
                 self.publish_due()
             self.flush_writes()
@@ -316,6 +343,8 @@ class Worker:
                 ):
                     reported_ready = True
                     self.report("ready", tot)
+                    if not self.pubs:  # a subscriber-only worker measures itself from here
+                        self.cpu_pub0, self.wall_pub0 = time.process_time(), time.time()
                 self.report("progress", tot)
                 if self.phase == "publish" and not self.schedule and not self.publish_done_at:
                     if all(s.acked >= s.sent or self.sc.qos == 0 for s in self.pubs):
@@ -340,8 +369,18 @@ class Worker:
         pub_wall = time.time() - self.wall_pub0 if self.wall_pub0 else 0.0
         lags = np.frombuffer(self.lags, dtype=np.float64) if len(self.lags) else np.zeros(1)
         ru = resource.getrusage(resource.RUSAGE_SELF)
+        now = time.time()
+        clients = []
+        for st in self.states:
+            sub = st.spec.role == "sub"
+            r = client_record(st.spec.client_id, st.spec.role, st.spec.index, "receive_backlog" if sub else "behind_schedule",
+                              st.backlog if sub else st.late, now)
+            if r is not None:
+                clients.append(r)
         self_check = {
             "worker": self.spec.worker,
+            "host": self.spec.host,
+            "label": self.spec.label,
             "cpu_s": round(cpu, 3),
             "publish_phase_cpu_s": round(pub_cpu, 3),
             "publish_phase_wall_s": round(pub_wall, 3),
@@ -350,6 +389,9 @@ class Worker:
             "loop_lag_max_ms": round(self.lag_max * 1000, 3),
             "publish_behind_max_ms": round(max((s.max_behind for s in self.pubs), default=0.0) * 1000, 3),
             "max_rss_kb": ru.ru_maxrss,
+            "measured_wall_s": round(pub_wall, 3),
+            "loop_idle_pct": round(100.0 * self.idle / pub_wall, 1) if pub_wall > 0 else None,
+            "clients": clients,
         }
         self.rec.finish(self.states, self_check)
         self.report("done", self.totals(), self_check)
