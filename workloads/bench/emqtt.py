@@ -59,7 +59,9 @@ def summarize(pub_output: str, sub_output: str, subscribers: int, planned: int) 
     """The bench summary's fields from emqtt-bench consoles, estimated from totals."""
     pub = parse_output(pub_output)
     sub = parse_output(sub_output)
-    sent = pub["totals"].get("pub", 0)
+    # the counters print once a second, so the last "pub total=" can trail the end: a process that
+    # printed "publish complete" sent its whole -L
+    sent = planned if pub["publish_complete"] else pub["totals"].get("pub", 0)
     expected = sent * subscribers
     delivered = sub["totals"].get("recv", 0)
     lost = max(expected - delivered, 0)
