@@ -147,14 +147,19 @@ def run_engine(load: Load, port: int, tmp: Path, tag: int) -> dict[str, Any]:
         if time.time() > end or sub.poll() is not None:
             raise RuntimeError("the engine's subscriber did not get ready")
         time.sleep(0.05)
+    t0 = time.time()
     pub = subprocess.Popen([*cli, "pub", "--host", "pubs", *common], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu_pub = reap(pub, 600)
+    pub_wall = time.time() - t0
     wait_quiet(lambda: deliveries_on_disk(out, "subs"), load.messages * load.subscribers, 300)
     sub.send_signal(signal.SIGTERM)
     cpu_sub = reap(sub, 60)
     s = summarize(out)
-    return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, saturated=s["bench_saturated"],
-                  saturated_clients=[c["client_id"] for c in s["saturated_clients"]])
+    sat = s["saturated_clients"]
+    named = [f"{c['client_id']} ({c['kind']}, longest {c['longest_s']} s)" for c in sat if c["role"] == "sub"]
+    named += [f"{sum(c['role'] == 'pub' for c in sat)} publishers behind schedule"] if any(c["role"] == "pub" for c in sat) else []
+    return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, pub_wall=pub_wall, saturated=s["bench_saturated"],
+                  saturated_clients=named)
 
 
 def run_emqtt(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str, Any]:
@@ -169,16 +174,18 @@ def run_emqtt(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str,
                 sub.kill()
                 raise RuntimeError(f"emqtt-bench's subscriber did not subscribe: {sub_log.read_text()[-2000:]}")
             time.sleep(0.1)
+        t0 = time.time()
         pub = subprocess.Popen([exe, "pub", *base, "-c", str(load.publishers), "-I", str(load.interval_ms), "-L", str(load.messages),
                                 "-s", str(PAYLOAD)], stdout=po, stderr=subprocess.STDOUT)
         cpu_pub = reap(pub, 600)
+        pub_wall = time.time() - t0
         # emqtt-bench prints its counters once a second: the quiet window covers the last line
         wait_quiet(lambda: emqtt.parse_output(sub_log.read_text())["totals"].get("recv", 0), load.messages * load.subscribers, 300)
         time.sleep(1.2)
         sub.send_signal(signal.SIGTERM)
         cpu_sub = reap(sub, 30)
     s = emqtt.summarize(pub_log.read_text(), sub_log.read_text(), load.subscribers, load.messages)
-    return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, publish_complete=s["publish_complete"])
+    return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, pub_wall=pub_wall, publish_complete=s["publish_complete"])
 
 
 def main() -> int:
@@ -217,7 +224,7 @@ def main() -> int:
                     runs[tool].append(res)
                     flag = f" saturated={res.get('saturated')} {res.get('saturated_clients')}" if tool == "engine" else ""
                     print(f"[{load.name}] round {r + 1} {tool:6s}: delivered {res['delivered']}/{res['sent'] * load.subscribers} "
-                          f"({100 * res['fraction']:.1f} %), cpu pub {res['cpu_pub']:.2f} s sub {res['cpu_sub']:.2f} s, "
+                          f"({100 * res['fraction']:.1f} %), publisher process {res['pub_wall']:.1f} s, cpu pub {res['cpu_pub']:.2f} s sub {res['cpu_sub']:.2f} s, "
                           f"{res['per_cpu']:,.0f} msgs/CPU-s, sub {res['sub_per_cpu']:,.0f} deliveries/CPU-s{flag}", file=sys.stderr, flush=True)
 
             def med(tool: str, key: str) -> float:

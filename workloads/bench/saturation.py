@@ -102,18 +102,29 @@ class ReceiveBacklog(Episodes):
     def due(self, now: float) -> bool:
         return now - self.checked >= SAMPLE_S
 
-    def sample(self, queued: int, now: float, stall_from: float, got: bool) -> None:
-        """After a read: ``queued`` bytes still waiting; ``stall_from`` is when the loop last
-        looked before a stall (0: no stall this turn); ``got``: the read returned data."""
+    def sample(self, queued: int, now: float) -> None:
+        """Right after a read: ``queued`` bytes were still waiting."""
         self.checked = now
         if queued > 0:
             self.open(self.empty_at)
             self.worst = max(self.worst, queued)
             return
-        if stall_from and got:
-            self.open(max(self.empty_at, stall_from))  # it arrived during the stall at the earliest
         self.close(now)
         self.empty_at = now
+
+    def stalled(self, queued: int, looked_at: float) -> None:
+        """The loop did not look at its sockets since ``looked_at``, and ``queued`` bytes wait now:
+        they arrived during the stall at the earliest."""
+        if queued > 0:
+            self.open(max(self.empty_at, looked_at))
+            self.worst = max(self.worst, queued)
+
+
+    def settle(self, queued: int) -> None:
+        """The loop is between reads and the queue is ``queued``: an open stretch whose queue is
+        empty ended with the last read (no read came since because nothing was left)."""
+        if self.since and queued == 0:
+            self.close(self.checked)
 
 
 class Lateness(Episodes):
@@ -134,7 +145,7 @@ class Lateness(Episodes):
 
 def client_record(client_id: str, role: str, index: int, kind: str, ep: Episodes, now: float) -> dict[str, Any] | None:
     """The self-check entry of one client (None when nothing was wrong); closes an open episode."""
-    ep.close(now)
+    ep.close(ep.checked if isinstance(ep, ReceiveBacklog) else now)
     if not ep.count:
         return None
     extra = {"max_queued_bytes": ep.worst} if kind == "receive_backlog" else {"max_behind_ms": round(ep.worst / 1000, 3)}

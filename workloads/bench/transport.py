@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from workloads.bench.saturation import queued_bytes
+
 CHUNK = 262144  # bytes per kernel read
 
 
@@ -21,7 +23,7 @@ class BufferedSocket:
     flushes once per loop turn, so a burst of publishes or PUBACKs costs one system call.
     """
 
-    __slots__ = ("_sock", "_data", "_off", "wbuf", "dirty", "full")
+    __slots__ = ("_sock", "_data", "_off", "wbuf", "dirty", "full", "probe", "queued")
 
     def __init__(self, sock: socket.socket, dirty: set[BufferedSocket]) -> None:
         self._sock = sock
@@ -30,6 +32,8 @@ class BufferedSocket:
         self.wbuf = bytearray()
         self.dirty = dirty
         self.full = False  # the last kernel read filled the whole chunk: more is probably waiting
+        self.probe = False  # measure the receive queue right after the next kernel read
+        self.queued = -1  # what that measurement found (bytes still waiting), -1: not measured
 
     def recv(self, n: int) -> bytes:
         if self._off >= len(self._data):
@@ -53,6 +57,11 @@ class BufferedSocket:
                 return rest
             raise
         self.full = len(data) == CHUNK
+        if self.probe or self.full:
+            # right after the read, before the data is processed: what is waiting now had arrived
+            # before this read, not during the processing that follows
+            self.probe = False
+            self.queued = queued_bytes(self._sock.fileno())
         return rest + data if rest else data
 
     def buffered(self) -> bool:

@@ -50,9 +50,7 @@ class Worker:
         self.lag_max = 0.0
         self.lags = array.array("d")
         self.looked_at = time.time()  # when select last returned: the loop last looked at its sockets
-        self.stall_from = 0.0  # this turn follows a stall: the loop last looked at this time
         self.idle = 0.0  # seconds waiting in select with nothing to do, in the measured window
-        self.inq = array.array("i", [0])
         self.schedule = PublishSchedule(self.sc.interval_ms / 1000.0, self.sc.publishers)
         self.t0 = 0.0
         self.phase = "connect"
@@ -99,6 +97,11 @@ class Worker:
         st.acked += 1
         self.rec.count(1)
 
+    def on_ack(self, st: ClientState) -> None:
+        """PUBACK (QoS 1) or PUBCOMP (QoS 2) of a fast-path publish."""
+        st.acked += 1
+        self.rec.count(1)
+
     def on_message(self, client: mqtt.Client, st: ClientState, msg: mqtt.MQTTMessage) -> None:
         """paho's own path (a packet the fast path handed over); the fast path calls the recorder directly."""
         self.rec.payload(st, msg.payload, 0, len(msg.payload))
@@ -120,6 +123,7 @@ class Worker:
         c.max_queued_messages_set(0)
         c.dirty = self.dirty
         c.payload_handler = self.rec.payload
+        c.ack_handler = self.on_ack
         c.v5 = proto == mqtt.MQTTv5
         return c
 
@@ -153,6 +157,11 @@ class Worker:
         c = st.client
         assert c is not None
         if mask & selectors.EVENT_READ:
+            sock = c.socket()
+            bl = st.backlog if st.spec.role == "sub" else None
+            if bl is not None and isinstance(sock, BufferedSocket):
+                sock.queued = -1
+                sock.probe = time.time() - bl.checked >= SAMPLE_S
             rc = c.fast_read()
             sock = c.socket()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
@@ -162,12 +171,8 @@ class Worker:
                     st.disconnects += 1
                     self.rec.event(st, "disconnect", f"read:{int(rc)}")
                 return
-            if st.spec.role == "sub":
-                now = time.time()
-                bl = st.backlog
-                full = isinstance(sock, BufferedSocket) and sock.full
-                if full or self.stall_from or now - bl.checked >= SAMPLE_S:
-                    bl.sample(queued_bytes(fd, self.inq), now, self.stall_from, True)
+            if bl is not None and isinstance(sock, BufferedSocket) and sock.queued >= 0:
+                bl.sample(sock.queued, time.time())
         if mask & selectors.EVENT_WRITE:
             if c.want_write() and c.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.drop(st, fd)
@@ -239,11 +244,9 @@ class Worker:
                 else:
                     st.failed += 1
                     self.rec.event(st, "publish_error", "not connected")
-            else:
-                info = c.publish(sc.topic_of(st.spec.index), payload, sc.qos)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    st.failed += 1
-                    self.rec.event(st, "publish_error", str(info.rc))
+            elif not c.fast_publish(sc.topic_of(st.spec.index).encode(), payload, sc.qos):
+                st.failed += 1
+                self.rec.event(st, "publish_error", "not connected")
             st.sent += 1
             if not st.first_send:
                 st.first_send = now
@@ -266,18 +269,19 @@ class Worker:
             self.lags.append(lag)
             self.lag_max = max(self.lag_max, lag)
         # not looking at the sockets for a while (a long turn, or stopped, or starved of CPU):
-        # what the subscribers read next may have waited since the loop last looked (after a
-        # SIGCONT, epoll can first return empty: the stall holds until a turn has events)
-        if now - self.looked_at - waited >= STALL_S and not self.stall_from:
-            self.stall_from = self.looked_at
+        # what waits in a subscriber's socket now waited since the loop last looked at the latest
+        # (asked directly: after SIGCONT, epoll can first return nothing)
+        if now - self.looked_at - waited >= STALL_S:
+            for st in self.subs:
+                sock = st.client.socket() if st.client is not None else None
+                if sock is not None:
+                    st.backlog.stalled(queued_bytes(sock.fileno()), self.looked_at)
         self.looked_at = now
         for key, mask in events:
             if key.data is None:
                 self.control()
             else:
                 self.handle(key.data, key.fd, mask)  # type: ignore[arg-type]
-        if events:
-            self.stall_from = 0.0
 
     def control(self) -> None:
         while self.ctl.poll():
@@ -331,6 +335,10 @@ class Worker:
                 for st in self.states:
                     if st.client is not None and st.client.socket() is not None:
                         st.client.loop_misc()
+                        if st.spec.role == "pub":
+                            st.client.resume()
+                        elif st.backlog.since:
+                            st.backlog.settle(queued_bytes(st.client.socket().fileno()))  # type: ignore[union-attr]
                         if st.client.want_write():
                             st.client.loop_write()
                     elif st.attempted and now - st.attempted >= 1.0:
