@@ -56,13 +56,6 @@ class Load:
     subscribers: int = 1
 
 
-def find_emqtt_bench() -> str | None:
-    env = os.environ.get("EMQTT_BENCH")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    return shutil.which("emqtt_bench")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -194,11 +187,9 @@ def main() -> int:
     ap.add_argument("--all-qos", action="store_true", help="the carried load at QoS 0, 1 and 2 (default QoS 1)")
     ap.add_argument("--only", help="run only the loads whose name contains this")
     args = ap.parse_args()
-    exe = find_emqtt_bench()
+    exe = emqtt.find_native()
     if exe is None:
-        where = os.environ.get("EMQTT_BENCH")
-        print(f"bench_vs_emqtt: emqtt-bench not found ({f'EMQTT_BENCH={where} is not executable' if where else 'set EMQTT_BENCH or put emqtt_bench on PATH'}); "
-              "it also needs Erlang (Debian: apt-get install erlang-base erlang-ssl)", file=sys.stderr)
+        print(f"bench_vs_emqtt: {emqtt.missing_native()}", file=sys.stderr)
         return 2
     if shutil.which("mosquitto") is None:
         print("bench_vs_emqtt: mosquitto not found (apt-get install mosquitto)", file=sys.stderr)

@@ -344,3 +344,42 @@ def test_a_cpu_capped_subscriber_is_reported_as_the_bench_saturating(tmp_path: P
     assert all(c["kind"] == "receive_backlog" and c["longest_s"] >= (0.1 if c["lost"] else 0.5) for c in named.values()), named
     assert not free["bench_saturated"], free["saturation_reasons"]
     assert free["delivered"] == free["expected"] == 24000
+
+
+def test_emqtt_adapter_runs_the_real_emqtt_bench(broker: Broker, tmp_path: Path) -> None:
+    """`mqttlab bench emqtt --native` command lines run by the real emqtt-bench against a real
+    Mosquitto; the adapter's parsed totals are what was sent and received."""
+    exe = emqtt.find_native()
+    if exe is None:
+        pytest.skip(emqtt.missing_native())
+    scenario = ["--publishers", "4", "--subscribers", "3", "--messages", "400", "--interval-ms", "10", "--qos", "1",
+                "--topic", f"adapter/{os.getpid()}"]
+    cp = bench("emqtt", "--target", broker.target, "--native", *scenario)
+    assert cp.returncode == 0, cp.stderr
+    cmds = {line.split(": ", 1)[0]: line.split(": ", 1)[1].split() for line in cp.stdout.splitlines()}
+    assert cmds["pub"][0] == exe and cmds["pub"][cmds["pub"].index("-L") + 1] == "400"
+    sub_log, pub_log = tmp_path / "sub.txt", tmp_path / "pub.txt"
+    with sub_log.open("w") as so:
+        sub = subprocess.Popen(cmds["sub"], stdout=so, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: emqtt.parse_output(sub_log.read_text())["totals"].get("sub", 0) == 3, 60, "emqtt-bench subscribed")
+            with pub_log.open("w") as po:
+                assert subprocess.run(cmds["pub"], stdout=po, stderr=subprocess.STDOUT, timeout=120).returncode == 0
+            # the counters print once a second: wait for the last one
+            wait_for(lambda: emqtt.parse_output(sub_log.read_text())["totals"].get("recv", 0) >= 1200, 60, "every delivery counted")
+        finally:
+            sub.terminate()
+            sub.wait(30)
+    cp = bench("emqtt", "--target", broker.target, *scenario, "--parse-pub", str(pub_log), "--parse-sub", str(sub_log))
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)
+    assert s["estimated"] and s["publish_complete"]
+    assert (s["planned"], s["sent"], s["expected"], s["delivered"], s["lost"], s["duplicates"]) == (400, 400, 1200, 1200, 0, 0)
+    assert s["clients_connected"] == 7
+
+
+def test_emqtt_adapter_says_when_emqtt_bench_is_missing(tmp_path: Path) -> None:
+    env = dict(os.environ, EMQTT_BENCH=str(tmp_path / "nothing-here"))
+    cp = subprocess.run([*MQTTLAB, "bench", "emqtt", "--target", "127.0.0.1:1883", "--native"], capture_output=True, text=True, cwd=ROOT,
+                        env=env, timeout=60)
+    assert cp.returncode == 2 and "emqtt-bench not found" in cp.stderr and "nothing-here" in cp.stderr

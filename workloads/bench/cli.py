@@ -90,6 +90,9 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     subs = split_evenly(sc.subscribers, args.host_count, args.host_index)
     msgs = sum(sc.messages_of(p) for p in pubs)
     cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native)
+    if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
+        print(f"mqttlab: {emqtt.missing_native()}", file=sys.stderr)
+        return 2
     if args.parse_pub or args.parse_sub:
         pub_text = Path(args.parse_pub).read_text() if args.parse_pub else ""
         sub_text = Path(args.parse_sub).read_text() if args.parse_sub else ""
@@ -136,7 +139,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     q = bsub.add_parser("emqtt", help="emqtt-bench command lines for this scenario, or parse their output")
     common(q)
-    q.add_argument("--native", action="store_true", help="emqtt_bench on PATH instead of Docker")
+    q.add_argument("--native", action="store_true", help="emqtt_bench from EMQTT_BENCH or PATH instead of Docker")
     q.add_argument("--parse-pub", help="emqtt-bench pub console output to summarize")
     q.add_argument("--parse-sub", help="emqtt-bench sub console output to summarize")
     q.set_defaults(func=cmd_emqtt)
