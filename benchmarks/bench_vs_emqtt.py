@@ -181,11 +181,47 @@ def run_emqtt(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str,
     return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, pub_wall=pub_wall, publish_complete=s["publish_complete"])
 
 
+def run_shared(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str, Any]:
+    """One feed, two readers: the engine's publishers, and one subscriber of each tool on the same
+    topic at the same time, so both subscribers face exactly the same offered load."""
+    out = tmp / f"shared-{tag}"
+    ready = tmp / f"shared-{tag}.ready"
+    common = ["--target", f"127.0.0.1:{port}", "--out", str(out), "--publishers", str(load.publishers), "--subscribers", "1",
+              "--messages", str(load.messages), "--interval-ms", str(load.interval_ms), "--qos", str(load.qos),
+              "--payload-bytes", str(PAYLOAD), "--topic", f"cmp/{tag}", "--tag", hex(tag), "--quiet", "--time-limit-s", "600"]
+    cli = [sys.executable, "-m", "workloads.cli", "bench"]
+    sub_log = tmp / f"shared-{tag}.emqtt"
+    with sub_log.open("w") as so:
+        esub = subprocess.Popen([exe, "sub", "-h", "127.0.0.1", "-p", str(port), "-V", "4", "-q", str(load.qos), "-t", f"cmp/{tag}", "-c", "1"],
+                                stdout=so, stderr=subprocess.STDOUT)
+        sub = subprocess.Popen([*cli, "sub", "--host", "subs", "--workers", "1", "--ready-file", str(ready), *common], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.time() + 60
+        while not ready.exists() or emqtt.parse_output(sub_log.read_text())["totals"].get("sub", 0) < 1:
+            if time.time() > end:
+                raise RuntimeError("the subscribers did not get ready")
+            time.sleep(0.1)
+        pub = subprocess.Popen([*cli, "pub", "--host", "pubs", *common], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reap(pub, 600)
+        wait_quiet(lambda: deliveries_on_disk(out, "subs") + emqtt.parse_output(sub_log.read_text())["totals"].get("recv", 0), 2 * load.messages, 300)
+        time.sleep(1.2)
+        sub.send_signal(signal.SIGTERM)
+        cpu_sub = reap(sub, 60)
+        esub.send_signal(signal.SIGTERM)
+        cpu_esub = reap(esub, 30)
+    s = summarize(out)
+    got = emqtt.parse_output(sub_log.read_text())["totals"].get("recv", 0)
+    return {"sent": s["sent"], "engine": s["delivered"] / max(s["sent"], 1), "emqtt": got / max(s["sent"], 1), "cpu_sub": cpu_sub,
+            "cpu_esub": cpu_esub, "saturated": [c["client_id"] for c in s["saturated_clients"] if c["role"] == "sub"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--all-qos", action="store_true", help="the carried load at QoS 0, 1 and 2 (default QoS 1)")
     ap.add_argument("--only", help="run only the loads whose name contains this")
+    ap.add_argument("--shared-feed", action="store_true",
+                    help="instead: the saturating load from the engine's publishers read by one subscriber of each tool at once")
     args = ap.parse_args()
     exe = emqtt.find_native()
     if exe is None:
@@ -194,12 +230,14 @@ def main() -> int:
     if shutil.which("mosquitto") is None:
         print("bench_vs_emqtt: mosquitto not found (apt-get install mosquitto)", file=sys.stderr)
         return 2
+    if args.shared_feed:
+        return shared_feed(exe, args.repeat)
     loads = [Load("saturating fan-in: 50 pub x 1 ms -> 1 sub, QoS 1, 100000 msgs", 50, 1, 100_000, 1)]
     for q in (0, 1, 2) if args.all_qos else (1,):
         loads.append(Load(f"carried fan-in: 10 pub x 1000/s -> 1 sub, QoS {q}, 50000 msgs", 10, 1, 50_000, q))
     if args.only:
         loads = [ld for ld in loads if args.only in ld.name]
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-vs-emqtt-") as td:
         tmp = Path(td)
         for load in loads:
@@ -233,12 +271,36 @@ def main() -> int:
             "| sub deliveries/CPU-s engine | emqtt-bench | ratio | engine runs marked saturated |")
     print(head)
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['load']} | {100 * r['engine_fraction']:.1f} % | {100 * r['emqtt_fraction']:.1f} % | {r['fraction_ratio']:.2f} "
-              f"| {r['engine_per_cpu']:,.0f} | {r['emqtt_per_cpu']:,.0f} | {r['per_cpu_ratio']:.2f} "
-              f"| {r['engine_sub_per_cpu']:,.0f} | {r['emqtt_sub_per_cpu']:,.0f} | {r['sub_per_cpu_ratio']:.2f} | {r['engine_saturated']}/{args.repeat} |")
+    for row in rows:
+        print(f"| {row['load']} | {100 * row['engine_fraction']:.1f} % | {100 * row['emqtt_fraction']:.1f} % | {row['fraction_ratio']:.2f} "
+              f"| {row['engine_per_cpu']:,.0f} | {row['emqtt_per_cpu']:,.0f} | {row['per_cpu_ratio']:.2f} "
+              f"| {row['engine_sub_per_cpu']:,.0f} | {row['emqtt_sub_per_cpu']:,.0f} | {row['sub_per_cpu_ratio']:.2f} | {row['engine_saturated']}/{args.repeat} |")
     print(f"\nmedian of {args.repeat} rounds; ratios are engine / emqtt-bench per round, then the median; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end", file=sys.stderr)
+    return 0
+
+
+def shared_feed(exe: str, repeat: int) -> int:
+    load = Load("saturating fan-in", 50, 1, 100_000, 1)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-vs-emqtt-") as td:
+        for r in range(repeat):
+            broker = Mosquitto(Path(td))
+            try:
+                res = run_shared(exe, load, broker.port, Path(td), int.from_bytes(os.urandom(4), "big") | 1)
+            finally:
+                broker.stop()
+            runs.append(res)
+            print(f"[shared feed] round {r + 1}: sent {res['sent']}, engine subscriber {100 * res['engine']:.1f} % "
+                  f"({res['cpu_sub']:.2f} CPU-s), emqtt-bench subscriber {100 * res['emqtt']:.1f} % ({res['cpu_esub']:.2f} CPU-s); "
+                  f"engine flagged {res['saturated']}", file=sys.stderr, flush=True)
+    e = statistics.median(x["engine"] for x in runs)
+    q = statistics.median(x["emqtt"] for x in runs)
+    ratio = statistics.median(x["engine"] / max(x["emqtt"], 1e-9) for x in runs)
+    print("| same feed: 50 pub x 1 ms (engine) -> 1 engine sub + 1 emqtt-bench sub, QoS 1, 100000 msgs | delivered engine | "
+          "delivered emqtt-bench | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| median of {repeat} | {100 * e:.1f} % | {100 * q:.1f} % | {ratio:.2f} |")
     return 0
 
 
