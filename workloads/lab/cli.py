@@ -39,7 +39,12 @@ def format_lab_summary(s: dict[str, Any]) -> str:
     ]
     if bal.get("note"):
         lines.append(f"  note: {bal['note']}")
-    lines += [f"  clients per broker {per}", format_summary(s), f"  run directory      {s['run_dir']}"]
+    lines += [f"  clients per broker {per}", format_summary(s)]
+    em = s.get("emqtt_bench")
+    if em:
+        lines.append(f"  emqtt-bench (same scenario, its own totals, estimated): sent {em['sent']}  delivered {em['delivered']}/{em['expected']}  "
+                     f"lost {em['lost']} ({em['loss_pct']:.3f} %)   engine, exact: delivered {s['delivered']}/{s['expected']}")
+    lines.append(f"  run directory      {s['run_dir']}")
     return "\n".join(lines)
 
 
@@ -66,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _config(args)  # bad input is refused here, before a VM boots
         return in_vm(args, sys.argv[1:])
     cfg = _config(args)
-    summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet)
+    summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet, load_generator=args.load_generator)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
     return 0 if not summary["partial"] else 1
 
@@ -137,6 +142,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     knobs(q)
     q.add_argument("--vm", action="store_true", help="run inside the micro-VM (real IPVS on kernels without it)")
     q.add_argument("--vm-timeout", type=float, default=1800)
+    q.add_argument("--load-generator", choices=("mqttlab", "emqtt-bench"), default="mqttlab",
+                   help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
     q.add_argument("--json", action="store_true")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_run)
