@@ -13,7 +13,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(mosquitto mosquitto-clients ipvsadm haproxy keepalived nftables iptables conntrack iproute2 procps kmod util-linux python3-venv python3-pip openssh-client)
 if [ "$dev" = 1 ]; then
-  pkgs+=(docker-compose cloud-init qemu-system-x86 busybox-static chromium time)
+  # erlang-base and erlang-ssl run the emqtt-bench escript (found via EMQTT_BENCH or PATH) for the comparisons
+  pkgs+=(docker-compose cloud-init qemu-system-x86 busybox-static chromium time erlang-base erlang-ssl)
 fi
 echo "== apt-get install ${pkgs[*]}"
 apt-get update -q >/dev/null

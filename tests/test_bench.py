@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -271,3 +272,160 @@ def test_clients_reconnect_after_a_keepalive_timeout(tmp_path: Path) -> None:
     assert s["sent"] == 300 and s["clients_connected"] == 2
     rows = [line.split(",") for p in out.glob("bench/local/outages-*.csv") for line in p.read_text().splitlines()[1:]]
     assert rows and all(float(r[3]) > float(r[2]) for r in rows)  # every lost connection came back
+
+
+def _sub_and_pub(b: Broker, tmp_path: Path, name: str, throttle: Callable[[list[int]], None] | None,
+                 release: Callable[[list[int]], None] | None = None, messages: int = 1600, interval_ms: int = 5,
+                 publishers: int = 2) -> dict[str, Any]:
+    """Subscribers in one worker process, publishers in another; ``throttle`` gets the subscriber
+    worker's pids once deliveries flow, ``release`` once publishing is over. Ends when deliveries
+    stopped growing (bounded)."""
+    out = tmp_path / name
+    ready = tmp_path / f"{name}.ready"
+    common = ["--target", b.target, "--out", str(out), "--publishers", str(publishers), "--subscribers", "2", "--messages", str(messages),
+              "--interval-ms", str(interval_ms), "--qos", "1", "--tag", "0x5a7", "--quiet", "--time-limit-s", "120"]
+    sub = subprocess.Popen([*MQTTLAB, "bench", "sub", "--host", "subs", "--workers", "1", "--ready-file", str(ready), *common],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in out.glob("bench/subs/deliveries-*.bin")) // 32
+
+    try:
+        wait_for(ready.exists, 30, "subscribers ready")
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(sub.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(workers) == 1
+        pub = subprocess.Popen([*MQTTLAB, "bench", "pub", "--host", "pubs", "--workers", "1", *common], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: on_disk() > 0, 30, "first deliveries")
+        if throttle is not None:
+            throttle(workers)
+        assert pub.wait(100) == 0, pub.stderr.read() if pub.stderr else ""
+        if release is not None:
+            release(workers)
+        seen, quiet = -1, time.time()
+        while on_disk() < 2 * messages and time.time() - quiet < 3:  # bounded: it ends 3 s after the count stops growing
+            if on_disk() != seen:
+                seen, quiet = on_disk(), time.time()
+            time.sleep(0.2)
+    finally:
+        sub.send_signal(signal.SIGTERM)
+        sub.wait(60)
+    return summarize(out)
+
+
+def test_a_paused_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path) -> None:
+    """The bench made the bottleneck on purpose (its subscriber worker stopped twice for 1.2 s):
+    the summary names the subscribers and how long data waited unread; unpaused, it does not."""
+    b = Broker(tmp_path)
+
+    def pause(pids: list[int]) -> None:
+        for _ in range(2):
+            for w in pids:
+                os.kill(w, signal.SIGSTOP)
+            time.sleep(1.2)
+            for w in pids:
+                os.kill(w, signal.SIGCONT)
+            time.sleep(0.5)
+
+    try:
+        paused = _sub_and_pub(b, tmp_path, "paused", pause, messages=3200)  # 8 s of publishing: both pauses fall inside
+        free = _sub_and_pub(b, tmp_path, "free", None, messages=3200)
+    finally:
+        b.stop()
+    assert paused["delivered"] == free["delivered"] == 6400  # no loss either way: TCP buffers held the backlog
+    assert paused["bench_saturated"], paused["saturation_reasons"]
+    named = {c["client_id"]: c for c in paused["saturated_clients"]}
+    assert set(named) == {"mqttlab-000005a7-sub0", "mqttlab-000005a7-sub1"}, paused["saturated_clients"]
+    for c in named.values():
+        assert c["kind"] == "receive_backlog" and c["episodes"] >= 2
+        assert 1.0 <= c["longest_s"] < 5 and 2.0 <= c["seconds"] < 10
+    assert any("mqttlab-000005a7-sub0 left data unread" in r for r in paused["saturation_reasons"])
+    assert not free["bench_saturated"], free["saturation_reasons"]
+    assert free["saturated_clients"] == []
+
+
+def test_a_cpu_capped_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path) -> None:
+    """The subscriber worker under a 1 % CPU cap (cgroup) while 8000 deliveries a second arrive:
+    its sockets' receive queues stay full, and the summary names both subscribers."""
+    from workloads.lab import cgroups
+
+    version = cgroups.detect()
+    if version is None:
+        pytest.skip("no cgroup hierarchy with the cpu controller here")
+    # a group of its own (not named like the lab's, which `lab down` removes), 1 ms per 100 ms
+    base = cgroups.ROOT if version == "v2" else cgroups.ROOT / "cpu"
+    group = base / f"benchtest-{os.getpid()}"
+    group.mkdir(exist_ok=True)
+    if version == "v2":
+        (cgroups.ROOT / "cgroup.subtree_control").write_text("+cpu")
+        (group / "cpu.max").write_text("1000 100000")
+    else:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text("1000")
+    root_procs = base / "cgroup.procs"
+    b = Broker(tmp_path)
+
+    def throttle(pids: list[int]) -> None:
+        for w in pids:
+            (group / "cgroup.procs").write_text(str(w))
+
+    def release(pids: list[int]) -> None:
+        for w in pids:
+            root_procs.write_text(str(w))
+
+    try:
+        capped = _sub_and_pub(b, tmp_path, "capped", throttle, release, messages=12000, interval_ms=1, publishers=4)
+        free = _sub_and_pub(b, tmp_path, "free", None, messages=12000, interval_ms=1, publishers=4)
+    finally:
+        b.stop()
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+    assert capped["bench_saturated"], capped
+    named = {c["client_id"]: c for c in capped["saturated_clients"]}
+    assert set(named) == {"mqttlab-000005a7-sub0", "mqttlab-000005a7-sub1"}, capped["saturated_clients"]
+    assert all(c["kind"] == "receive_backlog" and c["longest_s"] >= (0.1 if c["lost"] else 0.5) for c in named.values()), named
+    assert not free["bench_saturated"], free["saturation_reasons"]
+    assert free["delivered"] == free["expected"] == 24000
+
+
+def test_emqtt_adapter_runs_the_real_emqtt_bench(broker: Broker, tmp_path: Path) -> None:
+    """`mqttlab bench emqtt --native` command lines run by the real emqtt-bench against a real
+    Mosquitto; the adapter's parsed totals are what was sent and received."""
+    exe = emqtt.find_native()
+    if exe is None:
+        pytest.skip(emqtt.missing_native())
+    scenario = ["--publishers", "4", "--subscribers", "3", "--messages", "400", "--interval-ms", "10", "--qos", "1",
+                "--topic", f"adapter/{os.getpid()}"]
+    cp = bench("emqtt", "--target", broker.target, "--native", *scenario)
+    assert cp.returncode == 0, cp.stderr
+    cmds = {line.split(": ", 1)[0]: line.split(": ", 1)[1].split() for line in cp.stdout.splitlines()}
+    assert cmds["pub"][0] == exe and cmds["pub"][cmds["pub"].index("-L") + 1] == "400"
+    sub_log, pub_log = tmp_path / "sub.txt", tmp_path / "pub.txt"
+    with sub_log.open("w") as so:
+        sub = subprocess.Popen(cmds["sub"], stdout=so, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: emqtt.parse_output(sub_log.read_text())["totals"].get("sub", 0) == 3, 60, "emqtt-bench subscribed")
+            with pub_log.open("w") as po:
+                assert subprocess.run(cmds["pub"], stdout=po, stderr=subprocess.STDOUT, timeout=120).returncode == 0
+            # the counters print once a second: wait for the last one
+            wait_for(lambda: emqtt.parse_output(sub_log.read_text())["totals"].get("recv", 0) >= 1200, 60, "every delivery counted")
+        finally:
+            sub.terminate()
+            sub.wait(30)
+    cp = bench("emqtt", "--target", broker.target, *scenario, "--parse-pub", str(pub_log), "--parse-sub", str(sub_log))
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)
+    assert s["estimated"] and s["publish_complete"]
+    assert (s["planned"], s["sent"], s["expected"], s["delivered"], s["lost"], s["duplicates"]) == (400, 400, 1200, 1200, 0, 0)
+    assert s["clients_connected"] == 7
+
+
+def test_emqtt_adapter_says_when_emqtt_bench_is_missing(tmp_path: Path) -> None:
+    env = dict(os.environ, EMQTT_BENCH=str(tmp_path / "nothing-here"))
+    cp = subprocess.run([*MQTTLAB, "bench", "emqtt", "--target", "127.0.0.1:1883", "--native"], capture_output=True, text=True, cwd=ROOT,
+                        env=env, timeout=60)
+    assert cp.returncode == 2 and "emqtt-bench not found" in cp.stderr and "nothing-here" in cp.stderr

@@ -192,7 +192,7 @@ def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
 
 @pytest.mark.vm
 @pytest.mark.lab
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2200)
 def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
     """lc and rr, both topologies, with the kernel's IPVS: one VM boot for all four runs."""
     reason = vm.unavailable_reason()
@@ -211,7 +211,7 @@ def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
     if lab_mod.kernel_has_ipvs():
         cp = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, timeout=1200)
     else:
-        cp = vm.run_in_vm("\n".join(lines), [runs], timeout=1500)
+        cp = vm.run_in_vm("\n".join(lines), [runs], timeout=700)  # longer while runs are still written, at most 2100 s
     for i, (topology, sched) in enumerate(cases):
         out = (runs / f"case{i}.json").read_text() if (runs / f"case{i}.json").exists() else ""
         err = (runs / f"case{i}.err").read_text() if (runs / f"case{i}.err").exists() else cp.stderr[-3000:]
@@ -220,3 +220,27 @@ def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
         assert "ESTABLISHED" in conns  # the IPVS connection table, collected at the end
     assert (runs / "netns-after.txt").read_text().strip() == ""
     print(f"four IPVS lab runs in the micro-VM took {time.time() - t0:.0f}s")
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_lab_with_emqtt_bench_sets_its_totals_beside_the_engines(tmp_path: Path) -> None:
+    """--load-generator emqtt-bench: the engine's exact run, then the same scenario through the
+    real emqtt-bench on the same lab; the summary carries both."""
+    from workloads.bench import emqtt
+    from workloads.lab.cli import format_lab_summary
+
+    if emqtt.find_native() is None:
+        pytest.skip(emqtt.missing_native())
+    cp = lab_run("-s", "distributed", "--balancer", "haproxy", *SMALL, "--load-generator", "emqtt-bench", "--json", "--quiet", out=tmp_path)
+    s = check_run(cp, "distributed", "haproxy", "lc")
+    em = s["emqtt_bench"]
+    assert em["estimated"] and em["publish_complete"] and em["planned"] == em["sent"] == 300
+    assert em["expected"] == 1800 and em["delivered"] == 1800 and em["lost"] == 0, em
+    run_dir = Path(s["run_dir"])
+    assert json.loads((run_dir / "manifest.json").read_text())["emqtt_bench"] == em
+    assert sorted(p.name for p in run_dir.glob("bench/*/emqtt-*.log")) == ["emqtt-pub.log", "emqtt-pub.log", "emqtt-sub.log", "emqtt-sub.log"]
+    text = format_lab_summary(s)
+    assert "emqtt-bench (same scenario, its own totals, estimated): sent 300  delivered 1800/1800" in text
+    assert "engine, exact: delivered 1800/1800" in text
+    assert_nothing_left()

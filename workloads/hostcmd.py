@@ -25,6 +25,7 @@ from typing import Any
 
 from workloads.balancer import ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
+from workloads.cliargs import add_stack_args, load
 from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
@@ -46,8 +47,6 @@ def run_tag(stack: str, run_id: str) -> int:
 
 
 def _cfg(args: argparse.Namespace) -> tuple[ExperimentConfig, Plan]:
-    from workloads.cli import load
-
     cfg = load(args)
     return cfg, build_plan(cfg)
 
@@ -535,7 +534,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_stack_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("host", help="steps run on an Azure VM by the Pulumi program's remote commands")
     hsub = p.add_subparsers(dest="host_cmd", required=True)
 

@@ -6,14 +6,14 @@ import argparse
 import json
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workloads.bench import emqtt
 from workloads.bench.rundir import RunDirError, format_summary, summarize
 from workloads.bench.runner import HostShare, run_host, split_evenly, stop_on_signals
-from workloads.config import ConfigError
+from workloads.cliargs import add_scenario_args, project_dir
+from workloads.config import ConfigError, load_stack
 from workloads.scenario import FIELDS, Scenario, scenario_from_mapping
 
 
@@ -21,9 +21,6 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     """Defaults from the stack file when -s is given, else the reference's; options override."""
     base: dict[str, Any] = {}
     if getattr(args, "stack", None):
-        from workloads.cli import project_dir
-        from workloads.config import load_stack
-
         base = dict(load_stack(args.stack, project_dir(getattr(args, "project_dir", None))).scenario.to_dict())
         base = {k: base[attr] for k, (attr, _o, _d) in FIELDS.items()}
     for key in FIELDS:
@@ -93,6 +90,9 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     subs = split_evenly(sc.subscribers, args.host_count, args.host_index)
     msgs = sum(sc.messages_of(p) for p in pubs)
     cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native)
+    if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
+        print(f"mqttlab: {emqtt.missing_native()}", file=sys.stderr)
+        return 2
     if args.parse_pub or args.parse_sub:
         pub_text = Path(args.parse_pub).read_text() if args.parse_pub else ""
         sub_text = Path(args.parse_sub).read_text() if args.parse_sub else ""
@@ -103,7 +103,7 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_scenario_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="the load generator")
     bsub = p.add_subparsers(dest="bench", required=True)
 
@@ -139,7 +139,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sce
 
     q = bsub.add_parser("emqtt", help="emqtt-bench command lines for this scenario, or parse their output")
     common(q)
-    q.add_argument("--native", action="store_true", help="emqtt_bench on PATH instead of Docker")
+    q.add_argument("--native", action="store_true", help="emqtt_bench from EMQTT_BENCH or PATH instead of Docker")
     q.add_argument("--parse-pub", help="emqtt-bench pub console output to summarize")
     q.add_argument("--parse-sub", help="emqtt-bench sub console output to summarize")
     q.set_defaults(func=cmd_emqtt)

@@ -7,7 +7,9 @@ and it has no latency percentiles.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from typing import Any
 
 from workloads.scenario import Scenario
@@ -15,6 +17,22 @@ from workloads.scenario import Scenario
 IMAGE = "emqx/emqtt-bench:0.4.25"
 _COUNTER = re.compile(r"^\s*(\d+(?:\.\d+)?)(?:s|ms)?\s+([A-Za-z_]+)\s+total=(\d+)\s+rate=([\d.]+)(?:/sec)?")
 _ERROR = re.compile(r"error|fail|refused|closed|timeout", re.IGNORECASE)
+
+
+def find_native() -> str | None:
+    """The emqtt_bench executable: ``EMQTT_BENCH`` if set (None when it is not executable), else
+    ``emqtt_bench`` on PATH."""
+    env = os.environ.get("EMQTT_BENCH")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    return shutil.which("emqtt_bench")
+
+
+def missing_native() -> str:
+    """What to tell a user who has no native emqtt-bench."""
+    env = os.environ.get("EMQTT_BENCH")
+    where = f"EMQTT_BENCH={env} is not an executable file" if env else "no emqtt_bench on PATH and EMQTT_BENCH is not set"
+    return f"emqtt-bench not found: {where} (it also needs Erlang: apt-get install erlang-base erlang-ssl)"
 
 
 def commands(scenario: Scenario, targets: list[str], publishers: int, subscribers: int, messages: int,
@@ -27,7 +45,7 @@ def commands(scenario: Scenario, targets: list[str], publishers: int, subscriber
     hosts = ",".join(t.rsplit(":", 1)[0] for t in targets)
     port = targets[0].rsplit(":", 1)[1]
     version = "5" if scenario.mqtt_version == "5" else "4"
-    prefix = ["docker", "run", "--rm", "--network", "host", image] if docker else ["emqtt_bench"]
+    prefix = ["docker", "run", "--rm", "--network", "host", image] if docker else [find_native() or "emqtt_bench"]
     common = ["-h", hosts, "-p", port, "-V", version, "-q", str(scenario.qos), "-R", str(scenario.connect_rate)]
     out: dict[str, list[str]] = {}
     if subscribers:
@@ -59,7 +77,9 @@ def summarize(pub_output: str, sub_output: str, subscribers: int, planned: int) 
     """The bench summary's fields from emqtt-bench consoles, estimated from totals."""
     pub = parse_output(pub_output)
     sub = parse_output(sub_output)
-    sent = pub["totals"].get("pub", 0)
+    # the counters print once a second, so the last "pub total=" can trail the end: a process that
+    # printed "publish complete" sent its whole -L
+    sent = planned if pub["publish_complete"] else pub["totals"].get("pub", 0)
     expected = sent * subscribers
     delivered = sub["totals"].get("recv", 0)
     lost = max(expected - delivered, 0)

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from workloads.bench.hist import Histogram
+from workloads.bench.saturation import judge
 from workloads.scenario import QUIET_S
 
 FORMAT_VERSION = 1
 # one record per delivery in bench/<host>/deliveries-*.bin (docs/run-format.md)
 DELIVERY_DTYPE = np.dtype([("sub", "<u4"), ("pub", "<u4"), ("seq", "<u4"), ("dup", "<u4"), ("send_ns", "<i8"), ("recv_ns", "<i8")])
-SATURATION = {"cpu_busy_pct": 90.0, "loop_lag_p99_ms": 50.0}
 
 
 class RunDirError(ValueError):
@@ -92,9 +92,12 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             acked += int(r["acked"])
             failed += int(r["failed"])
     expected = delivered = duplicates = ooo = foreign = 0
+    lost_by_sub: dict[int, int] = {}
     for p in sorted(bench.glob("*/subscribers-*.csv")):
         for r in _rows(p, ("sub", "pub", "received", "duplicates", "out_of_order")):
             expected += sent.get(int(r["pub"]), 0)
+            sub = int(r["sub"])
+            lost_by_sub[sub] = lost_by_sub.get(sub, 0) + sent.get(int(r["pub"]), 0) - int(r["received"])
             delivered += int(r["received"])
             duplicates += int(r["duplicates"])
             ooo += int(r["out_of_order"])
@@ -116,11 +119,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             rec = read_deliveries(p)
             hist.record((rec["recv_ns"] - rec["send_ns"]) // 1000)
     selfs = [json.loads(p.read_text()) for p in sorted(bench.glob("*/self-*.json"))]
-    reasons = []
-    for s in selfs:
-        for key, limit in SATURATION.items():
-            if s.get(key, 0) >= limit:
-                reasons.append(f"worker {s.get('worker')} {key}={s[key]} >= {limit}")
+    reasons, saturated_clients = judge(selfs, lost_by_sub)
     lost = expected - delivered
 
     def ms(v: float | None) -> float | None:
@@ -147,6 +146,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "latency_ms": {"p50": ms(hist.percentile(50)), "p90": ms(hist.percentile(90)), "p99": ms(hist.percentile(99)), "max": ms(hist.max())},
         "bench_saturated": bool(reasons),
         "saturation_reasons": reasons,
+        "saturated_clients": saturated_clients,
     }
 
 
@@ -194,5 +194,6 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  latency ms         p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
     ]
     if s["bench_saturated"]:
-        lines.append("  WARNING bench_saturated: the load generator, not the system, was the limit: " + "; ".join(s["saturation_reasons"]))
+        lines.append("  WARNING bench_saturated: the load generator, not the system, may have been the limit:")
+        lines += [f"    {r}" for r in s["saturation_reasons"]]
     return "\n".join(lines)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.bench.engine import ClientSpec, WorkerSpec, cpu_count, worker_main
 from workloads.bench.rundir import start_manifest, update_manifest
+from workloads.bench.worker import ClientSpec, WorkerSpec, cpu_count, worker_main
 from workloads.scenario import QUIET_S, Scenario
 
 

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 from workloads.campaign.spec import Campaign, CampaignError, load_campaign
+from workloads.cliargs import project_dir
 
 
 def _load(args: argparse.Namespace) -> Campaign:
-    from workloads.cli import project_dir
-
     return load_campaign(Path(args.file), project_dir(args.project_dir))
 
 

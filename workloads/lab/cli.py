@@ -6,11 +6,11 @@ import argparse
 import json
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workloads.bench.rundir import format_summary
+from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
 from workloads.config import ConfigError
 from workloads.lab import lab, netns, vm
 from workloads.lab.netns import LabError
@@ -24,7 +24,6 @@ OVERRIDES = {  # option dest -> config key
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from workloads.cli import load, scenario_overrides
     from workloads.plan import renumber
 
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
@@ -33,9 +32,7 @@ def _config(args: argparse.Namespace) -> Any:
         overrides["faults"] = list(args.fault)  # the command line's faults replace the stack file's
     hc = {k: getattr(args, f"health_{k}") for k in ("check", "interval", "retries", "timeout") if getattr(args, f"health_{k}", None) is not None}
     if hc:  # on top of the stack file's healthCheck section
-        from workloads.cli import load as load_plain
-
-        base = dict(load_plain(args).raw.get("mqttlab:balancer", {}).get("healthCheck") or {})
+        base = dict(load(args).raw.get("mqttlab:balancer", {}).get("healthCheck") or {})
         overrides["balancer.healthCheck"] = base | {("type" if k == "check" else k): v for k, v in hc.items()}
     try:
         cfg = load(args, overrides)
@@ -59,6 +56,10 @@ def format_lab_summary(s: dict[str, Any]) -> str:
         when = "not carried out" if f.get("started_at") is None else (
             f"at +{f['started_at'] - f['t0']:.3f}s" + (f", ended +{f['ended_at'] - f['t0']:.3f}s" if f.get("ended_at") else ", to the end"))
         lines.append(f"  fault              {f['spec']}: {when} ({f['detail']})")
+    em = s.get("emqtt_bench")
+    if em:
+        lines.append(f"  emqtt-bench (same scenario, its own totals, estimated): sent {em['sent']}  delivered {em['delivered']}/{em['expected']}  "
+                     f"lost {em['lost']} ({em['loss_pct']:.3f} %)   engine, exact: delivered {s['delivered']}/{s['expected']}")
     lines.append(f"  run directory      {s['run_dir']}")
     return "\n".join(lines)
 
@@ -86,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _config(args)  # bad input is refused here, before a VM boots
         return in_vm(args, sys.argv[1:])
     cfg = _config(args)
-    summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet)
+    summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet, load_generator=args.load_generator)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
     return 0 if not summary["partial"] else 1
 
@@ -138,8 +139,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_stack_args: Callable[[argparse.ArgumentParser], None],
-               add_scenario_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("lab", help="the experiment on this machine, in network namespaces")
     lsub = p.add_subparsers(dest="lab", required=True)
 
@@ -165,6 +165,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
                    help="inject a fault, repeatable: broker2:kill@5s, broker2:pause@5s+3s, broker2:restart@5s[+2s], "
                         "bridge:broker1-broker3:cut@5s+4s, director:ipvs1:kill@5s[+10s] (times after publishing starts)")
     q.add_argument("--vm-timeout", type=float, default=1800)
+    q.add_argument("--load-generator", choices=("mqttlab", "emqtt-bench"), default="mqttlab",
+                   help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
     q.add_argument("--json", action="store_true")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_run)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from workloads.lab.netns import LabError
@@ -77,8 +79,45 @@ def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str
         fh.write(script)
     cmd += ["--exec", f"bash {fh.name}"]
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"the micro-VM did not finish within {timeout}s") from exc
+        return _run_while_progressing(cmd, env, rwdirs, timeout)
     finally:
         os.unlink(fh.name)
+
+
+def _written(dirs: list[Path]) -> tuple[int, int]:
+    """What the guest has written through so far: (files, bytes) under the shared folders."""
+    files = size = 0
+    for d in dirs:
+        for p in d.rglob("*"):
+            try:
+                if p.is_file():
+                    files += 1
+                    size += p.stat().st_size
+            except OSError:
+                pass
+    return files, size
+
+
+def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Path], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the VM for ``timeout`` seconds, and past that for as long as the guest still writes
+    into ``rwdirs`` (checked each minute), up to three times ``timeout``: software emulation on a
+    busy machine can be several times slower than on an idle one, and a guess of the wall clock
+    would fail a run that is merely slow, while a hung guest writes nothing and is stopped."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        start = time.time()
+        bound, hard = start + timeout, start + 3 * timeout
+        seen = _written(rwdirs)
+        while p.poll() is None:
+            if time.time() > bound:
+                now = _written(rwdirs)
+                if now == seen or time.time() > hard:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                    raise LabError(f"the micro-VM did not finish within {time.time() - start:.0f}s "
+                                   f"({'nothing written for a minute' if now == seen else 'the bound of three times ' + str(timeout) + 's'})")
+                seen, bound = now, time.time() + 60
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read())
