@@ -26,19 +26,21 @@ def lab_run(*args: str, out: Path, timeout: float = 300, env: dict[str, str] | N
                           env=env)
 
 
-def lab_leftovers() -> dict[str, list[str]]:
-    """What any lab (not the test suite's own namespaces) has left on this machine."""
-    cg = [str(p) for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/memory")) for p in base.glob("mqttlab-*")]
+def lab_leftovers(mine: Path | None = None) -> dict[str, list[str]]:
+    """What any lab (not the test suite's own namespaces) has left on this machine; processes
+    only those whose command line names ``mine`` (a test's own folder) when given."""
+    cg = [str(p) for base in (Path("/sys/fs/cgroup"), *(Path("/sys/fs/cgroup") / h for h in ("cpu", "memory", "pids")))
+          for p in base.glob("mqttlab-*")]
     procs = subprocess.run(["pgrep", "-af", "rendered/brokers|workloads.cli (bench|monitor)|haproxy-lab.cfg"], capture_output=True,
                            text=True).stdout.splitlines()
     state = [str(p) for p in lab_mod.STATE_DIR.glob("*")] if lab_mod.STATE_DIR.is_dir() else []
     return {"namespaces": [n for n in netns.list_namespaces() if not n.startswith("mqttlab-test")], "cgroups": cg,
-            "processes": [p for p in procs if "pgrep" not in p], "state": state,
+            "processes": [p for p in procs if "pgrep" not in p and (mine is None or str(mine) in p)], "state": state,
             "mounts": [m for m in Path("/proc/mounts").read_text().splitlines() if "/run/netns/mqttlab-" in m and "mqttlab-test" not in m]}
 
 
-def assert_nothing_left() -> None:
-    left = lab_leftovers()
+def assert_nothing_left(mine: Path | None = None) -> None:
+    left = lab_leftovers(mine)
     assert not any(left.values()), left
 
 
@@ -151,10 +153,11 @@ def test_kill_9_then_lab_down_leaves_nothing(tmp_path: Path) -> None:
     proc, _log = start_long_run(tmp_path)
     proc.kill()
     proc.wait(10)
+    wait_for(lambda: not lab_leftovers(tmp_path)["processes"], 60, "the killed runner's processes to die with it")
     left = lab_leftovers()
-    assert left["namespaces"] and left["cgroups"] and left["processes"]  # a killed runner leaves things behind ...
+    assert left["namespaces"] and left["cgroups"] and left["state"]  # a killed runner leaves namespaces and state behind ...
     st = subprocess.run([*MQTTLAB, "lab", "status"], capture_output=True, text=True, cwd=ROOT)
-    assert "lab " in st.stdout and "processes alive" in st.stdout
+    assert "lab " in st.stdout and "0/" in st.stdout and "processes alive" in st.stdout and "orphaned" in st.stdout
     down = subprocess.run([*MQTTLAB, "lab", "down"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert down.returncode == 0 and "namespace" in down.stdout
     assert_nothing_left()  # ... and lab down removes all of it

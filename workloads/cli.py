@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from workloads import procs
 from workloads.config import ConfigError, ExperimentConfig, load_stack
 from workloads.lab.netns import LabError
 from workloads.scenario import FIELDS
@@ -147,9 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabError as exc:
         print(f"mqttlab: {exc}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP where a command turns them into procs.Stopped
         print("mqttlab: interrupted; everything it started was torn down", file=sys.stderr)
-        return 130
+        return procs.exit_status(exc)
 
 
 if __name__ == "__main__":
