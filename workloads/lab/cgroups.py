@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +88,16 @@ def create(version: str, lab_id: str, name: str, cpus: float, memory_mb: int) ->
         raise LabError(f"cannot create the broker cgroup {name} ({exc}); the lab needs writable cgroups (run as root on the host)") from exc
 
 
+def lab_top(version: str, lab_id: str) -> Path:
+    """The group that holds every process of the lab (see :func:`lab_group`)."""
+    return ROOT / f"mqttlab-{lab_id}" if version == "v2" else ROOT / "pids" / f"mqttlab-{lab_id}"
+
+
 def lab_group(version: str, lab_id: str) -> Path:
     """The group of the whole lab, which teardown kills at once, whatever escaped a process
     group: on v2 the uncapped leaf next to the brokers' groups (the top, which holds them all,
     has ``cgroup.kill``); on v1 a group in the ``pids`` hierarchy that every process joins."""
-    d = ROOT / f"mqttlab-{lab_id}" / "procs" if version == "v2" else ROOT / "pids" / f"mqttlab-{lab_id}"
+    d = lab_top(version, lab_id) / "procs" if version == "v2" else lab_top(version, lab_id)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -140,3 +147,28 @@ def remove_lab(lab_id_prefix: str) -> list[Path]:
                     except OSError:
                         time.sleep(0.1)
     return removed
+
+
+def start_guard(top: Path) -> subprocess.Popen[bytes]:
+    """A watcher, outside the lab's group and session, that kills the group once our end of its
+    stdin closes: when we are done, or killed, however. ``PR_SET_PDEATHSIG`` alone cannot
+    cover the lab: a broker that drops root (Mosquitto switches to its own user) loses it."""
+    return subprocess.Popen([sys.executable, "-m", "workloads.lab.cgroups", str(top)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop_guard(guard: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if guard.stdin is not None:
+        guard.stdin.close()
+    try:
+        guard.wait(timeout)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait(5)
+
+
+if __name__ == "__main__":  # the guard itself
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.stdin.buffer.read()  # returns at EOF: the lab's runner closed it, or died
+    kill_group(Path(sys.argv[1]))

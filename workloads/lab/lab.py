@@ -117,6 +117,7 @@ class Lab:
         self.state = LabState(self.lab_id, str(run_dir), kind=kind, balancer=balancer, plan=self.plan.to_dict(), supervisor_pid=os.getpid(),
                               supervisor_start=procs.start_time(os.getpid()))
         self.group: Path | None = None  # the lab's cgroup (procs file), once the cgroup version is known
+        self.guard: subprocess.Popen[bytes] | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.caps: dict[str, cgroups.Cap] = {}
         self.files = run_dir / "rendered"
@@ -185,6 +186,8 @@ class Lab:
         self.state.cgroup_version = version
         self.state.save()
         self.group = cgroups.lab_group(version, self.lab_id)
+        if self.state.kind == "run":  # a run's processes end with it, even those PR_SET_PDEATHSIG cannot reach
+            self.guard = cgroups.start_guard(cgroups.lab_top(version, self.lab_id))
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         host = self.plan.host("brokers").name
@@ -346,6 +349,8 @@ class Lab:
     def down(self) -> None:
         for p in self.procs.values():
             netns.stop(p, timeout=10)
+        if self.guard is not None:
+            cgroups.stop_guard(self.guard)
         teardown(self.lab_id)
 
 
@@ -446,7 +451,7 @@ def lab_status() -> list[dict[str, Any]]:
             st = LabState.load(path)
         except (OSError, ValueError, TypeError):
             continue
-        alive = {k: _alive(pid) for k, pid in st.pids.items()}
+        alive = {k: procs.is_running(pid, None) for k, pid in st.pids.items()}  # a zombie is not alive
         out.append({"lab_id": st.lab_id, "kind": st.kind, "balancer": st.balancer, "run_dir": st.run_dir, "namespaces": st.namespaces,
                     "processes": alive, "supervisor_pid": st.supervisor_pid, "orphaned": st.orphaned()})
     return out
@@ -468,14 +473,6 @@ def warn_orphans() -> None:
     stray = stray_namespaces(labs)
     if stray:
         _warn(f"namespaces left by a lab whose state is lost: {', '.join(stray)}; remove them with: mqttlab lab down")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 
