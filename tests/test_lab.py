@@ -116,7 +116,7 @@ def check_run(cp: subprocess.CompletedProcess[str], topology: str, balancer: str
 def test_lab_end_to_end(tmp_path: Path, topology: str, balancer: str, scheduler: str) -> None:
     cp = lab_run("-s", topology, "--balancer", balancer, "--scheduler", scheduler, *SMALL, "--json", "--quiet", out=tmp_path)
     check_run(cp, topology, balancer, scheduler)
-    assert_nothing_left()
+    assert_nothing_left(tmp_path)
 
 
 @pytest.mark.lab
@@ -140,10 +140,10 @@ def start_long_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
 @pytest.mark.lab
 def test_ctrl_c_mid_run_tears_everything_down(tmp_path: Path) -> None:
     proc, log = start_long_run(tmp_path)
-    assert lab_leftovers()["namespaces"]  # it really was up
+    assert lab_leftovers(tmp_path)["namespaces"]  # it really was up
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130, log.read_text()[-2000:]
-    assert_nothing_left()
+    assert_nothing_left(tmp_path)
     manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
     assert manifest["status"] == "partial" and manifest["reason"] == "interrupted"
 
@@ -154,20 +154,20 @@ def test_kill_9_then_lab_down_leaves_nothing(tmp_path: Path) -> None:
     proc.kill()
     proc.wait(10)
     wait_for(lambda: not lab_leftovers(tmp_path)["processes"], 60, "the killed runner's processes to die with it")
-    left = lab_leftovers()
+    left = lab_leftovers(tmp_path)
     assert left["namespaces"] and left["cgroups"] and left["state"]  # a killed runner leaves namespaces and state behind ...
     st = subprocess.run([*MQTTLAB, "lab", "status"], capture_output=True, text=True, cwd=ROOT)
     assert "lab " in st.stdout and "0/" in st.stdout and "processes alive" in st.stdout and "orphaned" in st.stdout
     down = subprocess.run([*MQTTLAB, "lab", "down"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert down.returncode == 0 and "namespace" in down.stdout
-    assert_nothing_left()  # ... and lab down removes all of it
+    assert_nothing_left(tmp_path)  # ... and lab down removes all of it
     again = subprocess.run([*MQTTLAB, "lab", "down"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and "nothing to remove" in again.stdout  # idempotent
 
 
 @pytest.mark.lab
 def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
-    before = lab_leftovers()
+    before = lab_leftovers(tmp_path)
     out = tmp_path / "runs"
     cp = lab_run("-s", "nosuchstack", out=out)
     assert cp.returncode == 2 and "no file" in cp.stderr and "known stacks here: centralized, distributed" in cp.stderr
@@ -190,7 +190,7 @@ def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
                              "--balancer", "haproxy", "--out", str(tmp_path / "nobody")], capture_output=True, text=True, cwd=ROOT)
     assert nobody.returncode == 3 and "as root" in nobody.stderr
     assert not out.exists() or not any(out.iterdir())
-    assert lab_leftovers() == before
+    assert lab_leftovers(tmp_path) == before
 
 
 @pytest.mark.vm
