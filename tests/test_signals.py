@@ -19,6 +19,7 @@ from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_bench import Broker
 from tests.test_lab import SMALL, assert_nothing_left, lab_leftovers, lab_run
 from workloads import procs
+from workloads.lab import lab as lab_mod
 
 # publishing lasts minutes (4 publishers x 20000 messages at 20 ms), so any stop lands mid-run
 LONG = ["-s", "distributed", "--balancer", "haproxy", "--scheduler", "lc", "--publishers", "4", "--subscribers", "4", "--messages", "80000",
@@ -204,3 +205,27 @@ def test_bench_workers_never_outlive_it(broker: Broker, tmp_path: Path, sig: sig
         assert rc == 1 and (manifest["status"], manifest["reason"]) == ("partial", "stopped")
     cp = subprocess.run([*MQTTLAB, "bench", "summary", str(out), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert cp.returncode == 0 and json.loads(cp.stdout)["partial"]
+
+
+@pytest.mark.lab
+def test_sigterm_while_lab_up_comes_up_takes_it_down(tmp_path: Path) -> None:
+    """The runner is frozen (SIGSTOP) while its state says it is not up yet, signalled, thawed."""
+    for attempt in range(3):  # bring-up can outrun the poll on an idle machine; then try again
+        log = tmp_path / f"up{attempt}.log"
+        proc = subprocess.Popen([*MQTTLAB, "lab", "up", "-s", "distributed", "--balancer", "haproxy", "--scheduler", "lc", "--out",
+                                 str(tmp_path / f"up{attempt}")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        wait_for(lambda log=log, proc=proc: "brokers:" in log.read_text() or proc.poll() is not None, 300, "the lab to start its brokers")
+        proc.send_signal(signal.SIGSTOP)
+        states = [json.loads(f.read_text()) for f in lab_mod.STATE_DIR.glob("*.json")]
+        mine = [st for st in states if st["supervisor_pid"] == proc.pid]
+        if proc.poll() is None and mine and not mine[0]["ready"]:
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)
+            assert proc.wait(120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+            assert "interrupted" in log.read_text()
+            assert_nothing_left(tmp_path)
+            return
+        proc.send_signal(signal.SIGCONT)
+        proc.wait(120)
+        subprocess.run([*MQTTLAB, "lab", "down", "--id", mine[0]["lab_id"]] if mine else ["true"], capture_output=True, cwd=ROOT, timeout=120)
+    pytest.fail("lab up finished before it could be signalled, three times")
