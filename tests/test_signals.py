@@ -7,6 +7,7 @@ the test spawned, identified by PID and start time.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -207,6 +208,10 @@ def test_bench_workers_never_outlive_it(broker: Broker, tmp_path: Path, sig: sig
     assert cp.returncode == 0 and json.loads(cp.stdout)["partial"]
 
 
+def started_brokers(log: Path, proc: subprocess.Popen[bytes]) -> bool:
+    return "brokers:" in log.read_text() or proc.poll() is not None
+
+
 @pytest.mark.lab
 def test_sigterm_while_lab_up_comes_up_takes_it_down(tmp_path: Path) -> None:
     """The runner is frozen (SIGSTOP) while its state says it is not up yet, signalled, thawed."""
@@ -214,7 +219,7 @@ def test_sigterm_while_lab_up_comes_up_takes_it_down(tmp_path: Path) -> None:
         log = tmp_path / f"up{attempt}.log"
         proc = subprocess.Popen([*MQTTLAB, "lab", "up", "-s", "distributed", "--balancer", "haproxy", "--scheduler", "lc", "--out",
                                  str(tmp_path / f"up{attempt}")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-        wait_for(lambda log=log, proc=proc: "brokers:" in log.read_text() or proc.poll() is not None, 300, "the lab to start its brokers")
+        wait_for(functools.partial(started_brokers, log, proc), 300, "the lab to start its brokers")
         proc.send_signal(signal.SIGSTOP)
         states = [json.loads(f.read_text()) for f in lab_mod.STATE_DIR.glob("*.json")]
         mine = [st for st in states if st["supervisor_pid"] == proc.pid]
