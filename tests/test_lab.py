@@ -26,19 +26,21 @@ def lab_run(*args: str, out: Path, timeout: float = 300, env: dict[str, str] | N
                           env=env)
 
 
-def lab_leftovers() -> dict[str, list[str]]:
-    """What any lab (not the test suite's own namespaces) has left on this machine."""
-    cg = [str(p) for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/memory")) for p in base.glob("mqttlab-*")]
+def lab_leftovers(mine: Path | None = None) -> dict[str, list[str]]:
+    """What any lab (not the test suite's own namespaces) has left on this machine; processes
+    only those whose command line names ``mine`` (a test's own folder) when given."""
+    cg = [str(p) for base in (Path("/sys/fs/cgroup"), *(Path("/sys/fs/cgroup") / h for h in ("cpu", "memory", "pids")))
+          for p in base.glob("mqttlab-*")]
     procs = subprocess.run(["pgrep", "-af", "rendered/brokers|workloads.cli (bench|monitor)|haproxy-lab.cfg"], capture_output=True,
                            text=True).stdout.splitlines()
     state = [str(p) for p in lab_mod.STATE_DIR.glob("*")] if lab_mod.STATE_DIR.is_dir() else []
     return {"namespaces": [n for n in netns.list_namespaces() if not n.startswith("mqttlab-test")], "cgroups": cg,
-            "processes": [p for p in procs if "pgrep" not in p], "state": state,
+            "processes": [p for p in procs if "pgrep" not in p and (mine is None or str(mine) in p)], "state": state,
             "mounts": [m for m in Path("/proc/mounts").read_text().splitlines() if "/run/netns/mqttlab-" in m and "mqttlab-test" not in m]}
 
 
-def assert_nothing_left() -> None:
-    left = lab_leftovers()
+def assert_nothing_left(mine: Path | None = None) -> None:
+    left = lab_leftovers(mine)
     assert not any(left.values()), left
 
 
@@ -114,7 +116,7 @@ def check_run(cp: subprocess.CompletedProcess[str], topology: str, balancer: str
 def test_lab_end_to_end(tmp_path: Path, topology: str, balancer: str, scheduler: str) -> None:
     cp = lab_run("-s", topology, "--balancer", balancer, "--scheduler", scheduler, *SMALL, "--json", "--quiet", out=tmp_path)
     check_run(cp, topology, balancer, scheduler)
-    assert_nothing_left()
+    assert_nothing_left(tmp_path)
 
 
 @pytest.mark.lab
@@ -138,10 +140,10 @@ def start_long_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
 @pytest.mark.lab
 def test_ctrl_c_mid_run_tears_everything_down(tmp_path: Path) -> None:
     proc, log = start_long_run(tmp_path)
-    assert lab_leftovers()["namespaces"]  # it really was up
+    assert lab_leftovers(tmp_path)["namespaces"]  # it really was up
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130, log.read_text()[-2000:]
-    assert_nothing_left()
+    assert_nothing_left(tmp_path)
     manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
     assert manifest["status"] == "partial" and manifest["reason"] == "interrupted"
 
@@ -151,20 +153,21 @@ def test_kill_9_then_lab_down_leaves_nothing(tmp_path: Path) -> None:
     proc, _log = start_long_run(tmp_path)
     proc.kill()
     proc.wait(10)
-    left = lab_leftovers()
-    assert left["namespaces"] and left["cgroups"] and left["processes"]  # a killed runner leaves things behind ...
+    wait_for(lambda: not lab_leftovers(tmp_path)["processes"], 60, "the killed runner's processes to die with it")
+    left = lab_leftovers(tmp_path)
+    assert left["namespaces"] and left["cgroups"] and left["state"]  # a killed runner leaves namespaces and state behind ...
     st = subprocess.run([*MQTTLAB, "lab", "status"], capture_output=True, text=True, cwd=ROOT)
-    assert "lab " in st.stdout and "processes alive" in st.stdout
+    assert "lab " in st.stdout and "0/" in st.stdout and "processes alive" in st.stdout and "orphaned" in st.stdout
     down = subprocess.run([*MQTTLAB, "lab", "down"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert down.returncode == 0 and "namespace" in down.stdout
-    assert_nothing_left()  # ... and lab down removes all of it
+    assert_nothing_left(tmp_path)  # ... and lab down removes all of it
     again = subprocess.run([*MQTTLAB, "lab", "down"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and "nothing to remove" in again.stdout  # idempotent
 
 
 @pytest.mark.lab
 def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
-    before = lab_leftovers()
+    before = lab_leftovers(tmp_path)
     out = tmp_path / "runs"
     cp = lab_run("-s", "nosuchstack", out=out)
     assert cp.returncode == 2 and "no file" in cp.stderr and "known stacks here: centralized, distributed, smoke" in cp.stderr
@@ -187,7 +190,7 @@ def test_bad_input_stops_before_anything_is_created(tmp_path: Path) -> None:
                              "--balancer", "haproxy", "--out", str(tmp_path / "nobody")], capture_output=True, text=True, cwd=ROOT)
     assert nobody.returncode == 3 and "as root" in nobody.stderr
     assert not out.exists() or not any(out.iterdir())
-    assert lab_leftovers() == before
+    assert lab_leftovers(tmp_path) == before
 
 
 @pytest.mark.vm

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from workloads import procs
 from workloads.cliargs import add_stack_args, load
 from workloads.config import ConfigError
 from workloads.lab.netns import LabError
@@ -83,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabError as exc:
         print(f"mqttlab: {exc}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP where a command turns them into procs.Stopped
         print("mqttlab: interrupted; everything it started was torn down", file=sys.stderr)
-        return 130
+        return procs.exit_status(exc)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Orchestrates one host's share of a benchmark: worker processes, phases, progress, bounds.
 
 Phases: connect (subscribers first) -> ready -> publish on a common start time -> drain ->
-stop. Every wait is bounded by the scenario's time limit; a stop request (SIGTERM, SIGINT)
+stop. Every wait is bounded by the scenario's time limit; a stop request (SIGTERM, SIGINT, SIGHUP)
 ends the current phase and still writes what was measured.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import random
 import signal
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 from workloads.bench.rundir import start_manifest, update_manifest
 from workloads.bench.worker import ClientSpec, WorkerSpec, cpu_count, worker_main
+from workloads.procs import die_with_parent
 from workloads.scenario import QUIET_S, Scenario
 
 
@@ -101,7 +103,7 @@ def run_host(
         parent, child = ctx.Pipe()
         role = "run" if share.publishers and share.subscribers else ("pub" if share.publishers else "sub")
         spec = WorkerSpec(w, share.host, str(out), scenario, tag, mine, scenario.connect_rate / n, role)
-        p = ctx.Process(target=worker_main, args=(spec, child), name=f"mqttlab-bench-{w}", daemon=True)
+        p = ctx.Process(target=_worker, args=(os.getpid(), spec, child), name=f"mqttlab-bench-{w}", daemon=True)
         p.start()
         child.close()
         pipes.append(parent)
@@ -197,9 +199,19 @@ def run_host(
     return {"status": status, "reason": reason, "workers": list(done.values())}
 
 
+def _worker(parent: int, spec: WorkerSpec, ctl: Any) -> None:
+    """A worker never outlives this process, even one killed with SIGKILL; a stop signal sent to
+    the whole process group (``timeout``, a terminal hangup) reaches the orchestrator, which
+    stops the workers in order so they still write what they measured."""
+    die_with_parent(parent)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    worker_main(spec, ctl)
+
+
 def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
-    """SIGTERM and SIGINT set ``stop``; returns a function that restores the old handlers."""
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    """SIGTERM, SIGINT and SIGHUP set ``stop``; returns a function that restores the old handlers."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     for s in old:
         signal.signal(s, lambda *_: stop.set())
 

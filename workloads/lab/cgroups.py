@@ -3,6 +3,11 @@ v1 (cpu + memory controllers) where that is what it has. The manifest says which
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +88,54 @@ def create(version: str, lab_id: str, name: str, cpus: float, memory_mb: int) ->
         raise LabError(f"cannot create the broker cgroup {name} ({exc}); the lab needs writable cgroups (run as root on the host)") from exc
 
 
+def lab_top(version: str, lab_id: str) -> Path:
+    """The group that holds every process of the lab (see :func:`lab_group`)."""
+    return ROOT / f"mqttlab-{lab_id}" if version == "v2" else ROOT / "pids" / f"mqttlab-{lab_id}"
+
+
+def lab_group(version: str, lab_id: str) -> Path:
+    """The group of the whole lab, which teardown kills at once, whatever escaped a process
+    group: on v2 the uncapped leaf next to the brokers' groups (the top, which holds them all,
+    has ``cgroup.kill``); on v1 a group in the ``pids`` hierarchy that every process joins."""
+    d = lab_top(version, lab_id) / "procs" if version == "v2" else lab_top(version, lab_id)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabError(f"cannot create the lab's cgroup {d} ({exc}); the lab needs writable cgroups (run as root on the host)") from exc
+    return d / "cgroup.procs"
+
+
+def kill_group(top: Path) -> None:
+    """SIGKILL every process in ``top`` and below, until none is left (bounded)."""
+    if (top / "cgroup.kill").exists():
+        with contextlib.suppress(OSError):
+            (top / "cgroup.kill").write_text("1")
+    for _ in range(100):
+        pids = {int(p) for f in top.rglob("cgroup.procs") for p in _read(f).split()}
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _read(f: Path) -> str:
+    try:
+        return f.read_text()
+    except OSError:
+        return ""
+
+
 def remove_lab(lab_id_prefix: str) -> list[Path]:
-    """Remove every group of labs whose id starts with ``lab_id_prefix`` (leaves first)."""
+    """Kill every process in, then remove, every group of labs whose id starts with
+    ``lab_id_prefix`` (leaves first)."""
     removed = []
-    for base in (ROOT, ROOT / "cpu", ROOT / "memory"):
+    for base in (ROOT, ROOT / "cpu", ROOT / "memory", ROOT / "pids"):
         if not base.is_dir():
             continue
         for top in base.glob(f"mqttlab-{lab_id_prefix}*"):
+            kill_group(top)
             for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [top]:
                 for _ in range(50):  # processes may take a moment to leave after SIGKILL
                     try:
@@ -101,3 +147,28 @@ def remove_lab(lab_id_prefix: str) -> list[Path]:
                     except OSError:
                         time.sleep(0.1)
     return removed
+
+
+def start_guard(top: Path) -> subprocess.Popen[bytes]:
+    """A watcher, outside the lab's group and session, that kills the group once our end of its
+    stdin closes: when we are done, or killed, however. ``PR_SET_PDEATHSIG`` alone cannot
+    cover the lab: a broker that drops root (Mosquitto switches to its own user) loses it."""
+    return subprocess.Popen([sys.executable, "-m", "workloads.lab.cgroups", str(top)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop_guard(guard: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if guard.stdin is not None:
+        guard.stdin.close()
+    try:
+        guard.wait(timeout)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait(5)
+
+
+if __name__ == "__main__":  # the guard itself
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.stdin.buffer.read()  # returns at EOF: the lab's runner closed it, or died
+    kill_group(Path(sys.argv[1]))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workloads import procs
 from workloads.bench.rundir import format_summary
 from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
 from workloads.config import ConfigError
@@ -85,9 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if reason:
             raise LabError(f"--vm needs the micro-VM: missing {reason}")
         _config(args)  # bad input is refused here, before a VM boots
-        return in_vm(args, sys.argv[1:])
+        with procs.stop_signals_raise():
+            return in_vm(args, sys.argv[1:])
     cfg = _config(args)
-    summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet, load_generator=args.load_generator)
+    with procs.stop_signals_raise():  # SIGTERM and SIGHUP tear down as Ctrl-C does
+        summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet, load_generator=args.load_generator)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
     return 0 if not summary["partial"] else 1
 
@@ -96,17 +99,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = _config(args)
     balancer, note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler)
     lab.preflight(cfg, balancer)
+    lab.warn_orphans()
     run_dir = Path(args.out) / f"lab-up-{cfg.topology}-{balancer}"
     run_dir.mkdir(parents=True, exist_ok=True)
     from workloads.bench.rundir import start_manifest
 
     start_manifest(run_dir, kind="lab-up", stack=cfg.stack, topology=cfg.topology, balancer=balancer)
     lb = lab.Lab(cfg, run_dir, balancer, note, progress=True, kind="up")
-    try:
-        lb.up()
-    except BaseException:
-        lb.down()
-        raise
+    with procs.stop_signals_raise():  # a stop while it comes up takes down what is up so far
+        try:
+            lb.up()
+            lb.state.ready = True  # from here on the lab is meant to outlive this process
+            lb.state.save()
+        except BaseException:
+            with procs.shielded():
+                lb.down()
+            raise
     print(f"lab {lb.lab_id} is up ({cfg.topology}, {balancer}). Entry points, from inside the client hosts' namespaces:")
     for c in lb.plan.clients:
         host, port = c.target.rsplit(":", 1)
@@ -118,7 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     labs = lab.lab_status()
-    stray = [n for n in netns.list_namespaces() if not any(n in lb["namespaces"] for lb in labs) and not n.startswith("mqttlab-test")]
+    stray = lab.stray_namespaces(labs)
     if args.json:
         print(json.dumps({"labs": labs, "stray_namespaces": stray}, indent=2))
         return 0
@@ -127,6 +135,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for lb in labs:
         alive = sum(lb["processes"].values())
         print(f"lab {lb['lab_id']} ({lb['kind']}, {lb['balancer']}): {len(lb['namespaces'])} namespaces, {alive}/{len(lb['processes'])} processes alive, {lb['run_dir']}")
+        if lb["orphaned"]:
+            print(f"  orphaned: its supervisor (PID {lb['supervisor_pid']}) is gone; remove it with: mqttlab lab down --id {lb['lab_id']}")
     if stray:
         print(f"left behind by a killed run: {', '.join(stray)} (mqttlab lab down removes them)")
     return 0

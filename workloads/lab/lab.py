@@ -16,6 +16,7 @@ import re
 import resource
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workloads import procs
 from workloads.balancer import haproxy_cfg, ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, read_manifest, start_manifest, summarize, update_manifest
 from workloads.config import ExperimentConfig
@@ -79,6 +81,14 @@ class LabState:
     kind: str = "run"
     balancer: str = ""
     plan: dict[str, Any] = field(default_factory=dict)
+    supervisor_pid: int = 0  # the mqttlab process that built the lab, and when it started (PIDs are reused)
+    supervisor_start: int | None = None
+    ready: bool = False  # a `lab up` that finished: its lab is meant to outlive its supervisor
+
+    def orphaned(self) -> bool:
+        """Left by a supervisor that died: a run whose runner is gone, or a `lab up` killed
+        before it finished."""
+        return not (self.kind == "up" and self.ready) and not procs.is_running(self.supervisor_pid, self.supervisor_start)
 
     @property
     def path(self) -> Path:
@@ -108,7 +118,10 @@ class Lab:
         self.note = note
         self.progress = progress
         self.lab_id = secrets.token_hex(3)
-        self.state = LabState(self.lab_id, str(run_dir), kind=kind, balancer=balancer, plan=self.plan.to_dict())
+        self.state = LabState(self.lab_id, str(run_dir), kind=kind, balancer=balancer, plan=self.plan.to_dict(), supervisor_pid=os.getpid(),
+                              supervisor_start=procs.start_time(os.getpid()))
+        self.group: Path | None = None  # the lab's cgroup (procs file), once the cgroup version is known
+        self.guard: subprocess.Popen[bytes] | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.caps: dict[str, cgroups.Cap] = {}
         self.files = run_dir / "rendered"
@@ -132,7 +145,10 @@ class Lab:
         return d / f"{host}.sock"
 
     def spawn(self, key: str, cmd: list[str], host: str, log: Path | None = None, cgroup_procs: tuple[Path, ...] = ()) -> subprocess.Popen[bytes]:
-        p = netns.spawn(cmd, self.ns(host), log, cgroup_procs=cgroup_procs)
+        """Start a process of the lab: in the lab's cgroup, and (for a run) dying with us."""
+        if self.group is not None and (not cgroup_procs or self.state.cgroup_version == "v1"):
+            cgroup_procs = (*cgroup_procs, self.group)  # on v2 a broker's own group is already inside the lab's
+        p = netns.spawn(cmd, self.ns(host), log, cgroup_procs=cgroup_procs, die_with_us=self.state.kind == "run")
         self.procs[key] = p
         self.state.pids[key] = p.pid
         self.state.save()
@@ -174,6 +190,9 @@ class Lab:
             raise LabError("no usable cgroup hierarchy with cpu and memory controllers: the broker caps cannot be applied")
         self.state.cgroup_version = version
         self.state.save()
+        self.group = cgroups.lab_group(version, self.lab_id)
+        if self.state.kind == "run":  # a run's processes end with it, even those PR_SET_PDEATHSIG cannot reach
+            self.guard = cgroups.start_guard(cgroups.lab_top(version, self.lab_id))
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         host = self.plan.host("brokers").name
@@ -406,6 +425,8 @@ class Lab:
     def down(self) -> None:
         for p in self.procs.values():
             netns.stop(p, timeout=10)
+        if self.guard is not None:
+            cgroups.stop_guard(self.guard)
         teardown(self.lab_id)
 
 
@@ -462,6 +483,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     lab = Lab(cfg, run_dir, balancer, note, progress)
+    warn_orphans()
     tag = secrets.randbits(32)
     plan = lab.plan
     start_manifest(run_dir, kind="lab", stack=cfg.stack, topology=cfg.topology, balancer=balancer, balancer_note=note,
@@ -477,22 +499,26 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
         lab.run_bench(tag)
         if load_generator == "emqtt-bench":
             update_manifest(run_dir, emqtt_bench=lab.run_emqtt_bench())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (procs.Stopped)
         status, reason = "partial", "interrupted"
+        sig = getattr(exc, "signum", signal.SIGINT)
+        lab.say(f"{signal.Signals(sig).name}: stopping, tearing down")
+        update_manifest(run_dir, signal=signal.Signals(sig).name)
         raise
     except LabError as exc:
         status, reason = "partial", str(exc)
         raise
     finally:
-        if lab.injector:
-            lab.injector.stop()
-        lab.stop_monitors()
-        t1 = time.time()
-        lab.down()
-        conns = lab.connections_per_broker(tag)
-        update_manifest(run_dir, status=status, reason=reason, ended_at=time.time(), lab_down_s=round(time.time() - t1, 3),
-                        connections_per_broker=conns)
-        lab.say(f"torn down ({reason or 'done'})")
+        with procs.shielded():
+            if lab.injector:
+                lab.injector.stop()
+            lab.stop_monitors()
+            t1 = time.time()
+            lab.down()
+            conns = lab.connections_per_broker(tag)
+            update_manifest(run_dir, status=status, reason=reason, ended_at=time.time(), lab_down_s=round(time.time() - t1, 3),
+                            connections_per_broker=conns)
+            lab.say(f"torn down ({reason or 'done'})")
     summary = summarize(run_dir)
     summary.update(
         run_dir=str(run_dir), topology=cfg.topology, scheduler=cfg.balancer.scheduler, connections_per_broker=conns,
@@ -516,16 +542,30 @@ def lab_status() -> list[dict[str, Any]]:
             st = LabState.load(path)
         except (OSError, ValueError, TypeError):
             continue
-        alive = {k: _alive(pid) for k, pid in st.pids.items()}
+        alive = {k: procs.is_running(pid, None) for k, pid in st.pids.items()}  # a zombie is not alive
         out.append({"lab_id": st.lab_id, "kind": st.kind, "balancer": st.balancer, "run_dir": st.run_dir, "namespaces": st.namespaces,
-                    "processes": alive})
+                    "processes": alive, "supervisor_pid": st.supervisor_pid, "orphaned": st.orphaned()})
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def stray_namespaces(labs: list[dict[str, Any]]) -> list[str]:
+    """Lab namespaces no state file accounts for (the state folder was lost, e.g. a reboot of /run)."""
+    return [n for n in netns.list_namespaces() if not any(n in lb["namespaces"] for lb in labs) and not n.startswith(f"{netns.PREFIX}test")]
 
+
+def warn_orphans() -> None:
+    """Tell about labs whose supervisor died (they hold namespaces, cgroups and maybe
+    processes until `lab down`); a new lab does not touch them."""
+    labs = lab_status()
+    for lb in labs:
+        if lb["orphaned"]:
+            _warn(f"lab {lb['lab_id']} ({lb['kind']}) was left by a supervisor that is gone (PID {lb['supervisor_pid']}): "
+                f"{len(lb['namespaces'])} namespaces {ns_name(lb['lab_id'], '*')} remain; remove them with: mqttlab lab down --id {lb['lab_id']}")
+    stray = stray_namespaces(labs)
+    if stray:
+        _warn(f"namespaces left by a lab whose state is lost: {', '.join(stray)}; remove them with: mqttlab lab down")
+
+
+
+def _warn(text: str) -> None:
+    print(f"[lab] warning: {text}", file=sys.stderr, flush=True)

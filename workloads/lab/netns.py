@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from workloads.procs import pdeathsig_preexec
+
 PREFIX = "mqttlab-"
 
 
@@ -24,7 +26,7 @@ class LabError(RuntimeError):
 def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
     full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
     try:
-        cp = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
+        cp = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input, preexec_fn=pdeathsig_preexec())
     except subprocess.TimeoutExpired:
         raise LabError(f"timed out after {timeout}s: {' '.join(full)}") from None
     if check and cp.returncode != 0:
@@ -56,8 +58,11 @@ def delete_namespace(name: str) -> None:
 
 
 def spawn(cmd: Sequence[str], ns: str | None, log: Path | None = None, env: dict[str, str] | None = None,
-          cgroup_procs: Sequence[Path] = ()) -> subprocess.Popen[bytes]:
+          cgroup_procs: Sequence[Path] = (), die_with_us: bool = True) -> subprocess.Popen[bytes]:
     """Start a long-lived process in ``ns``, in its own process group, output to ``log``.
+
+    ``die_with_us``: the kernel kills it (SIGKILL) when this process dies, however it dies;
+    off only for what must outlive us (``lab up``). Call from the main thread.
 
     ``cgroup_procs``: join these cgroups first. It must happen before ``ip netns exec``, which
     remounts /sys and hides the cgroup hierarchy; membership is inherited through exec.
@@ -69,7 +74,7 @@ def spawn(cmd: Sequence[str], ns: str | None, log: Path | None = None, env: dict
     out = log.open("ab") if log else subprocess.DEVNULL
     try:
         return subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=(os.environ | env) if env else None)
+                                env=(os.environ | env) if env else None, preexec_fn=pdeathsig_preexec() if die_with_us else None)
     finally:
         if log:
             out.close()  # type: ignore[union-attr]

@@ -1,0 +1,126 @@
+"""Process lifetimes shared by the lab and the bench: children that cannot outlive their
+parent, stop signals that unwind like Ctrl-C, and supervisor identities that survive PID reuse.
+
+Why ``PR_SET_PDEATHSIG``: SIGKILL cannot be caught, so nothing the parent does at exit can stop
+its children; the kernel can. The setting is inherited through ``exec`` (of ``sh``, ``ip netns
+exec`` and then the program itself), so a process started through wrappers still dies with the
+process that spawned it. It fires when the parent *thread* ends: spawn from the main thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_libc: ctypes.CDLL | None = None
+
+
+def _prctl() -> Callable[..., int]:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc.prctl  # type: ignore[no-any-return]
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """In the child: have the kernel send ``sig`` when the parent dies. If the parent already
+    died between fork and this call (the child was re-parented), die now."""
+    if _prctl()(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
+def pdeathsig_preexec(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child dies with this process."""
+    _prctl()  # load libc before fork: the child only makes the call
+    parent = os.getpid()
+    return lambda: die_with_parent(parent, sig)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal, unwound like Ctrl-C so every ``finally`` and teardown runs; carries the
+    signal for the exit status (128 + signal, as a shell reports it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_status(exc: KeyboardInterrupt) -> int:
+    return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+class _Stops:
+    fired: int | None = None
+    pending = False
+    shield = 0
+
+
+def _on_stop(signum: int, _frame: FrameType | None) -> None:
+    if _Stops.fired is not None:
+        return  # a second signal cannot cut the teardown short
+    _Stops.fired = signum
+    if _Stops.shield:
+        _Stops.pending = True
+    else:
+        raise Stopped(signum)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise :class:`Stopped` (once; later ones are ignored)."""
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    _Stops.fired, _Stops.pending, _Stops.shield = None, False, 0
+    for s in STOP_SIGNALS:
+        signal.signal(s, _on_stop)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Teardown that a stop signal must not interrupt: a signal arriving inside is raised as
+    :class:`Stopped` once the block is done."""
+    _Stops.shield += 1
+    try:
+        yield
+    finally:
+        _Stops.shield -= 1
+        if not _Stops.shield and _Stops.pending:
+            _Stops.pending = False
+            raise Stopped(_Stops.fired or signal.SIGTERM)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22): with
+    the PID it names one process, even after the PID was reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def is_running(pid: int, started: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (not a zombie)."""
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
