@@ -16,7 +16,7 @@ from infra.settings import AzureSettings, parse_azure
 from workloads.config import ConfigError, ExperimentConfig, parse_config
 from workloads.plan import Plan, build_plan
 
-SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario")
+SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario", "security")
 
 
 def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Output[str] | None]:
