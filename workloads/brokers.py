@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import yaml
 
+from workloads import security
 from workloads.config import ExperimentConfig
 from workloads.plan import Broker, Plan
 
@@ -18,14 +19,19 @@ HEADER = "# Rendered by mqttlab from stack '{stack}' ({topology}). Edit the stac
 DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
 
 
-def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, log_types: tuple[str, ...] = DEFAULT_LOG_TYPES) -> str:
+def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, log_types: tuple[str, ...] = DEFAULT_LOG_TYPES,
+                   material: security.Material | None = None, root: str = security.CONTAINER_DIR) -> str:
+    """``root`` is where each broker's folder (passwd, acl, certificates) is seen by Mosquitto."""
     b = cfg.brokers
+    secured = cfg.security.enabled
+    if secured and material is None:
+        raise ValueError(f"security mode {cfg.security.mode} needs the run's material (workloads.security.generate)")
     lines = [
         HEADER.format(stack=plan.stack, topology=plan.topology).rstrip("\n"),
         f"# {broker.name}: {broker.address}:{broker.port}",
         "per_listener_settings false",
         f"listener {broker.port} {broker.address}",
-        "allow_anonymous true",
+        *(security.listener_lines(cfg, broker, root) if secured else ["allow_anonymous true"]),
         "persistence false",
         "log_dest stdout",
         "log_timestamp true",
@@ -48,7 +54,7 @@ def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, log_types:
             f"address {link.remote_address}:{link.remote_port}",
             f"remote_clientid {link.remote_clientid}",
             f"local_clientid {link.remote_clientid}-local",
-            f"topic # both {link.qos}",
+            *(security.bridge_topics(cfg, link.qos) if secured else [f"topic # both {link.qos}"]),
             "try_private true",
             "cleansession false",
             "bridge_protocol_version mqttv311",
@@ -57,6 +63,9 @@ def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, log_types:
             "notifications true",
             f"notification_topic $SYS/broker/connection/{link.name}/state",
         ]
+        if secured:
+            assert material is not None
+            lines += security.bridge_lines(cfg, link, root, material)
     return "\n".join(lines) + "\n"
 
 
@@ -74,7 +83,9 @@ def compose_file(plan: Plan, cfg: ExperimentConfig, parent_interface: str = "eth
             "restart": "unless-stopped",
             "cpus": plan.broker_cpus,
             "mem_limit": f"{plan.broker_memory_mb}m",
-            "volumes": [f"./{br.name}/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"],
+            # secured: the whole folder (passwd, acl, certificates) where mosquitto.conf names it
+            "volumes": [f"./{br.name}:{security.CONTAINER_DIR}:ro" if cfg.security.enabled
+                        else f"./{br.name}/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"],
             "networks": {"brokernet": {"ipv4_address": br.address}},
             "logging": {"driver": "json-file", "options": {"max-size": "200m", "max-file": "3"}},
         }
