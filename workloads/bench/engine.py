@@ -131,6 +131,12 @@ class BenchClient(mqtt.Client):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return BufferedSocket(sock, self.dirty)
 
+    def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:
+        """TLS under the buffering: paho's handshake on the raw socket, then our buffered I/O."""
+        from workloads.bench.tls import TlsBufferedSocket
+
+        return TlsBufferedSocket(super()._ssl_wrap_socket(tcp_sock._sock), self.dirty)
+
     def fast_read(self) -> MQTTErrorCode:
         if not hasattr(self, "_qos2_mids"):
             self._qos2_mids = set()
@@ -263,6 +269,7 @@ class WorkerSpec:
     clients: list[ClientSpec]
     connect_rate: float  # per second, this worker's share
     role: str = "run"  # run, sub or pub: several bench processes may share a host's folder
+    security: dict[str, Any] = field(default_factory=dict)  # role -> workloads.security.ClientSecurity
 
     @property
     def label(self) -> str:
@@ -285,6 +292,7 @@ class ClientState:
     sent: int = 0
     acked: int = 0
     failed: int = 0
+    refused: int = 0  # acknowledged with a failure reason (MQTT 5), e.g. not authorized
     first_send: float = 0.0
     last_send: float = 0.0
     max_behind: float = 0.0
@@ -377,6 +385,11 @@ class Worker:
         st.connected = False
 
     def on_publish(self, client: mqtt.Client, st: ClientState, mid: int, rc: Any, props: Any = None) -> None:
+        if getattr(rc, "is_failure", False):  # the broker refused it: nobody can receive it
+            st.refused += 1
+            if st.refused == 1:
+                self.event(st, "publish_refused", str(rc))
+            return
         st.acked += 1
         self._count(1)
 
@@ -438,6 +451,9 @@ class Worker:
         c.dirty = self.dirty
         c.payload_handler = self.on_payload
         c.v5 = proto == mqtt.MQTTv5
+        sec = self.spec.security.get(st.spec.role)
+        if sec is not None:
+            sec.apply(c)
         return c
 
     def connect(self, st: ClientState) -> None:
@@ -470,13 +486,17 @@ class Worker:
         c = st.client
         assert c is not None
         if mask & selectors.EVENT_READ:
+            sock = c.socket()
             rc = c.fast_read()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or c.socket() is None:
                 self.drop(st, fd)
+                why = getattr(sock, "error", "")  # a TLS alert from the broker, e.g. certificate expired
                 if st.connected:
                     st.connected = False
                     st.disconnects += 1
-                    self.event(st, "disconnect", f"read:{int(rc)}")
+                    self.event(st, "disconnect", f"read:{int(rc)}" + (f" {why}" if why else ""))
+                elif why:
+                    self.event(st, "connect_error", why)
                 return
         if mask & selectors.EVENT_WRITE:
             if c.want_write() and c.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -707,9 +727,10 @@ class Worker:
             for st in self.states:
                 fh.write(f"{st.spec.client_id},{st.spec.role},{st.spec.index},{self.spec.worker},{st.spec.target},{st.local},{st.connected_at:.6f},{st.disconnects}\n")
         with (self.out / f"publishers-{self.spec.label}.csv").open("w") as fh:
-            fh.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms\n")
+            fh.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms,refused\n")
             for st in self.pubs:
-                fh.write(f"{st.spec.index},{st.spec.client_id},{st.planned},{st.sent},{st.acked},{st.failed},{st.first_send:.6f},{st.last_send:.6f},{st.max_behind * 1000:.3f}\n")
+                fh.write(f"{st.spec.index},{st.spec.client_id},{st.planned},{st.sent},{st.acked},{st.failed},{st.first_send:.6f},{st.last_send:.6f},"
+                         f"{st.max_behind * 1000:.3f},{st.refused}\n")
         with (self.out / f"subscribers-{self.spec.label}.csv").open("w") as fh:
             fh.write("sub,client_id,pub,received,duplicates,out_of_order,foreign\n")
             for st in self.subs:
