@@ -54,7 +54,7 @@ def _share(args: argparse.Namespace, sc: Scenario, pubs: bool, subs: bool) -> Ho
     )
 
 
-def client_security(path: str | None) -> dict[str, Any]:
+def client_security(path: str | None, roles: tuple[str, ...] = ("pub", "sub")) -> dict[str, Any]:
     """The publishers' and subscribers' credentials from a rendered client.json (never options:
     secrets on a command line are visible to every process on the host)."""
     from workloads.security import SecurityFileError, load_client
@@ -62,7 +62,7 @@ def client_security(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        return {role: load_client(path, role) for role in ("pub", "sub")}
+        return {role: load_client(path, role) for role in roles}
     except SecurityFileError as exc:
         raise ConfigError("--security", path, str(exc)) from None
 
@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
     out = Path(args.out)
     if not pubs and not subs:
         return 0
-    security = client_security(args.security)
+    security = client_security(args.security, ("pub",) * pubs + ("sub",) * subs)
     stop = threading.Event()
     restore = stop_on_signals(stop)
     try:
