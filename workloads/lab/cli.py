@@ -19,6 +19,7 @@ OVERRIDES = {  # option dest -> config key
     "scheduler": "balancer.scheduler",
     "broker_cpus": "brokers.cpus",
     "broker_memory_mb": "brokers.memoryMb",
+    "security": "security.mode",
 }
 
 
@@ -36,7 +37,8 @@ def format_lab_summary(s: dict[str, Any]) -> str:
     bal = s["balancer"]
     per = "  ".join(f"{k} {v}" for k, v in s["connections_per_broker"].items())
     lines = [
-        f"topology {s['topology']}   balancer {bal['kind']} on {', '.join(bal['hosts'])}   scheduler {s['scheduler']}",
+        f"topology {s['topology']}   balancer {bal['kind']} on {', '.join(bal['hosts'])}   scheduler {s['scheduler']}"
+        + (f"   security {s['security']}" if s.get("security", "none") != "none" else ""),
     ]
     if bal.get("note"):
         lines.append(f"  note: {bal['note']}")
@@ -90,7 +92,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"lab {lb.lab_id} is up ({cfg.topology}, {balancer}). Entry points, from inside the client hosts' namespaces:")
     for c in lb.plan.clients:
         host, port = c.target.rsplit(":", 1)
-        print(f"  ip netns exec {lb.ns(c.host)} mosquitto_sub -h {host} -p {port} -t '#' -v")
+        if cfg.security.enabled:  # credentials stay in the file, never on a command line
+            print(f"  ip netns exec {lb.ns(c.host)} mqttlab bench run --target {c.target} --security {lb.files / c.host / 'security/client.json'}")
+        else:
+            print(f"  ip netns exec {lb.ns(c.host)} mosquitto_sub -h {host} -p {port} -t '#' -v")
     print(f"brokers: {', '.join(f'{b.name} {b.address}:{b.port}' for b in lb.plan.brokers)} in {lb.ns('brokers')}")
     print(f"stop it with: mqttlab lab down --id {lb.lab_id}")
     return 0
@@ -133,6 +138,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_sta
         q.add_argument("--scheduler", choices=("rr", "wrr", "lc", "wlc", "sh", "mh"))
         q.add_argument("--broker-cpus", type=float)
         q.add_argument("--broker-memory-mb", type=int)
+        q.add_argument("--security", choices=("none", "password", "tls", "mtls"), help="default: the stack's mqttlab:security.mode")
         add_scenario_args(q)
 
     q = lsub.add_parser("run", help="bring the lab up, run the benchmark, tear down, summarize")
