@@ -12,6 +12,7 @@ import pulumi
 import pulumi_tls as tls
 
 from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Network, ResultsStore, ssh_commands
+from infra.security import SecurityMaterial
 from infra.settings import AzureSettings, parse_azure
 from workloads.config import ConfigError, ExperimentConfig, parse_config
 from workloads.plan import Plan, build_plan
@@ -56,7 +57,8 @@ def build() -> dict[str, Any]:
     else:
         public_key, private = str(az.ssh_public_key), private_key  # type: ignore[assignment]
     net = Network("mqttlab", plan, az, tags)
-    ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name)
+    sec = SecurityMaterial("security", plan, experiment.security) if experiment.security.enabled else None
+    ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name, security=sec)
     store = ResultsStore("results", ctx)
     brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)
     balancers = [BalancerHost(h.name, ctx, h, net.subnets[h.subnet], public_key, private) for h in plan.balancer_hosts]

@@ -349,3 +349,37 @@ def load_client(path: Path | str | None, role: str) -> ClientSecurity:
                           ca=rel(doc.get("ca")), cert=rel(entry.get("cert")), key=rel(entry.get("key")),
                           tls_version=doc.get("tlsVersion", "tlsv1.2"), ciphers=doc.get("ciphers"))
 
+
+
+# --------------------------------------------------------------------------- material on Azure
+
+
+def material_to_json(m: Material) -> str:
+    pair = lambda p: {"cert": p.cert, "key": p.key}  # noqa: E731
+    return json.dumps({"passwords": m.passwords, "caCert": m.ca_cert, "servers": {k: pair(v) for k, v in m.servers.items()},
+                       "clients": {k: pair(v) for k, v in m.clients.items()}})
+
+
+def material_from_json(text: str, plan: Plan, sec: SecurityConfig, source: str) -> Material:
+    """The material a VM received from the Pulumi program, checked against what the plan needs."""
+    try:
+        doc = json.loads(text)
+        pairs = {k: {n: KeyPair(p["cert"], p["key"]) for n, p in doc.get(k, {}).items()} for k in ("servers", "clients")}
+        m = Material(dict(doc["passwords"]), doc.get("caCert", ""), pairs["servers"], pairs["clients"])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise SecurityFileError(f"{source}: not the security material mqttlab writes ({exc!r})") from None
+    missing = [u for u in users(plan) if u not in m.passwords]
+    if sec.tls:
+        missing += [f"server certificate of {b.name}" for b in plan.brokers if b.name not in m.servers]
+    if sec.mode == "mtls":
+        missing += [f"client certificate of {u}" for u in users(plan) if u not in m.clients]
+    if missing:
+        raise SecurityFileError(f"{source}: lacks {', '.join(missing)} for security mode {sec.mode}")
+    return m
+
+
+def give_to(folder: Path, uid: int) -> None:
+    """Hand a broker's folder to the container's mosquitto user (uid 1883 in eclipse-mosquitto):
+    it reads the password and ACL files after dropping root."""
+    for f in [folder, *folder.iterdir()]:
+        os.chown(f, uid, uid)

@@ -107,14 +107,15 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     pubs = split_evenly(sc.publishers, args.host_count, args.host_index)
     subs = split_evenly(sc.subscribers, args.host_count, args.host_index)
     msgs = sum(sc.messages_of(p) for p in pubs)
-    cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native)
+    cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native,
+                          security=client_security(args.security))
     if args.parse_pub or args.parse_sub:
         pub_text = Path(args.parse_pub).read_text() if args.parse_pub else ""
         sub_text = Path(args.parse_sub).read_text() if args.parse_sub else ""
         print(json.dumps(emqtt.summarize(pub_text, sub_text, len(subs), msgs), indent=2))
         return 0
     for role, cmd in cmds.items():
-        print(f"{role}: {' '.join(cmd)}")
+        print(f"{role}: {' '.join(emqtt.redact(cmd))}")
     return 0
 
 
