@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,26 @@ def _ca_pem(ca: CertificateAuthority) -> str:
     from cryptography.hazmat.primitives import serialization
 
     return ca.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["password", "tls", "mtls"])
+def test_lab_runs_every_mode_through_the_balancers(mode: str, tmp_path: Path) -> None:
+    """The whole lab: balancers forward the mode's port, every broker has clients, every
+    message reaches every subscriber across the bridges, and nothing secret is on a command line."""
+    cp = subprocess.run([*MQTTLAB, "lab", "run", "-s", "distributed", "--security", mode, "--publishers", "9", "--subscribers", "9",
+                         "--messages", "270", "--interval-ms", "20", "--drain-s", "10", "--time-limit-s", "120", "--json", "--out", str(tmp_path)],
+                        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    s = json.loads(cp.stdout)
+    assert s["security"] == mode and s["status"] == "complete" and s["clients_connected"] == 18 and s["clients_refused"] == 0
+    assert s["expected"] == 270 * 9 and s["delivered"] == s["expected"] and s["lost"] == 0 and s["duplicates"] == 0
+    assert all(n > 0 for n in s["connections_per_broker"].values()), s["connections_per_broker"]
+    run = Path(s["run_dir"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["security"] == mode and all(t.endswith(":8883") == (mode != "password") for t in (c["target"] for c in manifest["plan"]["clients"]))
+    secrets = json.loads((run / "rendered/ipvs1/security/client.json").read_text())["roles"]["pub"]["password"]
+    logs = " ".join(p.read_text(errors="replace") for p in (run / "logs").glob("*.log"))
+    assert secrets not in logs and secrets not in cp.stderr and secrets not in cp.stdout
+    connects = Counter(r.split(",")[8] != "" for p in (run / "bench").glob("*/clients-*.csv") for r in p.read_text().splitlines()[1:])
+    assert connects == {True: 18}

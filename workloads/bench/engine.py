@@ -287,6 +287,7 @@ class ClientState:
     local: str = ""
     disconnects: int = 0
     attempted: float = 0.0  # last connection attempt, for reconnecting
+    connect_s: float = 0.0  # from the successful attempt to its CONNACK
     # publisher
     planned: int = 0
     sent: int = 0
@@ -361,6 +362,8 @@ class Worker:
         first = not st.connected_at
         st.connected = True
         st.connected_at = st.connected_at or time.time()
+        if first:  # TCP, TLS handshake and CONNACK: what security costs a client
+            st.connect_s = st.connected_at - st.attempted
         sock: Any = client.socket()
         try:
             host, port = sock.getsockname()[:2] if sock else ("", 0)
@@ -723,9 +726,10 @@ class Worker:
         (self.out / f"self-{self.spec.label}.json").write_text(json.dumps(self_check, indent=1))
         (self.out / f"latency-{self.spec.label}.json").write_text(json.dumps(self.hist.to_json()))
         with (self.out / f"clients-{self.spec.label}.csv").open("w") as fh:
-            fh.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects\n")
+            fh.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects,connect_ms\n")
             for st in self.states:
-                fh.write(f"{st.spec.client_id},{st.spec.role},{st.spec.index},{self.spec.worker},{st.spec.target},{st.local},{st.connected_at:.6f},{st.disconnects}\n")
+                fh.write(f"{st.spec.client_id},{st.spec.role},{st.spec.index},{self.spec.worker},{st.spec.target},{st.local},{st.connected_at:.6f},"
+                         f"{st.disconnects},{st.connect_s * 1000:.3f}\n")
         with (self.out / f"publishers-{self.spec.label}.csv").open("w") as fh:
             fh.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms,refused\n")
             for st in self.pubs:
