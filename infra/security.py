@@ -21,7 +21,9 @@ from workloads import security
 from workloads.config import SecurityConfig
 from workloads.plan import Plan
 
-ALGORITHM = {"algorithm": "ECDSA", "ecdsa_curve": "P256"}  # the lab's key type too
+
+def _key(name: str, opts: pulumi.ResourceOptions) -> tls.PrivateKey:
+    return tls.PrivateKey(name, algorithm="ECDSA", ecdsa_curve="P256", opts=opts)  # the lab's key type too
 
 
 def _secret(value: pulumi.Output[str]) -> pulumi.Output[str]:
@@ -41,7 +43,7 @@ class SecurityMaterial(pulumi.ComponentResource):
             pw = random.RandomPassword(f"{name}-pw-{user}", length=32, special=False, opts=child)
             parts["passwords"][user] = _secret(pw.result)
         if sec.tls:
-            ca_key = tls.PrivateKey(f"{name}-ca-key", opts=child, **ALGORITHM)
+            ca_key = _key(f"{name}-ca-key", child)
             ca_pem = _secret(ca_key.private_key_pem)
             ca = tls.SelfSignedCert(
                 f"{name}-ca", private_key_pem=ca_pem, is_ca_certificate=True, validity_period_hours=hours,
@@ -51,7 +53,7 @@ class SecurityMaterial(pulumi.ComponentResource):
             parts["caCert"] = ca.cert_pem
 
             def issue(cn: str, server: bool, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> dict[str, Any]:
-                key = tls.PrivateKey(f"{name}-key-{cn}", opts=child, **ALGORITHM)
+                key = _key(f"{name}-key-{cn}", child)
                 key_pem = _secret(key.private_key_pem)
                 csr = tls.CertRequest(f"{name}-csr-{cn}", private_key_pem=key_pem, dns_names=list(dns), ip_addresses=list(ips),
                                       subject={"common_name": cn, "organization": "mqttlab"}, opts=child)

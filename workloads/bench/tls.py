@@ -86,4 +86,5 @@ class TlsBufferedSocket(BufferedSocket):
         return not self.wbuf
 
     def buffered(self) -> bool:
-        return self._off < len(self._data) or self._sock.pending() > 0
+        sock: ssl.SSLSocket = self._sock  # type: ignore[assignment]
+        return self._off < len(self._data) or sock.pending() > 0
