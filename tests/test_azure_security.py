@@ -78,6 +78,11 @@ def run(stack: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> Run:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi_settings.ROOT.set(None)
+    from pulumi.runtime.stack import _get_rpc_manager
+
+    # a program that failed earlier in this process leaves RPCs and output tasks bound to its closed loop
+    _get_rpc_manager().clear()
+    pulumi_settings.SETTINGS.outputs.clear()
     mocks = Mocks()
     doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     doc |= {"mqttlab:azure": AZURE, "mqttlab:sshPrivateKey": SSH_SECRET, "mqttlab:security": {"mode": mode}}
