@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -15,10 +17,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import MQTTLAB, ROOT, Cluster, wait_for
+from workloads.bench import emqtt
 from workloads.bench.rundir import summarize
 from workloads.config import ExperimentConfig
 from workloads.plan import Plan
-from workloads.security import CertificateAuthority, Material, generate
+from workloads.scenario import Scenario
+from workloads.security import CertificateAuthority, Material, generate, load_client
 
 BRIDGE_STATE = """
 import json, sys, time
@@ -200,3 +204,27 @@ def test_lab_runs_every_mode_through_the_balancers(mode: str, tmp_path: Path) ->
     assert secrets not in logs and secrets not in cp.stderr and secrets not in cp.stdout
     connects = Counter(r.split(",")[8] != "" for p in (run / "bench").glob("*/clients-*.csv") for r in p.read_text().splitlines()[1:])
     assert connects == {True: 18}
+
+
+def emqtt_bench_binary() -> str | None:
+    """emqtt-bench from EMQTT_BENCH or PATH (it is not a Python package)."""
+    return os.environ.get("EMQTT_BENCH") or shutil.which("emqtt_bench")
+
+
+def test_emqtt_bench_connects_with_client_certificates(cluster: Callable[..., Cluster]) -> None:
+    binary = emqtt_bench_binary()
+    if not binary or not Path(binary).is_file():
+        pytest.skip("emqtt-bench not found: set EMQTT_BENCH to its emqtt_bench script or put it on PATH")
+    cl = cluster("distributed", {"security.mode": "mtls"})
+    sec = {r: load_client(cl.files / "ipvs1/security/client.json", r) for r in ("pub", "sub")}
+    b = cl.plan.brokers[1]
+    cmd = emqtt.commands(Scenario(publishers=2, subscribers=0, messages=40, interval_ms=50, qos=1), [f"{b.address}:{b.port}"], 2, 0, 40,
+                         docker=False, security=sec)["pub"]
+    cp = subprocess.run(["ip", "netns", "exec", cl.ns, "timeout", "60", binary, *cmd[1:]], capture_output=True, text=True, timeout=90)
+    parsed = emqtt.parse_output(cp.stdout)
+    # its per-second counters stop before the last second, so "pub" can show less than was sent
+    assert parsed["totals"].get("connect_succ") == 2 and parsed["totals"].get("pub", 0) > 0 and parsed["publish_complete"], cp.stdout[-2000:]
+    # and the same command without the client certificate is turned away by the broker
+    bare = [a for i, a in enumerate(cmd) if a not in ("--certfile", "--keyfile") and cmd[i - 1] not in ("--certfile", "--keyfile")]
+    cp = subprocess.run(["ip", "netns", "exec", cl.ns, "timeout", "15", binary, *bare[1:]], capture_output=True, text=True, timeout=60)
+    assert "connect_succ" not in emqtt.parse_output(cp.stdout)["totals"], cp.stdout[-2000:]
