@@ -20,9 +20,10 @@ from tests.conftest import MQTTLAB, ROOT, Cluster, wait_for
 from workloads.bench import emqtt
 from workloads.bench.rundir import summarize
 from workloads.config import ExperimentConfig
-from workloads.plan import Plan
+from workloads.lab import netns
+from workloads.plan import Broker, Plan
 from workloads.scenario import Scenario
-from workloads.security import CertificateAuthority, Material, generate, load_client
+from workloads.security import CertificateAuthority, Material, generate, load_client, server_names
 
 BRIDGE_STATE = """
 import json, sys, time
@@ -53,10 +54,12 @@ def bridge_states(cl: Cluster) -> dict[str, str]:
     return dict(json.loads(cp.stdout))
 
 
-def bench(cl: Cluster, out: Path, role: str, security: Path | None, *opts: str, timeout: float = 120) -> dict[str, Any]:
-    """A bench run in the cluster's namespace; its summary from the run directory."""
-    targets = ",".join(f"{b.address}:{b.port}" for b in cl.plan.brokers)
-    cmd = ["ip", "netns", "exec", cl.ns, *MQTTLAB, "bench", role, "--target", targets, "--out", str(out), "--quiet", "--workers", "1",
+def bench(cl: Cluster, out: Path, role: str, security: Path | None, *opts: str, timeout: float = 120,
+          targets: list[Broker] | None = None) -> dict[str, Any]:
+    """A bench run in the cluster's namespace (clients spread over every broker, or ``targets``);
+    its summary from the run directory."""
+    targets_arg = ",".join(f"{b.address}:{b.port}" for b in targets or cl.plan.brokers)
+    cmd = ["ip", "netns", "exec", cl.ns, *MQTTLAB, "bench", role, "--target", targets_arg, "--out", str(out), "--quiet", "--workers", "1",
            "--time-limit-s", "8", "--drain-s", "5", "--interval-ms", "20", *opts]
     if security is not None:
         cmd += ["--security", str(security)]
@@ -144,7 +147,7 @@ def test_password_mode_refuses_anonymous_wrong_password_and_out_of_acl(cluster: 
     assert ok["acked"] == 10 and ok["publishes_refused"] == 0 and ok["clients_refused"] == 0, ok
 
 
-def test_mtls_refuses_missing_expired_and_foreign_certificates(cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+def test_mtls_refuses_missing_expired_and_foreign_certificates_both_ways(cluster: Callable[..., Cluster], tmp_path: Path) -> None:
     kept: dict[str, CertificateAuthority] = {}
 
     def material(plan: Plan, cfg: ExperimentConfig) -> Material:
@@ -175,6 +178,17 @@ def test_mtls_refuses_missing_expired_and_foreign_certificates(cluster: Callable
     (tmp_path / "other-ca.crt").write_text(_ca_pem(foreign_ca))
     wrong_server = refused("server", ca=str(tmp_path / "other-ca.crt"))
     assert any("CERTIFICATE_VERIFY_FAILED" in k for k in wrong_server), wrong_server
+    # a broker whose certificate expired is refused by the client, with that reason
+    b2 = cl.plan.brokers[1]
+    stale = kept["ca"].issue(b2.name, True, *server_names(cl.plan, b2), start=past, days=2)
+    (cl.files / "brokers/broker2/server.crt").write_text(stale.cert)
+    (cl.files / "brokers/broker2/server.key").write_text(stale.key)
+    netns.stop(cl.procs[1])
+    cl.procs[1] = netns.spawn(["mosquitto", "-c", str(cl.files / "brokers/broker2/mosquitto.conf")], cl.ns, cl.files / "broker2-stale.log")
+    netns.wait_tcp(cl.ns, b2.address, b2.port)
+    s = bench(cl, tmp_path / "stale", "pub", good, *small, targets=[b2])
+    assert s["clients_connected"] == 0 and s["clients_refused"] == 2 and s["lost"] == 0, s
+    assert any("CERTIFICATE_VERIFY_FAILED" in k and "expired" in k for k in s["refusal_reasons"]), s["refusal_reasons"]
 
 
 def _ca_pem(ca: CertificateAuthority) -> str:

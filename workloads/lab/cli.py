@@ -93,7 +93,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     for c in lb.plan.clients:
         host, port = c.target.rsplit(":", 1)
         if cfg.security.enabled:  # credentials stay in the file, never on a command line
-            print(f"  ip netns exec {lb.ns(c.host)} mqttlab bench run --target {c.target} --security {lb.files / c.host / 'security/client.json'}")
+            print(f"  ip netns exec {lb.ns(c.host)} mqttlab bench run --target {c.target} --security {lb.files / c.host / 'security/client.json'} "
+                  f"--out {run_dir / 'manual'}")
         else:
             print(f"  ip netns exec {lb.ns(c.host)} mosquitto_sub -h {host} -p {port} -t '#' -v")
     print(f"brokers: {', '.join(f'{b.name} {b.address}:{b.port}' for b in lb.plan.brokers)} in {lb.ns('brokers')}")
