@@ -44,6 +44,7 @@ class Ctx:
     subscription_id: pulumi.Input[str] = ""
     operator_object_id: pulumi.Input[str] = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    security: Any = None  # infra.security.SecurityMaterial when the stack's security mode is not none
 
     @property
     def tags(self) -> dict[str, str]:
@@ -63,7 +64,7 @@ class Network(pulumi.ComponentResource):
                                            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["subnets"]))
         self.nsgs: dict[str, network.NetworkSecurityGroup] = {}
         for role in ("brokers", "balancer"):
-            self.nsgs[role] = network.NetworkSecurityGroup(f"{name}-nsg-{role}", resource_group_name=rg, security_rules=nsg_rules(az), tags=tags,
+            self.nsgs[role] = network.NetworkSecurityGroup(f"{name}-nsg-{role}", resource_group_name=rg, security_rules=nsg_rules(az, str(plan.brokers[0].port)), tags=tags,
                                                            opts=child)
         self.subnets: dict[str, network.Subnet] = {}
         for host in plan.hosts:
@@ -76,7 +77,8 @@ class Network(pulumi.ComponentResource):
         self.register_outputs({"resourceGroup": rg, "vnet": self.vnet.name})
 
 
-def nsg_rules(az: AzureSettings) -> list[Any]:
+def nsg_rules(az: AzureSettings, mqtt_port: str = "1883") -> list[Any]:
+    """``mqtt_port``: the plan's (8883 when TLS is on; brokers and balancers then share it)."""
     rules: list[Any] = []
     prio = 100
     for cidr in az.admin_cidrs:
@@ -85,11 +87,11 @@ def nsg_rules(az: AzureSettings) -> list[Any]:
         prio += 1
     rules.append({"name": "mqtt-vnet", "priority": 200, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
                   "source_address_prefix": "VirtualNetwork", "source_port_range": "*", "destination_address_prefix": "*",
-                  "destination_port_range": "1883"})
+                  "destination_port_range": mqtt_port})
     for i, cidr in enumerate(az.mqtt_cidrs):
         rules.append({"name": f"mqtt-extra-{i}", "priority": 210 + i, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
-                      "source_address_prefix": cidr, "source_port_range": "*", "destination_address_prefix": "*", "destination_port_range": "1883"})
-    # the VNet's own traffic (IPVS NAT replies, bridges) is allowed above on 1883 only; all else is denied
+                      "source_address_prefix": cidr, "source_port_range": "*", "destination_address_prefix": "*", "destination_port_range": mqtt_port})
+    # the VNet's own traffic (IPVS NAT replies, bridges) is allowed above on the MQTT port only; all else is denied
     rules.append({"name": "deny-all-inbound", "priority": 4000, "direction": "Inbound", "access": "Deny", "protocol": "*",
                   "source_address_prefix": "*", "source_port_range": "*", "destination_address_prefix": "*", "destination_port_range": "*"})
     return rules
@@ -246,6 +248,8 @@ class LabHost(pulumi.ComponentResource):
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait]))
         self.installed = command.remote.Command(f"{name}-install", connection=self.conn, create=INSTALL, triggers=self.install_triggers,
                                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]))
+        if ctx.security is not None:  # secured brokers: every later step waits for this host's secrets
+            self.installed = ctx.security.install(name, self.conn, ctx.stack, f"{REMOTE_ROOT}/src", MQTTLAB, [self.installed])
         self.host = self.vm.host
 
 

@@ -16,11 +16,12 @@ from pulumi_azure_native import authorization
 
 from infra.bundle import build_bundle
 from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Network, ResultsStore, ssh_commands
+from infra.security import SecurityMaterial
 from infra.settings import AzureSettings, parse_azure, private_key_is_encrypted
 from workloads.config import ConfigError, ExperimentConfig, parse_config
 from workloads.plan import Plan, build_plan
 
-SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario")
+SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario", "security")
 
 
 def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Output[str] | None, dict[str, Any]]:
@@ -68,9 +69,11 @@ def build() -> dict[str, Any]:
     bundle = build_bundle(Path.cwd(), stack, raw)
     client = authorization.get_client_config_output()
     net = Network("mqttlab", plan, az, tags)
+    sec = SecurityMaterial("security", plan, experiment.security) if experiment.security.enabled else None
     ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name, bundle=bundle,
               private_key_password=pulumi.Config("mqttlab").get_secret("sshPrivateKeyPassword"),
-              subscription_id=client.subscription_id, operator_object_id=client.object_id)
+              subscription_id=client.subscription_id, operator_object_id=client.object_id,
+              security=sec)
     store = ResultsStore("results", ctx)
     brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)
     balancers = [BalancerHost(h.name, ctx, h, net.subnets[h.subnet], public_key, private) for h in plan.balancer_hosts]

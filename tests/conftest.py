@@ -16,6 +16,7 @@ from workloads.config import ExperimentConfig, load_stack
 from workloads.lab import netns
 from workloads.plan import Plan, build_plan, renumber
 from workloads.render import render_files, write_files
+from workloads.security import Material, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -46,6 +47,7 @@ class Cluster:
     cfg: ExperimentConfig
     files: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    material: Material | None = None
 
     def addr(self, i: int) -> str:
         return self.plan.brokers[i].address
@@ -54,13 +56,15 @@ class Cluster:
         return netns.run(cmd, ns=self.ns, check=False, timeout=timeout)
 
 
-def start_cluster(ns: str, cfg: ExperimentConfig, out: Path) -> Cluster:
+def start_cluster(ns: str, cfg: ExperimentConfig, out: Path, material: Material | None = None) -> Cluster:
     """The rendered mosquitto.conf of every broker, loaded by real mosquitto processes in ``ns``."""
     plan = build_plan(cfg)
-    write_files(render_files(plan, cfg), out)
+    if material is None and cfg.security.enabled:
+        material = generate(plan, cfg.security)
+    write_files(render_files(plan, cfg, material, root=str(out / "brokers")), out)
     for b in plan.brokers:
         netns.run(["ip", "addr", "add", f"{b.address}/32", "dev", "lo"], ns=ns)
-    cl = Cluster(ns, plan, cfg, out)
+    cl = Cluster(ns, plan, cfg, out, material=material)
     for b in plan.brokers:
         cl.procs.append(netns.spawn(["mosquitto", "-c", str(out / "brokers" / b.name / "mosquitto.conf")], ns, out / f"{b.name}.log"))
     for b in plan.brokers:
@@ -72,11 +76,14 @@ def start_cluster(ns: str, cfg: ExperimentConfig, out: Path) -> Cluster:
 def cluster(make_ns: Callable[[str], str], tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     started: list[Cluster] = []
 
-    def make(stack: str = "distributed", overrides: dict[str, object] | None = None) -> Cluster:
+    def make(stack: str = "distributed", overrides: dict[str, object] | None = None,
+             material: Callable[[Plan, ExperimentConfig], Material] | None = None) -> Cluster:
         cfg = load_stack(stack, ROOT)
         if overrides:
             cfg = cfg.with_overrides(overrides)
-        cl = start_cluster(make_ns(f"brk{len(started)}"), renumber(cfg), tmp_path / f"cluster{len(started)}")
+        cfg = renumber(cfg)
+        mat = material(build_plan(cfg), cfg) if material else None
+        cl = start_cluster(make_ns(f"brk{len(started)}"), cfg, tmp_path / f"cluster{len(started)}", mat)
         started.append(cl)
         return cl
 

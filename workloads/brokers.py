@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import yaml
 
+from workloads import security
 from workloads.config import ExperimentConfig
 from workloads.plan import Broker, Plan
 
 HEADER = "# Rendered by mqttlab from stack '{stack}' ({topology}). Edit the stack file, not this file.\n"
 
-def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker) -> str:
+def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, material: security.Material | None = None,
+                   root: str = security.CONTAINER_DIR) -> str:
     """``log_type`` lines come from ``brokers.logTypes`` (config.py says why the default is not the
-    reference's ``all``)."""
+    reference's ``all``); ``root`` is where each broker's folder (passwd, acl, certificates) is seen
+    by Mosquitto."""
     b = cfg.brokers
     log_types = b.log_types
+    secured = cfg.security.enabled
+    if secured and material is None:
+        raise ValueError(f"security mode {cfg.security.mode} needs the run's material (workloads.security.generate)")
     lines = [
         HEADER.format(stack=plan.stack, topology=plan.topology).rstrip("\n"),
         f"# {broker.name}: {broker.address}:{broker.port}",
         "per_listener_settings false",
         f"listener {broker.port} {broker.address}",
-        "allow_anonymous true",
+        *(security.listener_lines(cfg, broker, root) if secured else ["allow_anonymous true"]),
         "persistence false",
         "log_dest stdout",
         "log_timestamp true",
@@ -49,7 +55,7 @@ def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker) -> str:
             f"bridge_bind_address {broker.address}",
             f"remote_clientid {link.remote_clientid}",
             f"local_clientid {link.remote_clientid}-local",
-            f"topic # both {link.qos}",
+            *(security.bridge_topics(cfg, link.qos) if secured else [f"topic # both {link.qos}"]),
             "try_private true",
             "cleansession false",
             "bridge_protocol_version mqttv311",
@@ -58,6 +64,9 @@ def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker) -> str:
             "notifications true",
             f"notification_topic $SYS/broker/connection/{link.name}/state",
         ]
+        if secured:
+            assert material is not None
+            lines += security.bridge_lines(cfg, link, root, material)
     return "\n".join(lines) + "\n"
 
 
@@ -80,7 +89,9 @@ def compose_file(plan: Plan, cfg: ExperimentConfig, parent_interface: str = "eth
             "restart": "unless-stopped",
             "cpus": plan.broker_cpus,
             "mem_limit": f"{plan.broker_memory_mb}m",
-            "volumes": [f"./{br.name}/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"],
+            # secured: the whole folder (passwd, acl, certificates) where mosquitto.conf names it
+            "volumes": [f"./{br.name}:{security.CONTAINER_DIR}:ro" if cfg.security.enabled
+                        else f"./{br.name}/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"],
             "networks": {"brokernet": {"ipv4_address": br.address}},
             "logging": {"driver": "json-file", "options": {"max-size": "200m", "max-file": "3"}},
         }

@@ -61,6 +61,7 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
 OPTION_OF = {f"mqttlab:scenario.{k}": opt for k, (_a, opt, _d) in FIELDS.items()} | {
     "mqttlab:topology": "--topology", "mqttlab:balancer.scheduler": "--scheduler",
     "mqttlab:brokers.cpus": "--broker-cpus", "mqttlab:brokers.memoryMb": "--broker-memory-mb",
+    "mqttlab:security.mode": "--security",
 } | {f"mqttlab:balancer.healthCheck.{k}": f"--health-{'check' if k == 'type' else k}" for k in ("type", "interval", "retries", "timeout")}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ BRIDGE_LAYOUTS = ("star", "none")
 LOG_TYPES = ("debug", "error", "warning", "notice", "information", "subscribe", "unsubscribe", "websockets", "none", "all")
 DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
 HEALTH_CHECKS = ("none", "mqtt", "tcp")
+SECURITY_MODES = ("none", "password", "tls", "mtls")
+TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
+_CIPHERS = re.compile(r"^[A-Za-z0-9_+!@=-]+(:[A-Za-z0-9_+!@=-]+)*$")
 
 
 class ConfigError(ValueError):
@@ -100,6 +104,26 @@ class BalancerConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """How clients and bridges reach the brokers; ``none`` is the reference (anonymous, plaintext)."""
+
+    mode: str = "none"
+    tls_version: str = "tlsv1.2"  # the minimum, as Mosquitto 2.0's ``tls_version``
+    ciphers: str | None = None  # TLS 1.2 cipher list (OpenSSL syntax); None: OpenSSL's default
+    ciphers_tls13: str | None = None  # TLS 1.3 suites; None: OpenSSL's default
+    tls_port: int = 8883  # MQTT over TLS (IANA); replaces the broker and balancer port when TLS is on
+    cert_days: int = 30
+
+    @property
+    def tls(self) -> bool:
+        return self.mode in ("tls", "mtls")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything about the experiment that is not Azure-specific."""
 
@@ -110,6 +134,7 @@ class ExperimentConfig:
     bridge: BridgeConfig
     balancer: BalancerConfig
     scenario: Scenario
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     faults: tuple[Fault, ...] = ()
 
@@ -328,6 +353,31 @@ def _parse_health_check(sec: Any, key: str) -> HealthCheckConfig:
     )
 
 
+def _optional_ciphers(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CIPHERS.match(value):
+        raise ConfigError(key, value, "must be an OpenSSL cipher list such as ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305")
+    return value
+
+
+def _parse_security(cfg: Mapping[str, Any]) -> SecurityConfig:
+    sec = _section(cfg, "security")
+    p = f"{NAMESPACE}:security."
+    known = {"mode", "tlsVersion", "ciphers", "ciphersTls13", "tlsPort", "certDays"}
+    for key in sec:
+        if key not in known:
+            raise ConfigError(p + str(key), sec[key], f"is not a security setting; known: {', '.join(sorted(known))}")
+    return SecurityConfig(
+        mode=_choice(p + "mode", _get(sec, "mode", "none"), SECURITY_MODES),
+        tls_version=_choice(p + "tlsVersion", _get(sec, "tlsVersion", "tlsv1.2"), TLS_VERSIONS),
+        ciphers=_optional_ciphers(p + "ciphers", sec.get("ciphers")),
+        ciphers_tls13=_optional_ciphers(p + "ciphersTls13", sec.get("ciphersTls13")),
+        tls_port=_int(p + "tlsPort", _get(sec, "tlsPort", 8883), 1, 65535),
+        cert_days=_int(p + "certDays", _get(sec, "certDays", 30), 1, 825),
+    )
+
+
 def parse_config(cfg: Mapping[str, Any], stack: str) -> ExperimentConfig:
     """Build and validate the experiment from a stack file's ``config:`` mapping."""
     if not isinstance(cfg, Mapping):
@@ -338,9 +388,10 @@ def parse_config(cfg: Mapping[str, Any], stack: str) -> ExperimentConfig:
     bridge = _parse_bridge(cfg, brokers)
     balancer = _parse_balancer(cfg, brokers)
     scenario = scenario_from_mapping(_section(cfg, "scenario"), prefix=f"{NAMESPACE}:scenario.")
+    security = _parse_security(cfg)
     if bridge.layout != "none" and bridge.qos < scenario.qos:
         raise ConfigError(f"{NAMESPACE}:bridge.qos", bridge.qos, f"must be >= the scenario's qos {scenario.qos}, or the bridge downgrades the test's guarantees")
-    exp = ExperimentConfig(stack, topology, network, brokers, bridge, balancer, scenario, raw=dict(cfg))
+    exp = ExperimentConfig(stack, topology, network, brokers, bridge, balancer, scenario, security, raw=dict(cfg))
     faults = _parse_faults(cfg.get(f"{NAMESPACE}:faults"), exp)
     return dataclasses.replace(exp, faults=faults) if faults else exp
 

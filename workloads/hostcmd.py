@@ -32,6 +32,8 @@ from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
 
 RENDERED = Path("/var/lib/mqttlab/rendered")
+MATERIAL = Path("/var/lib/mqttlab/security.json")  # the run's secrets, from the Pulumi program (0600)
+CONTAINER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
 
 
 def sh(cmd: Sequence[str], timeout: float = 120, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -53,9 +55,31 @@ def _cfg(args: argparse.Namespace) -> tuple[ExperimentConfig, Plan]:
 
 def _render(cfg: ExperimentConfig, plan: Plan) -> dict[str, str]:
     """Write every rendered file under RENDERED (where the steps and a person find them)."""
-    files = render_files(plan, cfg)
+    material = None
+    if cfg.security.enabled:
+        from workloads import security
+
+        if not MATERIAL.is_file():
+            raise LabError(f"security mode {cfg.security.mode} needs {MATERIAL} (written by `mqttlab host security-install`)")
+        material = security.material_from_json(MATERIAL.read_text(), plan, cfg.security, str(MATERIAL))
+    files = render_files(plan, cfg, material)
     write_files(files, RENDERED)
     return files
+
+
+def cmd_security_install(args: argparse.Namespace) -> int:
+    """Store the secrets piped in on stdin (never an argument), owner-only, after checking them."""
+    from workloads import security
+
+    cfg, plan = _cfg(args)
+    text = sys.stdin.read()
+    security.material_from_json(text, plan, cfg.security, "stdin")
+    MATERIAL.parent.mkdir(parents=True, exist_ok=True)
+    MATERIAL.unlink(missing_ok=True)
+    with os.fdopen(os.open(MATERIAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(text)
+    print(f"security material for mode {cfg.security.mode} stored in {MATERIAL}")
+    return 0
 
 
 # --------------------------------------------------------------------------- brokers
@@ -84,6 +108,11 @@ def cmd_brokers_up(args: argparse.Namespace) -> int:
     for cidr in stray_addresses(shown, [b.address for b in plan.brokers]):
         sh(["ip", "addr", "del", cidr, "dev", args.parent])
         print(f"removed {cidr} from {args.parent}: it belongs to a broker container")
+    if cfg.security.enabled:
+        from workloads.security import give_to
+
+        for b in plan.brokers:
+            give_to(d / b.name, CONTAINER_UID)
     sh(["docker", "compose", "-p", "mqttlab", "-f", str(d / "docker-compose.yml"), "up", "-d", "--force-recreate"], timeout=600)
     for b in plan.brokers:
         end = time.time() + 60
@@ -264,8 +293,9 @@ def cmd_monitors_start(args: argparse.Namespace) -> int:
         for b in plan.brokers:
             pid = sh(["docker", "inspect", "-f", "{{.State.Pid}}", f"mqttlab-{b.name}"]).stdout.strip()
             # the host cannot reach its own ipvlan children: sample $SYS from the broker's own namespace
+            sec = ["--security", str(RENDERED / "brokers/security/client.json")] if cfg.security.enabled else []
             detach(["nsenter", "-t", pid, "-n", *me(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
-                    "--out", str(mon / f"brokers-{b.name}.csv")], rd, f"monitor-{b.name}")
+                    "--out", str(mon / f"brokers-{b.name}.csv"), *sec], rd, f"monitor-{b.name}")
     else:
         detach([*me(), "monitor", "balancer", "--kind", "ipvs", "--host", args.host, "--out", str(mon / f"balancer-{args.host}.csv")], rd,
                f"monitor-{args.host}")
@@ -277,7 +307,8 @@ def bench_args(cfg: ExperimentConfig, plan: Plan, host: str, rd: Path, stack: st
     i = [c.host for c in plan.clients].index(host)
     client = plan.clients[i]
     return ["--target", client.target, "--out", str(rd), "--host", host, "--host-index", str(i), "--host-count", str(len(plan.clients)),
-            "--tag", hex(run_tag(stack, run_id)), "--quiet", *cfg.scenario.cli_args()]
+            "--tag", hex(run_tag(stack, run_id)), "--quiet", *cfg.scenario.cli_args(),
+            *(["--security", str(RENDERED / host / "security/client.json")] if cfg.security.enabled else [])]
 
 
 @recorded("bench-subs")
@@ -326,7 +357,13 @@ def _emqtt(cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path
     n = len(plan.clients)
     pubs = split_evenly(cfg.scenario.publishers, n, i)
     subs = split_evenly(cfg.scenario.subscribers, n, i)
-    cmds = emqtt.commands(cfg.scenario, [plan.clients[i].target], len(pubs), len(subs), sum(cfg.scenario.messages_of(p) for p in pubs))
+    security = None
+    if cfg.security.enabled:
+        from workloads.bench.cli import client_security
+
+        security = client_security(str(RENDERED / args.host / "security/client.json"))
+    cmds = emqtt.commands(cfg.scenario, [plan.clients[i].target], len(pubs), len(subs), sum(cfg.scenario.messages_of(p) for p in pubs),
+                          security=security)
     out = rd / "bench" / args.host
     out.mkdir(parents=True, exist_ok=True)
     if role == "sub":
@@ -550,6 +587,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         x.set_defaults(func=func)
         return x
 
+    q("security-install", cmd_security_install, "store the run's passwords and certificates, read from stdin")
     b = q("brokers-up", cmd_brokers_up, "render and start the broker containers, wait until each answers")
     b.add_argument("--parent", default="eth0", help="the NIC the ipvlan network hangs off")
     q("probe-brokers", cmd_probe_brokers, "from this (balancer) host, check every broker answers MQTT", host=True)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 BROKER_COLUMNS = [
     "time_s", "broker", "cpu_pct", "mem_bytes", "clients_connected", "msgs_received",
@@ -77,6 +77,7 @@ class BrokerTarget:
     pid: int | None = None
     values: dict[str, float] = field(default_factory=dict)
     last_cpu: tuple[float, float] | None = None  # (wall, cpu seconds)
+    security: Any = None  # workloads.security.ClientSecurity of the "monitor" user on secured brokers
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -111,6 +112,8 @@ def _sys_subscriber(target: BrokerTarget, stop: threading.Event) -> None:
     client.on_message = on_message
     client.on_connect = on_connect
     client.reconnect_delay_set(1, 5)
+    if target.security is not None:
+        target.security.apply(client)
     client.connect_async(target.host, target.port, keepalive=30)
     client.loop_start()
     stop.wait()
@@ -292,6 +295,11 @@ def _broker_arg(text: str) -> BrokerTarget:
 
 
 def cmd_brokers(args: argparse.Namespace) -> int:
+    if args.security:
+        from workloads.security import load_client
+
+        for t in args.broker:
+            t.security = load_client(args.security, "monitor")
     stopper = Stopper()
     stopper.install()
     rows = run_broker_monitor(args.broker, Path(args.out), args.interval, stopper, args.duration)
@@ -325,6 +333,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     b.add_argument("--out", required=True)
     b.add_argument("--interval", type=float, default=1.0, help="seconds between rows (default 1)")
     b.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    b.add_argument("--security", help="a rendered brokers/security/client.json (secured brokers)")
     b.set_defaults(func=cmd_brokers)
     c = msub.add_parser("balancer", help="per-real-server connections and traffic")
     c.add_argument("--kind", choices=("ipvs", "haproxy", "nftables"), default="ipvs")

@@ -90,6 +90,7 @@ class Plan:
     broker_cpus: float
     broker_memory_mb: int
     broker_image: str
+    security: str = "none"  # the security mode; secrets are never part of the plan
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -126,8 +127,10 @@ def build_plan(cfg: ExperimentConfig) -> Plan:
         Host(f"ipvs{i + 1}", "balancer", str(s), str(s.network_address + net.client_host_offset), _gateway(s))
         for i, s in enumerate(net.client_subnets)
     )
+    # TLS moves every MQTT port to the TLS port (8883): brokers, bridges and balancers alike
+    broker_port = cfg.security.tls_port if cfg.security.tls else cfg.brokers.port
     brokers = tuple(
-        Broker(f"broker{i + 1}", i + 1, BROKER_HOST, str(a), cfg.brokers.port) for i, a in enumerate(cfg.brokers.addresses)
+        Broker(f"broker{i + 1}", i + 1, BROKER_HOST, str(a), broker_port) for i, a in enumerate(cfg.brokers.addresses)
     )
     bridges: tuple[BridgeLink, ...] = ()
     if cfg.bridge.layout == "star":
@@ -147,18 +150,19 @@ def build_plan(cfg: ExperimentConfig) -> Plan:
         )
     reals = tuple(RealServer(b.name, b.address, b.port, w) for b, w in zip(brokers, cfg.balancer.weights, strict=True))
     bc = cfg.balancer
+    vip_port = cfg.security.tls_port if cfg.security.tls else bc.port
 
     def balancer(host: Host, snat: tuple[str, ...]) -> Balancer:
-        return Balancer(host.name, host.address, bc.port, bc.scheduler, bc.forwarding, reals, snat, bc.timeout_tcp, bc.timeout_tcpfin, bc.timeout_udp,
+        return Balancer(host.name, host.address, vip_port, bc.scheduler, bc.forwarding, reals, snat, bc.timeout_tcp, bc.timeout_tcpfin, bc.timeout_udp,
                         bc.health_check)
 
     if cfg.topology == "distributed":
         balancers = tuple(balancer(h, ()) for h in bal_hosts)
-        clients = tuple(ClientHost(h.name, h.address, h.name, f"{h.address}:{bc.port}") for h in bal_hosts)
+        clients = tuple(ClientHost(h.name, h.address, h.name, f"{h.address}:{vip_port}") for h in bal_hosts)
     else:
         first = bal_hosts[0]
         balancers = (balancer(first, tuple(h.subnet for h in bal_hosts[1:])),)
-        clients = tuple(ClientHost(h.name, h.address, first.name, f"{first.address}:{bc.port}") for h in bal_hosts)
+        clients = tuple(ClientHost(h.name, h.address, first.name, f"{first.address}:{vip_port}") for h in bal_hosts)
     return Plan(
         stack=cfg.stack,
         topology=cfg.topology,
@@ -171,6 +175,7 @@ def build_plan(cfg: ExperimentConfig) -> Plan:
         broker_cpus=cfg.brokers.cpus,
         broker_memory_mb=cfg.brokers.memory_mb,
         broker_image=cfg.brokers.image,
+        security=cfg.security.mode,
     )
 
 

@@ -7,20 +7,27 @@ exactly what will run.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from workloads import balancer as bal_r
 from workloads import brokers as brk_r
-from workloads import keepalived
+from workloads import keepalived, security
 from workloads.config import ExperimentConfig
 from workloads.plan import Plan
 
 
-def render_files(plan: Plan, cfg: ExperimentConfig) -> dict[str, str]:
+def render_files(plan: Plan, cfg: ExperimentConfig, material: security.Material | None = None,
+                 root: str = security.CONTAINER_DIR) -> dict[str, str]:
+    """A secured mode without ``material`` gets fresh secrets (every render is a new run's)."""
+    if cfg.security.enabled and material is None:
+        material = security.generate(plan, cfg.security)
     files: dict[str, str] = {"plan.json": json.dumps(plan.to_dict(), indent=2) + "\n"}
     files["brokers/docker-compose.yml"] = brk_r.compose_file(plan, cfg)
     for b in plan.brokers:
-        files[f"brokers/{b.name}/mosquitto.conf"] = brk_r.mosquitto_conf(plan, cfg, b)
+        files[f"brokers/{b.name}/mosquitto.conf"] = brk_r.mosquitto_conf(plan, cfg, b, material=material, root=root)
+    if material is not None:
+        files |= security.security_files(plan, cfg, material)
     for c in plan.clients:
         files[f"{c.host}/client.json"] = json.dumps({"host": c.host, "target": c.target, "target_host": c.target_host}, indent=2) + "\n"
     for bal in plan.balancers:
@@ -42,6 +49,11 @@ def write_files(files: dict[str, str], out: Path) -> list[Path]:
     for rel, text in sorted(files.items()):
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if security.is_secret(rel, text):  # private keys and passwords: owner only, from the first byte
+            path.unlink(missing_ok=True)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(text)
+        else:
+            path.write_text(text)
         written.append(path)
     return written

@@ -51,18 +51,33 @@ def _share(args: argparse.Namespace, sc: Scenario, pubs: bool, subs: bool) -> Ho
     )
 
 
+def client_security(path: str | None, roles: tuple[str, ...] = ("pub", "sub")) -> dict[str, Any]:
+    """The publishers' and subscribers' credentials from a rendered client.json (never options:
+    secrets on a command line are visible to every process on the host)."""
+    from workloads.security import SecurityFileError, load_client
+
+    if path is None:
+        return {}
+    try:
+        return {role: load_client(path, role) for role in roles}
+    except SecurityFileError as exc:
+        raise ConfigError("--security", path, str(exc)) from None
+
+
 def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
     sc = scenario_from_args(args)
     share = _share(args, sc, pubs, subs)
     out = Path(args.out)
     if not pubs and not subs:
         return 0
+    security = client_security(args.security, ("pub",) * pubs + ("sub",) * subs)
     stop = threading.Event()
     restore = stop_on_signals(stop)
     try:
         result = run_host(
             share, sc, out, tag=args.tag, workers=args.workers, progress=not args.quiet,
             start_at=args.start_at, ready_file=Path(args.ready_file) if args.ready_file else None, stop=stop,
+            security=security,
         )
     finally:
         restore()
@@ -89,7 +104,8 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     pubs = split_evenly(sc.publishers, args.host_count, args.host_index)
     subs = split_evenly(sc.subscribers, args.host_count, args.host_index)
     msgs = sum(sc.messages_of(p) for p in pubs)
-    cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native)
+    cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native,
+                          security=client_security(args.security))
     if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
         print(f"mqttlab: {emqtt.missing_native()}", file=sys.stderr)
         return 2
@@ -99,7 +115,7 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
         print(json.dumps(emqtt.summarize(pub_text, sub_text, len(subs), msgs), indent=2))
         return 0
     for role, cmd in cmds.items():
-        print(f"{role}: {' '.join(cmd)}")
+        print(f"{role}: {' '.join(emqtt.redact(cmd))}")
     return 0
 
 
@@ -114,6 +130,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         q.add_argument("--host", default="local", help="this client host's name in the run directory")
         q.add_argument("--host-index", type=int, default=0, help="this host's number among the client hosts")
         q.add_argument("--host-count", type=int, default=1, help="how many client hosts share the scenario")
+        q.add_argument("--security", help="a rendered <host>/security/client.json: credentials and TLS (default: anonymous)")
         add_scenario_args(q)
 
     for name, pubs, subs, text in (

@@ -75,12 +75,18 @@ class BenchClient(mqtt.Client):
             if 0x40 <= ptype <= 0x70 and ptype != 0x60 and rl >= 2 and ((buf[i] << 8) | buf[i + 1]) in self._fast_out:
                 # PUBACK, PUBREC, PUBCOMP of one of our own fast-path publishes
                 mid = (buf[i] << 8) | buf[i + 1]
-                if ptype == 0x50:
+                # MQTT 5: a reason code >= 0x80 on PUBACK or PUBREC is the broker's refusal
+                # (e.g. 0x87 not authorized, outside the ACL); the exchange ends there
+                refused = self.v5 and ptype != 0x70 and rl >= 3 and buf[i + 2] >= 0x80
+                if ptype == 0x50 and not refused:
                     sock.wbuf += bytes((0x62, 2, mid >> 8, mid & 0xFF))  # PUBREL
                     sock.dirty.add(sock)
                 else:
                     del self._fast_out[mid]
-                    if self.ack_handler is not None:
+                    if refused:
+                        if self.refuse_handler is not None:
+                            self.refuse_handler(userdata, ptype, buf[i + 2])
+                    elif self.ack_handler is not None:
                         self.ack_handler(userdata)
                     if self._fast_waiting:
                         self._frame_publish(sock, *self._fast_waiting.popleft())
@@ -135,7 +141,14 @@ class BenchClient(mqtt.Client):
     _pending = b""
     _qos2_mids: set[int]
     ack_handler: Callable[[Any], None] | None = None
+    refuse_handler: Callable[[Any, int, int], None] | None = None  # (userdata, packet type, reason code)
     max_out = 20  # our publishes awaiting PUBACK/PUBCOMP (Mosquitto's default receive maximum)
+
+    def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:
+        """TLS under the buffering: paho's handshake on the raw socket, then our buffered I/O."""
+        from workloads.bench.tls import TlsBufferedSocket
+
+        return TlsBufferedSocket(super()._ssl_wrap_socket(tcp_sock._sock), self.dirty)
 
     def _create_socket_connection(self) -> Any:
         sock = super()._create_socket_connection()

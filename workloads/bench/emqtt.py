@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from pathlib import Path
 from typing import Any
 
 from workloads.scenario import Scenario
+from workloads.security import ClientSecurity
 
 IMAGE = "emqx/emqtt-bench:0.4.25"
 _COUNTER = re.compile(r"^\s*(\d+(?:\.\d+)?)(?:s|ms)?\s+([A-Za-z_]+)\s+total=(\d+)\s+rate=([\d.]+)(?:/sec)?")
@@ -35,24 +37,51 @@ def missing_native() -> str:
     return f"emqtt-bench not found: {where} (it also needs Erlang: apt-get install erlang-base erlang-ssl)"
 
 
+def security_flags(sec: ClientSecurity | None) -> list[str]:
+    """emqtt-bench's ``-u -P -S --certfile --keyfile``. It has no CA option: under TLS it does
+    not verify the broker (our engine does), and its password is on its command line, which
+    :func:`redact` hides whenever we print one."""
+    if sec is None or sec.mode == "none":
+        return []
+    out = ["-u", str(sec.username), "-P", str(sec.password)]
+    if sec.tls:
+        out.append("-S")
+    if sec.cert and sec.key:
+        out += ["--certfile", sec.cert, "--keyfile", sec.key]
+    return out
+
+
+def redact(cmd: list[str]) -> list[str]:
+    return [("'<password from client.json>'" if i and cmd[i - 1] == "-P" else a) for i, a in enumerate(cmd)]
+
+
 def commands(scenario: Scenario, targets: list[str], publishers: int, subscribers: int, messages: int,
-             docker: bool = True, image: str = IMAGE) -> dict[str, list[str]]:
+             docker: bool = True, image: str = IMAGE, security: dict[str, ClientSecurity] | None = None) -> dict[str, list[str]]:
     """The ``pub`` and ``sub`` command lines for one client host.
 
     ``messages`` is this host's share of the total: emqtt-bench's ``-L`` is one global count for
     all publishers of the process (the reference's launcher wrongly called it per publisher).
+    ``security``: role -> credentials (a secured broker); certificate folders are mounted read-only.
     """
     hosts = ",".join(t.rsplit(":", 1)[0] for t in targets)
     port = targets[0].rsplit(":", 1)[1]
     version = "5" if scenario.mqtt_version == "5" else "4"
-    prefix = ["docker", "run", "--rm", "--network", "host", image] if docker else [find_native() or "emqtt_bench"]
+    security = security or {}
+
+    def prefix(role: str) -> list[str]:
+        if not docker:
+            return [find_native() or "emqtt_bench"]
+        sec = security.get(role)
+        mounts = sorted({str(Path(f).parent) for f in (sec.cert, sec.key) if f}) if sec else []
+        return ["docker", "run", "--rm", "--network", "host", *(x for m in mounts for x in ("-v", f"{m}:{m}:ro")), image]
+
     common = ["-h", hosts, "-p", port, "-V", version, "-q", str(scenario.qos), "-R", str(scenario.connect_rate)]
     out: dict[str, list[str]] = {}
     if subscribers:
-        out["sub"] = [*prefix, "sub", *common, "-c", str(subscribers), "-t", scenario.topic]
+        out["sub"] = [*prefix("sub"), "sub", *common, *security_flags(security.get("sub")), "-c", str(subscribers), "-t", scenario.topic]
     if publishers:
-        out["pub"] = [*prefix, "pub", *common, "-c", str(publishers), "-I", str(scenario.interval_ms), "-L", str(messages),
-                      "-t", scenario.topic, "-s", str(scenario.payload_bytes)]
+        out["pub"] = [*prefix("pub"), "pub", *common, *security_flags(security.get("pub")), "-c", str(publishers), "-I", str(scenario.interval_ms),
+                      "-L", str(messages), "-t", scenario.topic, "-s", str(scenario.payload_bytes)]
     return out
 
 

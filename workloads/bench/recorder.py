@@ -143,9 +143,10 @@ class Recorder:
         (out / f"self-{label}.json").write_text(json.dumps(self_check, indent=1))
         (out / f"latency-{label}.json").write_text(json.dumps(self.hist.to_json()))
         with (out / f"clients-{label}.csv").open("w") as fh:
-            fh.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects\n")
+            fh.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects,connect_ms\n")
             for st in states:
-                fh.write(f"{st.spec.client_id},{st.spec.role},{st.spec.index},{self.worker},{st.spec.target},{st.local},{st.connected_at:.6f},{st.disconnects}\n")
+                fh.write(f"{st.spec.client_id},{st.spec.role},{st.spec.index},{self.worker},{st.spec.target},{st.local},{st.connected_at:.6f},"
+                         f"{st.disconnects},{st.connect_s * 1000:.3f}\n")
         with (out / f"outages-{label}.csv").open("w") as fh:
             fh.write("client_id,role,lost_at,back_at,attempts,local_before,local_after\n")
             for line in self.outages:
@@ -154,10 +155,11 @@ class Recorder:
                 if st.lost_at:
                     fh.write(f"{st.spec.client_id},{st.spec.role},{st.lost_at:.6f},0,{st.failures},{st.lost_local},\n")
         with (out / f"publishers-{label}.csv").open("w") as fh:
-            fh.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms\n")
+            fh.write("pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms,refused\n")
             for st in states:
                 if st.spec.role == "pub":
-                    fh.write(f"{st.spec.index},{st.spec.client_id},{st.planned},{st.sent},{st.acked},{st.failed},{st.first_send:.6f},{st.last_send:.6f},{st.max_behind * 1000:.3f}\n")
+                    fh.write(f"{st.spec.index},{st.spec.client_id},{st.planned},{st.sent},{st.acked},{st.failed},{st.first_send:.6f},{st.last_send:.6f},"
+                             f"{st.max_behind * 1000:.3f},{st.refused}\n")
         with (out / f"subscribers-{label}.csv").open("w") as fh:
             fh.write("sub,client_id,pub,received,duplicates,out_of_order,foreign\n")
             for st in states:

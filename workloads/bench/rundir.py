@@ -84,10 +84,14 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(run_dir)
     bench = run_dir / "bench"
     sent: dict[int, int] = {}
-    planned = acked = failed = 0
+    accepted: dict[int, int] = {}  # sent and not refused by the broker: what subscribers can get
+    planned = acked = failed = pub_refused = 0
     for p in sorted(bench.glob("*/publishers-*.csv")):
         for r in _rows(p, ("pub", "planned", "sent", "acked", "failed")):
+            refused = int(r.get("refused") or 0)
             sent[int(r["pub"])] = sent.get(int(r["pub"]), 0) + int(r["sent"])
+            accepted[int(r["pub"])] = accepted.get(int(r["pub"]), 0) + int(r["sent"]) - refused
+            pub_refused += refused
             planned += int(r["planned"])
             acked += int(r["acked"])
             failed += int(r["failed"])
@@ -95,9 +99,9 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     lost_by_sub: dict[int, int] = {}
     for p in sorted(bench.glob("*/subscribers-*.csv")):
         for r in _rows(p, ("sub", "pub", "received", "duplicates", "out_of_order")):
-            expected += sent.get(int(r["pub"]), 0)
+            expected += accepted.get(int(r["pub"]), 0)
             sub = int(r["sub"])
-            lost_by_sub[sub] = lost_by_sub.get(sub, 0) + sent.get(int(r["pub"]), 0) - int(r["received"])
+            lost_by_sub[sub] = lost_by_sub.get(sub, 0) + accepted.get(int(r["pub"]), 0) - int(r["received"])
             delivered += int(r["received"])
             duplicates += int(r["duplicates"])
             ooo += int(r["out_of_order"])
@@ -108,6 +112,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             clients += 1
             connected += 1 if float(r["connected_at"] or 0) > 0 else 0
             disconnects += int(r["disconnects"])
+    refusals = refusal_reasons(bench)
     hist = Histogram()
     for p in sorted(bench.glob("*/latency-*.json")):
         try:
@@ -143,11 +148,32 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "clients": clients,
         "clients_connected": connected,
         "disconnects": disconnects,
+        # refused by a broker (authentication, TLS, ACL) is not loss: counted and explained here
+        "clients_refused": len(refusals["clients"]),
+        "publishes_refused": pub_refused,
+        "refusal_reasons": refusals["reasons"],
         "latency_ms": {"p50": ms(hist.percentile(50)), "p90": ms(hist.percentile(90)), "p99": ms(hist.percentile(99)), "max": ms(hist.max())},
         "bench_saturated": bool(reasons),
         "saturation_reasons": reasons,
         "saturated_clients": saturated_clients,
     }
+
+
+REFUSAL_EVENTS = ("connack_error", "connect_error", "publish_refused", "suback_error")
+
+
+def refusal_reasons(bench: Path) -> dict[str, Any]:
+    """From the events: which clients a broker turned away and why (``{event: {reason: clients}}``)."""
+    connected: set[str] = set()
+    turned: dict[str, set[str]] = {}
+    for p in sorted(bench.glob("*/events-*.csv")):
+        for r in _rows(p, ("client_id", "event", "detail")):
+            if r["event"] in ("connect", "reconnect"):
+                connected.add(r["client_id"])
+            elif r["event"] in REFUSAL_EVENTS:
+                turned.setdefault(f"{r['event']}: {r['detail']}", set()).add(r["client_id"])
+    clients = {c for key, ids in turned.items() if not key.startswith(("publish_refused", "suback_error")) for c in ids} - connected
+    return {"clients": clients, "reasons": {k: len(v) for k, v in sorted(turned.items())}}
 
 
 def read_deliveries(path: Path) -> np.ndarray:
@@ -193,6 +219,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  duplicates         {s['duplicates']}   out of order {s['out_of_order']}",
         f"  latency ms         p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
     ]
+    if s.get("clients_refused") or s.get("publishes_refused"):
+        lines.append(f"  refused by brokers clients {s['clients_refused']}  publishes {s['publishes_refused']} (not counted as lost)")
+        lines += [f"    {n} x {why}" for why, n in s.get("refusal_reasons", {}).items()]
     if s["bench_saturated"]:
         lines.append("  WARNING bench_saturated: the load generator, not the system, may have been the limit:")
         lines += [f"    {r}" for r in s["saturation_reasons"]]

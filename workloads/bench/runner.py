@@ -85,7 +85,9 @@ def run_host(
     ready_file: Path | None = None,
     stop: threading.Event | None = None,
     manifest_fields: dict[str, Any] | None = None,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``security``: role ("pub", "sub") -> :class:`workloads.security.ClientSecurity`."""
     """Run this host's clients to the end and return the workers' final totals."""
     stop = stop or threading.Event()
     tag = tag if tag is not None else random.getrandbits(32)
@@ -102,7 +104,7 @@ def run_host(
         mine = clients[w::n]
         parent, child = ctx.Pipe()
         role = "run" if share.publishers and share.subscribers else ("pub" if share.publishers else "sub")
-        spec = WorkerSpec(w, share.host, str(out), scenario, tag, mine, scenario.connect_rate / n, role)
+        spec = WorkerSpec(w, share.host, str(out), scenario, tag, mine, scenario.connect_rate / n, role, dict(security or {}))
         p = ctx.Process(target=_worker, args=(os.getpid(), spec, child), name=f"mqttlab-bench-{w}", daemon=True)
         p.start()
         child.close()

@@ -28,6 +28,7 @@ class WorkerSpec:
     clients: list[ClientSpec]
     connect_rate: float  # per second, this worker's share
     role: str = "run"  # run, sub or pub: several bench processes may share a host's folder
+    security: dict[str, Any] = field(default_factory=dict)  # role -> workloads.security.ClientSecurity
 
     @property
     def label(self) -> str:
@@ -45,6 +46,7 @@ class ClientState:
     local: str = ""
     disconnects: int = 0
     attempted: float = 0.0  # last connection attempt, for reconnecting
+    connect_s: float = 0.0  # from the successful attempt to its CONNACK
     retry_at: float = 0.0  # earliest next attempt if this one fails (jittered back-off)
     failures: int = 0  # consecutive attempts without a CONNACK
     lost_at: float = 0.0  # when an established connection was lost (0: not lost)
@@ -54,6 +56,7 @@ class ClientState:
     sent: int = 0
     acked: int = 0
     failed: int = 0
+    refused: int = 0  # acknowledged with a failure reason (MQTT 5), e.g. not authorized
     first_send: float = 0.0
     last_send: float = 0.0
     max_behind: float = 0.0

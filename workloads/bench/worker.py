@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from workloads.bench import backoff
 from workloads.bench.client import BenchClient
@@ -75,6 +77,8 @@ class Worker:
         first = not st.connected_at
         st.connected = True
         st.connected_at = st.connected_at or time.time()
+        if first:  # TCP, TLS handshake and CONNACK: what security costs a client
+            st.connect_s = st.connected_at - st.attempted
         sock: Any = client.socket()
         try:
             host, port = sock.getsockname()[:2] if sock else ("", 0)
@@ -119,8 +123,20 @@ class Worker:
         heapq.heappush(self.retries, (st.retry_at, self.index[id(st)]))
 
     def on_publish(self, client: mqtt.Client, st: ClientState, mid: int, rc: Any, props: Any = None) -> None:
+        if getattr(rc, "is_failure", False):  # the broker refused it: nobody can receive it
+            self.on_refused(st, str(rc))
+            return
         st.acked += 1
         self.rec.count(1)
+
+    def on_refused(self, st: ClientState, reason: str) -> None:
+        st.refused += 1
+        if st.refused == 1:
+            self.rec.event(st, "publish_refused", reason)
+
+    def on_fast_refused(self, st: ClientState, ptype: int, code: int) -> None:
+        """A fast-path publish acknowledged with a failure reason code (MQTT 5 PUBACK/PUBREC)."""
+        self.on_refused(st, str(ReasonCode(PacketTypes.PUBACK if ptype == 0x40 else PacketTypes.PUBREC, identifier=code)))
 
     def on_ack(self, st: ClientState) -> None:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2) of a fast-path publish."""
@@ -149,7 +165,11 @@ class Worker:
         c.dirty = self.dirty
         c.payload_handler = self.rec.payload
         c.ack_handler = self.on_ack
+        c.refuse_handler = self.on_fast_refused
         c.v5 = proto == mqtt.MQTTv5
+        sec = self.spec.security.get(st.spec.role)
+        if sec is not None:
+            sec.apply(c)
         return c
 
     def connect(self, st: ClientState) -> None:
@@ -193,13 +213,17 @@ class Worker:
             if bl is not None and isinstance(sock, BufferedSocket):
                 sock.queued = -1
                 sock.probe = time.time() - bl.checked >= SAMPLE_S
+            before = sock
             rc = c.fast_read()
             sock = c.socket()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
                 self.drop(st, fd)
+                why = getattr(before, "error", "")  # a TLS alert from the broker, e.g. certificate expired
                 if st.connected:
                     st.disconnects += 1
-                    self.rec.event(st, "disconnect", f"read:{int(rc)}")
+                    self.rec.event(st, "disconnect", f"read:{int(rc)}" + (f" {why}" if why else ""))
+                elif why:
+                    self.rec.event(st, "connect_error", why)
                 self.lose(st)
                 return
             if bl is not None and isinstance(sock, BufferedSocket) and sock.queued >= 0:

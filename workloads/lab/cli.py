@@ -21,6 +21,7 @@ OVERRIDES = {  # option dest -> config key
     "scheduler": "balancer.scheduler",
     "broker_cpus": "brokers.cpus",
     "broker_memory_mb": "brokers.memoryMb",
+    "security": "security.mode",
 }
 
 
@@ -48,7 +49,8 @@ def format_lab_summary(s: dict[str, Any]) -> str:
     bal = s["balancer"]
     per = "  ".join(f"{k} {v}" for k, v in s["connections_per_broker"].items())
     lines = [
-        f"topology {s['topology']}   balancer {bal['kind']} on {', '.join(bal['hosts'])}   scheduler {s['scheduler']}",
+        f"topology {s['topology']}   balancer {bal['kind']} on {', '.join(bal['hosts'])}   scheduler {s['scheduler']}"
+        + (f"   security {s['security']}" if s.get("security", "none") != "none" else ""),
     ]
     if bal.get("note"):
         lines.append(f"  note: {bal['note']}")
@@ -118,7 +120,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"lab {lb.lab_id} is up ({cfg.topology}, {balancer}). Entry points, from inside the client hosts' namespaces:")
     for c in lb.plan.clients:
         host, port = c.target.rsplit(":", 1)
-        print(f"  ip netns exec {lb.ns(c.host)} mosquitto_sub -h {host} -p {port} -t '#' -v")
+        if cfg.security.enabled:  # credentials stay in the file, never on a command line
+            print(f"  ip netns exec {lb.ns(c.host)} mqttlab bench run --target {c.target} --security {lb.files / c.host / 'security/client.json'} "
+                  f"--out {run_dir / 'manual'}")
+        else:
+            print(f"  ip netns exec {lb.ns(c.host)} mosquitto_sub -h {host} -p {port} -t '#' -v")
     print(f"brokers: {', '.join(f'{b.name} {b.address}:{b.port}' for b in lb.plan.brokers)} in {lb.ns('brokers')}")
     print(f"stop it with: mqttlab lab down --id {lb.lab_id}")
     return 0
@@ -166,6 +172,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         q.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
         q.add_argument("--health-retries", type=int, metavar="N", help="failed checks before a broker is taken out")
         q.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
+        q.add_argument("--security", choices=("none", "password", "tls", "mtls"), help="default: the stack's mqttlab:security.mode")
         add_scenario_args(q)
 
     q = lsub.add_parser("run", help="bring the lab up, run the benchmark, tear down, summarize")

@@ -34,6 +34,7 @@ from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
 from workloads.scenario import QUIET_S
+from workloads.security import CLIENT_FILE
 
 STATE_DIR = Path(os.environ.get("MQTTLAB_STATE_DIR", "/run/mqttlab"))
 BALANCERS = ("ipvs", "nftables", "haproxy")
@@ -246,6 +247,8 @@ class Lab:
         cmd = [sys.executable, "-m", "workloads.cli", "monitor", "brokers", "--interval", "1", "--out", str(mon / "brokers.csv")]
         for a in args:
             cmd += ["--broker", a]
+        if self.cfg.security.enabled:
+            cmd += ["--security", str(self.files / "brokers" / CLIENT_FILE)]
         self.spawn("monitor-brokers", cmd, "brokers", self.run_dir / "logs" / "monitor-brokers.log")
         for bal in self.plan.balancers:
             cmd = [sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
@@ -257,7 +260,8 @@ class Lab:
 
     def up(self) -> None:
         """Everything but the benchmark; bounded, and undone by :meth:`down` on any failure."""
-        self.rendered = render_files(self.plan, self.cfg)
+        # secured: this run's own passwords and certificates, in its root-only files (0600)
+        self.rendered = render_files(self.plan, self.cfg, root=str(self.files / "brokers"))
         write_files(self.rendered, self.files)
         self.say(f"network: {len(self.plan.hosts)} hosts + switch in namespaces {ns_name(self.lab_id, '*')}")
         self.create_network()
@@ -380,6 +384,8 @@ class Lab:
         sc = self.cfg.scenario
         args = [sys.executable, "-m", "workloads.cli", "bench", "--target", target, "--out", str(self.run_dir), "--host", host,
                 "--host-index", str(index), "--host-count", str(count), "--tag", hex(tag), "--quiet"]
+        if self.cfg.security.enabled:
+            args += ["--security", str(self.files / host / CLIENT_FILE)]
         return args + sc.cli_args()
 
     def received(self) -> int:
@@ -489,7 +495,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
     start_manifest(run_dir, kind="lab", stack=cfg.stack, topology=cfg.topology, balancer=balancer, balancer_note=note,
                    stood_in=standin.stood_in(balancer, cfg.balancer.scheduler), scheduler=cfg.balancer.scheduler, scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
                    mosquitto=mosquitto_version(), faults=[f.spec for f in cfg.faults],
-                   health_check=dataclasses.asdict(cfg.balancer.health_check))
+                   health_check=dataclasses.asdict(cfg.balancer.health_check), security=cfg.security.mode)
     status, reason = "complete", ""
     t0 = time.time()
     try:
@@ -521,7 +527,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
             lab.say(f"torn down ({reason or 'done'})")
     summary = summarize(run_dir)
     summary.update(
-        run_dir=str(run_dir), topology=cfg.topology, scheduler=cfg.balancer.scheduler, connections_per_broker=conns,
+        run_dir=str(run_dir), topology=cfg.topology, scheduler=cfg.balancer.scheduler, connections_per_broker=conns, security=cfg.security.mode,
         balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]}, faults=read_faults(run_dir),
     )
     if load_generator == "emqtt-bench":
