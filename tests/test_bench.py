@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from workloads.bench import emqtt
 from workloads.bench.payload import encode
-from workloads.bench.rundir import read_deliveries, summarize
+from workloads.bench.rundir import deliveries_on_disk, read_deliveries, summarize
 from workloads.lab import netns
 
 
@@ -133,7 +133,8 @@ def test_resent_sequence_numbers_are_counted_as_duplicates(broker: Broker, tmp_p
     c.publish("bench/test", encode(0, 0, time.time_ns(), 0xBAD, 64), qos=1).wait_for_publish(5)  # another run's message
     c.disconnect()
     c.loop_stop()
-    time.sleep(1)
+    # every delivery of ours (3 subscribers x 10 publishes) on disk before stopping: bounded by progress
+    wait_for(lambda: deliveries_on_disk(out) >= 3 * len(seqs), 60, "every delivery recorded")
     sub.send_signal(signal.SIGTERM)
     assert sub.wait(30) in (0, 1)
     s = summarize(out)
