@@ -343,9 +343,12 @@ def test_scale_out_follows_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     (AZURE, {"mqttlab:runId": "Run 1!"}, "mqttlab:runId"),
 ])
 def test_bad_configuration_fails_before_any_resource(monkeypatch: pytest.MonkeyPatch, azure: dict[str, Any], extra: dict[str, Any], key: str) -> None:
+    seen: list[str] = []  # every registration, kept even though run() raises
+    register = Monitor.RegisterResource
+    monkeypatch.setattr(Monitor, "RegisterResource", lambda self, req: (seen.append(req.type), register(self, req))[1])
     with pytest.raises(pulumi.RunError) as info:
-        p = run("distributed", monkeypatch, stack_config("distributed", azure=azure, extra=extra))
-        assert not p.resources
+        run("distributed", monkeypatch, stack_config("distributed", azure=azure, extra=extra))
+    assert [t for t in seen if t != "pulumi:pulumi:Stack"] == []
     assert key in str(info.value) and "configuration error" in str(info.value)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from workloads.bench.hist import Histogram
-from workloads.scenario import QUIET_S
+from workloads.scenario import QUIET_S, Scenario
 
 FORMAT_VERSION = 1
 # one record per delivery in bench/<host>/deliveries-*.bin (docs/run-format.md)
@@ -92,13 +92,29 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             acked += int(r["acked"])
             failed += int(r["failed"])
     expected = delivered = duplicates = ooo = foreign = 0
+    counted: set[int] = set()
     for p in sorted(bench.glob("*/subscribers-*.csv")):
         for r in _rows(p, ("sub", "pub", "received", "duplicates", "out_of_order")):
+            counted.add(int(r["sub"]))
             expected += sent.get(int(r["pub"]), 0)
             delivered += int(r["received"])
             duplicates += int(r["duplicates"])
             ooo += int(r["out_of_order"])
             foreign += int(r.get("foreign") or 0)
+    if manifest.get("status") != "complete" and manifest.get("scenario"):
+        # killed before every worker wrote its counts: the missing subscribers are measured from
+        # their delivery records against what the run planned
+        scenario = Scenario.from_dict(manifest["scenario"])
+        for sub, pub, planned_msgs in scenario.planned_pairs():
+            if sub not in counted:
+                expected += sent.get(pub, planned_msgs)
+        for p in sorted(bench.glob("*/deliveries-*.bin")):
+            rec = read_deliveries(p)
+            rec = rec[~np.isin(rec["sub"], np.fromiter(counted, dtype=np.uint32, count=len(counted)))]
+            dup = rec["dup"] != 0
+            duplicates += int(dup.sum())
+            first = rec[~dup]
+            delivered += len(np.unique(np.stack([first["sub"], first["pub"], first["seq"]], axis=1), axis=0))
     clients = connected = disconnects = 0
     for p in sorted(bench.glob("*/clients-*.csv")):
         for r in _rows(p, ("client_id", "role", "connected_at", "disconnects")):
@@ -121,7 +137,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         for key, limit in SATURATION.items():
             if s.get(key, 0) >= limit:
                 reasons.append(f"worker {s.get('worker')} {key}={s[key]} >= {limit}")
-    lost = expected - delivered
+    lost = max(0, expected - delivered)
 
     def ms(v: float | None) -> float | None:
         return None if v is None else round(v / 1000.0, 3)
