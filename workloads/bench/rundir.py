@@ -91,23 +91,25 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             planned += int(r["planned"])
             acked += int(r["acked"])
             failed += int(r["failed"])
+    # a run killed before every worker wrote its counts is measured against what it planned
+    scenario = Scenario.from_dict(manifest["scenario"]) if manifest.get("status") != "complete" and manifest.get("scenario") else None
+    expect_of = dict(sent)
+    if scenario is not None:
+        expect_of = {p: scenario.messages_of(p) for p in range(scenario.publishers)} | expect_of
     expected = delivered = duplicates = ooo = foreign = 0
     counted: set[int] = set()
     for p in sorted(bench.glob("*/subscribers-*.csv")):
         for r in _rows(p, ("sub", "pub", "received", "duplicates", "out_of_order")):
             counted.add(int(r["sub"]))
-            expected += sent.get(int(r["pub"]), 0)
+            expected += expect_of.get(int(r["pub"]), 0)
             delivered += int(r["received"])
             duplicates += int(r["duplicates"])
             ooo += int(r["out_of_order"])
             foreign += int(r.get("foreign") or 0)
-    if manifest.get("status") != "complete" and manifest.get("scenario"):
-        # killed before every worker wrote its counts: the missing subscribers are measured from
-        # their delivery records against what the run planned
-        scenario = Scenario.from_dict(manifest["scenario"])
-        for sub, pub, planned_msgs in scenario.planned_pairs():
+    if scenario is not None:  # subscribers without counts: their delivery records against the plan
+        for sub, pub, _planned in scenario.planned_pairs():
             if sub not in counted:
-                expected += sent.get(pub, planned_msgs)
+                expected += expect_of[pub]
         for p in sorted(bench.glob("*/deliveries-*.bin")):
             rec = read_deliveries(p)
             rec = rec[~np.isin(rec["sub"], np.fromiter(counted, dtype=np.uint32, count=len(counted)))]
