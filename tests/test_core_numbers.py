@@ -311,3 +311,60 @@ def test_summary_with_no_deliveries_at_all(tmp_path: Path) -> None:
     assert (s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (800, 0, 800, 100.0)
     assert s["latency_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
     assert s["offered"] == 200 and s["loss_by_broker"] == {"broker1": 400, "broker2": 200, "broker3": 200}
+
+
+def test_histogram_edges() -> None:
+    h = Histogram()
+    h.record(np.array([5]))
+    h.record(np.array([5]))
+    assert h.counts == {5: 2}  # one value is recorded; recording again adds
+    many = Histogram()
+    many.record(np.arange(1, 1001))
+    assert (many.percentile(100), many.percentile(99), many.percentile(50)) == (1000.0, 990.0, 500.0)
+    # where float log2 rounds up (2**53 - 1 and 2**60 - 1 become powers of two as floats), the bucket is still the right one
+    huge = np.array([2**53 - 1, 2**60 - 1, 2**53, 2**40 + 12345])
+    top = bucket_value(bucket_index(huge))
+    assert (top >= huge).all() and (((top - huge) / huge.astype(float)) < 1e-3).all()
+    assert (bucket_index(huge) == np.array([2048 + 41 * 1024 + 1023, 2048 + 48 * 1024 + 1023, 2048 + 42 * 1024, 2048 + 29 * 1024])).all()
+
+
+def test_run_directory_writing_and_its_errors(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "doc.json"
+    rundir.write_json_atomic(target, {"x": 1, "p": Path("/q")})
+    assert target.read_text() == '{\n  "x": 1,\n  "p": "/q"\n}\n'
+    doc = rundir.start_manifest(tmp_path / "r")
+    assert abs(doc["started_at"] - __import__("time").time()) < 3600 and list(doc)[:6] == ["format_version", "run_id", "status", "started_at",
+                                                                                            "ended_at", "versions"]
+    (tmp_path / "r" / "manifest.json").write_text('{"format_version": 2}')
+    with pytest.raises(RunDirError) as info:
+        rundir.read_manifest(tmp_path / "r")
+    assert str(info.value) == f"{tmp_path}/r/manifest.json: format_version 2, this mqttlab reads 1"
+
+
+def test_bench_summary_numbers_at_their_edges(known: Path, tmp_path: Path) -> None:
+    d = known / "bench" / "ipvs1"
+    (d / "publishers-run1.csv").write_text("pub,client_id,planned,sent,acked,failed\n0,a,0,10,10,0\n")  # the same publisher, another writer
+    (d / "subscribers-run1.csv").write_text("sub,client_id,pub,received,duplicates,out_of_order\n9,z,7,0,0,0\n")  # a publisher nobody ran
+    (d / "clients-run1.csv").write_text("client_id,role,connected_at,disconnects\nz,sub,0.5,0\n")
+    lat = Histogram()
+    lat.record(np.arange(1, 101))
+    (d / "latency-run0.json").write_text(json.dumps(lat.to_json()))
+    (known / "bench" / "ipvs2" / "latency-run0.json").write_text(json.dumps(Histogram().to_json()))
+    s = rundir.summarize(known)
+    assert s["sent"] == 210 and (s["expected"], s["delivered"], s["lost"]) == (800 + 40, 781, 59) and s["loss_pct"] == 7.024
+    assert s["clients_connected"] == 7 and s["latency_ms"] == {"p50": 0.05, "p90": 0.09, "p99": 0.099, "max": 0.1}
+    write_self(known, "ipvs1", 1, cpu_busy_pct=95.0, loop_lag_p99_ms=60.0)
+    s = rundir.summarize(known) | {"partial": True}
+    assert rundir.format_summary(s).splitlines()[0] == "run known: PARTIAL"
+    assert rundir.format_summary(s).endswith("worker 1 cpu_busy_pct=95.0 >= 90.0; worker 1 loop_lag_p99_ms=60.0 >= 50.0")
+    t = reference_truth()
+    t.lost, t.dups = set(), []
+    whole = rundir.summarize(write_run(tmp_path / "whole", t))
+    assert (whole["expected"], whole["delivered"], whole["lost"], whole["loss_pct"]) == (800, 800, 0, 0.0)
+    empty = write_run(tmp_path / "empty", reference_truth())
+    for p in empty.glob("bench/*/*"):
+        if p.name.startswith(("subscribers-", "deliveries-", "latency-")):
+            p.unlink()
+    e = rundir.summarize(empty)
+    assert (e["expected"], e["delivered"], e["lost"], e["loss_pct"]) == (0, 0, 0, 0.0)
+    assert e["latency_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}

@@ -394,3 +394,103 @@ def test_scenario_edges() -> None:
     with pytest.raises(ConfigError) as info:
         scenario_from_mapping({"qos": 5}, "p.", names={"qos": "--qos"})
     assert info.value.key == "--qos"
+
+
+# --------------------------------------------------------------------------- every refusal, word for word
+
+
+def refusal(fn: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        fn()
+    return info.value
+
+
+def test_each_refusal_names_key_value_and_rule_exactly(tmp_path: Path) -> None:
+    base = cfg("distributed")
+    cases: list[tuple[Any, str, Any]] = [
+        (lambda: parse_config(["x"], "d"), "config config=['x'] is invalid: the stack file must have a 'config:' mapping", ["x"]),  # type: ignore[arg-type]
+        (lambda: parse_config({"mqttlab:brokers": "x"}, "d"), "config mqttlab:brokers='x' is invalid: must be a mapping of settings", "x"),
+        (lambda: parse_config(raw(brokers={"count": "three"}), "d"), "config mqttlab:brokers.count='three' is invalid: must be a whole number", "three"),
+        (lambda: parse_config(raw(brokers={"cpus": "a"}), "d"), "config mqttlab:brokers.cpus='a' is invalid: must be a number", "a"),
+        (lambda: parse_config(raw(brokers={"cpus": 0}), "d"), "config mqttlab:brokers.cpus=0 is invalid: must be > 0", 0),
+        (lambda: parse_config(raw(balancer={"scheduler": "x"}), "d"),
+         "config mqttlab:balancer.scheduler='x' is invalid: must be one of rr, wrr, lc, wlc, sh, mh", "x"),
+        (lambda: parse_config(raw(network={"brokerSubnet": "10.2.0.0/30"}), "d"),
+         "config mqttlab:network.brokerSubnet='10.2.0.0/30' is invalid: prefix must be /29 or larger to hold hosts", "10.2.0.0/30"),
+        (lambda: parse_config(raw(network={"brokerHostAddress": "x"}), "d"),
+         "config mqttlab:network.brokerHostAddress='x' is invalid: must be an IPv4 address", "x"),
+        (lambda: parse_config(raw(network={"clientSubnets": "a"}), "d"),
+         "config mqttlab:network.clientSubnets='a' is invalid: must be a non-empty list of CIDRs, one per balancer/client host", "a"),
+        (lambda: parse_config(raw(network={"clientSubnets": ["10.3.0.0/24", "10.4.0.0/30"]}), "d"),
+         "config mqttlab:network.clientSubnets[1]='10.4.0.0/30' is invalid: prefix must be /29 or larger to hold hosts", "10.4.0.0/30"),
+        (lambda: parse_config(raw(network={"clientHostOffset": 255}), "d"),
+         "config mqttlab:network.clientHostOffset=255 is invalid: must be a usable offset inside clientSubnets[0] 10.3.0.0/24", 255),
+        (lambda: parse_config(raw(brokers={"addresses": ["10.2.0.20", "10.2.0.20", "10.2.0.22"]}), "d"),
+         "config mqttlab:brokers.addresses[1]='10.2.0.20' is invalid: must be unique and differ from brokerHostAddress", "10.2.0.20"),
+        (lambda: parse_config(raw(brokers={"image": "eclipse-mosquitto:latest"}), "d"),
+         "config mqttlab:brokers.image='eclipse-mosquitto:latest' is invalid: must pin a Mosquitto 2.0.x tag, e.g. eclipse-mosquitto:2.0.20 "
+         "(never latest)", "eclipse-mosquitto:latest"),
+        (lambda: parse_config(raw(balancer={"weights": [0, 0, 0]}), "d"),
+         "config mqttlab:balancer.weights=[0, 0, 0] is invalid: at least one broker needs a weight > 0", [0, 0, 0]),
+        (lambda: renumber(parse_config({"mqttlab:network": {"vnetCidr": "10.0.0.0/8", "brokerSubnet": "10.2.0.0/16",
+                                                            "clientSubnets": ["10.3.0.0/16", "10.4.0.0/16"]}}, "x")),
+         "config network='10.4.0.0/16' is invalid: the plan's subnets do not fit in 198.18.0.0/15 for the lab; use --keep-addresses", "10.4.0.0/16"),
+        (lambda: scenario_from_mapping({"color": "blue"}, "p."),
+         "config p.color='blue' is invalid: is not a scenario setting; known: " + ", ".join(["publishers", "subscribers", "messages",
+         "messagesPerPublisher", "qos", "intervalMs", "payloadBytes", "mqttVersion", "topicLayout", "topic", "connectRate", "keepalive",
+         "cleanSession", "drainS", "timeLimitS"]), "blue"),
+        (lambda: scenario_from_mapping({"publishers": 1.5}, "p."), "config p.publishers=1.5 is invalid: must be a whole number", 1.5),
+        (lambda: scenario_from_mapping({"keepalive": 4}, "p."), "config p.keepalive=4 is invalid: must be between 5 and 65535", 4),
+        (lambda: scenario_from_mapping({"messages": 0}, "p."), "config p.messages=0 is invalid: must be >= 1", 0),
+        (lambda: scenario_from_mapping({"qos": 3}, "p."), "config p.qos=3 is invalid: must be 0, 1 or 2", 3),
+        (lambda: scenario_from_mapping({"mqttVersion": "4"}, "p."), "config p.mqttVersion='4' is invalid: must be 3.1.1 or 5", "4"),
+        (lambda: scenario_from_mapping({"topicLayout": "tree"}, "p."), "config p.topicLayout='tree' is invalid: must be shared or per-publisher", "tree"),
+        (lambda: scenario_from_mapping({"topic": "a/#"}, "p."), "config p.topic='a/#' is invalid: must be a non-empty topic name without wildcards",
+         "a/#"),
+        (lambda: scenario_from_mapping({"cleanSession": "no"}, "p."), "config p.cleanSession='no' is invalid: must be true or false", "no"),
+        (lambda: scenario_from_mapping({"drainS": -2}, "p."), "config p.drainS=-2.0 is invalid: must be a number of seconds >= 0", -2.0),
+        (lambda: scenario_from_mapping({"payloadBytes": 256 * 1024 * 1024 + 1}, "p."),
+         "config p.payloadBytes=268435457 is invalid: must be between 20 and 268435456", 268435457),
+    ]
+    e = refusal(lambda: load_stack("beta", tmp_path))
+    assert (str(e), e.value) == (f"config stack='beta' is invalid: no file {tmp_path}/Pulumi.beta.yaml; known stacks here: none", "beta")
+    (tmp_path / "Pulumi.a.yaml").write_text("- 1\n")
+    (tmp_path / "Pulumi.b.yaml").write_text("config: [\n")
+    cases += [(lambda: load_stack("a", tmp_path), f"config stack='{tmp_path}/Pulumi.a.yaml' is invalid: must be a YAML mapping with a 'config:' key",
+               f"{tmp_path}/Pulumi.a.yaml")]
+    for fn, text, value in cases:
+        e = refusal(fn)
+        assert (str(e), e.value) == (text, value)
+    e = refusal(lambda: load_stack("b", tmp_path))
+    assert (e.key, e.value) == ("stack", f"{tmp_path}/Pulumi.b.yaml") and str(e).startswith(f"config stack='{tmp_path}/Pulumi.b.yaml' is invalid: must be valid YAML (")
+    assert str(refusal(lambda: load_stack("z", tmp_path))).endswith("known stacks here: a, b")
+    bad = parse_config(base.raw, "d")
+    object.__setattr__(bad, "raw", {**base.raw, "mqttlab:brokers": ["x"]})
+    e = refusal(lambda: bad.with_overrides({"brokers.count": 2}))
+    assert (str(e), e.value) == ("config mqttlab:brokers=['x'] is invalid: must be a mapping of settings", ["x"])
+
+
+def test_more_edges_of_ports_queues_images_and_overrides() -> None:
+    assert parse_config(raw(balancer={"port": 1}, brokers={"maxInflightMessages": 0}, bridge={"qos": 2}), "d").balancer.port == 1
+    for section, values, key in (("balancer", {"port": 0}, "mqttlab:balancer.port"), ("brokers", {"maxInflightMessages": -1}, "mqttlab:brokers.maxInflightMessages"),
+                                 ("bridge", {"qos": -1}, "mqttlab:bridge.qos"), ("brokers", {"port": 65536}, "mqttlab:brokers.port"),
+                                 ("brokers", {"image": "2.0.5"}, "mqttlab:brokers.image"), ("brokers", {"image": "eclipse-mosquitto:2.0.x5"}, "mqttlab:brokers.image")):
+        assert refusal(lambda s=section, v=values: parse_config(raw(**{s: v}), "d")).key == key
+    assert parse_config(raw(brokers={"image": "registry.example:5000/eclipse-mosquitto:2.0.20"}), "d").brokers.image.endswith(":2.0.20")
+    d = parse_config({}, "x").brokers
+    assert (d.image, d.max_queued_bytes, d.memory_limit, d.sys_interval, d.port, d.max_inflight_messages) == ("eclipse-mosquitto:2.0.20", 0, 0, 1, 1883, 20)
+    # overrides after a None or a top-level key still apply; a section missing from the file is created
+    c = cfg("distributed").with_overrides({"scenario.qos": None, "topology": "centralized", "balancer.scheduler": "rr", "scenario.keepalive": 30})
+    assert (c.topology, c.balancer.scheduler, c.scenario.keepalive) == ("centralized", "rr", 30)
+    assert parse_config({}, "x").with_overrides({"brokers.cpus": 1.5}).brokers.cpus == 1.5
+    assert "Bench/T" in Scenario(topic="Bench/T").cli_args() and "XYZ" == scenario_from_mapping({"topic": "XYZ"}, "p.").topic
+    assert scenario_from_mapping({"payloadBytes": 256 * 1024 * 1024}, "p.").payload_bytes == 268435456
+    plan = build_plan(cfg("centralized"))
+    assert [(c.host, c.address, c.target_host, c.target) for c in plan.clients] == [("ipvs1", "10.3.0.10", "ipvs1", "10.3.0.10:1883"),
+                                                                                 ("ipvs2", "10.4.0.10", "ipvs1", "10.3.0.10:1883")]
+    plan = build_plan(cfg("distributed"))
+    assert [(c.host, c.address, c.target_host, c.target) for c in plan.clients] == [("ipvs1", "10.3.0.10", "ipvs1", "10.3.0.10:1883"),
+                                                                                 ("ipvs2", "10.4.0.10", "ipvs2", "10.4.0.10:1883")]
+    c2 = cfg()
+    svc = yaml.safe_load(brk_r.compose_file(build_plan(c2), c2))["services"]["broker1"]
+    assert list(svc) == ["image", "container_name", "restart", "cpus", "mem_limit", "volumes", "networks", "logging"]  # as written, not sorted
