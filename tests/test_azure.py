@@ -345,7 +345,12 @@ def test_scale_out_follows_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_configuration_fails_before_any_resource(monkeypatch: pytest.MonkeyPatch, azure: dict[str, Any], extra: dict[str, Any], key: str) -> None:
     seen: list[str] = []  # every registration, kept even though run() raises
     register = Monitor.RegisterResource
-    monkeypatch.setattr(Monitor, "RegisterResource", lambda self, req: (seen.append(req.type), register(self, req))[1])
+
+    def record(self: Monitor, req: Any) -> Any:
+        seen.append(req.type)
+        return register(self, req)
+
+    monkeypatch.setattr(Monitor, "RegisterResource", record)
     with pytest.raises(pulumi.RunError) as info:
         run("distributed", monkeypatch, stack_config("distributed", azure=azure, extra=extra))
     assert [t for t in seen if t != "pulumi:pulumi:Stack"] == []

@@ -23,7 +23,7 @@ from workloads.scenario import CLI_NAMES, Scenario, scenario_from_mapping
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cfg(stack: str = "distributed", **over: Any) -> ExperimentConfig:
+def cfg(stack: str = "distributed", /, **over: Any) -> ExperimentConfig:
     return load_stack(stack, ROOT).with_overrides(over)
 
 
@@ -375,7 +375,7 @@ def test_scenario_edges() -> None:
     assert scenario_from_mapping({"mqttVersion": "5.0", "keepalive": 65535, "publishers": 100_000, "messages": 100_000,
                                   "intervalMs": 3_600_000}, "p.").mqtt_version == "5"
     assert scenario_from_mapping({"qos": None}, "p.").qos == 1
-    bad = [({"publishers": 100_001}, "p.publishers", "between 1 and 100000"), ({"subscribers": -1}, "p.subscribers", "between 0 and 100000"),
+    bad: list[tuple[dict[str, Any], str, str]] = [({"publishers": 100_001}, "p.publishers", "between 1 and 100000"), ({"subscribers": -1}, "p.subscribers", "between 0 and 100000"),
            ({"messages": 0}, "p.messages", ">= 1"), ({"intervalMs": 3_600_001}, "p.intervalMs", "between"),
            ({"payloadBytes": 19}, "p.payloadBytes", "between 20"), ({"connectRate": 0}, "p.connectRate", ">= 1"),
            ({"keepalive": 4}, "p.keepalive", "between 5 and 65535"), ({"keepalive": 65536}, "p.keepalive", "between 5"),
