@@ -54,3 +54,28 @@ def test_sigkilled_bench_run_is_reported_against_its_plan(tmp_path: Path) -> Non
     assert cp.returncode == 0, cp.stderr
     b = json.loads(cp.stdout)
     assert (b["partial"], b["expected"], b["delivered"], b["lost"]) == (True, expected, unique, expected - unique)
+
+
+def test_stopped_bench_run_is_partial_and_its_counts_hold(tmp_path: Path) -> None:
+    """SIGTERM: the workers stop and write their counts; the report reads those, marked partial."""
+    broker = Broker(tmp_path)
+    out = tmp_path / "run"
+    try:
+        proc = subprocess.Popen([*MQTTLAB, "bench", "run", "--target", broker.target, "--out", str(out), "--publishers", str(PUBS),
+                                 "--subscribers", str(SUBS), "--messages", str(MSGS), "--interval-ms", "5", "--qos", "1", "--quiet"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL)
+        wait_for(lambda: deliveries_on_disk(out) >= 200, 60, "deliveries on disk")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 1
+    finally:
+        broker.stop()
+    sent = sum(int(line.split(",")[3]) for p in out.glob("bench/*/publishers-*.csv") for line in p.read_text().splitlines()[1:])
+    received = sum(int(line.split(",")[3]) for p in out.glob("bench/*/subscribers-*.csv") for line in p.read_text().splitlines()[1:])
+    assert 0 < sent < MSGS and 0 < received <= SUBS * sent
+    cp = subprocess.run([*MQTTLAB, "report", str(out), "--out", str(tmp_path / "report"), "--json"], capture_output=True, text=True,
+                        cwd=ROOT, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["status"], manifest["reason"]) == ("partial", "stopped") and s["partial"] is True
+    assert (s["expected"], s["delivered"], s["lost"]) == (SUBS * sent, received, SUBS * sent - received)
