@@ -368,3 +368,31 @@ def test_bench_summary_numbers_at_their_edges(known: Path, tmp_path: Path) -> No
     e = rundir.summarize(empty)
     assert (e["expected"], e["delivered"], e["lost"], e["loss_pct"]) == (0, 0, 0, 0.0)
     assert e["latency_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+def test_every_field_of_the_run_summary(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.latency_ms = {0: 1.1, 1: 2.2, 2: 3.3, 3: 7.7}
+    run = write_run(tmp_path / "k", t)
+    m = json.loads((run / "manifest.json").read_text())
+    m["scenario"] = {"qos": 2, "publishers": 2, "subscribers": 4, "messages": 200}
+    (run / "manifest.json").write_text(json.dumps(m))
+    s = metrics.summarize_run(load_run(run))
+    # sub0 189 at 1.1 ms, sub1 199 at 2.2, sub2 199 at 3.3, sub3 194 at 7.7 (numpy's linear percentiles over 781 deliveries)
+    assert s == {
+        "run_id": "k", "path": str(run), "partial": False, "notes": [], "topology": "distributed", "balancer": "ipvs", "scheduler": "lc",
+        "qos": 2, "publishers": 2, "subscribers": 4, "messages": 200, "offered": 200, "expected": 800, "delivered": 781, "lost": 19,
+        "loss_pct": 2.375, "duplicates": 1, "out_of_order": 0, "latency_ms": {"p50": 3.3, "p90": 7.7, "p99": 7.7, "max": 7.7},
+        "connections_per_broker": {"broker1": 3, "broker2": 2, "broker3": 1},
+        "connections_per_balancer": {"ipvs1": {"broker1": 2, "broker2": 1, "broker3": 0}, "ipvs2": {"broker1": 1, "broker2": 1, "broker3": 1}},
+        "fairness": pytest.approx(36 / 42), "fairness_per_balancer": {"ipvs1": pytest.approx(9 / 15), "ipvs2": pytest.approx(1.0)},
+        "loss_by_broker": {"broker1": 12, "broker2": 1, "broker3": 6},
+    }
+    lat = np.sort(np.concatenate([np.full(189, 1.1), np.full(199, 2.2), np.full(199, 3.3), np.full(194, 7.7)]))
+    assert s["latency_ms"]["p50"] == round(float(np.percentile(lat, 50)), 3)
+    # without a plan in the manifest, brokers and balancers come from the brokers' logs and the client hosts
+    del m["plan"]
+    (run / "manifest.json").write_text(json.dumps(m))
+    s = metrics.summarize_run(load_run(run))
+    assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
+    assert set(s["connections_per_balancer"]) == {"ipvs1", "ipvs2"}
