@@ -13,7 +13,8 @@ MIN_SCORE=${MIN_SCORE:-85}
 BIN=.venv/bin
 [ -x "$BIN/mutmut" ] || { echo "mutmut missing: run ./scripts/setup.sh --dev (or .venv/bin/pip install -e '.[dev]')" >&2; exit 3; }
 [ -z "${FRESH:-}" ] || rm -rf mutants
-"$BIN/mutmut" run --max-children "${JOBS:-$(nproc)}" | tr '\r' '\n' | awk 'NR % 200 == 0 || /done|Running|Generating/'
+# mutmut redraws one progress line; keep every 500th mutant and the last line
+"$BIN/mutmut" run --max-children "${JOBS:-$(nproc)}" | tr '\r' '\n' | awk '/[0-9]+\/[0-9]+/ { last = $0; if (++n % 500 == 0) print; fflush() } END { print last }'
 "$BIN/mutmut" export-cicd-stats >/dev/null
 "$BIN/python" - "$MIN_SCORE" <<'PY'
 import json
