@@ -334,9 +334,17 @@ def test_scale_out_follows_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     (AZURE, {"mqttlab:runId": "Run 1!"}, "mqttlab:runId"),
 ])
 def test_bad_configuration_fails_before_any_resource(monkeypatch: pytest.MonkeyPatch, azure: dict[str, Any], extra: dict[str, Any], key: str) -> None:
+    seen: list[str] = []  # every registration, kept even though run() raises
+    register = Monitor.RegisterResource
+
+    def record(self: Monitor, req: Any) -> Any:
+        seen.append(req.type)
+        return register(self, req)
+
+    monkeypatch.setattr(Monitor, "RegisterResource", record)
     with pytest.raises(pulumi.RunError) as info:
-        p = run("distributed", monkeypatch, stack_config("distributed", azure=azure, extra=extra))
-        assert not p.resources
+        run("distributed", monkeypatch, stack_config("distributed", azure=azure, extra=extra))
+    assert [t for t in seen if t != "pulumi:pulumi:Stack"] == []
     assert key in str(info.value) and "configuration error" in str(info.value)
 
 

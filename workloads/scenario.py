@@ -8,7 +8,7 @@ publisher sends how many messages.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 QUIET_S = 3.0  # a drain ends early once no delivery arrived for this long (or all did)
@@ -62,6 +62,13 @@ class Scenario:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Scenario:
+        """The scenario a manifest recorded (``to_dict``); keys it lacks take their defaults, so a
+        run written by an older or partial writer still says what it planned."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
     def cli_args(self) -> list[str]:
         """Every setting as the bench's options, so another process runs exactly this scenario."""
         out: list[str] = []
@@ -90,6 +97,15 @@ class Scenario:
             return self.topic, None
         pub = subscriber % self.publishers
         return f"{self.topic}/{pub}", pub
+
+    def planned_pairs(self) -> list[tuple[int, int, int]]:
+        """Every (subscriber, publisher it hears, messages that publisher plans) of the run: what
+        a run killed before writing its counts is measured against."""
+        out: list[tuple[int, int, int]] = []
+        for s in range(self.subscribers):
+            _, pub = self.subscription_of(s)
+            out += [(s, p, self.messages_of(p)) for p in (range(self.publishers) if pub is None else (pub,))]
+        return out
 
     def expected_deliveries(self, subscribers: Iterable[int] | None = None) -> int:
         subs = subscribers if subscribers is not None else range(self.subscribers)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from workloads.analysis.load import Run
+from workloads.scenario import Scenario
 
 GROUP_KEYS = ["topology", "balancer", "scheduler", "qos", "publishers", "subscribers", "messages"]
 
@@ -27,17 +28,42 @@ def sent_per_pub(run: Run) -> pd.Series:
     return run.publishers.groupby("pub")["sent"].sum()
 
 
+def _counted_from_records(d: pd.DataFrame) -> pd.DataFrame:
+    """(sub, pub) -> received (distinct sequence numbers), duplicates, from the raw records."""
+    first = d[~d["dup"]].drop_duplicates(["sub", "pub", "seq"])
+    pairs = (first.groupby(["sub", "pub"]).size().rename("received").reset_index()
+             .merge(d[d["dup"]].groupby(["sub", "pub"]).size().rename("duplicates").reset_index(), how="outer", on=["sub", "pub"]))
+    pairs[["received", "duplicates"]] = pairs[["received", "duplicates"]].fillna(0).astype("int64")
+    pairs["out_of_order"] = 0
+    return pairs
+
+
 def pair_table(run: Run) -> pd.DataFrame:
-    """(sub, pub) -> expected, received, duplicates, out_of_order, lost."""
+    """(sub, pub) -> expected, received, duplicates, out_of_order, lost.
+
+    A run killed before its workers wrote their counts is measured against what it planned (the
+    manifest's scenario): its subscribers' pairs are rebuilt from the delivery records on disk,
+    and a publisher whose count is missing is expected to have sent what it planned."""
     sent = sent_per_pub(run)
-    if not run.subscribers.empty:
-        pairs = run.subscribers.groupby(["sub", "pub"], as_index=False)[["received", "duplicates", "out_of_order"]].sum()
-    else:  # killed before the end: rebuild from the raw records
+    cols = ["sub", "pub", "received", "duplicates", "out_of_order"]
+    counted = (run.subscribers.groupby(["sub", "pub"], as_index=False)[cols[2:]].sum() if not run.subscribers.empty
+               else pd.DataFrame(columns=cols, dtype="int64"))
+    sc = run.manifest.get("scenario")
+    if run.partial and sc:
+        scenario = Scenario.from_dict(sc)
+        planned = pd.DataFrame(scenario.planned_pairs(), columns=["sub", "pub", "planned"], dtype="int64")
+        planned = planned[~planned["sub"].isin(counted["sub"])]
         d = run.deliveries
-        pairs = (d[~d["dup"]].groupby(["sub", "pub"]).size().rename("received").reset_index()
-                 .merge(d[d["dup"]].groupby(["sub", "pub"]).size().rename("duplicates").reset_index(), how="left", on=["sub", "pub"]))
-        pairs["duplicates"] = pairs["duplicates"].fillna(0).astype(int)
-        pairs["out_of_order"] = 0
+        rebuilt = _counted_from_records(d[~d["sub"].isin(counted["sub"])].astype({"sub": "int64", "pub": "int64"}))
+        rebuilt = planned.merge(rebuilt, how="left", on=["sub", "pub"]).drop(columns="planned")
+        rebuilt[cols[2:]] = rebuilt[cols[2:]].fillna(0).astype("int64")
+        pairs = pd.concat([counted, rebuilt], ignore_index=True) if not counted.empty else rebuilt
+        plan_sent = pd.Series({p: scenario.messages_of(p) for p in range(scenario.publishers)}, dtype="int64")
+        sent = sent.combine_first(plan_sent)
+    elif not counted.empty:
+        pairs = counted
+    else:
+        pairs = _counted_from_records(run.deliveries)
     pairs["expected"] = pairs["pub"].map(sent).fillna(0).astype("int64")
     pairs["lost"] = (pairs["expected"] - pairs["received"]).clip(lower=0)
     return pairs
@@ -59,7 +85,7 @@ def summarize_run(run: Run) -> dict[str, Any]:
     pairs = pair_table(run)
     expected = int(pairs["expected"].sum())
     delivered = int(pairs["received"].sum())
-    lost = expected - delivered
+    lost = int(pairs["lost"].sum())
     d = run.deliveries
     lat = ((d.loc[~d["dup"], "recv_ns"] - d.loc[~d["dup"], "send_ns"]) / 1e6).to_numpy()
     pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: None)

@@ -1,0 +1,398 @@
+"""The numbers the core reports, against inputs whose answer is worked out by hand: latency
+histogram values, the drain rule, saturation, the run summary, the brokers' drop counters, the
+comparison across runs, and partial runs. No broker and no clock: scripts/mutation.sh holds
+these tests to planted bugs, so they must be fast and exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workloads.analysis import metrics
+from workloads.analysis.load import load_run
+from workloads.analysis.synthetic import reference_truth, write_run
+from workloads.bench import rundir
+from workloads.bench.hist import LINEAR, SUB, Histogram, bucket_index, bucket_value
+from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError
+from workloads.scenario import QUIET_S
+
+# --------------------------------------------------------------------------- histogram
+
+
+def test_bucket_index_is_exact_below_2048_us_and_log_linear_above() -> None:
+    v = np.array([-5, 0, 1, 2047, 2048, 2049, 2050, 4095, 4096, 4099, 4100, 8192, 1_000_000])
+    assert bucket_index(v).tolist() == [0, 0, 1, 2047, 2048, 2048, 2049, 3071, 3072, 3072, 3073, 4096, 2048 + 8 * 1024 + (1_000_000 >> 9) - 1024]
+    assert (LINEAR, SUB) == (2048, 1024)
+
+
+def test_a_bucket_reports_its_highest_value_never_its_lowest() -> None:
+    assert bucket_value(np.array([0, 7, 2047, 2048, 2049, 3071, 3072])).tolist() == [0, 7, 2047, 2049, 2051, 4095, 4099]
+    # every bucket's reported value is the largest latency it holds: the next microsecond is the next bucket
+    idx = np.arange(0, 2048 + 20 * 1024, 37)
+    top = bucket_value(idx)
+    assert (bucket_index(top) == idx).all() and (bucket_index(top + 1) == idx + 1).all()
+    v = np.unique(np.geomspace(1, 5e8, 20000).astype(np.int64))
+    rep = bucket_value(bucket_index(v))
+    assert (rep >= v).all() and ((rep - v) / v).max() < 1e-3  # never below the latency, within 0.1 %
+
+
+def test_percentiles_of_known_latencies() -> None:
+    h = Histogram()
+    h.record(np.arange(1, 101))  # 1..100 us, exact buckets
+    assert (h.total, h.percentile(50), h.percentile(90), h.percentile(99), h.percentile(100), h.max()) == (100, 50.0, 90.0, 99.0, 100.0, 100.0)
+    assert h.percentile(0) == 1.0 and h.percentile(0.5) == 1.0 and h.percentile(1.5) == 2.0
+    big = Histogram()
+    big.record(np.array([3000] * 9 + [10_000]))
+    assert big.percentile(50) == 3001.0 and big.percentile(90) == 3001.0 and big.percentile(91) == 10_007.0 and big.max() == 10_007.0
+    big.record(np.array([], dtype=np.int64))
+    assert big.total == 10
+    empty = Histogram()
+    assert empty.percentile(50) is None and empty.max() is None and empty.total == 0
+
+
+def test_histograms_merge_by_adding_counts_and_round_trip_json() -> None:
+    a, b = Histogram(), Histogram()
+    a.record(np.array([5, 5, 2500]))
+    b.record(np.array([5, 7]))
+    merged = Histogram(dict(a.counts)).merge(b)
+    assert merged.counts == {5: 3, 7: 1, int(bucket_index(np.array([2500]))[0]): 1}
+    assert a.counts == {5: 2, 2274: 1} and (2500 >> 1) - 1024 + 2048 == 2274
+    doc = merged.to_json()
+    assert doc == {"unit": "us", "sub_buckets": 1024, "counts": {"5": 3, "7": 1, "2274": 1}}
+    assert Histogram.from_json(json.loads(json.dumps(doc))).counts == merged.counts
+    assert Histogram.from_json({"counts": {"3": 2}}).counts == {3: 2} and Histogram.from_json({}).counts == {}
+    with pytest.raises(ValueError, match="another bucket layout"):
+        Histogram.from_json({"sub_buckets": 512, "counts": {}})
+
+
+# --------------------------------------------------------------------------- drain rule
+
+
+class Clock:
+    """time.time and time.sleep for the drain rule: deterministic, instantaneous."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(rundir, "time", c)
+    return c
+
+
+def test_drain_stops_at_completeness_without_waiting(clock: Clock) -> None:
+    counts = iter([0, 40, 90, 100, 100])
+    assert rundir.drain(lambda: next(counts), want=100, limit_s=60) == 100
+    assert clock.now == pytest.approx(1000.6)  # three polls of 0.2 s, then done at once
+    assert rundir.drain(lambda: 120, want=100, limit_s=60) == 120 and clock.now == pytest.approx(1000.6)
+
+
+def test_drain_stops_after_quiet_s_without_deliveries(clock: Clock) -> None:
+    counts = iter([5, 8] + [9] * 1000)
+    assert rundir.drain(lambda: next(counts), want=100, limit_s=60, poll_s=0.5) == 9
+    assert clock.now - 1000 == pytest.approx(1.0 + QUIET_S)  # 9 first seen at +1.0, then QUIET_S of nothing
+    start = clock.now
+    assert rundir.drain(lambda: 3, want=None, limit_s=60, poll_s=0.5) == 3 and clock.now - start == pytest.approx(QUIET_S)
+    assert QUIET_S == 3.0
+
+
+def test_drain_is_bounded_by_its_limit_while_deliveries_trickle_in(clock: Clock) -> None:
+    n = iter(range(10_000))
+    got = rundir.drain(lambda: next(n), want=None, limit_s=5, poll_s=0.5)
+    assert clock.now - 1000 == pytest.approx(5.0) and got == 10
+    n2 = iter(range(10_000))
+    start = clock.now
+    assert rundir.drain(lambda: next(n2), want=10_000, limit_s=2, poll_s=0.2) == 10 and clock.now - start == pytest.approx(2.0)
+
+
+# --------------------------------------------------------------------------- run directory and bench summary
+
+
+def write_self(run: Path, host: str, worker: int, **values: float) -> None:
+    (run / "bench" / host / f"self-run{worker}.json").write_text(json.dumps({"worker": worker, **values}))
+
+
+@pytest.fixture
+def known(tmp_path: Path) -> Path:
+    return write_run(tmp_path / "known", reference_truth())
+
+
+def test_bench_summary_of_a_known_run(known: Path) -> None:
+    s = rundir.summarize(known)
+    assert s["run_id"] == "known" and s["status"] == "complete" and s["partial"] is False
+    assert (s["planned"], s["sent"], s["acked"], s["publish_failures"]) == (200, 200, 200, 0)
+    assert (s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (800, 781, 19, 2.375)
+    assert (s["duplicates"], s["out_of_order"], s["foreign"]) == (1, 0, 0)
+    assert (s["clients"], s["clients_connected"], s["disconnects"]) == (6, 6, 0)
+    # 586 deliveries at 1 ms, 195 at 5 ms; a bucket reports its highest value (1000 us exact, 5000 us -> 5003 us)
+    assert s["latency_ms"] == {"p50": 1.0, "p90": 5.003, "p99": 5.003, "max": 5.003}
+    assert s["bench_saturated"] is False and s["saturation_reasons"] == []
+    text = rundir.format_summary(s)
+    assert text.splitlines() == ["run known: complete", "  clients connected  6/6  (disconnects 0)", "  published          200/200  acked 200",
+                                 "  expected deliveries 800", "  delivered          781", "  lost               19  (2.375 %)",
+                                 "  duplicates         1   out of order 0", "  latency ms         p50 1.0  p90 5.003  p99 5.003  max 5.003"]
+
+
+def test_summary_counts_every_row_of_the_records(known: Path) -> None:
+    d = known / "bench" / "ipvs1"
+    (d / "publishers-run0.csv").write_text("pub,client_id,planned,sent,acked,failed\n0,a,100,90,80,7\n")
+    (d / "clients-run0.csv").write_text("client_id,role,connected_at,disconnects\na,pub,0,2\nb,sub,5.5,1\nc,sub,,3\n")
+    (d / "subscribers-run0.csv").write_text("sub,client_id,pub,received,duplicates,out_of_order,foreign\n0,b,0,85,2,4,6\n0,b,1,50,0,1,\n")
+    s = rundir.summarize(known)
+    assert (s["planned"], s["sent"], s["acked"], s["publish_failures"]) == (200, 190, 180, 7)
+    # ipvs1's subscribers now hear pub0 (90 sent) and pub1 (100 sent); ipvs2's subscribers hear both (2 x 190 expected, 393 received)
+    assert (s["expected"], s["delivered"], s["duplicates"], s["out_of_order"], s["foreign"]) == (90 + 100 + 2 * 190, 135 + 393, 2, 5, 6)
+    assert (s["clients"], s["clients_connected"], s["disconnects"]) == (3 + 3, 1 + 3, 6)
+
+
+@pytest.mark.parametrize(("values", "saturated"), [
+    ({"cpu_busy_pct": 90.0, "loop_lag_p99_ms": 1.0}, True), ({"cpu_busy_pct": 89.9, "loop_lag_p99_ms": 49.9}, False),
+    ({"cpu_busy_pct": 10.0, "loop_lag_p99_ms": 50.0}, True), ({}, False),
+])
+def test_bench_saturated_both_ways(known: Path, values: dict[str, float], saturated: bool) -> None:
+    write_self(known, "ipvs1", 0, cpu_busy_pct=5.0, loop_lag_p99_ms=2.0)
+    write_self(known, "ipvs2", 3, **values)
+    s = rundir.summarize(known)
+    assert s["bench_saturated"] is saturated
+    assert len(s["saturation_reasons"]) == sum(1 for k, lim in rundir.SATURATION.items() if values.get(k, 0) >= lim)
+    if saturated:
+        key = "cpu_busy_pct" if values["cpu_busy_pct"] >= 90 else "loop_lag_p99_ms"
+        assert s["saturation_reasons"][0] == f"worker 3 {key}={values[key]} >= {rundir.SATURATION[key]}"
+        assert rundir.format_summary(s).splitlines()[-1].startswith("  WARNING bench_saturated: the load generator, not the system, was the limit: worker 3")
+    else:
+        assert "WARNING" not in rundir.format_summary(s)
+
+
+def test_latency_is_rebuilt_from_records_when_no_histogram_was_written(known: Path) -> None:
+    for p in known.glob("bench/*/latency-*.json"):
+        p.unlink()
+    s = rundir.summarize(known)
+    assert s["latency_ms"] == {"p50": 1.0, "p90": 5.003, "p99": 5.003, "max": 5.003}  # the duplicate's latency counts here: 1 ms
+    (known / "bench" / "ipvs1" / "latency-run0.json").write_text("{not json")
+    with pytest.raises(RunDirError, match="latency-run0.json: malformed latency histogram"):
+        rundir.summarize(known)
+
+
+def test_manifest_and_records_contract(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    doc = rundir.start_manifest(run, kind="bench", tag=7)
+    assert (doc["format_version"], doc["run_id"], doc["status"], doc["ended_at"], doc["kind"], doc["tag"]) == (1, "r", "running", None, "bench", 7)
+    assert set(doc["versions"]) == {"python", "paho_mqtt", "kernel"}
+    assert rundir.read_manifest(run) == json.loads(json.dumps(doc))
+    assert rundir.update_manifest(run, status="complete")["tag"] == 7 and rundir.read_manifest(run)["status"] == "complete"
+    assert not list(run.glob("*.tmp*"))
+    (run / "manifest.json").write_text("{")
+    with pytest.raises(RunDirError, match="manifest.json: not valid JSON"):
+        rundir.read_manifest(run)
+    with pytest.raises(RunDirError, match="missing; not a run directory"):
+        rundir.read_manifest(tmp_path / "none")
+    rec = np.zeros(3, DELIVERY_DTYPE)
+    rec["seq"] = [1, 2, 3]
+    (run / "bench" / "h").mkdir(parents=True)
+    (run / "bench" / "h" / "deliveries-run0.bin").write_bytes(rec.tobytes() + b"\x01" * 31)  # a torn last record
+    (run / "bench" / "g").mkdir()
+    (run / "bench" / "g" / "deliveries-sub0.bin").write_bytes(rec[:1].tobytes())
+    assert rundir.read_deliveries(run / "bench" / "h" / "deliveries-run0.bin")["seq"].tolist() == [1, 2, 3]
+    assert rundir.deliveries_on_disk(run) == 4 and rundir.deliveries_on_disk(run, "g") == 1 and DELIVERY_DTYPE.itemsize == 32
+    with (run / "bench" / "h" / "clients-run0.csv").open("w") as f:
+        f.write("client_id,role\nx,sub\n")
+    (run / "manifest.json").write_text(json.dumps({"format_version": 1, "status": "complete"}))
+    with pytest.raises(RunDirError, match="clients-run0.csv: missing columns connected_at, disconnects"):
+        rundir.summarize(run)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def brokers_csv(run: Path, rows: list[tuple[float, str, Any]]) -> None:
+    with (run / "monitor" / "brokers.csv").open("w") as f:
+        f.write("time_s,broker,cpu_pct,mem_bytes,clients_connected,msgs_received,msgs_sent,msgs_dropped,net_rx_bytes,net_tx_bytes\n")
+        for t, b, dropped in rows:
+            f.write(f"{t},{b},1,1,1,1,1,{dropped},1,1\n")
+
+
+def test_dropped_delta_is_the_growth_of_counters_that_do_not_start_at_zero(known: Path) -> None:
+    # rows out of time order, counters already high when the run began (the broker had been up), a blank sample
+    brokers_csv(known, [(3.0, "broker1", 530), (1.0, "broker1", 500), (2.0, "broker1", 512), (1.0, "broker2", 70), (2.0, "broker2", ""),
+                        (3.0, "broker2", 70), (2.5, "broker3", 9)])
+    d = metrics.dropped_delta(load_run(known))
+    assert d.to_dict() == {"broker1": 30, "broker2": 0, "broker3": 0}
+    a = metrics.attribution(load_run(known)).set_index("where")
+    assert a.loc["subscriber queue", "broker_dropped_sys"] == 30
+    brokers_csv(known, [(1.0, "broker1", "")])
+    assert metrics.dropped_delta(load_run(known)).empty
+
+
+def test_partial_and_killed_runs_are_measured_against_their_plan(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.status = "running"
+    run = write_run(tmp_path / "killed", t)
+    for p in run.glob("bench/*/*.csv"):
+        if p.name.startswith(("subscribers-", "publishers-")):
+            p.unlink()
+    m = json.loads((run / "manifest.json").read_text())
+    m["scenario"] = {"publishers": 2, "subscribers": 4, "messages": 200, "topic_layout": "shared"}
+    (run / "manifest.json").write_text(json.dumps(m))
+    s = metrics.summarize_run(load_run(run))
+    assert s["partial"] and (s["expected"], s["delivered"], s["lost"], s["duplicates"]) == (800, 781, 19, 1)
+    assert s["loss_by_broker"] == {"broker1": 12, "broker2": 1, "broker3": 6}
+    b = rundir.summarize(run)
+    assert (b["partial"], b["expected"], b["delivered"], b["lost"], b["duplicates"]) == (True, 800, 781, 19, 1)
+    # one host's subscribers wrote their counts before the kill; the other's are rebuilt from their records
+    ipvs2 = write_run(tmp_path / "whole", reference_truth()) / "bench" / "ipvs2"
+    for name in ("subscribers-run0.csv", "publishers-run0.csv"):
+        (run / "bench" / "ipvs2" / name).write_text((ipvs2 / name).read_text())
+    for f in (metrics.summarize_run(load_run(run)), rundir.summarize(run)):
+        assert (f["expected"], f["delivered"], f["lost"]) == (800, 781, 19)
+    # a planned publisher that wrote nothing and whose messages never arrived: all of it is lost
+    m["scenario"] = {"publishers": 3, "subscribers": 4, "messages": 300}
+    (run / "manifest.json").write_text(json.dumps(m))
+    for f in (metrics.summarize_run(load_run(run)), rundir.summarize(run)):
+        assert (f["expected"], f["delivered"], f["lost"]) == (800 + 2 * 100, 781, 219)
+    # a complete run is never re-planned: its counts are the truth
+    m["status"] = "complete"
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert metrics.summarize_run(load_run(run))["expected"] == 2 * 100  # ipvs2's two subscribers, pub1's 100 (pub0 wrote no count)
+
+
+def summary(**over: Any) -> dict[str, Any]:
+    base = {"topology": "distributed", "balancer": "ipvs", "scheduler": "lc", "qos": 1, "publishers": 10, "subscribers": 10,
+            "messages": 100, "loss_pct": 1.0, "latency_ms": {"p99": 10.0}, "fairness": 1.0, "duplicates": 0}
+    return base | over
+
+
+@pytest.mark.parametrize("key", ["topology", "balancer", "scheduler", "qos", "publishers", "subscribers", "messages"])
+def test_comparison_groups_on_every_key(key: str) -> None:
+    other = {"topology": "centralized", "balancer": "haproxy", "scheduler": "rr", "qos": 2, "publishers": 20, "subscribers": 30,
+             "messages": 400}[key]
+    rows = [summary(loss_pct=1.0, latency_ms={"p99": 10.0}), summary(loss_pct=3.0, latency_ms={"p99": 30.0}, duplicates=2, fairness=0.5),
+            summary(**{key: other, "loss_pct": 50.0})]
+    comp = metrics.comparison(rows)
+    assert len(comp) == 2 and list(comp.columns[:7]) == metrics.GROUP_KEYS
+    same = comp[comp[key] != other].iloc[0]
+    assert (same["runs"], same["loss_pct_mean"], same["p99_ms_mean"], same["fairness_mean"], same["duplicates_mean"]) == (2, 2.0, 20.0, 0.75, 1.0)
+    assert same["loss_pct_std"] == pytest.approx(2 ** 0.5, abs=1e-3) and same["p99_ms_std"] == pytest.approx(14.142, abs=1e-3)
+    alone = comp[comp[key] == other].iloc[0]
+    assert alone["runs"] == 1 and alone["loss_pct_mean"] == 50.0 and pd.isna(alone["loss_pct_std"])
+
+
+def test_comparison_keeps_runs_with_unknown_keys_and_rounds() -> None:
+    comp = metrics.comparison([summary(balancer=None, loss_pct=1.0 / 3), summary(balancer=None, loss_pct=1.0 / 3)])
+    assert len(comp) == 1 and comp.iloc[0]["runs"] == 2 and comp.iloc[0]["loss_pct_mean"] == 0.333
+
+
+def test_jain_fairness_and_throughput(known: Path) -> None:
+    assert metrics.jain([5, 5, 5]) == 1.0 and metrics.jain([9, 0, 0]) == pytest.approx(1 / 3) and metrics.jain([1, 3]) == pytest.approx(16 / 20)
+    assert metrics.jain([]) is None and metrics.jain([0, 0]) is None
+    tp = metrics.throughput(load_run(known))
+    # two hosts, ten seconds each: per second 10 sent, 10 acked, 40 received on each host
+    assert tp["t"].tolist() == list(range(10)) and (tp["sent"] == 20).all() and (tp["received"] == 80).all() and (tp["acked"] == 20).all()
+    assert tp["second"].iloc[0] == 1_800_000_000
+
+
+def test_summary_with_no_deliveries_at_all(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.lost = {(s, p, q) for s in range(4) for p in range(2) for q in range(100)}
+    t.dups = []
+    s = metrics.summarize_run(load_run(write_run(tmp_path / "none", t)))
+    assert (s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (800, 0, 800, 100.0)
+    assert s["latency_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert s["offered"] == 200 and s["loss_by_broker"] == {"broker1": 400, "broker2": 200, "broker3": 200}
+
+
+def test_histogram_edges() -> None:
+    h = Histogram()
+    h.record(np.array([5]))
+    h.record(np.array([5]))
+    assert h.counts == {5: 2}  # one value is recorded; recording again adds
+    many = Histogram()
+    many.record(np.arange(1, 1001))
+    assert (many.percentile(100), many.percentile(99), many.percentile(50)) == (1000.0, 990.0, 500.0)
+    # where float log2 rounds up (2**53 - 1 and 2**60 - 1 become powers of two as floats), the bucket is still the right one
+    huge = np.array([2**53 - 1, 2**60 - 1, 2**53, 2**40 + 12345])
+    top = bucket_value(bucket_index(huge))
+    assert (top >= huge).all() and (((top - huge) / huge.astype(float)) < 1e-3).all()
+    assert (bucket_index(huge) == np.array([2048 + 41 * 1024 + 1023, 2048 + 48 * 1024 + 1023, 2048 + 42 * 1024, 2048 + 29 * 1024])).all()
+
+
+def test_run_directory_writing_and_its_errors(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "doc.json"
+    rundir.write_json_atomic(target, {"x": 1, "p": Path("/q")})
+    assert target.read_text() == '{\n  "x": 1,\n  "p": "/q"\n}\n'
+    doc = rundir.start_manifest(tmp_path / "r")
+    assert abs(doc["started_at"] - __import__("time").time()) < 3600 and list(doc)[:6] == ["format_version", "run_id", "status", "started_at",
+                                                                                            "ended_at", "versions"]
+    (tmp_path / "r" / "manifest.json").write_text('{"format_version": 2}')
+    with pytest.raises(RunDirError) as info:
+        rundir.read_manifest(tmp_path / "r")
+    assert str(info.value) == f"{tmp_path}/r/manifest.json: format_version 2, this mqttlab reads 1"
+
+
+def test_bench_summary_numbers_at_their_edges(known: Path, tmp_path: Path) -> None:
+    d = known / "bench" / "ipvs1"
+    (d / "publishers-run1.csv").write_text("pub,client_id,planned,sent,acked,failed\n0,a,0,10,10,0\n")  # the same publisher, another writer
+    (d / "subscribers-run1.csv").write_text("sub,client_id,pub,received,duplicates,out_of_order\n9,z,7,0,0,0\n")  # a publisher nobody ran
+    (d / "clients-run1.csv").write_text("client_id,role,connected_at,disconnects\nz,sub,0.5,0\n")
+    lat = Histogram()
+    lat.record(np.arange(1, 101))
+    (d / "latency-run0.json").write_text(json.dumps(lat.to_json()))
+    (known / "bench" / "ipvs2" / "latency-run0.json").write_text(json.dumps(Histogram().to_json()))
+    s = rundir.summarize(known)
+    assert s["sent"] == 210 and (s["expected"], s["delivered"], s["lost"]) == (800 + 40, 781, 59) and s["loss_pct"] == 7.024
+    assert s["clients_connected"] == 7 and s["latency_ms"] == {"p50": 0.05, "p90": 0.09, "p99": 0.099, "max": 0.1}
+    write_self(known, "ipvs1", 1, cpu_busy_pct=95.0, loop_lag_p99_ms=60.0)
+    s = rundir.summarize(known) | {"partial": True}
+    assert rundir.format_summary(s).splitlines()[0] == "run known: PARTIAL"
+    assert rundir.format_summary(s).endswith("worker 1 cpu_busy_pct=95.0 >= 90.0; worker 1 loop_lag_p99_ms=60.0 >= 50.0")
+    t = reference_truth()
+    t.lost, t.dups = set(), []
+    whole = rundir.summarize(write_run(tmp_path / "whole", t))
+    assert (whole["expected"], whole["delivered"], whole["lost"], whole["loss_pct"]) == (800, 800, 0, 0.0)
+    empty = write_run(tmp_path / "empty", reference_truth())
+    for p in empty.glob("bench/*/*"):
+        if p.name.startswith(("subscribers-", "deliveries-", "latency-")):
+            p.unlink()
+    e = rundir.summarize(empty)
+    assert (e["expected"], e["delivered"], e["lost"], e["loss_pct"]) == (0, 0, 0, 0.0)
+    assert e["latency_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+def test_every_field_of_the_run_summary(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.latency_ms = {0: 1.1, 1: 2.2, 2: 3.3, 3: 7.7}
+    run = write_run(tmp_path / "k", t)
+    m = json.loads((run / "manifest.json").read_text())
+    m["scenario"] = {"qos": 2, "publishers": 2, "subscribers": 4, "messages": 200}
+    (run / "manifest.json").write_text(json.dumps(m))
+    s = metrics.summarize_run(load_run(run))
+    # sub0 189 at 1.1 ms, sub1 199 at 2.2, sub2 199 at 3.3, sub3 194 at 7.7 (numpy's linear percentiles over 781 deliveries)
+    assert s == {
+        "run_id": "k", "path": str(run), "partial": False, "notes": [], "topology": "distributed", "balancer": "ipvs", "scheduler": "lc",
+        "qos": 2, "publishers": 2, "subscribers": 4, "messages": 200, "offered": 200, "expected": 800, "delivered": 781, "lost": 19,
+        "loss_pct": 2.375, "duplicates": 1, "out_of_order": 0, "latency_ms": {"p50": 3.3, "p90": 7.7, "p99": 7.7, "max": 7.7},
+        "connections_per_broker": {"broker1": 3, "broker2": 2, "broker3": 1},
+        "connections_per_balancer": {"ipvs1": {"broker1": 2, "broker2": 1, "broker3": 0}, "ipvs2": {"broker1": 1, "broker2": 1, "broker3": 1}},
+        "fairness": pytest.approx(36 / 42), "fairness_per_balancer": {"ipvs1": pytest.approx(9 / 15), "ipvs2": pytest.approx(1.0)},
+        "loss_by_broker": {"broker1": 12, "broker2": 1, "broker3": 6},
+    }
+    lat = np.sort(np.concatenate([np.full(189, 1.1), np.full(199, 2.2), np.full(199, 3.3), np.full(194, 7.7)]))
+    assert s["latency_ms"]["p50"] == round(float(np.percentile(lat, 50)), 3)
+    # without a plan in the manifest, brokers and balancers come from the brokers' logs and the client hosts
+    del m["plan"]
+    (run / "manifest.json").write_text(json.dumps(m))
+    s = metrics.summarize_run(load_run(run))
+    assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
+    assert set(s["connections_per_balancer"]) == {"ipvs1", "ipvs2"}
