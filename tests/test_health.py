@@ -89,7 +89,7 @@ def test_haproxy_checks_pass_haproxy_c(tmp_path: Path, kind: str) -> None:
     cp = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "h.cfg")], capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert text.count("check inter 1000ms fall 2 rise 1") == 3 and "timeout check 500ms" in text
-    assert ("tcp-check expect binary 20020000" in text) == (kind == "mqtt")
+    assert ("tcp-check expect binary 2002" in text) == (kind == "mqtt")
 
 
 def test_probe_passes_a_live_broker_and_fails_a_dead_or_paused_one(cluster: Callable[..., Cluster]) -> None:
@@ -109,6 +109,42 @@ def test_probe_passes_a_live_broker_and_fails_a_dead_or_paused_one(cluster: Call
     assert cl.ns_run(run).returncode == 0
     netns.stop(cl.procs[1])
     cp = cl.ns_run(run)
+    assert cp.returncode == 1 and "refused" in cp.stderr.lower()
+
+
+@pytest.mark.parametrize("mode", ["tls", "mtls"])
+def test_mqtt_probe_with_tls_brokers_is_refused_naming_the_key(mode: str) -> None:
+    """The probe speaks plain MQTT: against a TLS listener it would take every broker out."""
+    with pytest.raises(ConfigError) as err:
+        load_stack("distributed", ROOT).with_overrides({"balancer.healthCheck": {"type": "mqtt"}, "security.mode": mode})
+    assert err.value.key == "mqttlab:balancer.healthCheck.type" and "use type tcp" in str(err.value)
+    cfg = load_stack("distributed", ROOT).with_overrides({"balancer.healthCheck": {"type": "tcp"}, "security.mode": mode})
+    assert cfg.balancer.health_check.type == "tcp"
+
+
+def test_probe_counts_a_not_authorized_connack_as_alive(tmp_path: Path) -> None:
+    """A broker that requires passwords answers the probe's anonymous CONNECT with return code 5:
+    it is alive and speaking MQTT (a real Mosquitto with allow_anonymous false)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "m.conf"
+    conf.write_text(f"user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {tmp_path / 'passwd'}\n")
+    (tmp_path / "passwd").write_text("")
+    b = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = ["python3", "-I", "-S", str(keepalived.PROBE), "127.0.0.1", str(port), "2"]
+
+        def answered() -> bool:
+            return subprocess.run(run, capture_output=True, text=True, timeout=30).returncode == 0
+
+        wait_for(answered, 30, "the probe to find the password-only broker alive")
+    finally:
+        b.terminate()
+        b.wait(10)
+    cp = subprocess.run(run, capture_output=True, text=True, timeout=30)
     assert cp.returncode == 1 and "refused" in cp.stderr.lower()
 
 

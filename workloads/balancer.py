@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from workloads.plan import Balancer, Plan
-from workloads.probe import CONNACK_OK, DISCONNECT, connect_packet
+from workloads.probe import CONNACK, DISCONNECT, connect_packet
 
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "mh")
 HAPROXY_ALGORITHMS = {"rr": "roundrobin", "wrr": "roundrobin", "lc": "leastconn", "wlc": "leastconn", "sh": "source", "mh": "source"}
@@ -165,7 +165,7 @@ def haproxy_checks(bal: Balancer) -> list[str]:
             "\toption tcp-check",
             "\ttcp-check connect",
             f"\ttcp-check send-binary {connect_packet(f'mqttlab-probe-{bal.host}').hex()}",
-            f"\ttcp-check expect binary {CONNACK_OK.hex()}",
+            f"\ttcp-check expect binary {CONNACK.hex()}",  # any CONNACK: the broker answers MQTT
             f"\ttcp-check send-binary {DISCONNECT.hex()}",
         ]
     return lines

@@ -391,6 +391,9 @@ def parse_config(cfg: Mapping[str, Any], stack: str) -> ExperimentConfig:
     security = _parse_security(cfg)
     if bridge.layout != "none" and bridge.qos < scenario.qos:
         raise ConfigError(f"{NAMESPACE}:bridge.qos", bridge.qos, f"must be >= the scenario's qos {scenario.qos}, or the bridge downgrades the test's guarantees")
+    if balancer.health_check.type == "mqtt" and security.tls:
+        raise ConfigError(f"{NAMESPACE}:balancer.healthCheck.type", "mqtt",
+                          f"the MQTT probe speaks plain MQTT; with security mode {security.mode} (TLS) use type tcp")
     exp = ExperimentConfig(stack, topology, network, brokers, bridge, balancer, scenario, security, raw=dict(cfg))
     faults = _parse_faults(cfg.get(f"{NAMESPACE}:faults"), exp)
     return dataclasses.replace(exp, faults=faults) if faults else exp

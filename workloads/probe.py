@@ -5,7 +5,11 @@ nothing but the standard library (``python3 -I -S probe.py`` starts in a few mil
 every step is bounded by one deadline. An open port is not enough: a paused or wedged broker
 still accepts TCP connections in the kernel's backlog but never answers CONNECT.
 
-Usage: ``probe.py HOST PORT [TIMEOUT_S]``. Exit codes: 0 accepted, 1 refused/timed out/wrong answer.
+Any CONNACK counts, whatever its return code: a broker that answers "not authorized" (the probe
+has no credentials when the brokers require them) is alive and answering MQTT, which is all a
+health check may decide; whether clients are let in is the experiment's business.
+
+Usage: ``probe.py HOST PORT [TIMEOUT_S]``. Exit codes: 0 answered, 1 closed/timed out/wrong answer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 import time
 
 CONNACK_OK = bytes((0x20, 0x02, 0x00, 0x00))  # CONNACK, no session present, return code 0
+CONNACK = bytes((0x20, 0x02))  # any CONNACK (MQTT 3.1.1): the fixed header and remaining length
 
 
 def connect_packet(client_id: str, keepalive: int = 5) -> bytes:
@@ -44,8 +49,10 @@ def probe(host: str, port: int, timeout: float, client_id: str) -> tuple[bool, s
                 if not chunk:
                     return False, "closed before CONNACK"
                 got += chunk
-            if got != CONNACK_OK:
+            if got[:2] != CONNACK:
                 return False, f"unexpected answer {got.hex()}"
+            if got != CONNACK_OK:
+                return True, f"CONNACK return code {got[3]}"  # answered, e.g. not authorized: alive
             s.sendall(DISCONNECT)
             return True, "CONNACK accepted"
     except TimeoutError:
