@@ -147,9 +147,11 @@ def test_lab_run_with_the_stacks_addresses_leaves_the_root_namespace_untouched(t
     manifest = json.loads((Path(s["run_dir"]) / "manifest.json").read_text())
     assert [h["address"] for h in manifest["plan"]["hosts"]] == ["10.2.0.10", "10.3.0.10", "10.4.0.10"]  # the stack's own addresses
     assert {e for r in rows(Path(s["run_dir"]), "clients") for e in [r["entry_point"]]} == {"10.3.0.10:1883", "10.4.0.10:1883"}
-    # no --balancer: IPVS where the kernel has it, else the stand-in for the stack's lc
-    assert s["balancer"]["kind"] == ("ipvs" if lab_mod.kernel_has_ipvs() else "haproxy") and s["scheduler"] == "lc"
+    # no --balancer: IPVS where the kernel has it, else the kernel NAT stand-in, which says lc became round robin
+    assert s["balancer"]["kind"] == ("ipvs" if lab_mod.kernel_has_ipvs() else "nftables") and s["scheduler"] == "lc"
     assert manifest["balancer"] == s["balancer"]["kind"]
+    if not lab_mod.kernel_has_ipvs():
+        assert manifest["stood_in"]["exact"] is False and "round robin" in s["balancer"]["note"]
 
 
 @pytest.mark.lab
