@@ -52,6 +52,16 @@ def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Out
     return experiment, az, private_key, raw
 
 
+def from_login(field: str, value: str | None) -> str:
+    """A value of the Azure login (``getClientConfig``) the role assignments are built from. An
+    empty one would otherwise surface as a malformed role definition id or principal deep inside
+    Pulumi, or as Azure's refusal after the VMs exist; here it stops the program, named."""
+    if not value:
+        raise pulumi.RunError(f"the Azure login gives no {field} (azure-native getClientConfig): "
+                              "log in with `az login` and pick the subscription with `az account set -s ...`")
+    return value
+
+
 def build() -> dict[str, Any]:
     project, stack = pulumi.get_project(), pulumi.get_stack()
     try:
@@ -72,7 +82,8 @@ def build() -> dict[str, Any]:
     sec = SecurityMaterial("security", plan, experiment.security) if experiment.security.enabled else None
     ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name, bundle=bundle,
               private_key_password=pulumi.Config("mqttlab").get_secret("sshPrivateKeyPassword"),
-              subscription_id=client.subscription_id, operator_object_id=client.object_id,
+              subscription_id=client.subscription_id.apply(lambda v: from_login("subscriptionId", v)),
+              operator_object_id=client.object_id.apply(lambda v: from_login("objectId", v)),
               security=sec)
     store = ResultsStore("results", ctx)
     brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)

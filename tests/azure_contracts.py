@@ -33,12 +33,25 @@ Sources (S1..S9 in the table):
   definition id is /subscriptions/<id>/providers/Microsoft.Authorization/roleDefinitions/<guid>.
 - S10 Azure DevTest Labs ``GlobalSchedule`` for VM auto-shutdown: the schedule must be named
   ``shutdown-computevm-<vm name>``, time HHMM.
+- S11 pulumi-tls 5.x (the terraform-provider-tls v4 schema, as documented in the SDK's
+  ``PrivateKeyArgs``, ``SelfSignedCertArgs``, ``CertRequestArgs``, ``LocallySignedCertArgs``):
+  ``algorithm`` one of RSA, ECDSA, ED25519; ``ecdsa_curve`` one of P224, P256, P384, P521
+  (default P224, whose ``public_key_openssh`` is not populated); exactly one of
+  ``private_key_pem`` / ``private_key_pem_wo`` (``ca_private_key_pem`` / ``_wo`` for a signed
+  certificate); ``allowed_uses``, ``validity_period_hours`` (and ``cert_request_pem``,
+  ``ca_cert_pem``) required; ``allowed_uses`` from the RFC 5280 names listed there;
+  ``ip_addresses`` are IP addresses. The private key outputs (``privateKeyPem``,
+  ``privateKeyOpenssh``, ``privateKeyPemPkcs8``) are additional secret outputs.
+- S12 pulumi-random 4.x ``RandomPasswordArgs.length``: "The minimum value for length is 1 and,
+  length must also be >= (min_upper + min_lower + min_numeric + min_special)"; of ``numeric``,
+  ``upper``, ``lower``, ``special`` at least one must be true. ``result`` is a secret output.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import re
 import struct
@@ -48,6 +61,9 @@ from typing import Any
 
 import pulumi
 
+TLS_KEY, TLS_CA = "tls:index/privateKey:PrivateKey", "tls:index/selfSignedCert:SelfSignedCert"
+TLS_CSR, TLS_SIGNED = "tls:index/certRequest:CertRequest", "tls:index/locallySignedCert:LocallySignedCert"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -240,6 +256,60 @@ def _role(r: Seen) -> str | None:
     return None
 
 
+TLS_USES = frozenset({
+    "any_extended", "cert_signing", "client_auth", "code_signing", "content_commitment", "crl_signing", "data_encipherment", "decipher_only",
+    "digital_signature", "email_protection", "encipher_only", "ipsec_end_system", "ipsec_tunnel", "ipsec_user", "key_agreement",
+    "key_encipherment", "microsoft_commercial_code_signing", "microsoft_kernel_code_signing", "microsoft_server_gated_crypto",
+    "netscape_server_gated_crypto", "ocsp_signing", "server_auth", "timestamping"})
+
+
+def _tls_key(r: Seen) -> str | None:
+    alg = r.inputs.get("algorithm")
+    if alg not in ("RSA", "ECDSA", "ED25519"):
+        return f"algorithm {alg!r} is not one of RSA, ECDSA, ED25519"
+    curve = r.inputs.get("ecdsaCurve")
+    if alg == "ECDSA" and curve is not None and curve not in ("P224", "P256", "P384", "P521"):
+        return f"ecdsaCurve {curve!r} is not one of P224, P256, P384, P521"
+    return None
+
+
+def _exactly_one(r: Seen, key: str) -> str | None:
+    given = [k for k in (key, f"{key}Wo") if r.inputs.get(k)]
+    return None if len(given) == 1 else f"exactly one of {key} or {key}Wo must be set (given: {given or 'neither'})"
+
+
+def _tls_cert(r: Seen) -> str | None:
+    signed = r.typ == "tls:index/locallySignedCert:LocallySignedCert"
+    required = ["allowedUses", "validityPeriodHours", *(["certRequestPem", "caCertPem"] if signed else [])]
+    if r.typ == "tls:index/certRequest:CertRequest":
+        required = []
+    missing = [k for k in required if r.inputs.get(k) in (None, "", [])]
+    if missing:
+        return f"required {', '.join(missing)} missing"
+    why = _exactly_one(r, "caPrivateKeyPem" if signed else "privateKeyPem")
+    if why:
+        return why
+    bad = sorted(set(r.inputs.get("allowedUses") or []) - TLS_USES)
+    if bad:
+        return f"allowedUses {bad} are not key usages the provider accepts"
+    for ip in r.inputs.get("ipAddresses") or []:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            return f"ipAddresses entry {ip!r} is not an IP address"
+    return None
+
+
+def _password(r: Seen) -> str | None:
+    length = r.inputs.get("length")
+    mins = sum(int(r.inputs.get(k) or 0) for k in ("minUpper", "minLower", "minNumeric", "minSpecial"))
+    if not isinstance(length, int | float) or length < max(1, mins):
+        return f"length {length!r} must be at least 1 and at least minUpper + minLower + minNumeric + minSpecial ({mins})"
+    if not any(r.inputs.get(k, True) for k in ("numeric", "upper", "lower", "special")):
+        return "numeric, upper, lower and special are all false"
+    return None
+
+
 def _schedule(r: Seen) -> str | None:
     t = str((r.inputs.get("dailyRecurrence") or {}).get("time", ""))
     return None if re.match(r"^([01]\d|2[0-3])[0-5]\d$", t) else f"dailyRecurrence.time {t!r} is not HHMM"
@@ -255,6 +325,9 @@ RULES: tuple[Rule, ...] = (
     Rule("command-connection", ("command:remote:Command", "command:remote:CopyToRemote"), "S4 remote Connection", _connection),
     Rule("role-assignment", ("azure-native:authorization:RoleAssignment",), "S9 role assignments", _role),
     Rule("vm-shutdown-schedule", ("azure-native:devtestlab:GlobalSchedule",), "S10 auto-shutdown schedule", _schedule),
+    Rule("tls-private-key", (TLS_KEY,), "S11 pulumi-tls PrivateKey", _tls_key),
+    Rule("tls-certificate", (TLS_CA, TLS_CSR, TLS_SIGNED), "S11 pulumi-tls certificates", _tls_cert),
+    Rule("random-password", (RANDOM_PASSWORD,), "S12 pulumi-random RandomPassword", _password),
 )
 # Options the engine sees, not the provider: customData is create-only (S8), so a VM must say
 # what happens when it changes, or the update is refused by Azure.
@@ -266,6 +339,7 @@ class ContractViolation(Exception):
 
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
+MOCK_SECRET = "MOCKSECRET"  # in every private key and password the mocks make
 
 
 def unsecret(v: Any) -> Any:
@@ -305,6 +379,28 @@ class ContractMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.violations: list[str] = []
         self.calls: list[str] = []
+        self.secrets: set[str] = set()  # every private key and password these mocks answered with
+
+    def _tls_key(self, name: str, inputs: Mapping[str, Any], digest: str) -> dict[str, str]:
+        """S11's outputs, shaped per algorithm; the private ones carry ``MOCK_SECRET`` so a grep
+        finds them anywhere. Returned in plain: the provider's additional secret outputs are
+        not applied here, so the program must mark every private value secret itself."""
+        alg = inputs.get("algorithm")
+        private = f"{MOCK_SECRET}{name}{digest[:16]}"
+        out = {"privateKeyPem": f"-----BEGIN PRIVATE KEY-----\n{private}\n-----END PRIVATE KEY-----\n",
+               "privateKeyOpenssh": f"-----BEGIN OPENSSH PRIVATE KEY-----\n{private}\n-----END OPENSSH PRIVATE KEY-----\n",
+               "publicKeyPem": f"-----BEGIN PUBLIC KEY-----\nmockpub{digest[:16]}\n-----END PUBLIC KEY-----\n"}
+        out["privateKeyPemPkcs8"] = out["privateKeyPem"]
+        if alg == "ED25519":
+            blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes.fromhex(digest)
+            out["publicKeyOpenssh"] = "ssh-ed25519 " + base64.b64encode(blob).decode() + "\n"
+        elif alg == "ECDSA":
+            curve = inputs.get("ecdsaCurve") or "P224"
+            out["publicKeyOpenssh"] = "" if curve == "P224" else f"ecdsa-sha2-nistp{curve[1:]} AAAAE2VjZHNh{digest[:16]}\n"
+        else:
+            out["publicKeyOpenssh"] = f"ssh-rsa AAAAB3NzaC1yc2E{digest[:16]}\n"
+        self.secrets |= {out["privateKeyPem"].strip(), out["privateKeyOpenssh"].strip(), private}
+        return out
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         why = violation(args.typ, args.name, args.inputs)
@@ -326,10 +422,15 @@ class ContractMocks(pulumi.runtime.Mocks):
             out["vmId"] = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
             if (unsecret(args.inputs.get("identity")) or {}).get("type") == "SystemAssigned":
                 out["identity"] = {"type": "SystemAssigned", "principalId": f"{digest[32:40]}-{digest[40:44]}-{digest[44:48]}-{digest[48:52]}-{digest[52:64]}"}
-        if args.typ == "tls:index/privateKey:PrivateKey":
-            blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes.fromhex(digest)
-            out["publicKeyOpenssh"] = "ssh-ed25519 " + base64.b64encode(blob).decode() + "\n"
-            out["privateKeyOpenssh"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nmock" + digest[:16] + "\n-----END OPENSSH PRIVATE KEY-----\n"
+        if args.typ == TLS_KEY:
+            out |= self._tls_key(args.name, unsecret(args.inputs), digest)
+        if args.typ in (TLS_CA, TLS_SIGNED):
+            out["certPem"] = f"-----BEGIN CERTIFICATE-----\nmockcert{digest[:24]}\n-----END CERTIFICATE-----\n"
+        if args.typ == TLS_CSR:
+            out["certRequestPem"] = f"-----BEGIN CERTIFICATE REQUEST-----\nmockcsr{digest[:24]}\n-----END CERTIFICATE REQUEST-----\n"
+        if args.typ == RANDOM_PASSWORD:
+            out["result"] = (MOCK_SECRET + digest * 2)[: int(args.inputs["length"])]
+            self.secrets.add(out["result"])
         if args.typ == "command:remote:Command":
             out["stdout"] = json.dumps({"host": args.name})
             out["stderr"] = ""

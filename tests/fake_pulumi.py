@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 VERSION = "v3.150.0"
-SAS = "sv=2024-01-01&sr=c&sp=rwl&sig=test"
+LOGIN_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nfake-generated-login-key\n-----END OPENSSH PRIVATE KEY-----\n"
 
 
 def _state() -> dict[str, Any]:
@@ -59,9 +59,10 @@ def _set_path(cfg: dict[str, Any], key: str, value: str, path: bool) -> None:
 def _up(stack: str, cwd: Path) -> dict[str, Any]:
     """The program's benchmark: its config checks, then a complete run uploaded to the container."""
     from infra.settings import parse_azure
+    from tests.test_results import TOKEN
     from workloads.analysis.synthetic import Truth, write_run
     from workloads.config import parse_config
-    from workloads.hostcmd import upload_dir
+    from workloads.hostcmd import BlobAuth, upload_dir
 
     doc = yaml.safe_load((cwd / f"Pulumi.{stack}.yaml").read_text())["config"]
     cfg = parse_config(doc, stack)
@@ -78,10 +79,12 @@ def _up(stack: str, cwd: Path) -> dict[str, Any]:
               latency_ms={s: 2.0 for s in subs}, lost={(0, 0, q) for q in range(lost_n)})
     with tempfile.TemporaryDirectory() as tmp:
         run = write_run(Path(tmp) / run_id, t)
-        upload_dir(run, os.environ["FAKE_PULUMI_BLOB_URL"], f"{stack}/{run_id}/", SAS, skip_manifest=False)
+        # as the VMs do: with their managed identity's token
+        upload_dir(run, os.environ["FAKE_PULUMI_BLOB_URL"], f"{stack}/{run_id}/", BlobAuth(token=TOKEN), skip_manifest=False)
     url = os.environ["FAKE_PULUMI_BLOB_URL"]
     return {"topology": cfg.topology, "runId": run_id, "resultsUrl": url, "resultsPrefix": f"{stack}/{run_id}/",
-            "resultsSas": {"secret": SAS}, "benchSummary": f"run {run_id}: complete"}
+            "storageAccount": "resultssa1a2b3c4d", "benchSummary": f"run {run_id}: complete",
+            "sshPrivateKey": {"secret": LOGIN_KEY}}  # as with azure.generateSshKey: a secret output
 
 
 def main(argv: list[str]) -> int:

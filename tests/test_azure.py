@@ -65,6 +65,7 @@ class Program:
     outputs: dict[str, Any]
     violations: list[str] = field(default_factory=list)
     secret_outputs: set[str] = field(default_factory=set)
+    secrets: set[str] = field(default_factory=set)  # the private keys and passwords the mocks made
 
     def of(self, typ: str) -> list[Res]:
         return [r for r in self.resources if r.type == typ]
@@ -131,7 +132,8 @@ def run(stack: str, monkeypatch: pytest.MonkeyPatch, config: dict[str, str] | No
         r.raw = raw.get(r.name, {})
     if mocks.violations and not allow_violations:
         raise ContractViolation("; ".join(mocks.violations))
-    return Program(monitor.registered, outputs if not mocks.violations else {}, list(mocks.violations), secret_outputs if not mocks.violations else set())
+    return Program(monitor.registered, outputs if not mocks.violations else {}, list(mocks.violations), secret_outputs if not mocks.violations else set(),
+                   set(mocks.secrets))
 
 
 @pytest.fixture(params=["distributed", "centralized"])

@@ -9,6 +9,8 @@ from typing import Any
 
 import pulumi
 import pulumi_command as command
+import pulumi_random as random
+import pulumi_tls as tls
 import pytest
 from pulumi.runtime import settings as pulumi_settings
 from pulumi_azure_native import compute, network, storage
@@ -106,3 +108,31 @@ def test_ecdsa_admin_key_is_refused() -> None:
             "ssh": {"public_keys": [{"path": "/home/u/.ssh/authorized_keys", "key_data": key}]}}},
         opts=pulumi.ResourceOptions(replace_on_changes=["osProfile.customData"])))
     assert v and v[0].startswith("[vm-os-profile]") and "ecdsa" in v[0]
+
+
+@pytest.mark.parametrize(("make", "rule", "says"), [
+    (lambda: tls.PrivateKey("k", algorithm="DSA"), "tls-private-key", "not one of RSA, ECDSA, ED25519"),
+    (lambda: tls.PrivateKey("k", algorithm="ECDSA", ecdsa_curve="P192"), "tls-private-key", "P192"),
+    (lambda: tls.SelfSignedCert("ca", validity_period_hours=24, allowed_uses=["cert_signing"]), "tls-certificate", "privateKeyPem"),
+    (lambda: tls.SelfSignedCert("ca", private_key_pem="k", validity_period_hours=24, allowed_uses=["signing"]), "tls-certificate", "signing"),
+    (lambda: tls.CertRequest("csr", private_key_pem="k", ip_addresses=["broker1"]), "tls-certificate", "'broker1' is not an IP address"),
+    (lambda: tls.LocallySignedCert("c", cert_request_pem="r", ca_cert_pem="c", validity_period_hours=24, allowed_uses=["server_auth"]),
+     "tls-certificate", "caPrivateKeyPem"),
+    (lambda: random.RandomPassword("pw", length=3, min_upper=2, min_numeric=2), "random-password", "(4)"),
+    (lambda: random.RandomPassword("pw", length=8, numeric=False, upper=False, lower=False, special=False), "random-password", "all false"),
+])
+def test_tls_and_random_inputs_the_providers_refuse(make: Callable[[], object], rule: str, says: str) -> None:
+    v = under_mocks(make)
+    assert len(v) == 1 and v[0].startswith(f"[{rule}]") and says in v[0], v
+
+
+def test_tls_and_random_inputs_the_providers_accept_pass() -> None:
+    def program() -> None:
+        key = tls.PrivateKey("k", algorithm="ECDSA", ecdsa_curve="P256")
+        ca = tls.SelfSignedCert("ca", private_key_pem=key.private_key_pem, validity_period_hours=24, allowed_uses=["cert_signing"], is_ca_certificate=True)
+        csr = tls.CertRequest("csr", private_key_pem=key.private_key_pem, ip_addresses=["10.2.0.20"], dns_names=["broker1"])
+        tls.LocallySignedCert("c", cert_request_pem=csr.cert_request_pem, ca_cert_pem=ca.cert_pem, ca_private_key_pem=key.private_key_pem,
+                              validity_period_hours=24, allowed_uses=["digital_signature", "server_auth"])
+        random.RandomPassword("pw", length=32, special=False)
+
+    assert under_mocks(program) == []

@@ -17,7 +17,7 @@ import pulumi
 import pytest
 import yaml
 
-from tests.azure_contracts import SECRET_SIG
+from tests.azure_contracts import MOCK_SECRET, SECRET_SIG
 from tests.conftest import ROOT
 from tests.test_azure import AZURE, Program, commands, run, stack_config
 
@@ -247,10 +247,14 @@ PLAIN_SECRETS = re.compile(r"sig=|[?&]sv=20\d\d|AccountKey=|SharedAccessSignatur
 
 def recorded_text(p: Program) -> list[tuple[str, str]]:
     """Every command line, environment and stdin the remote commands carry, and every output
-    that is not a secret, as plain text."""
+    that is not a secret, as plain text. A stdin that reaches the engine as a secret (the
+    secured brokers' material, piped to ``security-install``) is encrypted in state and never
+    on a command line: it is left out, the rest stays in whatever its wrapping."""
     out: list[tuple[str, str]] = []
     for c in p.of("command:remote:Command"):
         for k in ("create", "update", "delete", "environment", "stdin"):
+            if k == "stdin" and SECRET_SIG in json.dumps(c.raw.get(k)):
+                continue
             if c.inputs.get(k) is not None:
                 out.append((f"{c.name}.{k}", json.dumps(c.inputs[k])))
     for k, v in p.outputs.items():
@@ -259,21 +263,29 @@ def recorded_text(p: Program) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("stack", ["distributed", "centralized", "smoke"])
-def test_no_sas_key_or_private_key_in_plain_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stack: str) -> None:
+@pytest.mark.parametrize(("stack", "mode"), [("distributed", "none"), ("centralized", "none"), ("smoke", "none"),
+                                           ("distributed", "tls"), ("centralized", "mtls"), ("smoke", "mtls")])
+def test_no_sas_key_or_private_key_in_plain_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stack: str, mode: str) -> None:
     private, public = keygen(tmp_path, "ed25519", passphrase="s3cret-pass")
+    security = {"mqttlab:security": {"mode": mode}}
     cfg = stack_config(stack, azure={**AZURE, "sshPublicKey": public},
-                       extra={"mqttlab:sshPrivateKey": private, "mqttlab:sshPrivateKeyPassword": "s3cret-pass"})
+                       extra={"mqttlab:sshPrivateKey": private, "mqttlab:sshPrivateKeyPassword": "s3cret-pass", **security})
     p = run(stack, monkeypatch, cfg)
     texts = recorded_text(p)
     assert len(texts) > 20
+    # host keys always; with security, the CA's, brokers' and clients' keys and the passwords too
+    assert len(p.secrets) >= (3 if mode == "none" else 20)
     for where, text in texts:
         assert not PLAIN_SECRETS.search(text), f"{where}: {PLAIN_SECRETS.search(text)}"
         assert private.strip().splitlines()[1] not in text
+        assert MOCK_SECRET not in text and not [s for s in p.secrets if s in text], where
+    if mode != "none":  # the material went to every host, as a secret on stdin
+        installs = [c for c in p.of("command:remote:Command") if c.name.endswith("-security")]
+        assert len(installs) == 3 and all(SECRET_SIG in json.dumps(c.raw["stdin"]) for c in installs)
     for c in [*p.of("command:remote:Command"), *p.of("command:remote:CopyToRemote")]:  # credentials reach the engine as secrets
         conn: dict[str, Any] = c.raw["connection"]
         assert SECRET_SIG in json.dumps(conn) and "s3cret-pass" in json.dumps(c.inputs["connection"])
-    generated = run(stack, monkeypatch, {k: v for k, v in stack_config(stack, azure={**AZURE, "generateSshKey": True}).items()
+    generated = run(stack, monkeypatch, {k: v for k, v in stack_config(stack, azure={**AZURE, "generateSshKey": True}, extra=security).items()
                                          if k != "mqttlab:sshPrivateKey"})
     assert "sshPrivateKey" in generated.secret_outputs
     assert all(not PLAIN_SECRETS.search(t) for _, t in recorded_text(generated))

@@ -1,104 +1,45 @@
-"""Secured brokers in the Azure program, under Pulumi mocks (no Azure, no Pulumi CLI here).
+"""Secured brokers in the Azure program, under the contract-checked Pulumi mocks (no Azure, no
+Pulumi CLI here).
 
-The mocks answer for pulumi-tls and pulumi-random with recognisable fake keys and passwords, and
-keep every input exactly as the engine would receive it (secrets still wrapped), so the tests can
-check that each one reaches the engine only as a secret."""
+The mocks of :mod:`tests.azure_contracts` refuse what pulumi-tls, pulumi-random and Azure refuse,
+answer with recognisable fake keys and passwords (all containing ``MOCK_SECRET``), and keep every
+input exactly as the engine would receive it (secrets still wrapped), so the tests can check that
+each one reaches the engine only as a secret."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import runpy
-import zlib
-from dataclasses import dataclass
 from typing import Any
 
-import pulumi
 import pytest
-import yaml
-from pulumi.runtime import settings as pulumi_settings
 
+from tests.azure_contracts import MOCK_SECRET, SECRET_SIG
 from tests.conftest import ROOT
+from tests.test_azure import SECRET, Program, stack_config
+from tests.test_azure import run as run_program
 from workloads import security
 from workloads.config import load_stack
 from workloads.plan import build_plan
 from workloads.render import render_files
 
-AZURE = {"adminCidr": "203.0.113.7/32", "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockKeyForTestsOnly user@host"}
-SSH_SECRET = "-----BEGIN OPENSSH PRIVATE KEY-----\nmock-ssh\n-----END OPENSSH PRIVATE KEY-----\n"
-SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the engine protocol marks a secret value
 
-
-class Mocks(pulumi.runtime.Mocks):
-    """Providers' answers: fake PEMs for pulumi-tls, fake passwords for pulumi-random (all
-    containing SECRETMARK when private), stdout for commands, a SAS token."""
-
-    def __init__(self) -> None:
-        self.inputs: dict[str, tuple[str, dict[str, Any]]] = {}
-        self.secrets: set[str] = {SSH_SECRET.strip()}
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.inputs[args.name] = (args.typ, dict(args.inputs))
-        out = dict(args.inputs)
-        out.setdefault("name", f"{args.name}{zlib.crc32(args.name.encode()) % 0xFFFF:04x}")
-        if args.typ == "tls:index/privateKey:PrivateKey":
-            out["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\nSECRETMARK-{args.name}\n-----END PRIVATE KEY-----\n"
-            out["privateKeyOpenssh"] = f"SECRETMARK-openssh-{args.name}"
-            out["publicKeyOpenssh"] = f"ssh-ed25519 AAAA{args.name}"
-            self.secrets |= {out["privateKeyPem"].strip(), out["privateKeyOpenssh"]}
-        elif args.typ == "random:index/randomPassword:RandomPassword":
-            out["result"] = f"SECRETMARKpw{zlib.crc32(args.name.encode())}"
-            self.secrets.add(out["result"])
-        elif args.typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
-            out["certPem"] = f"-----BEGIN CERTIFICATE-----\n{args.name}\n-----END CERTIFICATE-----\n"
-        elif args.typ == "tls:index/certRequest:CertRequest":
-            out["certRequestPem"] = f"-----BEGIN CERTIFICATE REQUEST-----\n{args.name}\n-----END CERTIFICATE REQUEST-----\n"
-        elif args.typ == "azure-native:network:PublicIPAddress":
-            out["ipAddress"] = "20.50.0.7"
-        elif args.typ == "azure-native:resources:ResourceGroup":
-            out["location"] = "westeurope"
-        elif args.typ == "command:remote:Command":
-            out["stdout"], out["stderr"] = "{}", ""
-        return f"/subscriptions/0/{args.typ}/{args.name}", out
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> Any:
-        return {"serviceSasToken": "sv=2024&sig=SECRETMARKsas"} if args.token.endswith("listStorageAccountServiceSAS") else {}
-
-
-@dataclass
 class Run:
-    mocks: Mocks
-    outputs: dict[str, Any]
+    """A program run, seen through the raw inputs (secrets still wrapped) of each type."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.outputs = program.outputs
+        self.secrets = program.secrets | {SECRET["mqttlab:sshPrivateKey"].strip()}
 
     def of(self, typ: str) -> dict[str, dict[str, Any]]:
-        return {n: i for n, (t, i) in self.mocks.inputs.items() if t == typ}
+        return {r.name: r.raw for r in self.program.of(typ)}
+
+    def all_inputs(self) -> list[dict[str, Any]]:
+        return [r.raw for r in self.program.resources]
 
 
 def run(stack: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> Run:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    pulumi_settings.ROOT.set(None)
-    from pulumi.runtime.stack import _get_rpc_manager
-
-    # a program that failed earlier in this process leaves RPCs and output tasks bound to its closed loop
-    _get_rpc_manager().clear()
-    pulumi_settings.SETTINGS.outputs.clear()
-    mocks = Mocks()
-    doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
-    doc |= {"mqttlab:azure": AZURE, "mqttlab:sshPrivateKey": SSH_SECRET, "mqttlab:security": {"mode": mode}}
-    pulumi.runtime.set_mocks(mocks, project="mqttlab", stack=stack, preview=False)
-    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in doc.items()}, secret_keys=["mqttlab:sshPrivateKey"])
-    monkeypatch.chdir(ROOT)
-    try:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        from pulumi.runtime.stack import wait_for_rpcs
-
-        root = pulumi_settings.get_root_resource()
-        outputs = {k: loop.run_until_complete(pulumi.Output.from_input(v).future()) for k, v in (root.outputs if root else {}).items()}  # type: ignore[attr-defined]
-        loop.run_until_complete(wait_for_rpcs())
-    finally:
-        pulumi.runtime.set_all_config({})
-    return Run(mocks, outputs)
+    return Run(run_program(stack, monkeypatch, stack_config(stack, extra={"mqttlab:security": {"mode": mode}})))
 
 
 def in_plain_text(value: Any) -> str:
@@ -137,7 +78,7 @@ def test_tls_certificates_are_secrets_and_mqtt_is_8883_from_the_vnet_only(stack:
     for inputs in [*csrs.values(), *signed.values(), *cas.values()]:  # every private key reaches the engine as a secret
         for k, v in inputs.items():
             if "private" in k.lower():
-                assert "SECRETMARK" in secret_value(v)
+                assert MOCK_SECRET in secret_value(v)
     assert len(r.of("random:index/randomPassword:RandomPassword")) == len(security.users(plan))
     # each host gets the material on stdin, as a secret; the command line holds no secret
     installs = {n: i for n, i in r.of("command:remote:Command").items() if n.endswith("-security")}
@@ -145,14 +86,14 @@ def test_tls_certificates_are_secrets_and_mqtt_is_8883_from_the_vnet_only(stack:
     for inputs in installs.values():
         doc = json.loads(secret_value(inputs["stdin"]))
         m = security.material_from_json(json.dumps(doc), plan, cfg.security, "stdin")
-        assert set(m.servers) == {"broker1", "broker2", "broker3"} and all("SECRETMARK" in p.key for p in m.servers.values())
-        assert "security-install" in inputs["create"] and "SECRETMARK" not in inputs["create"]
+        assert set(m.servers) == {"broker1", "broker2", "broker3"} and all(MOCK_SECRET in p.key for p in m.servers.values())
+        assert "security-install" in inputs["create"] and MOCK_SECRET not in inputs["create"]
     # nothing secret in plain text in ANY recorded input of ANY resource, nor in the outputs
-    plain = " ".join(in_plain_text(i) for _t, i in r.mocks.inputs.values())
-    assert r.mocks.secrets and not [s for s in r.mocks.secrets if s in plain]
-    assert "SECRETMARK" not in plain
-    exported = json.dumps({k: v for k, v in r.outputs.items() if k not in ("resultsSas", "fetchCommand")}, default=str)
-    assert "SECRETMARK" not in exported and '"broker1": "10.2.0.20:8883"' in exported
+    plain = " ".join(in_plain_text(i) for i in r.all_inputs())
+    assert len(r.secrets) > 10 and not [s for s in r.secrets if s in plain]
+    assert MOCK_SECRET not in plain
+    exported = json.dumps(r.outputs, default=str)
+    assert MOCK_SECRET not in exported and '"broker1": "10.2.0.20:8883"' in exported
 
 
 def test_install_runs_before_anything_that_renders(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,18 +107,8 @@ def test_install_runs_before_anything_that_renders(monkeypatch: pytest.MonkeyPat
 
 
 def test_dependencies_put_the_material_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pulumi.runtime.mocks import MockMonitor
-
-    deps: dict[str, list[str]] = {}
-    orig = MockMonitor.RegisterResource
-
-    def record(self: MockMonitor, request: Any) -> Any:
-        resp = orig(self, request)
-        deps[request.name] = [u.rsplit("::", 1)[-1] for u in request.dependencies]
-        return resp
-
-    monkeypatch.setattr(MockMonitor, "RegisterResource", record)
-    run("distributed", "mtls", monkeypatch)
+    p = run("distributed", "mtls", monkeypatch).program
+    deps = {r.name: p.names(r.deps) for r in p.resources}
     assert "brokers-security" in deps["brokers-brokers-up"] and "ipvs1-security" in deps["ipvs1-balancer-apply"]
     assert "brokers-install" in deps["brokers-security"]
 
@@ -191,8 +122,8 @@ def test_mtls_issues_a_client_certificate_per_user(monkeypatch: pytest.MonkeyPat
 
 
 def test_reference_mode_adds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    r = run("distributed", "none", monkeypatch)
-    assert not [n for n, (t, _i) in r.mocks.inputs.items() if t.startswith(("tls:index/selfSigned", "random:")) or n.endswith("-security")]
+    p = run("distributed", "none", monkeypatch).program
+    assert not [r.name for r in p.resources if r.type.startswith(("tls:index/selfSigned", "random:")) or r.name.endswith("-security")]
 
 
 def test_material_from_the_program_renders_what_the_lab_renders() -> None:

@@ -1,6 +1,7 @@
 """Azure campaigns through Pulumi's Automation API, against a stand-in ``pulumi`` CLI on PATH
-(tests/fake_pulumi.py) and a stand-in Blob service (tests/test_results.py): what the campaign
-asks Pulumi, in which order, and that each point ends as a normal run directory."""
+(tests/fake_pulumi.py), a stand-in ``az`` (tests/fake_az.py) and a stand-in Blob service
+(tests/test_results.py): what the campaign asks Pulumi, in which order, that each point's files
+are read with the user's own login, and that each point ends as a normal run directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_results import store  # noqa: F401  (the Blob service fixture)
+from tests.test_results import (
+    TOKEN,
+    USER_TOKEN,
+    store,  # noqa: F401  (the Blob service fixture)
+)
 from workloads.campaign.azure import azure_runner
 from workloads.campaign.run import CampaignDir, execute_points
 from workloads.campaign.spec import CampaignError, load_campaign
@@ -22,12 +27,14 @@ from workloads.campaign.spec import CampaignError, load_campaign
 def fake_pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> Path:  # noqa: F811
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    exe = bin_dir / "pulumi"
-    exe.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom tests.fake_pulumi import main\nsys.exit(main(sys.argv[1:]))\n")
-    exe.chmod(0o755)
+    for name, module in (("pulumi", "fake_pulumi"), ("az", "fake_az")):
+        exe = bin_dir / name
+        exe.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom tests.{module} import main\nsys.exit(main(sys.argv[1:]))\n")
+        exe.chmod(0o755)
     log = tmp_path / "pulumi-calls.jsonl"
     monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
     monkeypatch.setenv("FAKE_PULUMI_LOG", str(log))
+    monkeypatch.setenv("FAKE_AZ_LOG", str(tmp_path / "az-calls.jsonl"))
     monkeypatch.setenv("FAKE_PULUMI_STATE", str(tmp_path / "pulumi-state.json"))
     monkeypatch.setenv("FAKE_PULUMI_BLOB_URL", store)
     monkeypatch.delenv("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK", raising=False)
@@ -84,7 +91,42 @@ def test_each_point_is_a_pulumi_up_with_its_settings_and_a_new_run_id(tmp_path: 
     fast = [r for r in cdir.results() if r["levels"]["intervalMs"] == 5]
     assert all(r["loss_pct"] > 0 for r in fast) and all(r["loss_pct"] == 0 for r in cdir.results() if r not in fast)
     assert (proj / "Pulumi.distributed.yaml").read_bytes() == before  # the stack's settings are as the user wrote them
-    assert "resultsSas" not in json.loads((cdir.point_dir(order[0].point_id) / "outputs.json").read_text())
+    outputs = json.loads((cdir.point_dir(order[0].point_id) / "outputs.json").read_text())
+    assert outputs["resultsPrefix"] == f"distributed/{run_ids[0]}/" and "sshPrivateKey" not in outputs  # a secret output stays in Pulumi
+    # every point read its files with a storage token of the user's az login, asked for at fetch time
+    az = calls(fake_pulumi.parent / "az-calls.jsonl")
+    assert az == [["account", "get-access-token", "--resource", "https://storage.azure.com/", "--query", "accessToken", "-o", "tsv"]] * 4
+    kept = " ".join(p.read_text(errors="replace") for p in (tmp_path / "camp").rglob("*") if p.is_file())
+    assert USER_TOKEN not in kept and TOKEN not in kept and "PRIVATE KEY" not in kept  # no credential in the campaign's files
+
+
+def test_without_an_az_login_the_point_fails_naming_it_and_nothing_is_fetched(tmp_path: Path, fake_pulumi: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AZ_LOGGED_OUT", "1")
+    proj = project(tmp_path)
+    f = tmp_path / "az.yaml"
+    f.write_text(f"name: az\nstack: distributed\nplace: azure\nprojectDir: {proj}\nset: {{messages: 240}}\nfactors: {{qos: [1]}}\n")
+    c = load_campaign(f, ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    out = execute_points(cdir, c, cdir.open(c, c.order()), azure_runner(c), progress=False)
+    (why,) = out.failed.values()
+    assert "az account get-access-token failed" in why and "az login" in why and not out.ran
+    assert not list((tmp_path / "camp").rglob("manifest.json"))
+
+
+def test_a_token_the_store_refuses_fails_the_point_with_the_status(tmp_path: Path, fake_pulumi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's login reads; it cannot stand in for what the store refuses (here: a token it does not know)."""
+    import workloads.campaign.azure as az
+
+    monkeypatch.setattr(az, "user_storage_token", lambda: "not-a-token")
+    proj = project(tmp_path)
+    f = tmp_path / "az.yaml"
+    f.write_text(f"name: az\nstack: distributed\nplace: azure\nprojectDir: {proj}\nset: {{messages: 240}}\nfactors: {{qos: [1]}}\n")
+    c = load_campaign(f, ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    out = execute_points(cdir, c, cdir.open(c, c.order()), azure_runner(c), progress=False)
+    (why,) = out.failed.values()
+    assert why.startswith("fetching distributed/") and "403" in why
 
 
 def test_a_stack_pulumi_does_not_know_fails_the_point_with_pulumis_message(tmp_path: Path, fake_pulumi: Path) -> None:
@@ -97,6 +139,16 @@ def test_a_stack_pulumi_does_not_know_fails_the_point_with_pulumis_message(tmp_p
     out = execute_points(cdir, c, cdir.open(c, c.order()), azure_runner(c), progress=False)
     assert list(out.failed.values())[0].endswith("no stack named 'staging' found")
     assert not [a for a in calls(fake_pulumi) if "up" in a]
+
+
+def test_no_azure_cli_is_refused_before_any_point(tmp_path: Path, fake_pulumi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bin" / "az").unlink()
+    proj = project(tmp_path)
+    f = tmp_path / "az.yaml"
+    f.write_text(f"name: az\nstack: distributed\nplace: azure\nprojectDir: {proj}\nset: {{messages: 240}}\nfactors: {{qos: [1]}}\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(CampaignError, match="az is not on PATH"):
+        azure_runner(load_campaign(f, ROOT))
 
 
 def test_no_pulumi_cli_is_refused_before_any_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from workloads.hostcmd import BlobAuth, fetch, upload_dir
 
 SAS = "sv=2024-01-01&sr=c&sp=rwl&sig=test"
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.mock-managed-identity-token"
+USER_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.mock-az-login-token"  # the operator's: Storage Blob Data Reader, read only
 
 
 class BlobStore(BaseHTTPRequestHandler):
@@ -28,9 +29,10 @@ class BlobStore(BaseHTTPRequestHandler):
     blobs: dict[str, bytes] = {}
     token_requests = 0
 
-    def _authorised(self) -> bool:
+    def _authorised(self, write: bool = False) -> bool:
         q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        bearer = self.headers.get("Authorization") == f"Bearer {TOKEN}" and (self.headers.get("x-ms-version") or "") >= "2017-11-09"
+        tokens = [TOKEN] if write else [TOKEN, USER_TOKEN]
+        bearer = self.headers.get("Authorization") in [f"Bearer {t}" for t in tokens] and (self.headers.get("x-ms-version") or "") >= "2017-11-09"
         if q.get("sig") != ["test"] and not bearer:
             self.send_response(403)
             self.end_headers()
@@ -48,7 +50,7 @@ class BlobStore(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_PUT(self) -> None:  # noqa: N802
-        if not self._authorised():
+        if not self._authorised(write=True):
             return
         assert self.headers["x-ms-blob-type"] == "BlockBlob"
         name = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path.split("/results/", 1)[1])

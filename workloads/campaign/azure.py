@@ -7,6 +7,12 @@ run directory like a lab point's. The Automation API drives the ``pulumi`` CLI (
 version``, ``stack select``, ``config set-all --path``, ``up --yes --skip-preview``, ``stack
 output --json``), so the same code is tested here with a stand-in ``pulumi`` on PATH.
 
+The stack exports no credential for the results (the VMs upload with their managed identity):
+each point's files are read with the user's own Azure CLI login, as ``fetchCommand`` does, through
+a storage token asked of ``az`` at fetch time (the program gives the user who ran ``pulumi up``
+Storage Blob Data Reader on the container). The token lives in this process only: never on a
+command line, in a file or in the point's records.
+
 Setting config rewrites ``Pulumi.<stack>.yaml``; the file is put back as it was when the campaign
 ends, however it ends, so a campaign leaves the stack's settings as the user wrote them.
 
@@ -19,6 +25,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +36,9 @@ from workloads.campaign.run import PointFailed, PointRunner
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
+
+STORAGE = "https://storage.azure.com/"  # the resource Azure Storage's OAuth tokens are for
+REQUIRED_OUTPUTS = ("resultsUrl", "resultsPrefix", "runId")
 
 
 def run_id_of(campaign: Campaign, point: Point) -> str:
@@ -58,6 +68,20 @@ def stack_file_kept(project_dir: Path, stack: str) -> Iterator[None]:
             path.write_bytes(before)
 
 
+def user_storage_token(timeout_s: float = 120) -> str:
+    """A Blob storage bearer token of the user's ``az login``, for this fetch only."""
+    cmd = ["az", "account", "get-access-token", "--resource", STORAGE, "--query", "accessToken", "-o", "tsv"]
+    try:
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PointFailed(f"az account get-access-token: {exc}") from None
+    token = cp.stdout.strip()
+    if cp.returncode != 0 or not token:
+        last = (cp.stderr.strip().splitlines() or ["it printed no token"])[-1]
+        raise PointFailed(f"az account get-access-token failed (is `az login` done?): {last}")
+    return token
+
+
 def azure_runner(campaign: Campaign) -> PointRunner:
     """Checks what an Azure point needs before the first one starts."""
     if shutil.which("pulumi") is None:
@@ -66,9 +90,12 @@ def azure_runner(campaign: Campaign) -> PointRunner:
         from pulumi import automation as auto
     except ImportError:
         raise CampaignError("place: azure needs the Pulumi SDK: .venv/bin/pip install -e '.[infra]'") from None
+    if shutil.which("az") is None:
+        raise CampaignError("place: azure fetches each run with your Azure CLI login: az is not on PATH "
+                            "(https://learn.microsoft.com/cli/azure/install-azure-cli, then az login)")
 
     def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
-        from workloads.hostcmd import fetch
+        from workloads.hostcmd import BlobAuth, fetch
 
         run_id = run_id_of(campaign, point)
         log = (point_dir / "pulumi.log").open("a")
@@ -80,15 +107,17 @@ def azure_runner(campaign: Campaign) -> PointRunner:
                 result = stack.up(on_output=lambda line: print(line, file=log, flush=True))
             except auto.errors.CommandError as exc:
                 raise PointFailed(f"pulumi failed for run {run_id}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
-        outputs = {k: v.value for k, v in result.outputs.items()}
-        missing = [k for k in ("resultsUrl", "resultsPrefix", "resultsSas", "runId") if k not in outputs]
+        # secret outputs (a generated login key) stay in Pulumi's state, not in the campaign's files
+        outputs = {k: v.value for k, v in result.outputs.items() if not v.secret}
+        missing = [k for k in REQUIRED_OUTPUTS if k not in outputs]
         if missing:
             raise PointFailed(f"stack {campaign.stack} has no output {', '.join(missing)}: is it the mqttlab program?")
         if outputs["runId"] != run_id:
             raise PointFailed(f"stack output runId is {outputs['runId']!r}, expected {run_id!r}: the benchmark did not rerun")
-        (point_dir / "outputs.json").write_text(json.dumps({k: v for k, v in outputs.items() if k != "resultsSas"}, indent=2, default=str))
+        (point_dir / "outputs.json").write_text(json.dumps(outputs, indent=2, default=str))
+        auth = BlobAuth(token=user_storage_token())
         try:
-            run_dir = fetch(outputs["resultsUrl"], outputs["resultsPrefix"], outputs["resultsSas"], point_dir / "runs")
+            run_dir = fetch(outputs["resultsUrl"], outputs["resultsPrefix"], auth, point_dir / "runs")
         except (OSError, LabError) as exc:
             raise PointFailed(f"fetching {outputs['resultsPrefix']} failed: {exc}") from None
         s = summarize(run_dir)
