@@ -6,6 +6,7 @@ these tests to planted bugs, so they must be fast and exact."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from workloads.analysis import metrics
 from workloads.analysis.load import load_run
 from workloads.analysis.synthetic import reference_truth, write_run
-from workloads.bench import rundir
+from workloads.bench import rundir, saturation
 from workloads.bench.hist import LINEAR, SUB, Histogram, bucket_index, bucket_value
 from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError
 from workloads.scenario import QUIET_S
@@ -208,6 +209,48 @@ def test_bench_saturated_both_ways(known: Path, values: dict[str, Any], reasons:
         assert text[8:] == ["  WARNING bench_saturated: the load generator, not the system, may have been the limit:", *[f"    {r}" for r in reasons]]
     else:
         assert len(text) == 8 and "WARNING" not in "\n".join(text)
+
+
+def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
+    """The per-client evidence judge() reads: a stretch runs from when the data could first have
+    waited to the read that emptied the queue; shorter than EPISODE_S is noise; a stall charges
+    the data that waited since the loop last looked."""
+    b = saturation.ReceiveBacklog(10.0)
+    assert b.due(10.0) and b.empty_at == 10.0
+    b.sample(500, 10.2)  # still queued after a read: waiting since the queue was last empty (10.0)
+    assert (b.since, b.worst, b.count) == (10.0, 500, 0) and not b.due(10.205) and b.due(10.22)
+    b.sample(0, 10.5)
+    assert (b.count, b.total, b.longest, b.first, b.last, b.since, b.empty_at) == (1, 0.5, 0.5, 10.0, 10.5, 0.0, 10.5)
+    b.stalled(0, 10.7)
+    assert b.since == 0.0
+    b.stalled(100, 11.0)  # the loop looked last at 11.0, after the queue was empty at 10.5
+    assert (b.since, b.worst) == (11.0, 500)
+    b.sample(0, 11.005)  # 5 ms: noise
+    assert (b.count, b.since, b.empty_at) == (1, 0.0, 11.005)
+    b.sample(2000, 12.0)
+    b.settle(5)
+    assert b.since == 11.005
+    b.settle(0)  # nothing left, so the stretch ended with the last read
+    assert saturation.client_record("sub3", "sub", 3, "receive_backlog", b, 99.0) == {
+        "client_id": "sub3", "role": "sub", "index": 3, "kind": "receive_backlog", "seconds": 1.495, "longest_s": 0.995, "episodes": 2,
+        "first_s": 10.0, "last_s": 12.0, "max_queued_bytes": 2000}
+    late = saturation.Lateness()
+    late.observe(1.0, 1.0625)  # 62.5 ms behind: not late
+    assert late.since == 0.0 and saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 2.0) is None
+    late.observe(1.0, 1.125)
+    late.observe(2.0, 2.25)
+    late.observe(3.0, 3.0)  # back on schedule
+    late.observe(4.0, 4.5)  # late again until the end of the run
+    assert saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 4.75) == {
+        "client_id": "pub1", "role": "pub", "index": 1, "kind": "behind_schedule", "seconds": 2.75, "longest_s": 2.0, "episodes": 2,
+        "first_s": 1.0, "last_s": 4.75, "max_behind_ms": 500.0}
+    a, z = socket.socketpair()
+    with a, z:
+        a.sendall(b"12345")
+        z.recv(1, socket.MSG_PEEK)  # it has arrived (a peek leaves it queued)
+        assert saturation.queued_bytes(z.fileno()) == 5
+        fd = z.fileno()
+    assert saturation.queued_bytes(fd) == 0 and saturation.queued_bytes(z.fileno()) == 0  # closed (EBADF, and fileno -1): nothing waits
 
 
 def test_latency_is_rebuilt_from_records_when_no_histogram_was_written(known: Path) -> None:
