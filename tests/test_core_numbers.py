@@ -180,6 +180,7 @@ SATURATION_CASES: list[tuple[dict[str, Any], list[str], list[tuple[str, int]]]] 
     ({"loop_idle_pct": 4.9, "measured_wall_s": 1.0}, ["worker 3 loop idle 4.9 % < 5.0 % (never waited for work)"], []),
     ({"loop_idle_pct": 5.0, "measured_wall_s": 1.0}, [], []),
     ({"loop_idle_pct": 0.0, "measured_wall_s": 0.99}, [], []),  # too short to tell
+    ({"loop_idle_pct": 0.0}, [], []),  # how long it measured unknown: nothing to tell
     ({"host": "ipvs2", "label": "w3", "loop_idle_pct": 0.0, "measured_wall_s": 30.0},
      ["worker ipvs2/w3 loop idle 0.0 % < 5.0 % (never waited for work)"], []),
     # a subscriber that lost messages: 0.1 s is enough, 0.099 s is not
@@ -188,6 +189,8 @@ SATURATION_CASES: list[tuple[dict[str, Any], list[str], list[tuple[str, int]]]] 
     ({"clients": [sub_client(0, 0.099)]}, [], []),
     # a subscriber with nothing lost (index 9 has no counts) and a publisher need 0.5 s
     ({"clients": [sub_client(9, 0.499), pub_client(1, 0.499)]}, [], []),
+    ({"clients": [sub_client(0, 0.099), pub_client(1, 0.5)]},  # a client under its limit does not hide the next one
+     ["pub1 was behind its schedule for 0.5 s (0.6 s in 2 stretches, up to 212.5 ms late)"], [("pub1", 0)]),
     ({"clients": [sub_client(9, 0.5), pub_client(1, 0.5)]},
      ["sub9 left data unread in its socket for 0.5 s (0.75 s in 3 stretches, up to 4096 bytes; lost 0)",
       "pub1 was behind its schedule for 0.5 s (0.6 s in 2 stretches, up to 212.5 ms late)"], [("sub9", 0), ("pub1", 0)]),
@@ -217,14 +220,14 @@ def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
     the data that waited since the loop last looked."""
     b = saturation.ReceiveBacklog(10.0)
     assert b.due(10.0) and b.empty_at == 10.0
-    b.sample(500, 10.2)  # still queued after a read: waiting since the queue was last empty (10.0)
-    assert (b.since, b.worst, b.count) == (10.0, 500, 0) and not b.due(10.205) and b.due(10.22)
+    b.sample(1, 10.2)  # one byte still queued after a read: waiting since the queue was last empty (10.0)
+    assert (b.since, b.worst, b.count) == (10.0, 1, 0) and not b.due(10.205) and b.due(10.22)
     b.sample(0, 10.5)
     assert (b.count, b.total, b.longest, b.first, b.last, b.since, b.empty_at) == (1, 0.5, 0.5, 10.0, 10.5, 0.0, 10.5)
     b.stalled(0, 10.7)
     assert b.since == 0.0
     b.stalled(100, 11.0)  # the loop looked last at 11.0, after the queue was empty at 10.5
-    assert (b.since, b.worst) == (11.0, 500)
+    assert (b.since, b.worst) == (11.0, 100)
     b.sample(0, 11.005)  # 5 ms: noise
     assert (b.count, b.since, b.empty_at) == (1, 0.0, 11.005)
     b.sample(2000, 12.0)
@@ -234,6 +237,15 @@ def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
     assert saturation.client_record("sub3", "sub", 3, "receive_backlog", b, 99.0) == {
         "client_id": "sub3", "role": "sub", "index": 3, "kind": "receive_backlog", "seconds": 1.495, "longest_s": 0.995, "episodes": 2,
         "first_s": 10.0, "last_s": 12.0, "max_queued_bytes": 2000}
+    # an open stretch at the end ends with the last read, not when the record is written
+    open_end = saturation.ReceiveBacklog(1.0)
+    open_end.sample(10, 1.5)
+    assert saturation.client_record("sub4", "sub", 4, "receive_backlog", open_end, 9.0) == {
+        "client_id": "sub4", "role": "sub", "index": 4, "kind": "receive_backlog", "seconds": 0.5, "longest_s": 0.5, "episodes": 1,
+        "first_s": 1.0, "last_s": 1.5, "max_queued_bytes": 10}
+    edge = saturation.Lateness()
+    edge.observe(0.125, 0.225)  # exactly LATE_S behind (both exact in binary): late
+    assert edge.since == 0.125 and edge.worst == 100000
     late = saturation.Lateness()
     late.observe(1.0, 1.0625)  # 62.5 ms behind: not late
     assert late.since == 0.0 and saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 2.0) is None
