@@ -226,12 +226,12 @@ def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
     assert (b.count, b.total, b.longest, b.first, b.last, b.since, b.empty_at) == (1, 0.5, 0.5, 10.0, 10.5, 0.0, 10.5)
     b.stalled(0, 10.7)
     assert b.since == 0.0
-    b.stalled(100, 11.0)  # the loop looked last at 11.0, after the queue was empty at 10.5
-    assert (b.since, b.worst) == (11.0, 100)
+    b.stalled(1, 11.0)  # one byte waits; the loop looked last at 11.0, after the queue was empty at 10.5
+    assert (b.since, b.worst) == (11.0, 1)
     b.sample(0, 11.005)  # 5 ms: noise
     assert (b.count, b.since, b.empty_at) == (1, 0.0, 11.005)
     b.sample(2000, 12.0)
-    b.settle(5)
+    b.settle(1)
     assert b.since == 11.005
     b.settle(0)  # nothing left, so the stretch ended with the last read
     assert saturation.client_record("sub3", "sub", 3, "receive_backlog", b, 99.0) == {
@@ -246,16 +246,18 @@ def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
     edge = saturation.Lateness()
     edge.observe(0.125, 0.225)  # exactly LATE_S behind (both exact in binary): late
     assert edge.since == 0.125 and edge.worst == 100000
+    edge.observe(0.25, 2.25)
+    assert edge.worst == 2000000  # microseconds
     late = saturation.Lateness()
     late.observe(1.0, 1.0625)  # 62.5 ms behind: not late
     assert late.since == 0.0 and saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 2.0) is None
     late.observe(1.0, 1.125)
     late.observe(2.0, 2.25)
     late.observe(3.0, 3.0)  # back on schedule
-    late.observe(4.0, 4.5)  # late again until the end of the run
+    late.observe(4.0, 4.5078125)  # late again until the end of the run: 507812.5 us, whole microseconds kept
     assert saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 4.75) == {
         "client_id": "pub1", "role": "pub", "index": 1, "kind": "behind_schedule", "seconds": 2.75, "longest_s": 2.0, "episodes": 2,
-        "first_s": 1.0, "last_s": 4.75, "max_behind_ms": 500.0}
+        "first_s": 1.0, "last_s": 4.75, "max_behind_ms": 507.812}
     a, z = socket.socketpair()
     with a, z:
         a.sendall(b"12345")
