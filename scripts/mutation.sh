@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing of the pure core (configuration, scenario, plan, renderers, run directory,
-# histogram, analysis metrics): mutmut plants one small bug at a time (an operator, a constant, a
+# histogram, the bench's saturation verdict, analysis metrics): mutmut plants one small bug at a time (an operator, a constant, a
 # dropped argument) and runs the fast tests that reach the changed function; a mutant no test
 # notices "survived". Prints the kill score and the survivors, and fails below MIN_SCORE (85 %).
 # What is mutated and which tests run: [tool.mutmut] in pyproject.toml.

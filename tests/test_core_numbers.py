@@ -6,6 +6,7 @@ these tests to planted bugs, so they must be fast and exact."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from workloads.analysis import metrics
 from workloads.analysis.load import load_run
 from workloads.analysis.synthetic import reference_truth, write_run
-from workloads.bench import rundir
+from workloads.bench import rundir, saturation
 from workloads.bench.hist import LINEAR, SUB, Histogram, bucket_index, bucket_value
 from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError
 from workloads.scenario import QUIET_S
@@ -121,7 +122,7 @@ def test_drain_is_bounded_by_its_limit_while_deliveries_trickle_in(clock: Clock)
 # --------------------------------------------------------------------------- run directory and bench summary
 
 
-def write_self(run: Path, host: str, worker: int, **values: float) -> None:
+def write_self(run: Path, host: str, worker: int, /, **values: Any) -> None:
     (run / "bench" / host / f"self-run{worker}.json").write_text(json.dumps({"worker": worker, **values}))
 
 
@@ -158,22 +159,112 @@ def test_summary_counts_every_row_of_the_records(known: Path) -> None:
     assert (s["clients"], s["clients_connected"], s["disconnects"]) == (3 + 3, 1 + 3, 6)
 
 
-@pytest.mark.parametrize(("values", "saturated"), [
-    ({"cpu_busy_pct": 90.0, "loop_lag_p99_ms": 1.0}, True), ({"cpu_busy_pct": 89.9, "loop_lag_p99_ms": 49.9}, False),
-    ({"cpu_busy_pct": 10.0, "loop_lag_p99_ms": 50.0}, True), ({}, False),
-])
-def test_bench_saturated_both_ways(known: Path, values: dict[str, float], saturated: bool) -> None:
-    write_self(known, "ipvs1", 0, cpu_busy_pct=5.0, loop_lag_p99_ms=2.0)
+def sub_client(index: int, longest_s: float, **more: Any) -> dict[str, Any]:
+    return {"client_id": f"sub{index}", "role": "sub", "index": index, "kind": "receive_backlog", "seconds": 0.75, "longest_s": longest_s,
+            "episodes": 3, "first_s": 1.0, "last_s": 2.5, "max_queued_bytes": 4096} | more
+
+
+def pub_client(index: int, longest_s: float) -> dict[str, Any]:
+    return {"client_id": f"pub{index}", "role": "pub", "index": index, "kind": "behind_schedule", "seconds": 0.6, "longest_s": longest_s,
+            "episodes": 2, "first_s": 0.5, "last_s": 1.5, "max_behind_ms": 212.5}
+
+
+# worker limits: cpu 90 %, loop lag p99 50 ms, loop idle under 5 % over at least 1 s; one client waiting 0.5 s in one
+# stretch, or 0.1 s for a subscriber that lost messages (sub0 of the known run lost pub0 10-19 and pub1's last: 11)
+SATURATION_CASES: list[tuple[dict[str, Any], list[str], list[tuple[str, int]]]] = [
+    ({}, [], []),
+    ({"cpu_busy_pct": 90.0, "loop_lag_p99_ms": 1.0}, ["worker 3 cpu_busy_pct=90.0 >= 90.0"], []),
+    ({"cpu_busy_pct": 89.9, "loop_lag_p99_ms": 49.9}, [], []),
+    ({"cpu_busy_pct": 10.0, "loop_lag_p99_ms": 50.0}, ["worker 3 loop_lag_p99_ms=50.0 >= 50.0"], []),
+    ({"cpu_busy_pct": 95.0, "loop_lag_p99_ms": 60.0}, ["worker 3 cpu_busy_pct=95.0 >= 90.0", "worker 3 loop_lag_p99_ms=60.0 >= 50.0"], []),
+    ({"loop_idle_pct": 4.9, "measured_wall_s": 1.0}, ["worker 3 loop idle 4.9 % < 5.0 % (never waited for work)"], []),
+    ({"loop_idle_pct": 5.0, "measured_wall_s": 1.0}, [], []),
+    ({"loop_idle_pct": 0.0, "measured_wall_s": 0.99}, [], []),  # too short to tell
+    ({"loop_idle_pct": 0.0}, [], []),  # how long it measured unknown: nothing to tell
+    ({"host": "ipvs2", "label": "w3", "loop_idle_pct": 0.0, "measured_wall_s": 30.0},
+     ["worker ipvs2/w3 loop idle 0.0 % < 5.0 % (never waited for work)"], []),
+    # a subscriber that lost messages: 0.1 s is enough, 0.099 s is not
+    ({"clients": [sub_client(0, 0.1)]},
+     ["sub0 left data unread in its socket for 0.1 s (0.75 s in 3 stretches, up to 4096 bytes; lost 11)"], [("sub0", 11)]),
+    ({"clients": [sub_client(0, 0.099)]}, [], []),
+    # a subscriber with nothing lost (index 9 has no counts) and a publisher need 0.5 s
+    ({"clients": [sub_client(9, 0.499), pub_client(1, 0.499)]}, [], []),
+    ({"clients": [sub_client(0, 0.099), pub_client(1, 0.5)]},  # a client under its limit does not hide the next one
+     ["pub1 was behind its schedule for 0.5 s (0.6 s in 2 stretches, up to 212.5 ms late)"], [("pub1", 0)]),
+    ({"clients": [sub_client(9, 0.5), pub_client(1, 0.5)]},
+     ["sub9 left data unread in its socket for 0.5 s (0.75 s in 3 stretches, up to 4096 bytes; lost 0)",
+      "pub1 was behind its schedule for 0.5 s (0.6 s in 2 stretches, up to 212.5 ms late)"], [("sub9", 0), ("pub1", 0)]),
+]
+
+
+@pytest.mark.parametrize(("values", "reasons", "clients"), SATURATION_CASES)
+def test_bench_saturated_both_ways(known: Path, values: dict[str, Any], reasons: list[str], clients: list[tuple[str, int]]) -> None:
+    write_self(known, "ipvs1", 0, cpu_busy_pct=5.0, loop_lag_p99_ms=2.0, loop_idle_pct=80.0, measured_wall_s=10.0)
     write_self(known, "ipvs2", 3, **values)
     s = rundir.summarize(known)
-    assert s["bench_saturated"] is saturated
-    assert len(s["saturation_reasons"]) == sum(1 for k, lim in rundir.SATURATION.items() if values.get(k, 0) >= lim)
-    if saturated:
-        key = "cpu_busy_pct" if values["cpu_busy_pct"] >= 90 else "loop_lag_p99_ms"
-        assert s["saturation_reasons"][0] == f"worker 3 {key}={values[key]} >= {rundir.SATURATION[key]}"
-        assert rundir.format_summary(s).splitlines()[-1].startswith("  WARNING bench_saturated: the load generator, not the system, was the limit: worker 3")
+    assert s["bench_saturated"] is bool(reasons)
+    assert s["saturation_reasons"] == reasons
+    assert [(c["client_id"], c["lost"]) for c in s["saturated_clients"]] == clients
+    for c in s["saturated_clients"]:  # the client's own record, whole, and what it lost
+        assert c == next(x for x in values["clients"] if x["client_id"] == c["client_id"]) | {"lost": c["lost"]}
+    text = rundir.format_summary(s).splitlines()
+    if reasons:
+        assert text[8:] == ["  WARNING bench_saturated: the load generator, not the system, may have been the limit:", *[f"    {r}" for r in reasons]]
     else:
-        assert "WARNING" not in rundir.format_summary(s)
+        assert len(text) == 8 and "WARNING" not in "\n".join(text)
+
+
+def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
+    """The per-client evidence judge() reads: a stretch runs from when the data could first have
+    waited to the read that emptied the queue; shorter than EPISODE_S is noise; a stall charges
+    the data that waited since the loop last looked."""
+    b = saturation.ReceiveBacklog(10.0)
+    assert b.due(10.0) and b.empty_at == 10.0
+    b.sample(1, 10.2)  # one byte still queued after a read: waiting since the queue was last empty (10.0)
+    assert (b.since, b.worst, b.count) == (10.0, 1, 0) and not b.due(10.205) and b.due(10.22)
+    b.sample(0, 10.5)
+    assert (b.count, b.total, b.longest, b.first, b.last, b.since, b.empty_at) == (1, 0.5, 0.5, 10.0, 10.5, 0.0, 10.5)
+    b.stalled(0, 10.7)
+    assert b.since == 0.0
+    b.stalled(1, 11.0)  # one byte waits; the loop looked last at 11.0, after the queue was empty at 10.5
+    assert (b.since, b.worst) == (11.0, 1)
+    b.sample(0, 11.005)  # 5 ms: noise
+    assert (b.count, b.since, b.empty_at) == (1, 0.0, 11.005)
+    b.sample(2000, 12.0)
+    b.settle(1)
+    assert b.since == 11.005
+    b.settle(0)  # nothing left, so the stretch ended with the last read
+    assert saturation.client_record("sub3", "sub", 3, "receive_backlog", b, 99.0) == {
+        "client_id": "sub3", "role": "sub", "index": 3, "kind": "receive_backlog", "seconds": 1.495, "longest_s": 0.995, "episodes": 2,
+        "first_s": 10.0, "last_s": 12.0, "max_queued_bytes": 2000}
+    # an open stretch at the end ends with the last read, not when the record is written
+    open_end = saturation.ReceiveBacklog(1.0)
+    open_end.sample(10, 1.5)
+    assert saturation.client_record("sub4", "sub", 4, "receive_backlog", open_end, 9.0) == {
+        "client_id": "sub4", "role": "sub", "index": 4, "kind": "receive_backlog", "seconds": 0.5, "longest_s": 0.5, "episodes": 1,
+        "first_s": 1.0, "last_s": 1.5, "max_queued_bytes": 10}
+    edge = saturation.Lateness()
+    edge.observe(0.125, 0.225)  # exactly LATE_S behind (both exact in binary): late
+    assert edge.since == 0.125 and edge.worst == 100000
+    edge.observe(0.25, 2.25)
+    assert edge.worst == 2000000  # microseconds
+    late = saturation.Lateness()
+    late.observe(1.0, 1.0625)  # 62.5 ms behind: not late
+    assert late.since == 0.0 and saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 2.0) is None
+    late.observe(1.0, 1.125)
+    late.observe(2.0, 2.25)
+    late.observe(3.0, 3.0)  # back on schedule
+    late.observe(4.0, 4.5078125)  # late again until the end of the run: 507812.5 us, whole microseconds kept
+    assert saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 4.75) == {
+        "client_id": "pub1", "role": "pub", "index": 1, "kind": "behind_schedule", "seconds": 2.75, "longest_s": 2.0, "episodes": 2,
+        "first_s": 1.0, "last_s": 4.75, "max_behind_ms": 507.812}
+    a, z = socket.socketpair()
+    with a, z:
+        a.sendall(b"12345")
+        z.recv(1, socket.MSG_PEEK)  # it has arrived (a peek leaves it queued)
+        assert saturation.queued_bytes(z.fileno()) == 5
+        fd = z.fileno()
+    assert saturation.queued_bytes(fd) == 0 and saturation.queued_bytes(z.fileno()) == 0  # closed (EBADF, and fileno -1): nothing waits
 
 
 def test_latency_is_rebuilt_from_records_when_no_histogram_was_written(known: Path) -> None:
@@ -356,7 +447,7 @@ def test_bench_summary_numbers_at_their_edges(known: Path, tmp_path: Path) -> No
     write_self(known, "ipvs1", 1, cpu_busy_pct=95.0, loop_lag_p99_ms=60.0)
     s = rundir.summarize(known) | {"partial": True}
     assert rundir.format_summary(s).splitlines()[0] == "run known: PARTIAL"
-    assert rundir.format_summary(s).endswith("worker 1 cpu_busy_pct=95.0 >= 90.0; worker 1 loop_lag_p99_ms=60.0 >= 50.0")
+    assert rundir.format_summary(s).endswith("may have been the limit:\n    worker 1 cpu_busy_pct=95.0 >= 90.0\n    worker 1 loop_lag_p99_ms=60.0 >= 50.0")
     t = reference_truth()
     t.lost, t.dups = set(), []
     whole = rundir.summarize(write_run(tmp_path / "whole", t))

@@ -15,6 +15,7 @@ import yaml
 
 from workloads import balancer as bal_r
 from workloads import brokers as brk_r
+from workloads import security
 from workloads.config import ConfigError, ExperimentConfig, load_stack, parse_config, stack_file
 from workloads.plan import build_plan, renumber
 from workloads.render import render_files
@@ -141,14 +142,49 @@ def test_mosquitto_conf_carries_every_cap_and_the_hub_alone_defines_bridges() ->
             "log_type information", "log_type subscribe", "log_type unsubscribe", "connection_messages true", "sys_interval 2",
             "max_queued_messages 7", "max_inflight_messages 3", "max_queued_bytes 9", "memory_limit 11"]
     assert hub.splitlines()[: len(head)] == head
-    bridge = ["", "# bridge broker2 -> broker1", "connection broker2-broker1", "address 10.2.0.20:1999",
+    # the bridge leaves from the hub's own address: one address pair per bridge, which is what a bridge cut drops
+    bridge = ["", "# bridge broker2 -> broker1", "connection broker2-broker1", "address 10.2.0.20:1999", "bridge_bind_address 10.2.0.21",
               "remote_clientid mqttlab-bridge-distributed-broker2-broker1", "local_clientid mqttlab-bridge-distributed-broker2-broker1-local",
               "topic # both 1", "try_private true", "cleansession false", "bridge_protocol_version mqttv311", "start_type automatic",
               "restart_timeout 1 10", "notifications true", "notification_topic $SYS/broker/connection/broker2-broker1/state"]
     assert hub.splitlines()[len(head):] == bridge + [b.replace("broker1", "broker3").replace("10.2.0.20", "10.2.0.22") for b in bridge]
     leaf = brk_r.mosquitto_conf(plan, c, plan.brokers[0])
     assert leaf.splitlines() == [h.replace("broker2", "broker1").replace("10.2.0.21", "10.2.0.20") for h in head] and leaf.endswith("11\n")
-    assert "log_type all" in brk_r.mosquitto_conf(plan, c, plan.brokers[0], log_types=("all",))
+    # log types come from brokers.logTypes, in the stack file's order, replacing the default six
+    only = cfg(**{"brokers.logTypes": ["warning", "all"]})
+    lines = brk_r.mosquitto_conf(build_plan(only), only, build_plan(only).brokers[0]).splitlines()
+    assert [x for x in lines if x.startswith("log_type")] == ["log_type warning", "log_type all"]
+    assert lines[lines.index("log_type all") + 1] == "connection_messages true"
+
+
+def test_secured_brokers_refuse_anonymous_clients_and_their_bridges_authenticate() -> None:
+    """mtls on the lab (files in a local folder): TLS port, password and ACL files, certificates,
+    client certificates as user names; each hub bridge logs in with its own user and checks the
+    remote's certificate against the run's CA."""
+    c = cfg(**{"security": {"mode": "mtls", "ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256"}, "scenario": {"topicLayout": "per-publisher"},
+               "bridge.hub": 2})
+    plan = build_plan(c)
+    with pytest.raises(ValueError, match="security mode mtls needs the run's material"):
+        brk_r.mosquitto_conf(plan, c, plan.brokers[1])
+    m = security.generate(plan, c.security)
+    hub = brk_r.mosquitto_conf(plan, c, plan.brokers[1], m, root="/run/x").splitlines()
+    assert hub[1:16] == ["# broker2: 10.2.0.21:8883", "per_listener_settings false", "listener 8883 10.2.0.21", "user root",
+                         "allow_anonymous false", "password_file /run/x/broker2/passwd", "acl_file /run/x/broker2/acl",
+                         "cafile /run/x/broker2/ca.crt", "certfile /run/x/broker2/server.crt", "keyfile /run/x/broker2/server.key",
+                         "tls_version tlsv1.2", "ciphers ECDHE-ECDSA-AES128-GCM-SHA256", "require_certificate true",
+                         "use_identity_as_username true", "persistence false"]
+    link = hub[hub.index("# bridge broker2 -> broker3"):]
+    assert link[2:5] == ["address 10.2.0.22:8883", "bridge_bind_address 10.2.0.21", "remote_clientid mqttlab-bridge-distributed-broker2-broker3"]
+    assert link[6] == "topic bench/test/+ both 2" and "topic # both 2" not in hub
+    assert link[-7:] == ["remote_username bridge-broker2-broker3", f"remote_password {m.passwords['bridge-broker2-broker3']}",
+                         "bridge_cafile /run/x/broker2/ca.crt", "bridge_tls_version tlsv1.2", "bridge_insecure false",
+                         "bridge_certfile /run/x/broker2/bridge-broker2-broker3.crt", "bridge_keyfile /run/x/broker2/bridge-broker2-broker3.key"]
+    # password only, in a container (already the mosquitto user): no TLS lines, the plain port, no user switch
+    pw = cfg(**{"security": {"mode": "password"}, "brokers.port": 1999})
+    plan = build_plan(pw)
+    leaf = brk_r.mosquitto_conf(plan, pw, plan.brokers[0], security.generate(plan, pw.security)).splitlines()
+    assert leaf[2:8] == ["per_listener_settings false", "listener 1999 10.2.0.20", "allow_anonymous false",
+                         "password_file /mosquitto/config/broker1/passwd", "acl_file /mosquitto/config/broker1/acl", "persistence false"]
 
 
 def test_compose_file_caps_each_broker_on_its_own_address() -> None:
@@ -163,8 +199,9 @@ def test_compose_file_caps_each_broker_on_its_own_address() -> None:
                   "mem_limit": "256m", "volumes": ["./broker2/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"],
                   "networks": {"brokernet": {"ipv4_address": "10.2.0.21"}},
                   "logging": {"driver": "json-file", "options": {"max-size": "200m", "max-file": "3"}}}
-    assert doc["networks"] == {"brokernet": {"driver": "ipvlan", "driver_opts": {"parent": "ens4", "ipvlan_mode": "l2"},
-                                             "ipam": {"config": [{"subnet": "10.2.0.0/24", "gateway": "10.2.0.1"}]}}}
+    # L3 mode, no gateway: Azure delivers by IP to the NIC, so the parent routes to its children (README "ipvlan on Azure")
+    assert doc["networks"] == {"brokernet": {"driver": "ipvlan", "driver_opts": {"parent": "ens4", "ipvlan_mode": "l3"},
+                                             "ipam": {"config": [{"subnet": "10.2.0.0/24"}]}}}
     assert "name" not in doc and yaml.safe_load(brk_r.compose_file(plan, c))["networks"]["brokernet"]["driver_opts"]["parent"] == "eth0"
 
 
@@ -438,7 +475,10 @@ def test_each_refusal_names_key_value_and_rule_exactly(tmp_path: Path) -> None:
         (lambda: scenario_from_mapping({"color": "blue"}, "p."),
          "config p.color='blue' is invalid: is not a scenario setting; known: " + ", ".join(["publishers", "subscribers", "messages",
          "messagesPerPublisher", "qos", "intervalMs", "payloadBytes", "mqttVersion", "topicLayout", "topic", "connectRate", "keepalive",
-         "cleanSession", "drainS", "timeLimitS"]), "blue"),
+         "cleanSession", "drainS", "timeLimitS", "reconnectMinMs", "reconnectMaxMs"]), "blue"),
+        (lambda: scenario_from_mapping({"reconnectMinMs": 9}, "p."), "config p.reconnectMinMs=9 is invalid: must be between 10 and 600000", 9),
+        (lambda: scenario_from_mapping({"reconnectMinMs": 300, "reconnectMaxMs": 299}, "p."),
+         "config p.reconnectMaxMs=299 is invalid: must be between 300 and 600000", 299),
         (lambda: scenario_from_mapping({"publishers": 1.5}, "p."), "config p.publishers=1.5 is invalid: must be a whole number", 1.5),
         (lambda: scenario_from_mapping({"keepalive": 4}, "p."), "config p.keepalive=4 is invalid: must be between 5 and 65535", 4),
         (lambda: scenario_from_mapping({"messages": 0}, "p."), "config p.messages=0 is invalid: must be >= 1", 0),
@@ -451,7 +491,67 @@ def test_each_refusal_names_key_value_and_rule_exactly(tmp_path: Path) -> None:
         (lambda: scenario_from_mapping({"drainS": -2}, "p."), "config p.drainS=-2.0 is invalid: must be a number of seconds >= 0", -2.0),
         (lambda: scenario_from_mapping({"payloadBytes": 256 * 1024 * 1024 + 1}, "p."),
          "config p.payloadBytes=268435457 is invalid: must be between 20 and 268435456", 268435457),
+        # security
+        (lambda: parse_config(raw(security={"mode": "tls1"}), "d"),
+         "config mqttlab:security.mode='tls1' is invalid: must be one of none, password, tls, mtls", "tls1"),
+        (lambda: parse_config(raw(security={"tlsVersion": "tlsv1.1"}), "d"),
+         "config mqttlab:security.tlsVersion='tlsv1.1' is invalid: must be one of tlsv1.2, tlsv1.3", "tlsv1.1"),
+        (lambda: parse_config(raw(security={"user": "x"}), "d"),
+         "config mqttlab:security.user='x' is invalid: is not a security setting; known: certDays, ciphers, ciphersTls13, mode, tlsPort, tlsVersion", "x"),
+        (lambda: parse_config(raw(security={"ciphers": "AES 128"}), "d"),
+         "config mqttlab:security.ciphers='AES 128' is invalid: must be an OpenSSL cipher list such as "
+         "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305", "AES 128"),
+        (lambda: parse_config(raw(security={"ciphersTls13": "A::B"}), "d"),
+         "config mqttlab:security.ciphersTls13='A::B' is invalid: must be an OpenSSL cipher list such as "
+         "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305", "A::B"),
+        (lambda: parse_config(raw(security={"certDays": 826}), "d"), "config mqttlab:security.certDays=826 is invalid: must be <= 825", 826),
+        (lambda: parse_config(raw(security={"tlsPort": 0}), "d"), "config mqttlab:security.tlsPort=0 is invalid: must be >= 1", 0),
+        # the balancer's health check
+        (lambda: parse_config(raw(balancer={"healthCheck": "mqtt"}), "d"),
+         "config mqttlab:balancer.healthCheck='mqtt' is invalid: must be a mapping with type (none, mqtt, tcp), interval, retries, timeout", "mqtt"),
+        (lambda: parse_config(raw(balancer={"healthCheck": {"port": 1, "delay": 2}}), "d"),  # the first unknown key, sorted
+         "config mqttlab:balancer.healthCheck.delay=2 is invalid: is not a health check setting; known: type, interval, retries, timeout", 2),
+        (lambda: parse_config(raw(balancer={"healthCheck": {"interval": 3600.5, "timeout": 1}}), "d"),
+         "config mqttlab:balancer.healthCheck.interval=3600.5 is invalid: must be <= 3600 seconds", 3600.5),
+        (lambda: parse_config(raw(balancer={"healthCheck": {"interval": 2, "timeout": 2.5}}), "d"),
+         "config mqttlab:balancer.healthCheck.timeout=2.5 is invalid: must be <= interval (2.0): a check must end before the next one starts", 2.5),
+        (lambda: parse_config(raw(balancer={"healthCheck": {"interval": 0}}), "d"),
+         "config mqttlab:balancer.healthCheck.interval=0 is invalid: must be > 0", 0),
+        (lambda: parse_config(raw(balancer={"healthCheck": {"type": "http"}}), "d"),
+         "config mqttlab:balancer.healthCheck.type='http' is invalid: must be one of none, mqtt, tcp", "http"),
+        (lambda: parse_config(raw(balancer={"healthCheck": {"retries": 101}}), "d"),
+         "config mqttlab:balancer.healthCheck.retries=101 is invalid: must be <= 100", 101),
+        # the brokers' log types: the analysis reads notice (connections) and warning (drops)
+        (lambda: parse_config(raw(brokers={"logTypes": []}), "d"),
+         "config mqttlab:brokers.logTypes=[] is invalid: must be a non-empty list of mosquitto log types (debug, error, warning, notice, "
+         "information, subscribe, unsubscribe, websockets, none, all); the reference used [all]", []),
+        (lambda: parse_config(raw(brokers={"logTypes": ["notice", "warn"]}), "d"),
+         "config mqttlab:brokers.logTypes[1]='warn' is invalid: must be one of debug, error, warning, notice, information, subscribe, "
+         "unsubscribe, websockets, none, all", "warn"),
+        (lambda: parse_config(raw(brokers={"logTypes": ["error", "notice"]}), "d"),
+         "config mqttlab:brokers.logTypes=['error', 'notice'] is invalid: must include notice and warning (connections and drop warnings, "
+         "which the analysis reads), or be [all]", ["error", "notice"]),
+        # faults, checked against this very plan (hub broker1 bridges to broker2 and broker3; the stack's time limit is 900 s)
+        (lambda: parse_config({**raw(), "mqttlab:faults": "broker2:kill@5s"}, "d"),
+         "config mqttlab:faults='broker2:kill@5s' is invalid: must be a list of faults like broker2:kill@5s", "broker2:kill@5s"),
+        (lambda: parse_config({**raw(), "mqttlab:faults": ["broker2:kill@5s", "broker2:pause@5s"]}, "d"),
+         "config mqttlab:faults[1]='broker2:pause@5s' is invalid: broker:pause needs a duration > 0, e.g. broker2:pause@5s+3s",
+         "broker2:pause@5s"),
+        (lambda: parse_config({**raw(), "mqttlab:faults": ["bridge:broker2-broker3:cut@1s+1s"]}, "d"),
+         "config mqttlab:faults[0]='bridge:broker2-broker3:cut@1s+1s' is invalid: no bridge 'broker2-broker3' in this plan; "
+         "bridges: broker1-broker2, broker1-broker3", "bridge:broker2-broker3:cut@1s+1s"),
+        (lambda: parse_config({**raw(), "mqttlab:faults": ["broker1:kill@900s"]}, "d"),
+         "config mqttlab:faults[0]='broker1:kill@900s' is invalid: starts after the run's time limit (900 s)", "broker1:kill@900s"),
+        (lambda: parse_config({**raw(), "mqttlab:faults": ["broker3:pause@1s+2s", "broker3:restart@3s"]}, "d"),  # touching is overlapping
+         "config mqttlab:faults[1]='broker3:restart@3s' is invalid: overlaps broker3:pause@1s+2s on the same broker", "broker3:restart@3s"),
     ]
+    # one step inside each of those edges is accepted
+    ok = parse_config({**raw(security={"certDays": 825, "tlsPort": 1}, balancer={"healthCheck": {"interval": 3600, "timeout": 3600, "retries": 100}}),
+                       "mqttlab:faults": ["broker1:kill@899999ms", "broker3:pause@1s+2s", "broker3:restart@3001ms"]}, "d")
+    assert [f.spec for f in ok.faults] == ["broker1:kill@899999ms", "broker3:pause@1s+2s", "broker3:restart@3001ms"]
+    assert (ok.security.cert_days, ok.balancer.health_check.timeout) == (825, 3600)
+    assert scenario_from_mapping({"reconnectMinMs": 10, "reconnectMaxMs": 10}, "p.").reconnect_max_ms == 10
+    assert parse_config(raw(brokers={"logTypes": ["all"]}), "d").brokers.log_types == ("all",)
     e = refusal(lambda: load_stack("beta", tmp_path))
     assert (str(e), e.value) == (f"config stack='beta' is invalid: no file {tmp_path}/Pulumi.beta.yaml; known stacks here: none", "beta")
     (tmp_path / "Pulumi.a.yaml").write_text("- 1\n")

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import MQTTLAB, ROOT
 from tests.test_bench import Broker
 from workloads.lab import lab as lab_mod
-from workloads.lab import vm
+from workloads.lab import standin, vm
 
 
 def bench_run(tmp_path: Path, target: str, *args: str) -> tuple[dict[str, Any], Path]:
@@ -102,16 +102,37 @@ def test_connect_rate_paces_connections(tmp_path: Path) -> None:
 
 
 def test_default_balancer_is_ipvs_or_the_closest_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without IPVS the default is nftables kernel NAT for every scheduler (README "The faithful
+    stand-in"): exact for rr, wrr and sh, round robin for the least-connection schedulers and the
+    source hash for mh, and the note and the manifest say which."""
     monkeypatch.setattr(lab_mod, "kernel_has_ipvs", lambda: True)
     assert lab_mod.choose_balancer(None, "lc") == ("ipvs", "") and lab_mod.choose_balancer("ipvs", "rr") == ("ipvs", "")
+    assert standin.stood_in("ipvs", "lc") == {"for": "ipvs lc", "by": "ipvs", "kind": "kernel NAT", "scheduler": "lc", "exact": True}
     monkeypatch.setattr(lab_mod, "kernel_has_ipvs", lambda: False)
-    for sched, sub in (("lc", "haproxy"), ("wlc", "haproxy"), ("sh", "haproxy"), ("mh", "haproxy"), ("rr", "nftables"), ("wrr", "nftables")):
-        kind, note = lab_mod.choose_balancer(None, sched)
-        assert kind == sub and f"{sub} stands in for IPVS {sched}" in note and "--vm" in note
+    how = {"rr": ("round robin (numgen inc)", True),
+           "wrr": ("weighted round robin (numgen inc over weight slots)", True),
+           "sh": ("source hashing (jhash ip saddr over weight slots)", True),
+           "lc": ("round robin (numgen inc): nftables has no least-connection scheduler", False),
+           "wlc": ("weighted round robin (numgen inc over weight slots): nftables has no least-connection scheduler", False),
+           "mh": ("source hashing (jhash ip saddr): nftables has no maglev hashing", False)}
+    for sched, (what, exact) in how.items():
+        assert lab_mod.choose_balancer(None, sched) == (
+            "nftables", f"no IPVS in this kernel: nftables kernel NAT stands in for IPVS {sched}, {what} (use --vm for real IPVS)")
+        assert standin.stood_in("nftables", sched) == {"for": f"ipvs {sched}", "by": "nftables", "kind": "kernel NAT", "scheduler": what,
+                                                       "exact": exact}
     with pytest.raises(lab_mod.LabError, match="--vm"):
         lab_mod.choose_balancer("ipvs", "lc")
-    assert lab_mod.choose_balancer("haproxy", "rr") == ("haproxy", "")
-    assert "not available there" in lab_mod.choose_balancer("nftables", "lc")[1]
+    # asked for by name: no note where nftables is exact, the approximation named where it is not; HAProxy always says what it changes
+    assert lab_mod.choose_balancer("nftables", "wrr") == ("nftables", "")
+    assert lab_mod.choose_balancer("nftables", "lc") == (
+        "nftables", "nftables balances by round robin (numgen inc): nftables has no least-connection scheduler; IPVS lc is not available there")
+    assert lab_mod.choose_balancer("haproxy", "lc") == (
+        "haproxy", "haproxy (TCP proxy, leastconn) instead of IPVS lc: it terminates every connection, so brokers see the balancer as "
+        "the client and its buffers sit in the data path")
+    assert standin.stood_in("haproxy", "mh") == {"for": "ipvs mh", "by": "haproxy", "kind": "TCP proxy", "scheduler": "source consistent hash",
+                                                 "exact": False}
+    with pytest.raises(lab_mod.LabError, match="--balancer 'lvs': choose one of"):
+        lab_mod.choose_balancer("lvs", "rr")
 
 
 # --------------------------------------------------------------------------- the real lab (run under flock /tmp/mqttlab-lab.lock)
@@ -147,11 +168,13 @@ def test_lab_run_with_the_stacks_addresses_leaves_the_root_namespace_untouched(t
     manifest = json.loads((Path(s["run_dir"]) / "manifest.json").read_text())
     assert [h["address"] for h in manifest["plan"]["hosts"]] == ["10.2.0.10", "10.3.0.10", "10.4.0.10"]  # the stack's own addresses
     assert {e for r in rows(Path(s["run_dir"]), "clients") for e in [r["entry_point"]]} == {"10.3.0.10:1883", "10.4.0.10:1883"}
-    # no --balancer: IPVS where the kernel has it, else the kernel NAT stand-in, which says lc became round robin
+    # no --balancer: IPVS where the kernel has it, else the nftables stand-in (round robin for the stack's lc)
     assert s["balancer"]["kind"] == ("ipvs" if lab_mod.kernel_has_ipvs() else "nftables") and s["scheduler"] == "lc"
     assert manifest["balancer"] == s["balancer"]["kind"]
+    assert manifest["stood_in"] == standin.stood_in(manifest["balancer"], "lc") and manifest["balancer_note"] == s["balancer"]["note"]
     if not lab_mod.kernel_has_ipvs():
-        assert manifest["stood_in"]["exact"] is False and "round robin" in s["balancer"]["note"]
+        assert manifest["stood_in"]["scheduler"] == "round robin (numgen inc): nftables has no least-connection scheduler"
+        assert s["balancer"]["note"] == lab_mod.choose_balancer(None, "lc")[1]
 
 
 @pytest.mark.lab

@@ -45,11 +45,12 @@ _SIOCINQ = getattr(termios, "FIONREAD", 0x541B)  # SIOCINQ == FIONREAD for TCP s
 
 
 def queued_bytes(fd: int, buf: array.array[int] | None = None) -> int:
-    """Bytes waiting in a socket's kernel receive queue (0 on a closed socket)."""
+    """Bytes waiting in a socket's kernel receive queue (0 on a closed socket: a closed fd is
+    EBADF, a closed Python socket's ``fileno()`` is -1, which ioctl refuses with ValueError)."""
     b = buf if buf is not None else array.array("i", [0])
     try:
         fcntl.ioctl(fd, _SIOCINQ, b, True)
-    except OSError:
+    except (OSError, ValueError):
         return 0
     return int(b[0])
 
