@@ -19,7 +19,7 @@ def test_broker_monitor_writes_documented_columns_and_sees_drops(tmp_path: Path)
     out = tmp_path / "brokers.csv"
     mon = subprocess.Popen([*MQTTLAB, "monitor", "brokers", "--broker", f"b1={b.target}@{b.proc.pid}", "--interval", "0.3", "--out", str(out)],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    def rows() -> list[dict[str, str]]:
+    def written() -> list[dict[str, str]]:
         try:
             with out.open() as fh:
                 return list(csv.DictReader(fh))
@@ -27,12 +27,12 @@ def test_broker_monitor_writes_documented_columns_and_sees_drops(tmp_path: Path)
             return []
 
     def last(col: str) -> int:
-        vals = [int(r[col]) for r in rows() if r.get(col)]
+        vals = [int(r[col]) for r in written() if r.get(col)]
         return vals[-1] if vals else -1
 
     try:
         # bounded by what the monitor has written, not by a guess of how fast it writes on a busy machine
-        wait_for(lambda: last("msgs_dropped") == 0 and len(rows()) >= 3, 60, "rows with the broker's counters before the load")
+        wait_for(lambda: last("msgs_dropped") == 0 and len(written()) >= 3, 60, "rows with the broker's counters before the load")
         stuck = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stuck-subscriber")
         stuck.connect("127.0.0.1", b.port)
         stuck.subscribe("load", qos=1)
@@ -43,7 +43,7 @@ def test_broker_monitor_writes_documented_columns_and_sees_drops(tmp_path: Path)
         pub.loop_start()
         for _ in range(200):
             pub.publish("load", b"x" * 100, qos=1)
-        wait_for(lambda: last("msgs_dropped") > 150 and last("msgs_received") >= 200 and len(rows()) >= 10, 60,
+        wait_for(lambda: last("msgs_dropped") > 150 and last("msgs_received") >= 200 and len(written()) >= 10, 60,
                  "the broker's $SYS counters to show the drops")
         pub.loop_stop()
     finally:
