@@ -95,9 +95,16 @@ def check_run(cp: subprocess.CompletedProcess[str], topology: str, balancer: str
         host = hosts[cid][0]
         key = host if (balancer == "nftables" or topology == "distributed") else "one"
         groups[key][broker] += 1
+    # a connection attempt that failed before its CONNACK (a slow handshake under emulation) was
+    # still a connection the balancer counted and scheduled: each such attempt may skew the spread by one
+    failed: Counter[str] = Counter()
+    for f in (run_dir / "bench").glob("*/events-*.csv"):
+        for line in f.read_text().splitlines()[1:]:
+            if line.split(",")[2] in ("connect_error", "connack_error"):
+                failed[f.parent.name if (balancer == "nftables" or topology == "distributed") else "one"] += 1
     for key, counts in groups.items():
         per = [counts.get(f"broker{i}", 0) for i in (1, 2, 3)]
-        assert max(per) - min(per) <= 1, (key, per)
+        assert max(per) - min(per) <= 1 + failed[key], (key, per, failed)
     caps = manifest["broker_caps"]
     assert set(caps) == {"broker1", "broker2", "broker3"}
     for c in caps.values():
