@@ -98,13 +98,18 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
     return proc.returncode
 
 
-def wait_tcp(ns: str | None, host: str, port: int, timeout: float = 15.0) -> None:
-    """Wait until something listens on host:port inside ``ns`` (bounded)."""
+def wait_tcp(ns: str | None, host: str, port: int, timeout: float = 60.0) -> None:
+    """Wait until something listens on host:port inside ``ns`` (bounded). A probe that is itself
+    slow (an interpreter starting under the micro-VM's emulation can take seconds) is a "not yet",
+    not a failure: only the overall bound ends the wait."""
     end = time.time() + timeout
     probe = ["python3", "-c", f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"]
     while time.time() < end:
-        if run(probe, ns=ns, check=False, timeout=5).returncode == 0:
-            return
+        try:
+            if run(probe, ns=ns, check=False, timeout=max(5.0, end - time.time())).returncode == 0:
+                return
+        except LabError:
+            pass  # the probe ran out of time: try again while the bound allows
         time.sleep(0.1)
     raise LabError(f"nothing listens on {host}:{port} in {ns or 'the root namespace'} after {timeout}s")
 
