@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from workloads.campaign.spec import Campaign, CampaignError, load_campaign
+from workloads import procs
+from workloads.campaign.run import CampaignDir
+from workloads.campaign.spec import Campaign, CampaignError, Point, load_campaign
 from workloads.cliargs import project_dir
 
 
@@ -26,40 +29,88 @@ def _runner(campaign: Campaign, args: argparse.Namespace):  # type: ignore[no-un
 
 def cmd_run(args: argparse.Namespace) -> int:
     from workloads.campaign.run import CampaignDir, execute_points, fmt_s
+    from workloads.campaign.spec import VM_BOOT_S
+    from workloads.lab import vm
 
     campaign = _load(args)
     order = campaign.order()
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise CampaignError(f"--time-budget {args.time_budget}: must be a positive number of minutes")
+    # a campaign in the micro-VM boots it once for all its points (a boot costs more than a small point)
+    boot_once = campaign.vm and campaign.place == "lab"
     if args.dry_run:
-        total = 0.0
+        total = VM_BOOT_S if boot_once else 0.0
         names = list(campaign.factors)
         print(f"campaign {campaign.name}: {len(order)} points ({len(campaign.configurations())} configurations x {campaign.repetitions} "
-              f"repetitions), stack {campaign.stack}, {campaign.place}, seed {campaign.seed}")
+              f"repetitions), stack {campaign.stack}, {campaign.place}, seed {campaign.seed}"
+              + (", in one micro-VM boot" if boot_once else ""))
         print("  order  point" + "".join(f"  {n}" for n in names))
         for i, p in enumerate(order, 1):
             cfg = campaign.validate_point(p.overrides, f"point {p.point_id}")
-            total += campaign.estimate_s(cfg)
+            total += campaign.estimate_s(cfg, own_boot=not boot_once)
             print(f"  {i:5d}  {p.point_id}" + "".join(f"  {p.levels[n]}" for n in names))
         print(f"estimated time: {fmt_s(total)}")
         return 0
-    if campaign.place == "lab" and not args.dry_run:
+    for p in order:  # every point refused now rather than half-way (and before a VM boots)
+        campaign.validate_point(p.overrides, f"point {p.point_id}")
+    if campaign.place == "lab":
         from workloads.lab import netns
 
         netns.require_root()
     runner = _runner(campaign, args)  # refuses a missing prerequisite before the directory exists
+    if boot_once and not vm.in_guest() and (reason := vm.unavailable_reason()):
+        raise CampaignError(f"vm: true needs the micro-VM: missing {reason}")
     cdir = CampaignDir(Path(args.out))
     order = cdir.open(campaign, order)
-    outcome = execute_points(cdir, campaign, order, runner, progress=not args.quiet)
-    from workloads.campaign.report import write_campaign_report
-
-    rep = write_campaign_report(cdir.path)
-    print(f"campaign {campaign.name}: {len(outcome.done) + len(outcome.ran)} of {len(order)} points complete "
-          f"({len(outcome.ran)} run now, {len(outcome.done)} before), {len(outcome.failed)} failed")
+    with procs.stop_signals_raise():  # SIGTERM (timeout, a scheduler) stops the point as Ctrl-C does
+        if boot_once and not vm.in_guest():
+            rc = in_vm(args, campaign, cdir, order)
+            print(f"report: {write_report(cdir.path)}")  # here: matplotlib under the guest's emulation takes minutes
+            return rc
+        deadline = None
+        if args.time_budget is not None:
+            deadline = time.time() + args.time_budget * 60 - (VM_BOOT_S if vm.in_guest() else 0.0)
+        outcome = execute_points(cdir, campaign, order, runner, progress=not args.quiet, deadline=deadline, own_boot=not boot_once)
+    complete = len(outcome.done) + len(outcome.ran)
+    print(f"campaign {campaign.name}: {complete} of {len(order)} points complete "
+          f"({len(outcome.ran)} run now, {len(outcome.done)} before), {len(outcome.failed)} failed"
+          + (f", {len(outcome.skipped)} left for the next invocation (time budget)" if outcome.skipped else ""))
     for pid, why in outcome.failed.items():
         print(f"  failed {pid}: {why}")
-    if outcome.failed:
-        print("  run the same command again to retry the failed points")
-    print(f"report: {rep['html']}")
+    if outcome.failed or outcome.skipped:
+        print("  run the same command again to " + ("retry the failed points" if outcome.failed else "go on"))
+    if not vm.in_guest():
+        print(f"report: {write_report(cdir.path)}")
     return 1 if outcome.failed else 0
+
+
+def write_report(path: Path) -> str:
+    from workloads.campaign.report import write_campaign_report
+
+    return str(write_campaign_report(path)["html"])
+
+
+def in_vm(args: argparse.Namespace, campaign: Campaign, cdir: CampaignDir, order: list[Point]) -> int:
+    """The whole campaign inside one micro-VM boot: this very command again in the guest, which
+    runs its points as local lab runs with the kernel's IPVS. The campaign directory is written
+    through, so resume, results and report are the same as on the host; the guest's progress is
+    shown here as it comes."""
+    from workloads.campaign.run import fmt_s
+    from workloads.campaign.spec import VM_BOOT_S
+    from workloads.lab import vm
+
+    left = [p for p in order if cdir.result(p.point_id) is None]
+    est = VM_BOOT_S + sum(campaign.estimate_s(campaign.validate_point(p.overrides, p.point_id), own_boot=False) for p in left)
+    if args.time_budget is not None:
+        est = min(est, args.time_budget * 60)
+    log = cdir.path / "vm-progress.log"
+    print(f"[campaign {campaign.name}] booting the micro-VM once for {len(left)} points (about {fmt_s(est)})", file=sys.stderr, flush=True)
+    # bounded by the estimate, and past it for as long as the guest still writes (vm.run_in_vm)
+    cp = vm.run_in_vm(vm.guest_command(sys.argv[1:], log), [cdir.path], timeout=max(est * 1.5, 600), echo=log)
+    sys.stdout.write(cp.stdout)
+    if cp.returncode != 0:
+        sys.stderr.write(cp.stderr[-5000:])
+    return cp.returncode
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
@@ -118,6 +169,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         q.add_argument("--dry-run", action="store_true", help="print the matrix and the estimated time; run nothing")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
         q.add_argument("--verbose", action="store_true", help="each point's own lab progress too")
+        if name == "run":
+            q.add_argument("--time-budget", type=float, metavar="MIN",
+                           help="start no point that would end after MIN minutes; the next invocation resumes with the rest")
         q.set_defaults(func=main_guard(func))
     q = csub.add_parser("report", help="(re)write a campaign directory's report")
     q.add_argument("dir")

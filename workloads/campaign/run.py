@@ -213,10 +213,16 @@ def fmt_s(s: float) -> str:
 
 
 def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], runner: PointRunner, progress: bool = True,
-                   on_point: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
-    """Run every point of ``order`` that is not complete yet; progress and ETA on stderr."""
+                   on_point: Callable[[dict[str, Any]], None] | None = None, deadline: float | None = None,
+                   own_boot: bool = True) -> Outcome:
+    """Run every point of ``order`` that is not complete yet; progress and ETA on stderr.
+
+    With a ``deadline`` (a time.time()), a point is started only if its estimate, scaled by how
+    long the points run so far actually took against theirs, ends before it: the rest are
+    ``skipped`` and the next invocation resumes with them. This is how a long campaign is run in
+    slices on a shared machine without killing a point half-way."""
     cfgs = {p.point_id: campaign.validate_point(p.overrides, f"point {p.point_id}") for p in order}
-    est = {pid: campaign.estimate_s(c) for pid, c in cfgs.items()}
+    est = {pid: campaign.estimate_s(c, own_boot) for pid, c in cfgs.items()}
     todo = [p for p in order if cdir.result(p.point_id) is None]
     out = Outcome(done=[p.point_id for p in order if p not in todo], ran=[], failed={}, skipped=[])
     spent = estimated = 0.0
@@ -228,6 +234,11 @@ def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], ru
     if out.done:
         say(f"resuming: {len(out.done)} of {len(order)} points already complete, {len(todo)} to run")
     for i, p in enumerate(todo):
+        if deadline is not None and time.time() + est[p.point_id] * (spent / estimated if estimated else 1.0) > deadline:
+            out.skipped = [q.point_id for q in todo[i:]]
+            cdir.event("budget", p.point_id, left=len(out.skipped))
+            say(f"the time budget ends before {p.point_id} would; {len(out.skipped)} points left for the next invocation")
+            break
         pdir = cdir.point_dir(p.point_id)
         _set_aside(pdir)
         pdir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,8 @@ ALIASES = {
 } | {k: f"scenario.{k}" for k in FIELDS}
 SECTIONS = ("scenario", "brokers", "balancer", "bridge", "network")
 TOP_KEYS = ("name", "stack", "place", "balancer", "repetitions", "seed", "set", "factors", "compare", "vm", "capacity", "projectDir")
-VM_BOOT_S = 90.0  # booting the micro-VM under software emulation, per point
+VM_BOOT_S = 90.0  # booting the micro-VM under software emulation
+VM_SLOWDOWN = 4.0  # a small lab run in the micro-VM (CPU emulation) against the same run on the host
 LAB_OVERHEAD_S = 4.0  # lab up + down and process start-up per point, measured 1.5-3 s on a 2-core machine
 
 
@@ -112,8 +113,12 @@ class Campaign:
         except ConfigError as exc:
             raise CampaignError(f"{where}: {exc}") from None
 
-    def estimate_s(self, cfg: ExperimentConfig) -> float:
-        return estimate_point_s(cfg) + (VM_BOOT_S if self.vm else 0.0)
+    def estimate_s(self, cfg: ExperimentConfig, own_boot: bool = True) -> float:
+        """A point's expected wall time; in the micro-VM slowed by the emulation, plus a boot of
+        its own unless it shares the boot of a whole campaign (``campaign run`` boots once)."""
+        if not self.vm:
+            return estimate_point_s(cfg)
+        return estimate_point_s(cfg) * VM_SLOWDOWN + (VM_BOOT_S if own_boot else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stack": self.stack, "project_dir": str(self.project_dir), "place": self.place,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,19 +70,15 @@ def in_vm(args: argparse.Namespace, argv: list[str]) -> int:
     """Re-run this very command inside the micro-VM; the run directory is written through."""
     runs = Path(args.out).resolve()
     runs.mkdir(parents=True, exist_ok=True)
-    inner = [a for a in argv if a != "--vm"]
-    prelude = ("set -e; mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; "
-               "grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null || true; modprobe ip_vs; ")
-    cmd = f"{prelude} cd {shlex.quote(str(Path.cwd()))}; exec {shlex.quote(vm.guest_python())} -m workloads.cli {shlex.join(inner)}"
     print("[lab] booting the micro-VM (a stock kernel with IPVS; about a minute under emulation)", file=sys.stderr, flush=True)
-    cp = vm.run_in_vm(cmd, [runs], timeout=args.vm_timeout)
+    cp = vm.run_in_vm(vm.guest_command(argv), [runs], timeout=args.vm_timeout)
     sys.stdout.write(cp.stdout)
     sys.stderr.write(cp.stderr[-20000:])
     return cp.returncode
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.vm:
+    if args.vm and not vm.in_guest():
         reason = vm.unavailable_reason()
         if reason:
             raise LabError(f"--vm needs the micro-VM: missing {reason}")

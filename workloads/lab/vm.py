@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -57,7 +58,28 @@ def guest_python() -> str:
     return sys.executable
 
 
-def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str = "2G", cpus: int = 2) -> subprocess.CompletedProcess[str]:
+GUEST_ENV = "MQTTLAB_IN_VM"  # set inside the micro-VM, so a command that asked for it does not boot another
+
+
+def in_guest() -> bool:
+    return os.environ.get(GUEST_ENV) == "1"
+
+
+def guest_command(argv: list[str], log: Path | None = None) -> str:
+    """The guest's script for re-running this very ``mqttlab`` command inside the micro-VM (less
+    ``--vm``): cgroup2 mounted for the brokers' caps, IPVS loaded, from the same folder and
+    interpreter; its stderr to ``log`` (in a written-through folder) when given, so the host can
+    show progress while the guest runs."""
+    inner = [a for a in argv if a != "--vm"]
+    prelude = ("set -e; mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; "
+               f"modprobe ip_vs; export {GUEST_ENV}=1; ")
+    redirect = f" 2>> {shlex.quote(str(log))}" if log else ""
+    return (f"{prelude} cd {shlex.quote(str(Path.cwd()))}; "
+            f"exec {shlex.quote(guest_python())} -m workloads.cli {shlex.join(inner)}{redirect}")
+
+
+def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str = "2G", cpus: int = 2,
+              echo: Path | None = None) -> subprocess.CompletedProcess[str]:
     reason = unavailable_reason()
     if reason:
         raise LabError(f"the micro-VM cannot run here: missing {reason}")
@@ -79,7 +101,7 @@ def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str
         fh.write(script)
     cmd += ["--exec", f"bash {fh.name}"]
     try:
-        return _run_while_progressing(cmd, env, rwdirs, timeout)
+        return _run_while_progressing(cmd, env, rwdirs, timeout, echo)
     finally:
         os.unlink(fh.name)
 
@@ -98,26 +120,61 @@ def _written(dirs: list[Path]) -> tuple[int, int]:
     return files, size
 
 
-def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Path], timeout: float) -> subprocess.CompletedProcess[str]:
+def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Path], timeout: float,
+                           echo: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the VM for ``timeout`` seconds, and past that for as long as the guest still writes
     into ``rwdirs`` (checked each minute), up to three times ``timeout``: software emulation on a
     busy machine can be several times slower than on an idle one, and a guess of the wall clock
-    would fail a run that is merely slow, while a hung guest writes nothing and is stopped."""
+    would fail a run that is merely slow, while a hung guest writes nothing and is stopped.
+
+    The VM runs in a session of its own (a Ctrl-C at the terminal must reach us, not qemu), so
+    whatever ends this wait early (Ctrl-C, SIGTERM turned into an exception, a bug) kills that
+    session: qemu must not go on running, holding two cores, after the command that started it.
+    New lines of ``echo`` (a file the guest writes through) are copied to our stderr as they come."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        start = time.time()
-        bound, hard = start + timeout, start + 3 * timeout
-        seen = _written(rwdirs)
-        while p.poll() is None:
-            if time.time() > bound:
-                now = _written(rwdirs)
-                if now == seen or time.time() > hard:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-                    raise LabError(f"the micro-VM did not finish within {time.time() - start:.0f}s "
-                                   f"({'nothing written for a minute' if now == seen else 'the bound of three times ' + str(timeout) + 's'})")
-                seen, bound = now, time.time() + 60
-            time.sleep(0.5)
+        shown = echo.stat().st_size if echo is not None and echo.is_file() else 0
+        try:
+            start = time.time()
+            bound, hard = start + timeout, start + 3 * timeout
+            seen = _written(rwdirs)
+            while p.poll() is None:
+                if time.time() > bound:
+                    now = _written(rwdirs)
+                    if now == seen or time.time() > hard:
+                        raise LabError(f"the micro-VM did not finish within {time.time() - start:.0f}s "
+                                       f"({'nothing written for a minute' if now == seen else 'the bound of three times ' + str(timeout) + 's'})")
+                    seen, bound = now, time.time() + 60
+                shown = _echo(echo, shown)
+                time.sleep(0.5)
+            _echo(echo, shown)
+        except BaseException:
+            _kill_session(p)
+            raise
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read())
+
+
+def _kill_session(p: subprocess.Popen[str]) -> None:
+    """SIGKILL to the VM's session (vng and the qemu it started), by the id we gave it."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait()
+
+
+def _echo(path: Path | None, shown: int) -> int:
+    """Copy what was appended to ``path`` since byte ``shown`` to stderr; the new offset."""
+    if path is None or not path.is_file():
+        return shown
+    with path.open("rb") as fh:
+        fh.seek(shown)
+        new = fh.read()
+    end = new.rfind(b"\n") + 1  # whole lines only
+    if end:
+        sys.stderr.write(new[:end].decode(errors="replace"))
+        sys.stderr.flush()
+    return shown + end

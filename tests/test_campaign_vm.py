@@ -1,0 +1,134 @@
+"""A campaign in the micro-VM, without booting it: the wait on the VM kills the VM's session when
+it is cut short (qemu must not outlive the command), shows the guest's progress as it comes, and
+a time budget starts no point that would end after it, leaving the rest to the next invocation.
+The real boot is exercised by benchmarks/calibrate_standins.py (README, "The faithful stand-in")."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MQTTLAB, ROOT
+from tests.test_campaign import BASE, FakeSystem, write
+from workloads.campaign import run as run_mod
+from workloads.campaign.run import CampaignDir, execute_points
+from workloads.campaign.spec import Point, load_campaign
+from workloads.config import ExperimentConfig
+from workloads.lab import vm
+
+
+def _gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_an_interrupted_wait_kills_the_vm_session_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pidfile = tmp_path / "pid"
+    # stands in for vng: a session leader with a child of its own, as vng has qemu
+    cmd = ["sh", "-c", f"echo $$ > {shlex.quote(str(pidfile))}; sleep 300 & wait"]
+    real_sleep = time.sleep
+
+    def ctrl_c_once_started(s: float) -> None:
+        while not pidfile.is_file() or not pidfile.read_text().strip():
+            real_sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vm.time, "sleep", ctrl_c_once_started)
+    with pytest.raises(KeyboardInterrupt):
+        vm._run_while_progressing(cmd, dict(os.environ), [tmp_path], timeout=600)
+    pgid = int(pidfile.read_text())
+    assert pgid != os.getpgid(0)  # its own session, so only ours was killed
+    deadline = time.monotonic() + 30
+    while not _gone(pgid) and time.monotonic() < deadline:  # SIGKILL is delivered asynchronously
+        real_sleep(0.05)
+    assert _gone(pgid), "the VM's process group outlived the interrupted wait"
+
+
+def test_the_guests_progress_lines_are_shown_as_they_come(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "vm-progress.log"
+    log.write_text("an earlier invocation's line\n")
+    script = f"printf 'point 1 done\\npoint 2 done\\nhalf a li' >> {shlex.quote(str(log))}; sleep 1"
+    cp = vm._run_while_progressing(["sh", "-c", script], dict(os.environ), [tmp_path], timeout=60, echo=log)
+    assert cp.returncode == 0
+    err = capsys.readouterr().err
+    assert err == "point 1 done\npoint 2 done\n"  # not the earlier invocation's, not a partial line
+
+
+def test_guest_command_reruns_the_same_command_without_vm_and_marks_the_guest(tmp_path: Path) -> None:
+    text = vm.guest_command(["campaign", "run", "c.yaml", "--out", "o", "--vm"], tmp_path / "log")
+    assert "modprobe ip_vs" in text and f"export {vm.GUEST_ENV}=1" in text
+    assert text.endswith(f"-m workloads.cli campaign run c.yaml --out o 2>> {tmp_path / 'log'}")
+    assert subprocess.run(["bash", "-n", "-c", text]).returncode == 0
+
+
+class Clock:
+    """time for workloads.campaign.run: advanced by the fake points, not by the wall."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    strftime = staticmethod(time.strftime)
+    localtime = staticmethod(time.localtime)
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_a_time_budget_starts_no_point_that_would_end_after_it_and_the_next_invocation_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    order = cdir.open(c, c.order())
+    clock = Clock()
+    monkeypatch.setattr(run_mod, "time", clock)
+    system = FakeSystem(capacity=1000)
+    est = {p.point_id: c.estimate_s(c.validate_point(p.overrides, p.point_id)) for p in order}
+
+    def twice_as_slow(point: Point, cfg: ExperimentConfig, pdir: Path) -> dict[str, Any]:
+        clock.now += 2 * est[point.point_id]  # the points take twice their estimate
+        return system(point, cfg, pdir)
+
+    # room for the first three estimates: after the first point the estimates are doubled
+    budget = sum(est[p.point_id] for p in order[:3]) + 1
+    out = execute_points(cdir, c, order, twice_as_slow, progress=False, deadline=clock.now + budget)
+    spent = 2 * sum(est[p] for p in out.ran)
+    assert 1 <= len(out.ran) < 3 and spent <= budget + 2 * est[out.ran[0]]
+    assert out.skipped == [p.point_id for p in order[len(out.ran):]] and not out.failed
+    assert [e["event"] for e in cdir.events()].count("budget") == 1
+    assert not any(cdir.point_dir(p).exists() for p in out.skipped)  # nothing started for them
+    # the next invocation, without a budget, runs exactly the rest
+    rest = execute_points(cdir, c, order, twice_as_slow, progress=False)
+    assert rest.ran == out.skipped and len(rest.done) == len(out.ran)
+    assert set(Counter(e["point"] for e in cdir.events() if e["event"] == "complete").values()) == {1}
+
+
+def test_a_bad_time_budget_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    cp = subprocess.run([*MQTTLAB, "campaign", "run", str(write(tmp_path, BASE)), "--out", str(out), "--time-budget", "0"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert cp.returncode == 2 and "--time-budget 0" in cp.stderr
+    assert not out.exists()
+
+
+def test_dry_run_of_a_vm_campaign_counts_one_boot_not_one_per_point(tmp_path: Path) -> None:
+    from workloads.campaign.spec import VM_BOOT_S
+
+    f = write(tmp_path, BASE + "vm: true\n")
+    cp = subprocess.run([*MQTTLAB, "campaign", "run", str(f), "--out", str(tmp_path / "o"), "--dry-run"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert cp.returncode == 0 and "in one micro-VM boot" in cp.stdout
+    c = load_campaign(f, ROOT)
+    per_point = sum(c.estimate_s(c.validate_point(p.overrides, p.point_id), own_boot=False) for p in c.order())
+    minutes = float(cp.stdout.split("estimated time: ")[1].split()[0])
+    assert abs(minutes * 60 - (VM_BOOT_S + per_point)) < 6  # printed to a tenth of a minute
+    assert per_point + VM_BOOT_S < len(c.order()) * VM_BOOT_S  # not a boot per point
