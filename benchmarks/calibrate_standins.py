@@ -14,6 +14,7 @@ Run it again with the same --out to resume; ``--table-only`` prints the table of
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -49,23 +50,49 @@ def who_brokers_saw(run_dir: Path) -> str:
     return ", ".join(parts) or "nobody logged"
 
 
-def table(out: Path) -> str:
-    rows: dict[tuple[str, str], list[dict[str, object]]] = {}
+def points(out: Path) -> list[dict[str, object]]:
+    """One row per complete point: its numbers from result.json, plus what only the run's files
+    tell (connections per broker, who the brokers saw as the client)."""
+    rows = []
     for res in sorted(out.glob("points/*/result.json")):
         r = json.loads(res.read_text())
         run = Path(r["run_dir"])
         s = summarize_run(load_run(run))
-        rows.setdefault((str(r["levels"].get("balancer")), str(r["scheduler"])), []).append(
-            {"loss": r["loss_pct"], "p99": r["p99_ms"], "conns": "/".join(str(v) for v in s["connections_per_broker"].values()),
-             "saw": who_brokers_saw(run)})
-    lines = ["| balancer | scheduler | runs (n) | loss % mean [95 % CI] | p99 ms mean [95 % CI] | connections per broker | brokers saw as the client |",
-             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
-    for (bal, sched), rs in sorted(rows.items()):
-        loss = mean_ci([float(x["loss"]) for x in rs], clip_low=0.0)  # type: ignore[arg-type]
-        p99 = mean_ci([float(x["p99"]) for x in rs if x["p99"] is not None])  # type: ignore[arg-type]
-        conns = ", ".join(sorted({str(x["conns"]) for x in rs}))
-        saw = "; ".join(sorted({str(x["saw"]) for x in rs}))
-        lines.append(f"| {bal} | {sched} | {loss.n} | {loss.text('', 3)} | {p99.text('', 1)} | {conns} | {saw} |")
+        rows.append({"point": r["point_id"], "balancer": r["levels"].get("balancer"), "scheduler": r["scheduler"],
+                     "repetition": r["repetition"], "expected": r["expected"], "delivered": r["delivered"], "loss_pct": r["loss_pct"],
+                     "p99_ms": r["p99_ms"], "bench_saturated": bool(r.get("bench_saturated")), "duration_s": r["duration_s"],
+                     "connections_per_broker": "/".join(str(v) for v in s["connections_per_broker"].values()),
+                     "brokers_saw": who_brokers_saw(run)})
+    return rows
+
+
+def _spread(values: list[float], digits: int, clip_low: float | None = None) -> str:
+    """mean [95 % t interval] (min-max): with n = 3 the interval is wide, the range says what was seen."""
+    if not values:
+        return "-"
+    e = mean_ci(values, clip_low=clip_low)
+    ci = f" [{e.low:.{digits}f}, {e.high:.{digits}f}]" if e.low is not None and e.high is not None else ""
+    return f"{e.mean:.{digits}f}{ci} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    by: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for r in rows:
+        by.setdefault((str(r["balancer"]), str(r["scheduler"])), []).append(r)
+    ipvs_p99 = {sched: mean_ci([float(x["p99_ms"]) for x in rs if x["p99_ms"] is not None]).mean  # type: ignore[arg-type]
+                for (bal, sched), rs in by.items() if bal == "ipvs"}
+    lines = ["| balancer | scheduler | n | loss % mean [95 % CI] (min-max) | p99 ms mean [95 % CI] (min-max) | p99 / IPVS p99 "
+             "| connections per broker | brokers saw as the client | bench saturated |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    order = {"ipvs": 0, "nftables": 1, "haproxy": 2}
+    for (bal, sched), rs in sorted(by.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 9))):
+        p99s = [float(x["p99_ms"]) for x in rs if x["p99_ms"] is not None]  # type: ignore[arg-type]
+        ratio = f"{mean_ci(p99s).mean / ipvs_p99[sched]:.2f}" if p99s and ipvs_p99.get(sched) else "-"
+        conns = ", ".join(sorted({str(x["connections_per_broker"]) for x in rs}))
+        saw = "; ".join(sorted({str(x["brokers_saw"]) for x in rs}))
+        sat = sum(1 for x in rs if x["bench_saturated"])
+        lines.append(f"| {bal} | {sched} | {len(rs)} | {_spread([float(x['loss_pct']) for x in rs], 3, 0.0)} "  # type: ignore[arg-type]
+                     f"| {_spread(p99s, 0)} | {ratio} | {conns} | {saw} | {sat} of {len(rs)} |")
     return "\n".join(lines)
 
 
@@ -73,14 +100,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "campaigns" / "out" / "calibration-vm")
     ap.add_argument("--campaign", type=Path, default=ROOT / "campaigns" / "calibration-vm.yaml")
+    ap.add_argument("--time-budget", type=float, metavar="MIN", help="passed to campaign run: a slice of at most MIN minutes")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--csv", type=Path, help="also write one row per point here")
     args = ap.parse_args()
     if not args.table_only:
-        rc = subprocess.run([sys.executable, "-m", "workloads.cli", "campaign", "run", str(args.campaign), "--out", str(args.out)],
-                            cwd=ROOT).returncode
+        cmd = [sys.executable, "-m", "workloads.cli", "campaign", "run", str(args.campaign), "--out", str(args.out)]
+        cmd += ["--time-budget", str(args.time_budget)] if args.time_budget else []
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
         if rc not in (0, 1):
             return rc
-    print(table(args.out))
+    rows = points(args.out)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with args.csv.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["point"])
+            w.writeheader()
+            w.writerows(rows)
+    print(table(rows))
     return 0
 
 
