@@ -131,4 +131,26 @@ def test_dry_run_of_a_vm_campaign_counts_one_boot_not_one_per_point(tmp_path: Pa
     per_point = sum(c.estimate_s(c.validate_point(p.overrides, p.point_id), own_boot=False) for p in c.order())
     minutes = float(cp.stdout.split("estimated time: ")[1].split()[0])
     assert abs(minutes * 60 - (VM_BOOT_S + per_point)) < 6  # printed to a tenth of a minute
-    assert per_point + VM_BOOT_S < len(c.order()) * VM_BOOT_S  # not a boot per point
+    own = sum(c.estimate_s(c.validate_point(p.overrides, p.point_id)) for p in c.order())
+    assert own - (per_point + VM_BOOT_S) == pytest.approx((len(c.order()) - 1) * VM_BOOT_S)  # one boot, not one per point
+
+
+def test_a_slow_failed_point_counts_against_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in the micro-VM: the first point ran into its time limit after many times its
+    estimate; the budget must scale the next estimates by that, not start point after point."""
+    from workloads.campaign.run import PointFailed
+
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    order = cdir.open(c, c.order())
+    clock = Clock()
+    monkeypatch.setattr(run_mod, "time", clock)
+    est = {p.point_id: c.estimate_s(c.validate_point(p.overrides, p.point_id)) for p in order}
+
+    def times_out_slowly(point: Point, cfg: ExperimentConfig, pdir: Path) -> dict[str, Any]:
+        clock.now += 10 * est[point.point_id]
+        raise PointFailed("subscribers did not all connect and subscribe")
+
+    budget = 5 * sum(est[p.point_id] for p in order[:3])  # room for 15 estimates, not for two tenfold points
+    out = execute_points(cdir, c, order, times_out_slowly, progress=False, deadline=clock.now + budget)
+    assert len(out.failed) == 1 and out.skipped == [p.point_id for p in order[1:]]

@@ -252,6 +252,9 @@ def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], ru
             cdir.event("failed", p.point_id, reason=str(exc))
             out.failed[p.point_id] = str(exc)
             say(f"{n}/{len(order)} {p.point_id} FAILED: {exc}")
+            # a failed point's time counts too: one that timed out says most about how slow this machine is
+            spent += time.time() - t0
+            estimated += est[p.point_id]
             continue
         except KeyboardInterrupt:
             cdir.event("interrupted", p.point_id)

@@ -132,8 +132,8 @@ def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Pat
     session: qemu must not go on running, holding two cores, after the command that started it.
     New lines of ``echo`` (a file the guest writes through) are copied to our stderr as they come."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        shown = echo.stat().st_size if echo is not None and echo.is_file() else 0  # before the guest can append
         p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        shown = echo.stat().st_size if echo is not None and echo.is_file() else 0
         try:
             start = time.time()
             bound, hard = start + timeout, start + 3 * timeout
