@@ -3,12 +3,15 @@ micro-VM, same scenario, several repetitions (campaigns/calibration-vm.yaml). Pr
 for the README: loss, p99 latency, connections per broker and who the brokers saw as the client,
 each with n and the 95 % interval.
 
-Long (a micro-VM boot per point under software emulation; about an hour on a 2-core machine) and
-it takes the lab lock, so it is not part of the test suite:
+Long, and it takes the lab lock, so it is not part of the test suite. The campaign boots the
+micro-VM once per invocation and runs its points inside; under software emulation a point takes
+minutes (ten subscribers took 326 s to start on a busy 2-core machine), so run it in slices that
+start no point they cannot finish, and run the same command again until every point is complete:
 
-    sudo flock /tmp/mqttlab-lab.lock .venv/bin/python benchmarks/calibrate_standins.py --out campaigns/out/calibration-vm
+    flock /tmp/mqttlab-lab.lock timeout 960 .venv/bin/python benchmarks/calibrate_standins.py \
+        --time-budget 14 --csv docs/calibration/points.csv
 
-Run it again with the same --out to resume; ``--table-only`` prints the table of what is done.
+``--table-only`` prints the table of what is done.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def points(out: Path) -> list[dict[str, object]]:
         run = Path(r["run_dir"])
         s = summarize_run(load_run(run))
         rows.append({"point": r["point_id"], "balancer": r["levels"].get("balancer"), "scheduler": r["scheduler"],
-                     "repetition": r["repetition"], "expected": r["expected"], "delivered": r["delivered"], "loss_pct": r["loss_pct"],
+                     "repetition": r["rep"], "expected": r["expected"], "delivered": r["delivered"], "loss_pct": r["loss_pct"],
                      "p99_ms": r["p99_ms"], "bench_saturated": bool(r.get("bench_saturated")), "duration_s": r["duration_s"],
                      "connections_per_broker": "/".join(str(v) for v in s["connections_per_broker"].values()),
                      "brokers_saw": who_brokers_saw(run)})
@@ -71,7 +74,7 @@ def _spread(values: list[float], digits: int, clip_low: float | None = None) -> 
     if not values:
         return "-"
     e = mean_ci(values, clip_low=clip_low)
-    ci = f" [{e.low:.{digits}f}, {e.high:.{digits}f}]" if e.low is not None and e.high is not None else ""
+    ci = f" [{e.lo:.{digits}f}, {e.hi:.{digits}f}]" if e.lo is not None and e.hi is not None else ""
     return f"{e.mean:.{digits}f}{ci} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
@@ -92,7 +95,7 @@ def table(rows: list[dict[str, object]]) -> str:
         saw = "; ".join(sorted({str(x["brokers_saw"]) for x in rs}))
         sat = sum(1 for x in rs if x["bench_saturated"])
         lines.append(f"| {bal} | {sched} | {len(rs)} | {_spread([float(x['loss_pct']) for x in rs], 3, 0.0)} "  # type: ignore[arg-type]
-                     f"| {_spread(p99s, 0)} | {ratio} | {conns} | {saw} | {sat} of {len(rs)} |")
+                     f"| {_spread(p99s, 0, 0.0)} | {ratio} | {conns} | {saw} | {sat} of {len(rs)} |")
     return "\n".join(lines)
 
 
