@@ -32,7 +32,7 @@ SECTIONS = ("scenario", "brokers", "balancer", "bridge", "network")
 TOP_KEYS = ("name", "stack", "place", "balancer", "repetitions", "seed", "set", "factors", "compare", "vm", "capacity", "projectDir")
 VM_BOOT_S = 90.0  # booting the micro-VM under software emulation
 # a small lab run in the micro-VM (CPU emulation) against the same run on the host. Measured on a
-# 2-core machine at load average 9: bringing the lab up took 65 s (1.5-3 s on the host), ten
+# 2-core machine at load average 9: bringing the lab up took about a minute (1.5-3 s on the host), ten
 # subscribers took 326 s to start and connect (a whole small point: 8-9 s on the host); a guess
 # for a guessing machine: the ETA rescales after the first point.
 VM_SLOWDOWN = 30.0
