@@ -292,8 +292,9 @@ class BalancerHost(LabHost):
 
 class BenchmarkRun(pulumi.ComponentResource):
     """One run: every balancer host checks it reaches every broker; monitors; subscribers on
-    every client host, then publishers, then finish, collection and upload on every host, then
-    the verdict. The bench steps record their outcome and exit 0, so collection and upload
+    every client host; one agreed start time (``bench-start``) for the publishers on every
+    client host and for the fault steps (only on the VMs ``mqttlab:faults`` touches), then
+    finish, collection (which stops the faults) and upload on every host, then the verdict. The bench steps record their outcome and exit 0, so collection and upload
     happen for partial and failed runs too; the verdict (after every upload) fails ``pulumi up``
     if any step failed. Every step carries ``runId`` in its triggers, so a new ``runId`` reruns
     only this, and the bundle hash, so a code change reruns it on the new code."""
