@@ -21,7 +21,7 @@ import base64
 import yaml
 
 IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_mh", "nf_conntrack")
-COMMON_PACKAGES = ("python3-venv", "python3-pip", "mosquitto-clients", "chrony")
+COMMON_PACKAGES = ("python3-venv", "python3-pip", "mosquitto-clients", "chrony", "nftables")  # nft: the fault steps
 
 
 SECONDARY_IPS_CFG = "/etc/cloud/cloud.cfg.d/91-mqttlab-secondary-ips.cfg"

@@ -15,6 +15,8 @@ from pulumi_azure_native import authorization, compute, devtestlab, network, res
 from infra.bundle import Bundle
 from infra.cloudinit import cloud_config, custom_data
 from infra.settings import AzureSettings
+from workloads.faults import Fault
+from workloads.hostfaults import LEAD_S, hosts_with_faults, start_epoch
 from workloads.plan import Host, Plan
 
 REMOTE_ROOT = "/opt/mqttlab"
@@ -45,6 +47,7 @@ class Ctx:
     operator_object_id: pulumi.Input[str] = ""
     extra: dict[str, Any] = field(default_factory=dict)
     security: Any = None  # infra.security.SecurityMaterial when the stack's security mode is not none
+    plan_faults: tuple[Fault, ...] = ()  # mqttlab:faults, checked against the plan
 
     @property
     def tags(self) -> dict[str, str]:
@@ -289,8 +292,9 @@ class BalancerHost(LabHost):
 
 class BenchmarkRun(pulumi.ComponentResource):
     """One run: every balancer host checks it reaches every broker; monitors; subscribers on
-    every client host, then publishers, then finish, collection and upload on every host, then
-    the verdict. The bench steps record their outcome and exit 0, so collection and upload
+    every client host; one agreed start time (``bench-start``) for the publishers on every
+    client host and for the fault steps (only on the VMs ``mqttlab:faults`` touches), then
+    finish, collection (which stops the faults) and upload on every host, then the verdict. The bench steps record their outcome and exit 0, so collection and upload
     happen for partial and failed runs too; the verdict (after every upload) fails ``pulumi up``
     if any step failed. Every step carries ``runId`` in its triggers, so a new ``runId`` reruns
     only this, and the bundle hash, so a code change reruns it on the new code."""
@@ -316,15 +320,24 @@ class BenchmarkRun(pulumi.ComponentResource):
             if b.applied is not None:
                 mon.append(cmd(f"monitor-{b.host.name}", b, f"{base} monitors-start --role balancer --host {b.host.name} {common}", probes))
         lg = f"--load-generator {ctx.az.load_generator}"
+        first = balancers[0]
         subs = [cmd(f"subs-{b.host.name}", b, f"{base} bench-subs --host {b.host.name} {lg} {common}", mon) for b in balancers]
-        pubs = [cmd(f"pubs-{b.host.name}", b, f"{base} bench-pubs --host {b.host.name} {lg} {common}", subs) for b in balancers]
+        # one start for every host's publishers and faults, chosen once every subscriber is ready
+        clock = cmd("start", first, f"sudo timeout {T_PROBE} {MQTTLAB} host bench-start -s {ctx.stack} --project-dir {REMOTE_ROOT}/src "
+                    f"--lead {LEAD_S:g}", subs)
+        start_at = clock.stdout.apply(start_epoch)
+        pubs = [cmd(f"pubs-{b.host.name}", b, pulumi.Output.concat(f"{base} bench-pubs --host {b.host.name} {lg} {common} --start-at ", start_at),
+                    [*subs, clock]) for b in balancers]
+        # mqttlab:faults: a step on each VM that carries some out, beside the publishers; collect stops it
+        hosts: dict[str, LabHost] = {h.host.name: h for h in [brokers, *balancers]}
+        faults = [cmd(f"faults-{h}", hosts[h], pulumi.Output.concat(f"{base} faults-start --host {h} {common} --start-at ", start_at), [clock])
+                  for h in hosts_with_faults(ctx.plan_faults)]
         finish = [cmd(f"finish-{b.host.name}", b, f"{base} bench-finish --host {b.host.name} {lg} {common}", pubs) for b in balancers]
         self.collect: list[command.remote.Command] = []
         for h in [brokers, *balancers]:
             writer = store.grant_writer(h.vm)
             upload = pulumi.Output.concat(f"sudo timeout {T_COLLECT} {MQTTLAB} host collect --host {h.host.name} {lg} {common} --url ", store.url)
-            self.collect.append(cmd(f"collect-{h.host.name}", h, upload, [*finish, writer]))
-        first = balancers[0]
+            self.collect.append(cmd(f"collect-{h.host.name}", h, upload, [*finish, *faults, writer]))
         verdict = cmd("verdict", first, pulumi.Output.concat(
             f"sudo timeout {T_VERDICT} {MQTTLAB} host verdict --host {first.host.name} {lg} {common} --url ", store.url), self.collect)
         self.summary = verdict.stdout

@@ -38,6 +38,12 @@ def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Out
             raise ConfigError(f"mqttlab:{section}", cfg.get(section), f"must be a mapping ({exc})") from None
         if value is not None:
             raw[f"mqttlab:{section}"] = value
+    try:
+        faults = cfg.get_object("faults")
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise ConfigError("mqttlab:faults", cfg.get("faults"), f"must be a list of faults like broker2:kill@5s ({exc})") from None
+    if faults is not None:  # checked against the plan by parse_config; carried out by the fault steps
+        raw["mqttlab:faults"] = faults
     experiment = parse_config(raw, stack)
     az = parse_azure(cfg.get_object("azure"), cfg.get("runId"))
     private_key = cfg.get_secret("sshPrivateKey")
@@ -84,7 +90,7 @@ def build() -> dict[str, Any]:
               private_key_password=pulumi.Config("mqttlab").get_secret("sshPrivateKeyPassword"),
               subscription_id=client.subscription_id.apply(lambda v: from_login("subscriptionId", v)),
               operator_object_id=client.object_id.apply(lambda v: from_login("objectId", v)),
-              security=sec)
+              security=sec, plan_faults=experiment.faults)
     store = ResultsStore("results", ctx)
     brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)
     balancers = [BalancerHost(h.name, ctx, h, net.subnets[h.subnet], public_key, private) for h in plan.balancer_hosts]

@@ -340,6 +340,7 @@ class ContractViolation(Exception):
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 MOCK_SECRET = "MOCKSECRET"  # in every private key and password the mocks make
+MOCK_START = 1_790_000_000.25  # the agreed start the mocked bench-start step prints
 
 
 def unsecret(v: Any) -> Any:
@@ -433,6 +434,8 @@ class ContractMocks(pulumi.runtime.Mocks):
             self.secrets.add(out["result"])
         if args.typ == "command:remote:Command":
             out["stdout"] = json.dumps({"host": args.name})
+            if " host bench-start " in str(args.inputs.get("create", "")):
+                out["stdout"] = f"{MOCK_START:.3f}\n"  # what the real step prints: one epoch time
             out["stderr"] = ""
         rid = f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/mock/providers/{args.typ}/{name}"
         return rid, out

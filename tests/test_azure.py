@@ -8,6 +8,8 @@ import base64
 import json
 import runpy
 import subprocess
+import sys
+import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ import yaml
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockMonitor
 
-from tests.azure_contracts import ContractMocks, ContractViolation, options_violation, unsecret
+from tests.azure_contracts import MOCK_START, ContractMocks, ContractViolation, options_violation, unsecret
 from tests.conftest import ROOT
 
 AZURE = {"adminCidr": "203.0.113.7/32", "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockKeyForTestsOnly user@host"}
@@ -246,6 +248,11 @@ def test_remote_command_graph(program: Program) -> None:
         assert "timeout" in cmds[f"bench-collect-{h}"].inputs["create"]
     for n in ("bench-subs-ipvs1", "bench-pubs-ipvs1"):
         assert cmds[n].inputs["create"].startswith("sudo timeout ")  # pulumi up never hangs
+    assert not [n for n in cmds if n.startswith("bench-faults")]  # no mqttlab:faults, no fault step
+    start = f"--start-at {MOCK_START:.3f}"  # every host's publishers start at the one agreed time
+    assert {"bench-subs-ipvs1", "bench-subs-ipvs2"} <= deps["bench-start"] and "host bench-start" in cmds["bench-start"].inputs["create"]
+    for h in ("ipvs1", "ipvs2"):
+        assert "bench-start" in deps[f"bench-pubs-{h}"] and cmds[f"bench-pubs-{h}"].inputs["create"].endswith(start)
     copies = program.of("command:remote:CopyToRemote")
     assert len(copies) == 3
     conn = cmds["ipvs1-install"].inputs["connection"]
@@ -275,6 +282,29 @@ def test_changing_run_id_changes_only_benchmark_and_collection_triggers(monkeypa
         other = b.one(vm.name).inputs
         assert {k: v for k, v in vm.inputs.items() if k != "tags"} == {k: v for k, v in other.items() if k != "tags"}
     assert a.outputs["resultsPrefix"] == "distributed/r1/" and b.outputs["resultsPrefix"] == "distributed/r2/"
+
+
+def test_faults_become_steps_on_the_vms_that_carry_them_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    faults = ["broker2:kill@5s", "bridge:broker1-broker3:cut@10s+5s", "director:ipvs1:kill@20s+10s"]
+    p = run("centralized", monkeypatch, stack_config("centralized", extra={"mqttlab:faults": faults}))
+    cmds = commands(p)
+    deps = {n: p.names(c.deps) for n, c in cmds.items()}
+    assert sorted(n for n in cmds if n.startswith("bench-faults")) == ["bench-faults-brokers", "bench-faults-ipvs1"]
+    for host in ("brokers", "ipvs1"):
+        create = cmds[f"bench-faults-{host}"].inputs["create"]
+        assert create.startswith("sudo timeout ") and f"host faults-start --host {host} " in create and create.endswith(f"--start-at {MOCK_START:.3f}")
+        assert "bench-start" in deps[f"bench-faults-{host}"]  # armed once the start is agreed
+        assert cmds[f"bench-faults-{host}"].inputs["connection"]["host"] == cmds[f"{host}-install"].inputs["connection"]["host"]  # on that VM
+        for h in ("brokers", "ipvs1", "ipvs2"):  # collect stops the fault process and clears what it left
+            assert f"bench-faults-{host}" in deps[f"bench-collect-{h}"]
+    # the VMs' stack file carries the faults (the fault steps read them there)
+    bundle = next(r for r in p.of("command:remote:CopyToRemote")).raw["source"].path
+    with tarfile.open(bundle) as tar:
+        doc = yaml.safe_load(tar.extractfile("Pulumi.centralized.yaml").read())  # type: ignore[union-attr]
+    assert doc["config"]["mqttlab:faults"] == faults
+    cp = subprocess.run([sys.executable, "-m", "workloads.cli", "host", "faults-start", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    for flag in ("--host", "--start-at", "--run-id", "--runs", "--project-dir", "-s"):  # the command the step runs exists as written
+        assert flag in cp.stdout
 
 
 def test_outputs_are_the_documented_ones(program: Program) -> None:
@@ -334,6 +364,7 @@ def test_scale_out_follows_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     (AZURE, {"mqttlab:balancer": {"scheduler": "fastest"}}, "mqttlab:balancer.scheduler"),
     (AZURE, {"mqttlab:brokers": {"count": 0}}, "mqttlab:brokers.count"),
     (AZURE, {"mqttlab:runId": "Run 1!"}, "mqttlab:runId"),
+    (AZURE, {"mqttlab:faults": ["broker9:kill@5s"]}, "mqttlab:faults[0]"),
 ])
 def test_bad_configuration_fails_before_any_resource(monkeypatch: pytest.MonkeyPatch, azure: dict[str, Any], extra: dict[str, Any], key: str) -> None:
     seen: list[str] = []  # every registration, kept even though run() raises

@@ -20,7 +20,8 @@ from workloads.hostcmd import LabError, probe_brokers, stray_addresses
 
 
 def args_for(tmp: Path, host: str = "ipvs1") -> argparse.Namespace:
-    return argparse.Namespace(stack="distributed", project_dir=str(ROOT), runs=str(tmp / "runs"), run_id="3", host=host, load_generator="mqttlab")
+    return argparse.Namespace(stack="distributed", project_dir=str(ROOT), runs=str(tmp / "runs"), run_id="3", host=host, load_generator="mqttlab",
+                              start_at=None)
 
 
 def test_a_failed_publisher_run_is_recorded_and_does_not_stop_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workloads import hostfaults
 from workloads.balancer import ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
 from workloads.cliargs import add_stack_args, load
@@ -317,7 +318,7 @@ def cmd_bench_subs(args: argparse.Namespace) -> int:
     rd = run_dir(args)
     start_manifest(rd, kind="azure", stack=args.stack, topology=plan.topology, balancer="ipvs", scheduler=cfg.balancer.scheduler,
                    scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=run_tag(args.stack, args.run_id), run_id=args.run_id,
-                   load_generator=args.load_generator)
+                   load_generator=args.load_generator, faults=[f.spec for f in cfg.faults])
     ready = rd / "bench" / args.host / "sub.ready"
     ready.parent.mkdir(parents=True, exist_ok=True)
     ready.unlink(missing_ok=True)
@@ -339,9 +340,17 @@ def cmd_bench_pubs(args: argparse.Namespace) -> int:
     rd = run_dir(args)
     if step_status(rd, args.host, "bench-subs") != "ok":
         return SKIPPED
+    start = [] if args.start_at is None else ["--start-at", f"{args.start_at:.3f}"]
+    if args.start_at is not None and time.time() > args.start_at + hostfaults.LATE_S:
+        late = f"publishers on {args.host} start {time.time() - args.start_at:.1f}s after the agreed start"
+        if cfg.faults:
+            raise LabError(f"{late}: the faults are timed from it; run again with a new mqttlab:runId")
+        print(late, file=sys.stderr)
     if args.load_generator == "emqtt-bench":
+        if args.start_at is not None:
+            time.sleep(max(0.0, args.start_at - time.time()))
         return _emqtt(cfg, plan, args, rd, "pub")
-    cp = subprocess.run([*me(), "bench", "pub", *bench_args(cfg, plan, args.host, rd, args.stack, args.run_id), "--json"],
+    cp = subprocess.run([*me(), "bench", "pub", *bench_args(cfg, plan, args.host, rd, args.stack, args.run_id), "--json", *start],
                         timeout=cfg.scenario.time_limit_s + 60, capture_output=True, text=True)
     print(cp.stdout.strip())
     if cp.returncode != 0:
@@ -388,6 +397,50 @@ def cmd_bench_finish(args: argparse.Namespace) -> int:
         update_manifest(rd, status="complete", ended_at=time.time())
     print(json.dumps({"host": args.host, "deliveries_on_disk": deliveries_on_disk(rd, args.host)}))
     return 0
+
+
+@recorded("faults")
+def cmd_faults_start(args: argparse.Namespace) -> int:
+    """Start this VM's fault process in the background (it must run beside the publishers and
+    be stopped by collect) and return once it has armed its schedule."""
+    cfg, _ = _cfg(args)
+    rd = run_dir(args)
+    mine = hostfaults.faults_on(cfg.faults, args.host)
+    if not mine:
+        print(f"no faults on {args.host}")
+        return 0
+    late = hostfaults.armed_in_time(mine, args.start_at, time.time())
+    if late:
+        raise LabError(late)
+    until = args.start_at + cfg.scenario.time_limit_s + cfg.scenario.drain_s + hostfaults.SETTLE_S
+    bound = int(until - time.time()) + 60  # the process stops itself at `until`; timeout is the backstop
+    record = rd / "faults" / f"{args.host}.jsonl"
+    record.unlink(missing_ok=True)
+    detach(["timeout", "-k", "10", str(bound), *me(), "host", "faults-run", "-s", args.stack, "--project-dir", args.project_dir or ".",
+            "--run-id", args.run_id, "--runs", args.runs, "--host", args.host, "--start-at", f"{args.start_at:.3f}", "--until", f"{until:.3f}"],
+           rd, "faults")
+    end = time.time() + 30
+    while not record.exists():
+        if time.time() > end:
+            raise LabError(f"the fault process on {args.host} did not arm within 30s (see {rd}/logs/faults.log)")
+        time.sleep(0.2)
+    print(f"{len(mine)} fault(s) armed on {args.host}: " + ", ".join(f.spec for _, f in mine))
+    return 0
+
+
+def cmd_faults_run(args: argparse.Namespace) -> int:
+    cfg, plan = _cfg(args)
+    return hostfaults.run_injector(plan, hostfaults.faults_on(cfg.faults, args.host), args.host, run_dir(args), args.start_at, args.until)
+
+
+def stop_faults(cfg: ExperimentConfig, plan: Plan, rd: Path, host: str) -> None:
+    """The fault process undoes what is in force when stopped; then nothing of ours may remain
+    (a fault table, a paused broker), even if that process was killed or never started."""
+    if not hostfaults.faults_on(cfg.faults, host):
+        return
+    stop_detached(rd, "faults", timeout=90)  # a restart's undo waits up to 60 s for the broker
+    for line in hostfaults.cleanup(plan, host):
+        print(f"left by the fault process, removed: {line}")
 
 
 # --------------------------------------------------------------------------- results
@@ -517,6 +570,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     rd = run_dir(args)
     stop_detached(rd, "monitor-")
     stop_detached(rd, "bench-sub", timeout=30)  # a failed finish may have left them running
+    stop_faults(cfg, plan, rd, args.host)
     host = plan.host(args.host)
     if host.role == "brokers":
         for b in plan.brokers:
@@ -601,7 +655,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     m.add_argument("--role", choices=("brokers", "balancer"), required=True)
     m.add_argument("--host", default="brokers")
     q("bench-subs", cmd_bench_subs, "start this host's subscribers and wait until they are ready", run=True, host=True)
-    q("bench-pubs", cmd_bench_pubs, "run this host's publishers to the end", run=True, host=True)
+    t = q("bench-start", hostfaults.cmd_bench_start, "print the epoch every host's publishers and faults start at")
+    t.add_argument("--lead", type=float, default=hostfaults.LEAD_S, help="seconds from now")
+    p = q("bench-pubs", cmd_bench_pubs, "run this host's publishers to the end", run=True, host=True)
+    p.add_argument("--start-at", type=float, help="the agreed start (epoch) from bench-start")
+    f = q("faults-start", cmd_faults_start, "start this host's share of mqttlab:faults, timed from the agreed start", run=True, host=True)
+    f.add_argument("--start-at", type=float, required=True, help="the agreed start (epoch) from bench-start")
+    f = q("faults-run", cmd_faults_run, "the fault process itself (started by faults-start, stopped by collect)", run=True, host=True)
+    f.add_argument("--start-at", type=float, required=True)
+    f.add_argument("--until", type=float, required=True, help="stop by itself at this epoch")
     q("bench-finish", cmd_bench_finish, "drain, stop the subscribers", run=True, host=True)
     c = q("collect", cmd_collect, "stop monitors, gather logs and tables, upload the run directory", run=True, host=True)
     c.add_argument("--url", required=True, help="results container URL")

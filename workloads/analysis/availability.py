@@ -38,18 +38,19 @@ BROKER_LOG_TIME = "%Y-%m-%dT%H:%M:%S"  # log_timestamp_format in the rendered mo
 
 
 def read_faults(run: Run) -> list[dict[str, Any]]:
-    path = run.path / "faults.jsonl"
-    if not path.exists():
-        return []
+    """The lab's ``faults.jsonl``, or on Azure each injecting VM's ``faults/<host>.jsonl`` (same
+    records plus their place in ``mqttlab:faults``), merged in that order."""
+    paths = [run.path / "faults.jsonl"] if (run.path / "faults.jsonl").exists() else sorted((run.path / "faults").glob("*.jsonl"))
     out = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise RunDirError(f"{path}: line {i + 1} is not JSON ({exc})") from None
-    return out
+    for path in paths:
+        for i, line in enumerate(path.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RunDirError(f"{path}: line {i + 1} is not JSON ({exc})") from None
+    return sorted(out, key=lambda r: int(r.get("index", 0)))
 
 
 def read_outages(run: Run) -> pd.DataFrame:
