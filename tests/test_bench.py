@@ -146,6 +146,33 @@ def test_resent_sequence_numbers_are_counted_as_duplicates(broker: Broker, tmp_p
     assert s["foreign"] == 3
 
 
+def test_connects_honour_the_connect_rate_and_ready_follows_the_last_client(broker: Broker, tmp_path: Path) -> None:
+    """40 clients at 20/s over 2 workers: every client connects, no stretch of connection attempts
+    outruns the rate (a worker late by up to a second may catch up, never more: slowness only
+    spreads them), publishing starts once every one is connected, and the ready file is written
+    after the last CONNACK."""
+    out, ready, rate, workers = tmp_path / "run", tmp_path / "ready", 20, 2
+    cp = bench("run", "--target", broker.target, "--out", str(out), "--publishers", "20", "--subscribers", "20", "--messages", "40",
+               "--interval-ms", "10", "--qos", "1", "--connect-rate", str(rate), "--workers", str(workers), "--ready-file", str(ready),
+               "--json", "--quiet")
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)
+    assert s["clients_connected"] == s["clients"] == 40 and s["lost"] == 0
+    rows = [line.split(",") for p in out.glob("bench/local/clients-*.csv") for line in p.read_text().splitlines()[1:]]
+    assert len(rows) == 40 and all(float(r[6]) > 0 for r in rows)
+    attempts = sorted(float(r[6]) - float(r[8]) / 1000 for r in rows)  # connected_at - connect_ms: when each attempt began
+    for i in range(len(attempts)):
+        for j in range(i + 1, len(attempts)):
+            assert j - i + 1 <= rate * (attempts[j] - attempts[i] + 1.0) + workers, (i, j, attempts)
+    # subscribers first in each worker: a worker's publishers attempt after its subscribers
+    for w in range(workers):
+        mine = {role: [float(r[6]) - float(r[8]) / 1000 for r in rows if r[1] == role and int(r[3]) == w] for role in ("sub", "pub")}
+        assert len(mine["sub"]) == len(mine["pub"]) == 10 and max(mine["sub"]) <= min(mine["pub"])
+    connected = max(float(r[6]) for r in rows)
+    first_send = min(float(line.split(",")[6]) for p in out.glob("bench/local/publishers-*.csv") for line in p.read_text().splitlines()[1:])
+    assert connected <= float(ready.read_text()) <= first_send
+
+
 def test_killed_run_leaves_a_partial_run_that_loads(broker: Broker, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen([*MQTTLAB, "bench", "run", "--target", broker.target, "--out", str(out), "--publishers", "2", "--subscribers", "2",

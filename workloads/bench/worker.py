@@ -390,6 +390,12 @@ class Worker:
                 if st.retry_at <= time.time() and not st.connected and (st.client is None or st.client.socket() is None):
                     self.connect(st)
             self.flush_writes()
+            if not reported_ready and not pending and all(s.subscribed for s in self.subs) and all(s.connected for s in self.pubs):
+                # at once, not at the next tick: the publishers' start waits for every worker's ready
+                reported_ready = True
+                self.report("ready", self.totals())
+                if not self.pubs:  # a subscriber-only worker measures itself from here
+                    self.cpu_pub0, self.wall_pub0 = time.process_time(), time.time()
             now = time.time()
             if now - last_tick >= 0.5:
                 last_tick = now
@@ -407,13 +413,6 @@ class Worker:
                 self.flush_writes()
                 self.rec.flush()
                 tot = self.totals()
-                if not reported_ready and not pending and tot["subscribed"] == len(self.subs) and all(
-                    s.connected for s in self.pubs
-                ):
-                    reported_ready = True
-                    self.report("ready", tot)
-                    if not self.pubs:  # a subscriber-only worker measures itself from here
-                        self.cpu_pub0, self.wall_pub0 = time.process_time(), time.time()
                 self.report("progress", tot)
                 if self.phase == "publish" and not self.schedule and not self.publish_done_at:
                     if all(s.acked + s.failed >= s.sent or self.sc.qos == 0 for s in self.pubs):
