@@ -95,13 +95,16 @@ def test_loss_equals_what_the_broker_dropped(tmp_path: Path) -> None:
         workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(sub.pid)], capture_output=True, text=True).stdout.split()]
         assert workers
         pub = subprocess.Popen([*MQTTLAB, "bench", "pub", "--host", "pubs", *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.5)
+        # paused once publishing has begun (the first deliveries are on disk; a busy machine can
+        # take seconds to start the publisher) until the publisher is done: bounded by progress
+        wait_for(lambda: deliveries_on_disk(out) > 0, 60, "the first deliveries on disk")
         for w in workers:
             os.kill(w, signal.SIGSTOP)  # the subscribers stop reading: the broker's queue for them fills
-        time.sleep(1.5)
-        for w in workers:
-            os.kill(w, signal.SIGCONT)
-        assert pub.wait(60) == 0, pub.stderr.read() if pub.stderr else ""
+        try:
+            assert pub.wait(60) == 0, pub.stderr.read() if pub.stderr else ""
+        finally:
+            for w in workers:
+                os.kill(w, signal.SIGCONT)
         time.sleep(2)
         sub.send_signal(signal.SIGTERM)
         sub.wait(30)
