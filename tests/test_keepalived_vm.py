@@ -114,7 +114,7 @@ def test_keepalived_removes_a_killed_broker_and_adds_it_back(tmp_path: Path) -> 
     if host_has_ipvs():
         subprocess.run(["bash", "-c", script], timeout=600)
     else:
-        vm.run_in_vm(script, [work], timeout=300)  # longer while the guest still writes, at most 900 s
+        vm.run_in_vm(script, [work], timeout=1100)
     assert (work / "result.json").exists(), (work / "guest.log").read_text()[-3000:] if (work / "guest.log").exists() else "no guest log"
     res = json.loads((work / "result.json").read_text())
     assert res["monitor_at"], (work / "monitor.log").read_text()[-3000:]
