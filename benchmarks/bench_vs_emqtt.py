@@ -8,15 +8,19 @@ subscriber process's deliveries per CPU-second, and the engine/emqtt-bench ratio
 over ``--repeat`` rounds (the tools alternate within a round, so both see the same machine).
 
 Loads: the saturating fan-in (50 publishers at 1 ms -> 1 subscriber, QoS 1, 100,000 messages:
-more than one subscriber connection can take on this machine, so the delivered fraction says
-which tool's subscriber reads faster) and a load both carry (10 publishers x 1000 msg/s -> 1
-subscriber, 50,000 messages; QoS 1, and with ``--all-qos`` also 0 and 2), where msgs per CPU-second
-is the comparison.
+more than one subscriber connection can take on this machine) and a load both carry (10
+publishers x 1000 msg/s -> 1 subscriber, 50,000 messages; QoS 1, and with ``--all-qos`` also 0
+and 2), where msgs per CPU-second is the comparison. Each tool's offered rate is measured (sent
+over first to last send) and printed: a delivered fraction compares subscribers only when both
+were offered the same. Each tool's own publishers do not offer the same saturating load, so that
+load also runs as a shared feed: the engine's publishers (the ones that offer it) and one
+subscriber of each tool on the same topic at the same time, both receiving the same messages;
+there the delivered fractions compare the two subscribers. ``--shared-feed`` runs only that.
 
 emqtt-bench is found through ``EMQTT_BENCH`` or ``PATH`` (``emqtt_bench``); it needs Erlang
 (Debian: erlang-base erlang-ssl).
 
-    .venv/bin/python benchmarks/bench_vs_emqtt.py [--repeat 3] [--all-qos] [--only TEXT]
+    .venv/bin/python benchmarks/bench_vs_emqtt.py [--repeat 3] [--all-qos] [--only TEXT] [--shared-feed]
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ from workloads.bench.rundir import deliveries_on_disk, summarize  # noqa: E402
 
 QUIET_S = 3.0  # the subscriber's count has not grown for this long: everything that will arrive did
 PAYLOAD = 64
+# QoS 1/2 messages a publisher may have awaiting acknowledgement: the engine's window
+# (BenchClient.max_out). emqtt-bench's default (-F 1) keeps one in flight, so its publishers
+# could never offer a 1 ms schedule; for the saturating load it gets the engine's window. The
+# carried load keeps its default: 10,000 msg/s need no more, and with -F 20 its QoS 2
+# publishers collapsed to a few hundred msg/s on this machine. The offered rates show the result.
+INFLIGHT = 20
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Load:
     messages: int
     qos: int
     subscribers: int = 1
+    emqtt_inflight: int = 1  # emqtt-bench's -F
 
 
 def free_port() -> int:
@@ -121,6 +132,32 @@ class Mosquitto:
         self.log.close()
 
 
+def engine_offered(out: Path) -> float:
+    """Messages per second the engine's publishers sent: all sent over first to last send."""
+    sent, first, last = 0, float("inf"), 0.0
+    for f in out.glob("bench/*/publishers-*.csv"):
+        for line in f.read_text().splitlines()[1:]:
+            row = line.split(",")
+            sent += int(row[3])
+            if float(row[6]):
+                first, last = min(first, float(row[6])), max(last, float(row[7]))
+    return sent / max(last - first, 1e-3) if sent else 0.0
+
+
+def emqtt_offered(pub_output: str) -> float:
+    """Messages per second emqtt-bench's publishers sent, from its per-second ``pub`` counters:
+    the final total over the seconds from its first counted publish to its last (1 s resolution)."""
+    points = []
+    for line in pub_output.splitlines():
+        m = emqtt._COUNTER.match(line)
+        if m and m.group(2) == "pub":
+            points.append((float(m.group(1)), int(m.group(3))))
+    grew = [t for (t, n), (_, before) in zip(points, [(0.0, 0), *points], strict=False) if n > before]
+    if not grew:
+        return 0.0
+    return points[-1][1] / max(grew[-1] - grew[0] + 1.0, 1.0)
+
+
 def result(sent: int, delivered: int, subscribers: int, cpu_pub: float, cpu_sub: float, **extra: Any) -> dict[str, Any]:
     return {"sent": sent, "delivered": delivered, "fraction": delivered / max(sent * subscribers, 1), "cpu_pub": cpu_pub, "cpu_sub": cpu_sub,
             "per_cpu": (sent + delivered) / max(cpu_pub + cpu_sub, 1e-9), "sub_per_cpu": delivered / max(cpu_sub, 1e-9)} | extra
@@ -152,7 +189,7 @@ def run_engine(load: Load, port: int, tmp: Path, tag: int) -> dict[str, Any]:
     named = [f"{c['client_id']} ({c['kind']}, longest {c['longest_s']} s)" for c in sat if c["role"] == "sub"]
     named += [f"{sum(c['role'] == 'pub' for c in sat)} publishers behind schedule"] if any(c["role"] == "pub" for c in sat) else []
     return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, pub_wall=pub_wall, saturated=s["bench_saturated"],
-                  saturated_clients=named)
+                  saturated_clients=named, offered=engine_offered(out))
 
 
 def run_emqtt(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str, Any]:
@@ -161,15 +198,18 @@ def run_emqtt(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str,
     pub_log = tmp / f"emqtt-{tag}.pub"
     with sub_log.open("w") as so, pub_log.open("w") as po:
         sub = subprocess.Popen([exe, "sub", *base, "-c", str(load.subscribers)], stdout=so, stderr=subprocess.STDOUT)
-        end = time.time() + 60
+        end = time.time() + 120  # an Erlang VM starting on a busy machine
         while emqtt.parse_output(sub_log.read_text())["totals"].get("sub", 0) < load.subscribers:
             if time.time() > end or sub.poll() is not None:
+                time.sleep(0.5)  # the line may have been written since the last look
+                if emqtt.parse_output(sub_log.read_text())["totals"].get("sub", 0) >= load.subscribers:
+                    break
                 sub.kill()
-                raise RuntimeError(f"emqtt-bench's subscriber did not subscribe: {sub_log.read_text()[-2000:]}")
+                raise RuntimeError(f"emqtt-bench's subscriber did not subscribe (exit {sub.poll()}): {sub_log.read_text()[-2000:]!r}")
             time.sleep(0.1)
         t0 = time.time()
         pub = subprocess.Popen([exe, "pub", *base, "-c", str(load.publishers), "-I", str(load.interval_ms), "-L", str(load.messages),
-                                "-s", str(PAYLOAD)], stdout=po, stderr=subprocess.STDOUT)
+                                "-s", str(PAYLOAD), "-F", str(load.emqtt_inflight)], stdout=po, stderr=subprocess.STDOUT)
         cpu_pub = reap(pub, 600)
         pub_wall = time.time() - t0
         # emqtt-bench prints its counters once a second: the quiet window covers the last line
@@ -178,7 +218,8 @@ def run_emqtt(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str,
         sub.send_signal(signal.SIGTERM)
         cpu_sub = reap(sub, 30)
     s = emqtt.summarize(pub_log.read_text(), sub_log.read_text(), load.subscribers, load.messages)
-    return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, pub_wall=pub_wall, publish_complete=s["publish_complete"])
+    return result(s["sent"], s["delivered"], load.subscribers, cpu_pub, cpu_sub, pub_wall=pub_wall, publish_complete=s["publish_complete"],
+                  offered=emqtt_offered(pub_log.read_text()))
 
 
 def run_shared(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str, Any]:
@@ -212,7 +253,7 @@ def run_shared(exe: str, load: Load, port: int, tmp: Path, tag: int) -> dict[str
     s = summarize(out)
     got = emqtt.parse_output(sub_log.read_text())["totals"].get("recv", 0)
     return {"sent": s["sent"], "engine": s["delivered"] / max(s["sent"], 1), "emqtt": got / max(s["sent"], 1), "cpu_sub": cpu_sub,
-            "cpu_esub": cpu_esub, "saturated": [c["client_id"] for c in s["saturated_clients"] if c["role"] == "sub"]}
+            "cpu_esub": cpu_esub, "offered": engine_offered(out), "saturated": [c["client_id"] for c in s["saturated_clients"] if c["role"] == "sub"]}
 
 
 def main() -> int:
@@ -232,7 +273,7 @@ def main() -> int:
         return 2
     if args.shared_feed:
         return shared_feed(exe, args.repeat)
-    loads = [Load("saturating fan-in: 50 pub x 1 ms -> 1 sub, QoS 1, 100000 msgs", 50, 1, 100_000, 1)]
+    loads = [Load("saturating fan-in: 50 pub x 1 ms -> 1 sub, QoS 1, 100000 msgs", 50, 1, 100_000, 1, emqtt_inflight=INFLIGHT)]
     for q in (0, 1, 2) if args.all_qos else (1,):
         loads.append(Load(f"carried fan-in: 10 pub x 1000/s -> 1 sub, QoS {q}, 50000 msgs", 10, 1, 50_000, q))
     if args.only:
@@ -252,7 +293,7 @@ def main() -> int:
                         broker.stop()
                     runs[tool].append(res)
                     flag = f" saturated={res.get('saturated')} {res.get('saturated_clients')}" if tool == "engine" else ""
-                    print(f"[{load.name}] round {r + 1} {tool:6s}: delivered {res['delivered']}/{res['sent'] * load.subscribers} "
+                    print(f"[{load.name}] round {r + 1} {tool:6s}: offered {res['offered']:,.0f} msg/s, delivered {res['delivered']}/{res['sent'] * load.subscribers} "
                           f"({100 * res['fraction']:.1f} %), publisher process {res['pub_wall']:.1f} s, cpu pub {res['cpu_pub']:.2f} s sub {res['cpu_sub']:.2f} s, "
                           f"{res['per_cpu']:,.0f} msgs/CPU-s, sub {res['sub_per_cpu']:,.0f} deliveries/CPU-s{flag}", file=sys.stderr, flush=True)
 
@@ -262,21 +303,26 @@ def main() -> int:
             def ratio(key: str) -> float:
                 return statistics.median(a[key] / max(b[key], 1e-9) for a, b in zip(runs["engine"], runs["emqtt"], strict=True))  # noqa: B023
 
-            rows.append({"load": load.name, "engine_fraction": med("engine", "fraction"), "emqtt_fraction": med("emqtt", "fraction"),
+            rows.append({"load": load.name, "engine_offered": med("engine", "offered"), "emqtt_offered": med("emqtt", "offered"), "engine_fraction": med("engine", "fraction"), "emqtt_fraction": med("emqtt", "fraction"),
                          "fraction_ratio": ratio("fraction"), "engine_per_cpu": med("engine", "per_cpu"), "emqtt_per_cpu": med("emqtt", "per_cpu"),
                          "per_cpu_ratio": ratio("per_cpu"), "engine_sub_per_cpu": med("engine", "sub_per_cpu"),
                          "emqtt_sub_per_cpu": med("emqtt", "sub_per_cpu"), "sub_per_cpu_ratio": ratio("sub_per_cpu"),
                          "engine_saturated": sum(bool(x.get("saturated")) for x in runs["engine"])})
-    head = ("| load | delivered engine | delivered emqtt-bench | ratio | msgs/CPU-s engine | msgs/CPU-s emqtt-bench | ratio "
+    head = ("| load | offered msg/s engine | offered msg/s emqtt-bench | delivered engine | delivered emqtt-bench | ratio | msgs/CPU-s engine | msgs/CPU-s emqtt-bench | ratio "
             "| sub deliveries/CPU-s engine | emqtt-bench | ratio | engine runs marked saturated |")
     print(head)
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['load']} | {100 * row['engine_fraction']:.1f} % | {100 * row['emqtt_fraction']:.1f} % | {row['fraction_ratio']:.2f} "
+        print(f"| {row['load']} | {row['engine_offered']:,.0f} | {row['emqtt_offered']:,.0f} | {100 * row['engine_fraction']:.1f} % | {100 * row['emqtt_fraction']:.1f} % | {row['fraction_ratio']:.2f} "
               f"| {row['engine_per_cpu']:,.0f} | {row['emqtt_per_cpu']:,.0f} | {row['per_cpu_ratio']:.2f} "
               f"| {row['engine_sub_per_cpu']:,.0f} | {row['emqtt_sub_per_cpu']:,.0f} | {row['sub_per_cpu_ratio']:.2f} | {row['engine_saturated']}/{args.repeat} |")
     print(f"\nmedian of {args.repeat} rounds; ratios are engine / emqtt-bench per round, then the median; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end", file=sys.stderr)
+    if not args.only or args.only in "saturating fan-in":
+        # each tool's own publishers do not offer the same load (the offered columns): the fair
+        # comparison of the two subscribers is the shared feed
+        print()
+        return shared_feed(exe, args.repeat)
     return 0
 
 
@@ -291,16 +337,18 @@ def shared_feed(exe: str, repeat: int) -> int:
             finally:
                 broker.stop()
             runs.append(res)
-            print(f"[shared feed] round {r + 1}: sent {res['sent']}, engine subscriber {100 * res['engine']:.1f} % "
+            print(f"[shared feed] round {r + 1}: sent {res['sent']} at {res['offered']:,.0f} msg/s, engine subscriber {100 * res['engine']:.1f} % "
                   f"({res['cpu_sub']:.2f} CPU-s), emqtt-bench subscriber {100 * res['emqtt']:.1f} % ({res['cpu_esub']:.2f} CPU-s); "
                   f"engine flagged {res['saturated']}", file=sys.stderr, flush=True)
     e = statistics.median(x["engine"] for x in runs)
     q = statistics.median(x["emqtt"] for x in runs)
     ratio = statistics.median(x["engine"] / max(x["emqtt"], 1e-9) for x in runs)
-    print("| same feed: 50 pub x 1 ms (engine) -> 1 engine sub + 1 emqtt-bench sub, QoS 1, 100000 msgs | delivered engine | "
+    offered = statistics.median(x["offered"] for x in runs)
+    per_round = ", ".join(f"{x['engine'] / max(x['emqtt'], 1e-9):.2f}" for x in runs)
+    print("| same feed: 50 pub x 1 ms (engine) -> 1 engine sub + 1 emqtt-bench sub, QoS 1, 100000 msgs | offered msg/s | delivered engine | "
           "delivered emqtt-bench | ratio |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| median of {repeat} | {100 * e:.1f} % | {100 * q:.1f} % | {ratio:.2f} |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| median of {repeat} rounds | {offered:,.0f} | {100 * e:.1f} % | {100 * q:.1f} % | {ratio:.2f} (per round {per_round}) |")
     return 0
 
 

@@ -95,13 +95,16 @@ def test_loss_equals_what_the_broker_dropped(tmp_path: Path) -> None:
         workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(sub.pid)], capture_output=True, text=True).stdout.split()]
         assert workers
         pub = subprocess.Popen([*MQTTLAB, "bench", "pub", "--host", "pubs", *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.5)
+        # paused once publishing has begun (the first deliveries are on disk; a busy machine can
+        # take seconds to start the publisher) until the publisher is done: bounded by progress
+        wait_for(lambda: deliveries_on_disk(out) > 0, 60, "the first deliveries on disk")
         for w in workers:
             os.kill(w, signal.SIGSTOP)  # the subscribers stop reading: the broker's queue for them fills
-        time.sleep(1.5)
-        for w in workers:
-            os.kill(w, signal.SIGCONT)
-        assert pub.wait(60) == 0, pub.stderr.read() if pub.stderr else ""
+        try:
+            assert pub.wait(60) == 0, pub.stderr.read() if pub.stderr else ""
+        finally:
+            for w in workers:
+                os.kill(w, signal.SIGCONT)
         time.sleep(2)
         sub.send_signal(signal.SIGTERM)
         sub.wait(30)
@@ -144,6 +147,33 @@ def test_resent_sequence_numbers_are_counted_as_duplicates(broker: Broker, tmp_p
     assert s["duplicates"] == 3 * 4
     assert s["out_of_order"] == 3 * 1  # the late resend of 1 after 5, per subscriber
     assert s["foreign"] == 3
+
+
+def test_connects_honour_the_connect_rate_and_ready_follows_the_last_client(broker: Broker, tmp_path: Path) -> None:
+    """40 clients at 20/s over 2 workers: every client connects, no stretch of connection attempts
+    outruns the rate (a worker late by up to a second may catch up, never more: slowness only
+    spreads them), publishing starts once every one is connected, and the ready file is written
+    after the last CONNACK."""
+    out, ready, rate, workers = tmp_path / "run", tmp_path / "ready", 20, 2
+    cp = bench("run", "--target", broker.target, "--out", str(out), "--publishers", "20", "--subscribers", "20", "--messages", "40",
+               "--interval-ms", "10", "--qos", "1", "--connect-rate", str(rate), "--workers", str(workers), "--ready-file", str(ready),
+               "--json", "--quiet")
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)
+    assert s["clients_connected"] == s["clients"] == 40 and s["lost"] == 0
+    rows = [line.split(",") for p in out.glob("bench/local/clients-*.csv") for line in p.read_text().splitlines()[1:]]
+    assert len(rows) == 40 and all(float(r[6]) > 0 for r in rows)
+    attempts = sorted(float(r[6]) - float(r[8]) / 1000 for r in rows)  # connected_at - connect_ms: when each attempt began
+    for i in range(len(attempts)):
+        for j in range(i + 1, len(attempts)):
+            assert j - i + 1 <= rate * (attempts[j] - attempts[i] + 1.0) + workers, (i, j, attempts)
+    # subscribers first in each worker: a worker's publishers attempt after its subscribers
+    for w in range(workers):
+        mine = {role: [float(r[6]) - float(r[8]) / 1000 for r in rows if r[1] == role and int(r[3]) == w] for role in ("sub", "pub")}
+        assert len(mine["sub"]) == len(mine["pub"]) == 10 and max(mine["sub"]) <= min(mine["pub"])
+    connected = max(float(r[6]) for r in rows)
+    first_send = min(float(line.split(",")[6]) for p in out.glob("bench/local/publishers-*.csv") for line in p.read_text().splitlines()[1:])
+    assert connected <= float(ready.read_text()) <= first_send
 
 
 def test_killed_run_leaves_a_partial_run_that_loads(broker: Broker, tmp_path: Path) -> None:

@@ -219,8 +219,9 @@ def test_lab_run_vm_uses_real_ipvs(tmp_path: Path) -> None:
     reason = vm.unavailable_reason()
     if reason:
         pytest.skip(f"no micro-VM here: {reason}")
-    cp = subprocess.run([*MQTTLAB, "lab", "run", "--vm", "-s", "distributed", "--balancer", "ipvs", "--scheduler", "rr", *SMALL, "--json",
-                         "--quiet", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    # the VM runs 480 s, longer while the run directory still grows, at most 1440 s: inside this test's own bound
+    cp = subprocess.run([*MQTTLAB, "lab", "run", "--vm", "--vm-timeout", "480", "-s", "distributed", "--balancer", "ipvs", "--scheduler", "rr",
+                         *SMALL, "--json", "--quiet", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=1500)
     assert cp.returncode == 0, cp.stderr[-3000:]
     s = json.loads(cp.stdout)
     assert s["balancer"]["kind"] == "ipvs" and (s["expected"], s["lost"]) == (3 * 60, 0)

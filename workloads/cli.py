@@ -42,7 +42,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+# the modules that add each command's parser: a command loads only its own (a bench process
+# starts without importing the lab, Azure host steps, reports or campaigns)
+COMMANDS = {"monitor": "monitor", "bench": "bench", "lab": "lab", "host": "hostcmd", "results": "hostcmd", "report": "analysis",
+            "campaign": "campaign"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or with ``command`` one of ``COMMANDS`` only that one's (an unknown
+    or absent command gets them all, so argparse's usage lists them)."""
     parser = argparse.ArgumentParser(prog="mqttlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -56,25 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_stack_args(p)
     p.set_defaults(func=cmd_plan)
 
-    from workloads import hostcmd, monitor
-    from workloads.analysis import cli as analysis_cli
-    from workloads.bench import cli as bench_cli
-    from workloads.lab import cli as lab_cli
+    want = {COMMANDS[command]} if command in COMMANDS else set(COMMANDS.values())
+    if "monitor" in want:
+        from workloads import monitor
 
-    monitor.add_parser(sub)
-    bench_cli.add_parser(sub)
-    lab_cli.add_parser(sub)
-    hostcmd.add_parser(sub)
+        monitor.add_parser(sub)
+    if "bench" in want:
+        from workloads.bench import cli as bench_cli
 
-    analysis_cli.add_parser(sub)
-    from workloads.campaign import cli as campaign_cli
+        bench_cli.add_parser(sub)
+    if "lab" in want:
+        from workloads.lab import cli as lab_cli
 
-    campaign_cli.add_parser(sub)
+        lab_cli.add_parser(sub)
+    if "hostcmd" in want:
+        from workloads import hostcmd
+
+        hostcmd.add_parser(sub)
+    if "analysis" in want:
+        from workloads.analysis import cli as analysis_cli
+
+        analysis_cli.add_parser(sub)
+    if "campaign" in want:
+        from workloads.campaign import cli as campaign_cli
+
+        campaign_cli.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -11,10 +11,12 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workloads.scenario import Scenario
-from workloads.security import ClientSecurity
+
+if TYPE_CHECKING:  # only a type here; importing it loads cryptography, which a bench process never needs
+    from workloads.security import ClientSecurity
 
 IMAGE = "emqx/emqtt-bench:0.4.25"
 _COUNTER = re.compile(r"^\s*(\d+(?:\.\d+)?)(?:s|ms)?\s+([A-Za-z_]+)\s+total=(\d+)\s+rate=([\d.]+)(?:/sec)?")

@@ -62,6 +62,7 @@ class Worker:
         self.schedule = PublishSchedule(self.sc.interval_ms / 1000.0, self.sc.publishers)
         self.t0 = 0.0
         self.phase = "connect"
+        self.changed = True  # a client connected or subscribed since the last look: maybe every one is ready
         self.stop = False
         self.publish_done_at = 0.0
         self.cpu0 = time.process_time()
@@ -90,6 +91,7 @@ class Worker:
             self.rec.outage(st, time.time())
             st.lost_at = 0.0
         st.failures = 0
+        self.changed = True
         st.backlog.empty_at = time.time()
         if st.spec.role == "sub":
             topic, _ = self.sc.subscription_of(st.spec.index)
@@ -100,6 +102,7 @@ class Worker:
             self.rec.event(st, "suback_error", ";".join(str(r) for r in rcs))
             return
         st.subscribed = True
+        self.changed = True
 
     def on_disconnect(self, client: mqtt.Client, st: ClientState, flags: Any, rc: Any, props: Any = None) -> None:
         if st.connected:
@@ -390,6 +393,15 @@ class Worker:
                 if st.retry_at <= time.time() and not st.connected and (st.client is None or st.client.socket() is None):
                     self.connect(st)
             self.flush_writes()
+            if not reported_ready and self.changed and not pending:
+                # at once, not at the next tick: the publishers' start waits for every worker's
+                # ready; looked at again only after the next CONNACK or SUBACK
+                self.changed = False
+                if all(s.subscribed for s in self.subs) and all(s.connected for s in self.pubs):
+                    reported_ready = True
+                    self.report("ready", self.totals())
+                    if not self.pubs:  # a subscriber-only worker measures itself from here
+                        self.cpu_pub0, self.wall_pub0 = time.process_time(), time.time()
             now = time.time()
             if now - last_tick >= 0.5:
                 last_tick = now
@@ -407,13 +419,6 @@ class Worker:
                 self.flush_writes()
                 self.rec.flush()
                 tot = self.totals()
-                if not reported_ready and not pending and tot["subscribed"] == len(self.subs) and all(
-                    s.connected for s in self.pubs
-                ):
-                    reported_ready = True
-                    self.report("ready", tot)
-                    if not self.pubs:  # a subscriber-only worker measures itself from here
-                        self.cpu_pub0, self.wall_pub0 = time.process_time(), time.time()
                 self.report("progress", tot)
                 if self.phase == "publish" and not self.schedule and not self.publish_done_at:
                     if all(s.acked + s.failed >= s.sent or self.sc.qos == 0 for s in self.pubs):
