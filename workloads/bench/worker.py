@@ -91,7 +91,11 @@ class Worker:
             st.lost_at = 0.0
         st.failures = 0
         st.backlog.empty_at = time.time()
-        if st.spec.role == "sub":
+        if st.spec.role == "sub" and getattr(flags, "session_present", False):
+            # cleanSession false and the broker kept the session: its subscription and the
+            # messages queued while we were away are there; subscribing again is not needed
+            self.rec.event(st, "session_resumed", st.local)
+        elif st.spec.role == "sub":
             topic, _ = self.sc.subscription_of(st.spec.index)
             client.subscribe(topic, self.sc.qos)
 
