@@ -83,3 +83,97 @@ def test_broker_kill_with_and_without_health_checks(tmp_path: Path) -> None:
     assert f["never_back"] > 0 and f["attempts"] > 2 * len(on_b2)
     print(f"without checks: {f['never_back']} of {len(on_b2)} clients never back, {f['attempts']} attempts, "
           f"{f['sent_to_failed_broker']} connections sent to the dead broker; run {'partial' if rc else 'complete'}")
+
+
+def small_queue_stack(folder: Path, max_queued: int) -> Path:
+    """The distributed stack with a smaller broker queue (``brokers.maxQueuedMessages``), which is
+    also what bounds a bridge's queue: a short cut then overflows it."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = yaml.safe_load((ROOT / "Pulumi.distributed.yaml").read_text())
+    doc["config"]["mqttlab:brokers"]["maxQueuedMessages"] = max_queued
+    (folder / "Pulumi.distributed.yaml").write_text(yaml.safe_dump(doc))
+    (folder / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    return folder
+
+
+BRIDGE_LOAD = ["--publishers", "6", "--subscribers", "6", "--messages", "1200", "--interval-ms", "50", "--qos", "1", "--drain-s", "5",
+               "--balancer", "haproxy", "--time-limit-s", "60", "--fault", "bridge:broker1-broker2:cut@2s+5s"]
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_bridge_cut_loss_is_charged_to_that_bridge_and_matches_the_brokers_counters(tmp_path: Path) -> None:
+    """A 5 s cut of broker1-broker2 under 120 messages/s with 100-message queues: the bridge's
+    queues overflow, the report charges the loss to that bridge per direction, and each
+    direction's count is the drop counter of the broker queueing it."""
+    stack = small_queue_stack(tmp_path / "stack", 100)
+    out = tmp_path / "runs"
+    cp = lab_run("-s", "distributed", "--project-dir", str(stack), *BRIDGE_LOAD, "--json", out=out, timeout=400)
+    run_dir = next(out.iterdir())
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert_lab_gone(run_dir)
+    f = fault_table(load_run(run_dir)).to_dict("records")[0]
+    across, dropped = f["bridge_lost_messages"], f["bridge_dropped_sys"]
+    assert sum(across.values()) > 0, f  # the cut overflowed the bridge's queue
+    assert across["into broker2"] == dropped["broker1"] and across["out of broker2"] == dropped["broker2"], f
+    print(f"bridge cut: lost across it {across}; brokers' own drop counters {dropped}; "
+          f"lost inside the window {f['lost_inside']}, outside {f['lost_outside']}")
+
+
+def pair_loss_by_host(run_dir: Path) -> dict[tuple[str, str], int]:
+    """(subscriber's host, publisher's host) -> deliveries lost between them, from the bench's
+    own per-host records (each publisher's sent count against what each subscriber received)."""
+    import csv
+
+    sent: dict[str, tuple[str, int]] = {}
+    for p in run_dir.glob("bench/*/publishers-*.csv"):
+        for r in csv.DictReader(p.open()):
+            sent[r["pub"]] = (p.parent.name, int(r["sent"]))
+    out: dict[tuple[str, str], int] = {}
+    for p in run_dir.glob("bench/*/subscribers-*.csv"):
+        for r in csv.DictReader(p.open()):
+            host, n = sent[r["pub"]]
+            key = (p.parent.name, host)
+            out[key] = out.get(key, 0) + n - int(r["received"])
+    return out
+
+
+SESSION_LOAD = ["--publishers", "4", "--subscribers", "4", "--messages", "800", "--interval-ms", "50", "--qos", "1", "--drain-s", "5",
+                "--keepalive", "2", "--reconnect-min-ms", "100", "--reconnect-max-ms", "1000", "--balancer", "haproxy", "--scheduler", "sh",
+                "--time-limit-s", "60", "--fault", "director:ipvs2:kill@2s+6s"]
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(900)
+def test_a_persistent_subscriber_gets_what_was_queued_while_it_was_cut_off(tmp_path: Path) -> None:
+    """ipvs2 goes silent for 6 s: its clients lose their connections (keepalive 2 s) and, by
+    source hashing, come back to the same broker. With ``cleanSession: false`` the broker kept
+    their sessions and queued what ipvs1's publishers sent meanwhile: ipvs2's subscribers lose
+    none of it (duplicates allowed); with clean sessions they lose it."""
+    loss: dict[bool, dict[tuple[str, str], int]] = {}
+    for clean in (False, True):
+        out = tmp_path / ("clean" if clean else "persistent")
+        cp = lab_run("-s", "distributed", *SESSION_LOAD, "--clean-session", str(clean).lower(), "--json", out=out, timeout=400)
+        run_dir = next(out.iterdir())
+        assert_lab_gone(run_dir)
+        assert cp.stdout.strip(), cp.stderr[-3000:]
+        f = fault_table(load_run(run_dir)).to_dict("records")[0]
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        cut = {cid for cid in f["affected"] if "-sub" in cid}
+        assert cut and f["affected_by_host"].keys() == {"ipvs2"}, f  # only ipvs2's clients were cut
+        events = "".join(p.read_text() for p in run_dir.glob("bench/ipvs2/events-*.csv"))
+        resumed = {line.split(",")[1] for line in events.splitlines() if ",session_resumed," in line}
+        assert resumed == (set() if clean else cut), (resumed, cut)
+        before = first_broker(run_dir, manifest["tag"])
+        assert set(f["back_on"]) == {before[c] for c in f["affected"]}, f  # source hashing: back where they were
+        loss[clean] = pair_loss_by_host(run_dir)
+        print(f"cleanSession {str(clean).lower()}: ipvs2's {len(cut)} subscribers cut, back after p50 {f['reconnect_p50_s']} s "
+              f"max {f['reconnect_max_s']} s on {f['back_on']}; lost per (sub host, pub host) {loss[clean]}; "
+              f"duplicates inside {f['dup_inside']} outside {f['dup_outside']}")
+    assert loss[False][("ipvs2", "ipvs1")] == 0  # queued by the broker meanwhile, delivered on return
+    assert loss[True][("ipvs2", "ipvs1")] > 0  # a clean session starts empty: what came meanwhile is gone
+    assert loss[False][("ipvs1", "ipvs1")] == loss[True][("ipvs1", "ipvs1")] == 0  # nobody else was touched
