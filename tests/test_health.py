@@ -76,7 +76,7 @@ def test_keepalived_config_test_rejects_what_keepalived_rejects(tmp_path: Path) 
     """The validator is real: a broken file fails it (so the passing test above means something)."""
     cfg = load_stack("distributed", ROOT).with_overrides({"balancer.healthCheck": HC})
     conf, _ = keepalived.prepare(build_plan(cfg).balancers[0], tmp_path)
-    conf.write_text(conf.read_text().replace("misc_timeout 3", "misc_timeout 0.5"))
+    conf.write_text(conf.read_text().replace("misc_timeout 6", "misc_timeout 0.5"))
     cp = subprocess.run(["keepalived", "--config-test", "-f", str(conf)], capture_output=True, text=True, timeout=30)
     assert cp.returncode != 0 and "misc_timeout" in cp.stdout + cp.stderr
 

@@ -22,7 +22,7 @@ from workloads.plan import Balancer
 
 PROBE = Path(__file__).with_name("probe.sh")
 SHELL = "/bin/bash"  # the probe uses bash's /dev/tcp and read -t: nothing else is started
-MISC_GRACE_S = 2
+MISC_GRACE_S = 5
 
 
 def _num(x: float) -> str:
@@ -40,7 +40,8 @@ def _checker(hc: HealthCheckConfig, address: str, port: int, shell: str, probe: 
     if hc.type == "mqtt":
         # the probe ends itself at ``timeout`` (its watchdog covers the connect too);
         # misc_timeout (whole seconds only) is keepalived's hard stop for a probe that could not
-        # even start, so it leaves room for a slow shell start (CPU emulation)
+        # even start, so it leaves room for a slow start: under CPU emulation, with three checks
+        # and a monitor sharing two emulated CPUs, a 3 s stop took a live broker out
         return ["MISC_CHECK {", f'    misc_path "{probe_command(address, port, hc.timeout, shell, probe)}"',
                 f"    misc_timeout {math.ceil(hc.timeout) + MISC_GRACE_S}", *(f"    {c}" for c in common), "}"]
     return ["TCP_CHECK {", f"    connect_port {port}", f"    connect_timeout {_num(hc.timeout)}", *(f"    {c}" for c in common), "}"]
