@@ -142,15 +142,15 @@ def pair_loss_by_host(run_dir: Path) -> dict[tuple[str, str], int]:
     return out
 
 
-SESSION_LOAD = ["--publishers", "4", "--subscribers", "4", "--messages", "800", "--interval-ms", "50", "--qos", "1", "--drain-s", "5",
-                "--keepalive", "2", "--reconnect-min-ms", "100", "--reconnect-max-ms", "1000", "--balancer", "haproxy", "--scheduler", "sh",
-                "--time-limit-s", "60", "--fault", "director:ipvs2:kill@2s+6s"]
+SESSION_LOAD = ["--publishers", "4", "--subscribers", "4", "--messages", "1600", "--interval-ms", "50", "--qos", "1", "--drain-s", "5",
+                "--keepalive", "5", "--reconnect-min-ms", "100", "--reconnect-max-ms", "1000", "--balancer", "haproxy", "--scheduler", "sh",
+                "--time-limit-s", "90", "--fault", "director:ipvs2:kill@2s+10s"]
 
 
 @pytest.mark.lab
 @pytest.mark.timeout(900)
 def test_a_persistent_subscriber_gets_what_was_queued_while_it_was_cut_off(tmp_path: Path) -> None:
-    """ipvs2 goes silent for 6 s: its clients lose their connections (keepalive 2 s) and, by
+    """ipvs2 goes silent for 10 s: its clients lose their connections (keepalive 5 s) and, by
     source hashing, come back to the same broker. With ``cleanSession: false`` the broker kept
     their sessions and queued what ipvs1's publishers sent meanwhile: ipvs2's subscribers lose
     none of it (duplicates allowed); with clean sessions they lose it."""

@@ -185,9 +185,16 @@ class Worker:
             st.client = self.make_client(st)
         try:
             if self.sc.mqtt_version == "5":
-                from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+                props = None
+                if not self.sc.clean_session:  # MQTT 5 keeps a session past the connection only with an expiry interval
+                    from paho.mqtt.properties import Properties
 
-                st.client.connect(host, int(port), self.sc.keepalive, clean_start=self.sc.clean_session or MQTT_CLEAN_START_FIRST_ONLY)
+                    props = Properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = int(self.sc.time_limit_s) + 60  # the run's, not the broker's lifetime
+                # paho's "clean start on the first connection only" counts every connect() call as a
+                # first one; a session is ours to resume once a connection has been established
+                st.client.connect(host, int(port), self.sc.keepalive, clean_start=self.sc.clean_session or not st.connected_at,
+                                  properties=props)
             else:
                 st.client.connect(host, int(port), self.sc.keepalive)
         except OSError as exc:
