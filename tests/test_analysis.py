@@ -179,3 +179,18 @@ def test_a_client_back_only_after_the_measurement_ended_counts_as_never_back(tmp
     f = fault_table(load_run(path)).to_dict("records")[0]
     assert f["window_s"] == pytest.approx(0.46) and f["affected_clients"] == 3
     assert f["never_back"] == 1 and f["reconnect_max_s"] == truth["reconnect_s"][1]  # the one back after 1 s was back too late
+
+
+def test_a_bridge_cut_is_charged_to_that_bridge_and_set_against_its_ends_counters(tmp_path: Path) -> None:
+    """Losses across the cut bridge, per direction, against the drop counters of the broker
+    queueing each direction; a subscriber-queue loss and later drops are not the bridge's."""
+    from workloads.analysis.availability import fault_table
+    from workloads.analysis.synthetic import write_bridge_cut_run
+
+    path, truth = write_bridge_cut_run(tmp_path / "cut")
+    f = fault_table(load_run(path)).to_dict("records")[0]
+    assert f["bridge_lost_messages"] == truth["bridge_lost_messages"]
+    assert f["bridge_dropped_sys"] == truth["bridge_dropped_sys"]
+    assert f["lost_inside"] + f["lost_outside"] == 20 + 20 + 5
+    rep = write_report([load_run(path)], tmp_path / "report")
+    assert "into broker2" in rep["html"].read_text()

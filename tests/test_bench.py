@@ -462,3 +462,53 @@ def test_emqtt_adapter_says_when_emqtt_bench_is_missing(tmp_path: Path) -> None:
     cp = subprocess.run([*MQTTLAB, "bench", "emqtt", "--target", "127.0.0.1:1883", "--native"], capture_output=True, text=True, cwd=ROOT,
                         env=env, timeout=60)
     assert cp.returncode == 2 and "emqtt-bench not found" in cp.stderr and "nothing-here" in cp.stderr
+
+
+@pytest.mark.parametrize(("clean", "version"), [(False, "3.1.1"), (True, "3.1.1"), (False, "5")])
+def test_a_subscriber_cut_off_past_its_keepalive_resumes_its_session_only_when_persistent(tmp_path: Path, clean: bool, version: str) -> None:
+    """The subscriber's worker stops (keepalive 5 s: the broker drops the connection after 7.5 s)
+    while publishing goes on. Back, it reconnects under the same client id: with
+    ``cleanSession: false`` the broker kept its session (MQTT 5: for the session expiry interval
+    the bench asks for) and what was queued meanwhile arrives, nothing lost; with a clean session
+    that is lost."""
+    b = Broker(tmp_path)
+    try:
+        out = tmp_path / "run"
+        ready = tmp_path / "ready"
+        common = ["--target", b.target, "--out", str(out), "--publishers", "1", "--subscribers", "1", "--messages", "600", "--interval-ms", "20",
+                  "--qos", "1", "--keepalive", "5", "--clean-session", str(clean).lower(), "--mqtt-version", version,
+                  "--reconnect-min-ms", "100", "--reconnect-max-ms", "200", "--tag", "0x5e55", "--quiet", "--time-limit-s", "60"]
+        sub = subprocess.Popen([*MQTTLAB, "bench", "sub", "--host", "subs", "--workers", "1", "--ready-file", str(ready), *common],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(ready.exists, 30, "subscriber ready")
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(sub.pid)], capture_output=True, text=True).stdout.split()]
+        assert workers
+        pub = subprocess.Popen([*MQTTLAB, "bench", "pub", "--host", "pubs", *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # connected: subscriber and publisher ($SYS, once a second, before this query connected;
+        # the broker's log is flushed only at the end)
+        wait_for(lambda: b.sys_value("$SYS/broker/clients/connected") >= 2, 30, "the publisher to connect")
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        wait_for(lambda: b.sys_value("$SYS/broker/clients/connected") <= 1, 30, "the broker to drop the silent subscriber")
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
+        assert pub.wait(60) == 0, pub.stderr.read() if pub.stderr else ""
+        time.sleep(2)
+        sub.send_signal(signal.SIGTERM)
+        sub.wait(30)
+    finally:
+        for p in (sub, locals().get("pub")):
+            if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+                p.wait(10)
+        b.stop()
+    s = summarize(out)
+    events = "".join(p.read_text() for p in out.glob("bench/subs/events-*.csv"))
+    assert ",reconnect," in events  # it was cut off and came back
+    assert (",session_resumed," in events) == (not clean)
+    assert s["sent"] == 600
+    if clean:
+        assert s["lost"] > 0, s  # what came while it was away went nowhere
+    else:
+        assert s["lost"] == 0 and s["delivered"] == 600, s  # queued by the broker, delivered on return (duplicates allowed)

@@ -83,3 +83,58 @@ def test_broker_kill_with_and_without_health_checks(tmp_path: Path) -> None:
     assert f["never_back"] > 0 and f["attempts"] > 2 * len(on_b2)
     print(f"without checks: {f['never_back']} of {len(on_b2)} clients never back, {f['attempts']} attempts, "
           f"{f['sent_to_failed_broker']} connections sent to the dead broker; run {'partial' if rc else 'complete'}")
+
+
+def pair_loss_by_host(run_dir: Path) -> dict[tuple[str, str], int]:
+    """(subscriber's host, publisher's host) -> deliveries lost between them, from the bench's
+    own per-host records (each publisher's sent count against what each subscriber received)."""
+    import csv
+
+    sent: dict[str, tuple[str, int]] = {}
+    for p in run_dir.glob("bench/*/publishers-*.csv"):
+        for r in csv.DictReader(p.open()):
+            sent[r["pub"]] = (p.parent.name, int(r["sent"]))
+    out: dict[tuple[str, str], int] = {}
+    for p in run_dir.glob("bench/*/subscribers-*.csv"):
+        for r in csv.DictReader(p.open()):
+            host, n = sent[r["pub"]]
+            key = (p.parent.name, host)
+            out[key] = out.get(key, 0) + n - int(r["received"])
+    return out
+
+
+SESSION_LOAD = ["--publishers", "4", "--subscribers", "4", "--messages", "1600", "--interval-ms", "50", "--qos", "1", "--drain-s", "5",
+                "--keepalive", "5", "--reconnect-min-ms", "100", "--reconnect-max-ms", "1000", "--balancer", "haproxy", "--scheduler", "sh",
+                "--time-limit-s", "90", "--fault", "director:ipvs2:kill@2s+10s"]
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(900)
+def test_a_persistent_subscriber_gets_what_was_queued_while_it_was_cut_off(tmp_path: Path) -> None:
+    """ipvs2 goes silent for 10 s: its clients lose their connections (keepalive 5 s) and, by
+    source hashing, come back to the same broker. With ``cleanSession: false`` the broker kept
+    their sessions and queued what ipvs1's publishers sent meanwhile: ipvs2's subscribers lose
+    none of it (duplicates allowed); with clean sessions they lose it."""
+    loss: dict[bool, dict[tuple[str, str], int]] = {}
+    for clean in (False, True):
+        out = tmp_path / ("clean" if clean else "persistent")
+        cp = lab_run("-s", "distributed", *SESSION_LOAD, "--clean-session", str(clean).lower(), "--json", out=out, timeout=400)
+        run_dir = next(out.iterdir())
+        assert_lab_gone(run_dir)
+        assert cp.stdout.strip(), cp.stderr[-3000:]
+        f = fault_table(load_run(run_dir)).to_dict("records")[0]
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        cut = {cid for cid in f["affected"] if "-sub" in cid}
+        assert cut and f["affected_by_host"].keys() == {"ipvs2"}, f  # only ipvs2's clients were cut
+        events = "".join(p.read_text() for p in run_dir.glob("bench/ipvs2/events-*.csv"))
+        resumed = {line.split(",")[1] for line in events.splitlines() if ",session_resumed," in line}
+        assert resumed == (set() if clean else cut), (resumed, cut)
+        before = first_broker(run_dir, manifest["tag"])
+        assert set(f["back_on"]) == {before[c] for c in f["affected"]}, f  # source hashing: back where they were
+        loss[clean] = pair_loss_by_host(run_dir)
+        print(f"cleanSession {str(clean).lower()}: ipvs2's {len(cut)} subscribers cut, back after p50 {f['reconnect_p50_s']} s "
+              f"max {f['reconnect_max_s']} s on {f['back_on']}; lost per (sub host, pub host) {loss[clean]}; "
+              f"duplicates inside {f['dup_inside']} outside {f['dup_outside']}")
+    assert loss[False][("ipvs2", "ipvs1")] == 0  # queued by the broker meanwhile, delivered on return
+    assert loss[True][("ipvs2", "ipvs1")] > 0  # a clean session starts empty: what came meanwhile is gone
+    assert loss[False][("ipvs1", "ipvs1")] == loss[True][("ipvs1", "ipvs1")] == 0  # nobody else was touched

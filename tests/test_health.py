@@ -64,7 +64,7 @@ def test_rendered_keepalived_conf_passes_keepalived_config_test(tmp_path: Path, 
         assert "delay_loop 1.5" in text and "retry 2" in text and "delay_before_retry 1.5" in text
         assert [line.split()[1] for line in text.splitlines() if "weight" in line] == ["3", "2", "1"]
         if kind == "mqtt":
-            assert text.count("MISC_CHECK") == 3 and f"{tmp_path / bal.host / 'probe.py'} 10.2.0.21 1883 0.5" in text
+            assert text.count("MISC_CHECK") == 3 and f'"/bin/bash {tmp_path / bal.host / "probe.sh"} 10.2.0.21 1883 0.5"' in text
         else:
             assert text.count("TCP_CHECK") == 3 and "connect_timeout 0.5" in text
     # keepalived owns the virtual server: the apply steps leave ipvsadm-restore out
@@ -95,7 +95,7 @@ def test_haproxy_checks_pass_haproxy_c(tmp_path: Path, kind: str) -> None:
 def test_probe_passes_a_live_broker_and_fails_a_dead_or_paused_one(cluster: Callable[..., Cluster]) -> None:
     cl = cluster("distributed", {"bridge.layout": "none"})
     b = cl.plan.brokers[1]
-    run = ["python3", "-I", "-S", str(keepalived.PROBE), b.address, str(b.port), "0.5"]
+    run = ["bash", str(keepalived.PROBE), b.address, str(b.port), "0.5"]
     assert cl.ns_run(run).returncode == 0
     os.kill(cl.procs[1].pid, signal.SIGSTOP)  # accepts TCP in the kernel, never answers CONNECT
     try:
@@ -135,7 +135,7 @@ def test_probe_counts_a_not_authorized_connack_as_alive(tmp_path: Path) -> None:
     (tmp_path / "passwd").write_text("")
     b = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        run = ["python3", "-I", "-S", str(keepalived.PROBE), "127.0.0.1", str(port), "2"]
+        run = ["bash", str(keepalived.PROBE), "127.0.0.1", str(port), "2"]
 
         def answered() -> bool:
             return subprocess.run(run, capture_output=True, text=True, timeout=30).returncode == 0
@@ -146,6 +146,71 @@ def test_probe_counts_a_not_authorized_connack_as_alive(tmp_path: Path) -> None:
         b.wait(10)
     cp = subprocess.run(run, capture_output=True, text=True, timeout=30)
     assert cp.returncode == 1 and "refused" in cp.stderr.lower()
+
+
+def _one_connection(answer: bytes | None) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """probe.sh against a listener that reads its CONNECT and sends ``answer`` (None: closes)."""
+    import re
+    import socket
+    import threading
+
+    got = bytearray()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        srv.settimeout(20)
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(20)
+                while len(got) < 2 or len(got) < 2 + got[1]:
+                    chunk = conn.recv(256)
+                    if not chunk:
+                        return
+                    got.extend(chunk)
+                if answer is not None:
+                    conn.sendall(answer)
+                    conn.settimeout(2)
+                    try:
+                        got.extend(conn.recv(256))  # the DISCONNECT after an accepting CONNACK
+                    except OSError:  # silence or a reset: the probe had what it needed
+                        pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        cp = subprocess.run(["bash", str(keepalived.PROBE), "127.0.0.1", str(srv.getsockname()[1]), "2"],
+                            capture_output=True, text=True, timeout=30)
+        t.join(20)
+    m = re.search(rb"mqttlab-probe-\d{7}", bytes(got))
+    assert m, got
+    return cp, bytes(got)
+
+
+def test_probe_sh_sends_the_connect_haproxy_sends_and_judges_the_answer() -> None:
+    """The shell probe's bytes are the CONNECT of :mod:`workloads.probe` (the one HAProxy's check
+    sends), any CONNACK passes, anything else or nothing fails."""
+    from workloads.probe import DISCONNECT, connect_packet
+
+    cp, got = _one_connection(bytes((0x20, 0x02, 0x00, 0x00)))
+    cid = got[got.index(b"mqttlab-probe-"):][:21].decode()
+    assert cp.returncode == 0 and got == connect_packet(cid) + DISCONNECT, (cp.stderr, got)
+    cp, got = _one_connection(bytes((0x20, 0x02, 0x00, 0x05)))  # not authorized: alive (no DISCONNECT to send)
+    cid = got[got.index(b"mqttlab-probe-"):][:21].decode()
+    assert cp.returncode == 0 and got == connect_packet(cid), (cp.stderr, got)
+    cp, _ = _one_connection(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    assert cp.returncode == 1 and "unexpected answer" in cp.stderr
+    cp, _ = _one_connection(None)
+    assert cp.returncode == 1 and "closed before CONNACK" in cp.stderr
+
+
+def test_probe_sh_bounds_a_connect_nobody_answers() -> None:
+    """A SYN dropped on the way (a silent host) is ended by the probe's own deadline, not the
+    kernel's minutes of retries; in a network namespace of the test's own."""
+    script = ('ip link set lo up && nft add table ip t && nft add chain ip t o "{ type filter hook output priority 0; }" '
+              f'&& nft add rule ip t o tcp dport 9 drop && exec bash {keepalived.PROBE} 127.0.0.1 9 0.5')
+    cp = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 1 and "127.0.0.1:9: no CONNACK within 0.5s" in cp.stderr, cp.stderr
 
 
 def _states(sock: Path) -> dict[str, str]:

@@ -26,8 +26,8 @@ GUEST = textwrap.dedent('''
     from workloads.render import render_files, write_files
 
     work = Path(sys.argv[1])
-    # under CPU emulation one probe (an interpreter start) takes seconds and a busy broker can be
-    # slow to answer, so the checks here are slower than a real host would use
+    # under CPU emulation every program start is slow and a busy broker can be slow to answer,
+    # so the checks here are slower than a real host would use
     hc = {"type": "mqtt", "interval": 2, "retries": 2, "timeout": 2}
     cfg = load_stack("distributed", Path(sys.argv[2])).with_overrides({"balancer.healthCheck": hc, "bridge.layout": "none"})
     plan = build_plan(cfg)
@@ -58,10 +58,10 @@ GUEST = textwrap.dedent('''
             time.sleep(0.5)
         return None
     res = {}
-    # what one probe costs here (interpreter start + CONNECT/CONNACK): emulation makes it slow
+    # what one probe costs here (a shell start + CONNECT/CONNACK): emulation makes it slower
     t = time.time()
-    for _ in range(3):
-        sh(*keepalived.probe_command(plan.brokers[0].address, 1883, 2, probe=Path("/run/mqttlab-kvm/probe.py")).split())
+    res["probe_rc"] = [sh(*keepalived.probe_command(plan.brokers[0].address, 1883, 2, probe=conf.parent / keepalived.PROBE.name).split()).returncode
+                       for _ in range(3)]
     res["probe_s"] = (time.time() - t) / 3
     everyone = {f"{b.address}:{b.port}" for b in plan.brokers}
     b2 = f"{plan.brokers[1].address}:{plan.brokers[1].port}"
@@ -118,6 +118,7 @@ def test_keepalived_removes_a_killed_broker_and_adds_it_back(tmp_path: Path) -> 
     assert (work / "result.json").exists(), (work / "guest.log").read_text()[-3000:] if (work / "guest.log").exists() else "no guest log"
     res = json.loads((work / "result.json").read_text())
     assert res["monitor_at"], (work / "monitor.log").read_text()[-3000:]
+    assert res.get("probe_rc", [0]) == [0, 0, 0], res  # the timed probes found broker1 alive
     b2 = "10.2.0.21:1883"
     assert res["all_in_at"], (work / "keepalived.log").read_text()[-3000:]
     assert b2 in res["before"] and len(res["before"]) == 3

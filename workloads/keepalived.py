@@ -6,8 +6,9 @@ service, scheduler, NAT real servers and weights, and removes a real server afte
 failed checks ``interval`` seconds apart, adding it back on the first check that passes. Only its
 checker runs (``--check``): no VRRP, the plan has one director per entry point.
 
-The ``mqtt`` check runs :mod:`workloads.probe` (CONNECT, expect CONNACK) as a MISC_CHECK; the
-``tcp`` check is keepalived's own TCP_CHECK (the port accepts).
+The ``mqtt`` check runs ``workloads/probe.sh`` (CONNECT, expect CONNACK; bash, so a check costs
+no interpreter start) as a MISC_CHECK; the ``tcp`` check is keepalived's own TCP_CHECK (the port
+accepts).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from workloads.config import HealthCheckConfig
 from workloads.plan import Balancer
 
-PROBE = Path(__file__).with_name("probe.py")
-SYSTEM_PYTHON = "/usr/bin/python3"  # the probe needs only the standard library
+PROBE = Path(__file__).with_name("probe.sh")
+SHELL = "/bin/bash"  # the probe uses bash's /dev/tcp and read -t: nothing else is started
 MISC_GRACE_S = 5
 
 
@@ -29,23 +30,24 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def probe_command(address: str, port: int, timeout: float, python: str = SYSTEM_PYTHON, probe: Path = PROBE) -> str:
-    return f"{python} -I -S {probe} {address} {port} {_num(timeout)}"
+def probe_command(address: str, port: int, timeout: float, shell: str = SHELL, probe: Path = PROBE) -> str:
+    return f"{shell} {probe} {address} {port} {_num(timeout)}"
 
 
-def _checker(hc: HealthCheckConfig, address: str, port: int, python: str, probe: Path) -> list[str]:
+def _checker(hc: HealthCheckConfig, address: str, port: int, shell: str, probe: Path) -> list[str]:
     # keepalived fails a server after ``retry`` + 1 failed checks, each retry delay_before_retry apart
     common = [f"retry {hc.retries - 1}", f"delay_before_retry {_num(hc.interval)}"]
     if hc.type == "mqtt":
-        # the probe bounds its network part by ``timeout``; misc_timeout (whole seconds only) is the
-        # hard stop for a probe that could not even start (an interpreter starts in ~30 ms on a
-        # normal host, seconds under CPU emulation), so it leaves room for that
-        return ["MISC_CHECK {", f'    misc_path "{probe_command(address, port, hc.timeout, python, probe)}"',
+        # the probe ends itself at ``timeout`` (its watchdog covers the connect too);
+        # misc_timeout (whole seconds only) is keepalived's hard stop for a probe that could not
+        # even start, so it leaves room for a slow start: under CPU emulation, with three checks
+        # and a monitor sharing two emulated CPUs, a 3 s stop took a live broker out
+        return ["MISC_CHECK {", f'    misc_path "{probe_command(address, port, hc.timeout, shell, probe)}"',
                 f"    misc_timeout {math.ceil(hc.timeout) + MISC_GRACE_S}", *(f"    {c}" for c in common), "}"]
     return ["TCP_CHECK {", f"    connect_port {port}", f"    connect_timeout {_num(hc.timeout)}", *(f"    {c}" for c in common), "}"]
 
 
-def keepalived_conf(bal: Balancer, python: str = SYSTEM_PYTHON, probe: Path = PROBE) -> str:
+def keepalived_conf(bal: Balancer, shell: str = SHELL, probe: Path = PROBE) -> str:
     """The balancer's virtual server with health-checked real servers; ``""`` without checks."""
     hc = bal.health_check
     if hc.type == "none":
@@ -68,7 +70,7 @@ def keepalived_conf(bal: Balancer, python: str = SYSTEM_PYTHON, probe: Path = PR
     ]
     for rs in bal.real_servers:
         lines += ["", f"    real_server {rs.address} {rs.port} {{", f"        weight {rs.weight}"]
-        lines += [f"        {c}" for c in _checker(hc, rs.address, rs.port, python, probe)]
+        lines += [f"        {c}" for c in _checker(hc, rs.address, rs.port, shell, probe)]
         lines.append("    }")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -85,19 +87,19 @@ def install_probe(directory: Path) -> Path:
     """Copy the probe where only root can write (``enable_script_security`` refuses a script
     in a folder another user could change, e.g. a clone in a home directory), and return it."""
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "probe.py"
+    target = directory / PROBE.name
     shutil.copyfile(PROBE, target)
     target.chmod(0o755)
     return target
 
 
-def prepare(bal: Balancer, directory: Path, python: str = SYSTEM_PYTHON) -> tuple[Path, list[str]]:
+def prepare(bal: Balancer, directory: Path, shell: str = SHELL) -> tuple[Path, list[str]]:
     """Install the probe and this host's configuration in ``directory`` (root's only); returns
     the configuration and keepalived's command line (foreground; callers that want a daemon drop
     ``--dont-fork``)."""
     probe = install_probe(directory)
     conf = directory / "keepalived.conf"
-    conf.write_text(keepalived_conf(bal, python=python, probe=probe))
+    conf.write_text(keepalived_conf(bal, shell=shell, probe=probe))
     return conf, keepalived_argv(conf, directory)
 
 

@@ -12,7 +12,12 @@ undone, or to the end of the run for a kill):
   each landed on afterwards (the brokers' own connection logs);
 - deliveries lost and duplicated for messages sent inside the window and outside it. A lost
   message has no receive record; its send time comes from the same publisher's delivered
-  neighbours (send times rise with the sequence number).
+  neighbours (send times rise with the sequence number);
+- for a bridge cut, the messages lost on their way across that bridge, per direction, set
+  against the drop counters ($SYS) of the broker that queues for each direction: the hub's
+  bridge queue for messages into the far broker, the far broker's queue for the hub's bridge
+  client for messages out of it. A queue that overflows drops each message once, so the two
+  agree when the bridge is all that lost.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workloads.analysis.load import Run  # noqa: E402
-from workloads.analysis.metrics import pair_table, throughput  # noqa: E402
+from workloads.analysis.metrics import classify_losses, pair_table, throughput  # noqa: E402
 from workloads.bench.rundir import RunDirError  # noqa: E402
 
 OUTAGE_COLUMNS = ["client_id", "role", "lost_at", "back_at", "attempts", "local_before", "local_after"]
@@ -162,11 +167,76 @@ def _balancer_view(run: Run, fault: dict[str, Any], start: float, end: float) ->
     return out, sent
 
 
+def _bridge_path(bridges: list[dict[str, Any]], a: str, b: str) -> list[frozenset[str]]:
+    """The bridges a message crosses from broker ``a`` to broker ``b`` (Mosquitto forwards along
+    the bridges; the shortest path, as ``try_private`` keeps loops out)."""
+    links: dict[str, set[str]] = {}
+    for br in bridges:
+        links.setdefault(br["local"], set()).add(br["remote"])
+        links.setdefault(br["remote"], set()).add(br["local"])
+    prev: dict[str, str | None] = {a: None}
+    todo = [a]
+    while todo:
+        x = todo.pop(0)
+        for y in sorted(links.get(x, ())):
+            if y not in prev:
+                prev[y] = x
+                todo.append(y)
+    if b not in prev:
+        return []
+    path, x = [], b
+    while prev[x] is not None:
+        p = prev[x]
+        assert p is not None
+        path.append(frozenset((p, x)))
+        x = p
+    return path
+
+
+def bridge_loss(run: Run, fault: dict[str, Any], start: float, end: float) -> tuple[dict[str, int], dict[str, int], float]:
+    """For a bridge cut: distinct messages lost across it per direction (``into <far>``,
+    ``out of <far>``; a message missed by every subscriber on the far side of the bridge while
+    others got it, sent from the fault's start until the bridge had time to recover), the drop
+    counters ($SYS) of both ends over the same span, and the span's end.
+
+    The span runs past the cut: TCP's retransmission timer backs off during a cut, so the bridge
+    may stay stalled up to as long again after the drop rules are gone (+1 s, +2 s for the
+    counters, which Mosquitto publishes every ``sys_interval``)."""
+    bridges = run.manifest.get("plan", {}).get("bridges", [])
+    link = next((b for b in bridges if b["name"] == fault["target"]), None)
+    measured_to = float(fault.get("run_ended_at") or run.manifest.get("ended_at") or np.inf)
+    until = min(end + (end - start) + 1.0, measured_to) if np.isfinite(end) else measured_to
+    if link is None:
+        return {}, {}, until
+    hub, far = str(link["local"]), str(link["remote"])
+    edge = frozenset((hub, far))
+    lost = classify_losses(run)
+    lost = lost[lost["where"].astype(str).str.startswith("bridge into ")]
+    out = {f"into {far}": 0, f"out of {far}": 0}
+    if not lost.empty:
+        timed = lost_with_send_time(run)[["sub", "pub", "seq", "send_s"]]
+        lost = lost.merge(timed, on=["sub", "pub", "seq"], how="left")
+        lost = lost[(lost["send_s"] >= start) & (lost["send_s"] <= until)]
+        crosses = [edge in _bridge_path(bridges, str(a), str(b)) for a, b in zip(lost["pub_broker"], lost["broker"], strict=True)]
+        lost = lost[crosses]
+        msgs = lost.drop_duplicates(["pub", "seq"])
+        out = {f"into {far}": int((msgs["pub_broker"] != far).sum()), f"out of {far}": int((msgs["pub_broker"] == far).sum())}
+    dropped: dict[str, int] = {}
+    b = run.brokers.dropna(subset=["msgs_dropped"]) if "msgs_dropped" in run.brokers else pd.DataFrame()
+    for name in (hub, far):
+        g = b[b["broker"] == name].sort_values("time_s") if not b.empty else b
+        before = g[g["time_s"] <= start]["msgs_dropped"]
+        after = g[g["time_s"] <= until + 2.0]["msgs_dropped"]
+        if len(before) and len(after):
+            dropped[name] = int(after.iloc[-1] - before.iloc[-1])
+    return out, dropped, until
+
+
 def fault_table(run: Run) -> pd.DataFrame:
     faults = read_faults(run)
     cols = ["run_id", "spec", "kind", "target", "started_at", "ended_at", "window_s", "balancer_out_after_s", "sent_to_failed_broker",
             "affected_clients", "affected_by_host", "never_back", "reconnect_p50_s", "reconnect_p99_s", "reconnect_max_s", "attempts",
-            "back_on", "lost_inside", "lost_outside", "dup_inside", "dup_outside", "affected"]
+            "back_on", "lost_inside", "lost_outside", "dup_inside", "dup_outside", "bridge_lost_messages", "bridge_dropped_sys", "affected"]
     if not faults:
         return pd.DataFrame(columns=cols)
     outages = read_outages(run)
@@ -197,6 +267,7 @@ def fault_table(run: Run) -> pd.DataFrame:
         inside = (lost["send_s"] >= start) & (lost["send_s"] <= end)
         dins = (dup_s >= start) & (dup_s <= end)
         pct = _pct(took)
+        across, dropped = bridge_loss(run, f, start, end)[:2] if f["kind"] == "bridge" else ({}, {})
         rows.append({
             "run_id": run.manifest.get("run_id"), "spec": f["spec"], "kind": f["kind"], "target": f["target"], "started_at": start,
             "ended_at": f.get("ended_at"), "window_s": round(end - start, 3) if np.isfinite(end) else None,
@@ -208,6 +279,7 @@ def fault_table(run: Run) -> pd.DataFrame:
             "back_on": {str(k): int(v) for k, v in after.groupby("broker")["client_id"].nunique().items()} if not after.empty else {},
             "lost_inside": int(inside.sum()), "lost_outside": int((~inside).sum()),
             "dup_inside": int(dins.sum()), "dup_outside": int((~dins).sum()),
+            "bridge_lost_messages": across, "bridge_dropped_sys": dropped,
             "affected": sorted(o["client_id"].unique().tolist()),
         })
     return pd.DataFrame(rows, columns=cols)
@@ -276,6 +348,7 @@ def report_section(runs: list[Run], summaries: list[dict[str, Any]], out: Path) 
         img = f'<img alt="availability" src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">'
     return (f"<h2>Availability under faults</h2><p>Per injected fault: when each balancer stopped using the broker (from its monitor), "
             f"connections it still sent there, clients that lost their connection and how long until they were back, where they went, "
-            f"and deliveries lost or duplicated for messages sent inside the fault window versus outside it.</p>"
+            f"deliveries lost or duplicated for messages sent inside the fault window versus outside it, and for a bridge cut the "
+            f"messages lost across that bridge per direction beside both ends' own drop counters ($SYS) over the same span.</p>"
             f"{shown.to_html(index=False, border=0, classes='t', na_rep='')}{img}"
             f"<p>Affected clients: {html.escape('; '.join(f'{s}: {len(a)}' for s, a in zip(table['spec'], table['affected'], strict=True)))}</p>")

@@ -93,7 +93,11 @@ class Worker:
         st.failures = 0
         self.changed = True
         st.backlog.empty_at = time.time()
-        if st.spec.role == "sub":
+        if st.spec.role == "sub" and getattr(flags, "session_present", False):
+            # cleanSession false and the broker kept the session: its subscription and the
+            # messages queued while we were away are there; subscribing again is not needed
+            self.rec.event(st, "session_resumed", st.local)
+        elif st.spec.role == "sub":
             topic, _ = self.sc.subscription_of(st.spec.index)
             client.subscribe(topic, self.sc.qos)
 
@@ -184,9 +188,16 @@ class Worker:
             st.client = self.make_client(st)
         try:
             if self.sc.mqtt_version == "5":
-                from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+                props = None
+                if not self.sc.clean_session:  # MQTT 5 keeps a session past the connection only with an expiry interval
+                    from paho.mqtt.properties import Properties
 
-                st.client.connect(host, int(port), self.sc.keepalive, clean_start=self.sc.clean_session or MQTT_CLEAN_START_FIRST_ONLY)
+                    props = Properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = int(self.sc.time_limit_s) + 60  # the run's, not the broker's lifetime
+                # paho's "clean start on the first connection only" counts every connect() call as a
+                # first one; a session is ours to resume once a connection has been established
+                st.client.connect(host, int(port), self.sc.keepalive, clean_start=self.sc.clean_session or not st.connected_at,
+                                  properties=props)
             else:
                 st.client.connect(host, int(port), self.sc.keepalive)
         except OSError as exc:
