@@ -487,3 +487,74 @@ def test_every_field_of_the_run_summary(tmp_path: Path) -> None:
     s = metrics.summarize_run(load_run(run))
     assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
     assert set(s["connections_per_balancer"]) == {"ipvs1", "ipvs2"}
+
+
+def attribution_rows(run: Path) -> tuple[dict[tuple[Any, str], dict[str, Any]], pd.DataFrame]:
+    a = metrics.attribution(load_run(run))
+    return {(r["broker"] if isinstance(r["broker"], str) else None, r["where"]): r for r in a.to_dict("records")}, a
+
+
+def test_a_partial_loss_on_a_bridged_broker_is_its_subscribers_queue_and_explained_only_by_their_logs(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.lost |= {(1, 1, 7)}  # sub1 on broker1 misses pub1's (broker2's) message 7, which sub0 on broker1 got: not the bridge
+    rows, a = attribution_rows(write_run(tmp_path / "logged", t))
+    q = rows[("broker1", "subscriber queue")]
+    assert (q["lost_deliveries"], q["distinct_messages"], q["explained"]) == (11, 11, True) and ("broker1", "bridge into broker1") not in rows
+    assert "1 of 2 subscribers logged as dropping on broker1" in q["evidence"]
+    # shares of the 20 lost deliveries, to the hundredth
+    assert {k: r["share_pct"] for k, r in rows.items()} == {("broker1", "subscriber queue"): 55.0, ("broker3", "bridge into broker3"): 25.0,
+                                                             ("broker2", "missed by every subscriber"): 20.0}
+    t.drops_logged = [("broker1", "mqttlab-bridge-x-broker1-broker3-local")]  # no subscriber's drops logged: unexplained
+    rows, a = attribution_rows(write_run(tmp_path / "silent", t))
+    q = rows[("broker1", "subscriber queue")]
+    assert (q["explained"], a.attrs["unexplained"]) == (False, 11 + 4) and "0 of 2 subscribers logged" in q["evidence"]
+
+
+def test_shares_of_the_loss_to_the_hundredth(known: Path) -> None:
+    rows, _ = attribution_rows(known)  # 10, 5 and 4 of 19
+    assert {k: r["share_pct"] for k, r in rows.items()} == {("broker1", "subscriber queue"): 52.63, ("broker3", "bridge into broker3"): 26.32,
+                                                             ("broker2", "missed by every subscriber"): 21.05}
+
+
+def test_a_loss_nobody_heard_is_explained_by_the_publishers_broker_counter_and_kept_when_that_broker_is_unknown(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.sys_dropped = {"broker2": 1}  # one message dropped is evidence enough
+    run = write_run(tmp_path / "k", t)
+    rows, _ = attribution_rows(run)
+    everyone = rows[("broker2", "missed by every subscriber")]
+    assert (everyone["broker_dropped_sys"], everyone["explained"]) == (1, True) and "broker2 dropped 1 messages" in everyone["evidence"]
+    # the monitor never sampled broker2: no counter is no evidence
+    brokers_csv(run, [(1.0, "broker1", 0), (2.0, "broker1", 15)])
+    rows, a = attribution_rows(run)
+    everyone = rows[("broker2", "missed by every subscriber")]
+    assert (everyone["broker_dropped_sys"], everyone["explained"]) == (0, False) and a.attrs["unexplained"] == 4
+    # the publisher's connection is missing from the broker logs: its loss has no broker but stays in the table
+    log = run / "logs" / "broker2.log"
+    log.write_text("".join(line for line in log.read_text().splitlines(keepends=True) if "pub1" not in line))
+    brokers_csv(run, [(1.0, "broker1", 0), (2.0, "broker1", 15), (1.0, "broker2", 0), (2.0, "broker2", 7)])
+    rows, a = attribution_rows(run)
+    nobody = rows[(None, "missed by every subscriber")]
+    assert (nobody["lost_deliveries"], nobody["broker_dropped_sys"], nobody["explained"]) == (4, 0, False)
+    assert a["lost_deliveries"].sum() == a.attrs["total_lost"] == 19 and a.attrs["unexplained"] == 4
+
+
+def test_a_run_without_loss_has_an_empty_attribution_with_its_columns(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.lost = set()
+    a = metrics.attribution(load_run(write_run(tmp_path / "k", t)))
+    assert a.empty and list(a.columns) == ["broker", "where", "lost_deliveries", "distinct_messages", "share_pct", "broker_dropped_sys",
+                                           "evidence", "explained"]
+    assert (a.attrs["total_lost"], a.attrs["unexplained"]) == (0, 0)
+
+
+def test_a_client_is_on_the_broker_it_connected_to_last(known: Path) -> None:
+    # sub0 connected to broker1 at 08:00:00 (broker1.log); an earlier attempt landed on broker3, a later reconnect on broker2
+    with (known / "logs" / "broker3.log").open("a") as f:
+        f.write("2027-01-15T07:59:59: New client connected from 10.3.0.10:50100 as mqttlab-1234abcd-sub0 (p2, c1, k60).\n")
+    s = metrics.summarize_run(load_run(known))
+    assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
+    with (known / "logs" / "broker2.log").open("a") as f:
+        f.write("2027-01-15T08:00:09: New client connected from 10.3.0.10:50200 as mqttlab-1234abcd-sub0 (p2, c1, k60).\n")
+    s = metrics.summarize_run(load_run(known))
+    assert s["connections_per_broker"] == {"broker1": 2, "broker2": 3, "broker3": 1}
+    assert s["loss_by_broker"] == {"broker1": 1, "broker2": 12, "broker3": 6}  # sub0's 11 losses follow it
