@@ -348,6 +348,9 @@ def test_partial_and_killed_runs_are_measured_against_their_plan(tmp_path: Path)
         (run / "bench" / "ipvs2" / name).write_text((ipvs2 / name).read_text())
     for f in (metrics.summarize_run(load_run(run)), rundir.summarize(run)):
         assert (f["expected"], f["delivered"], f["lost"]) == (800, 781, 19)
+    # counted and rebuilt pairs together: every lost delivery is placed once, as in the whole run
+    a = metrics.attribution(load_run(run))
+    assert a.attrs["total_lost"] == a["lost_deliveries"].sum() == 19 and sorted(a["lost_deliveries"]) == [4, 5, 10]
     # a planned publisher that wrote nothing and whose messages never arrived: all of it is lost
     m["scenario"] = {"publishers": 3, "subscribers": 4, "messages": 300}
     (run / "manifest.json").write_text(json.dumps(m))
@@ -356,7 +359,10 @@ def test_partial_and_killed_runs_are_measured_against_their_plan(tmp_path: Path)
     # a complete run is never re-planned: its counts are the truth
     m["status"] = "complete"
     (run / "manifest.json").write_text(json.dumps(m))
-    assert metrics.summarize_run(load_run(run))["expected"] == 2 * 100  # ipvs2's two subscribers, pub1's 100 (pub0 wrote no count)
+    s = metrics.summarize_run(load_run(run))
+    assert s["expected"] == 2 * 100  # ipvs2's two subscribers, pub1's 100 (pub0 wrote no count)
+    # pub0's 200 deliveries to them are not charged as negative loss: sub1 lost pub1's last message, sub3 that and 5 at the bridge
+    assert (s["delivered"], s["lost"]) == (393, 1 + 6)
 
 
 def summary(**over: Any) -> dict[str, Any]:
@@ -558,3 +564,78 @@ def test_a_client_is_on_the_broker_it_connected_to_last(known: Path) -> None:
     s = metrics.summarize_run(load_run(known))
     assert s["connections_per_broker"] == {"broker1": 2, "broker2": 3, "broker3": 1}
     assert s["loss_by_broker"] == {"broker1": 1, "broker2": 12, "broker3": 6}  # sub0's 11 losses follow it
+
+
+def test_latency_summary_of_known_latencies_to_the_microsecond(known: Path) -> None:
+    run = load_run(known)
+    d = run.deliveries[~run.deliveries["dup"]].head(101).copy()
+    d["recv_ns"] = d["send_ns"] + np.arange(101)[::-1] * 10_000_000 + 123  # 0, 10, ..., 1000 ms, each 123 ns more, in no order
+    run.deliveries = d
+    # linear percentiles of 101 evenly spaced values land on values: p50 = 500 ms; rounded to the microsecond
+    assert metrics.summarize_run(run)["latency_ms"] == {"p50": 500.0, "p90": 900.0, "p99": 990.0, "max": 1000.0}
+    d["recv_ns"] = d["send_ns"] + np.arange(101) * 10_000_000 + 1_700  # 1.7 us more: rounds up
+    assert metrics.summarize_run(run)["latency_ms"] == {"p50": 500.002, "p90": 900.002, "p99": 990.002, "max": 1000.002}
+
+
+def test_one_broker_alone_is_perfectly_fair() -> None:
+    assert metrics.jain([4]) == 1.0 and metrics.jain(np.array([0, 6])) == 0.5
+
+
+def test_a_complete_run_without_subscriber_counts_is_measured_from_its_records(known: Path) -> None:
+    for p in known.glob("bench/*/subscribers-*.csv"):
+        p.unlink()
+    s = metrics.summarize_run(load_run(known))
+    # pub0's duplicate (sub2, seq 3) counts once as received and once as a duplicate; order is not measured from records
+    assert (s["expected"], s["delivered"], s["lost"], s["duplicates"], s["out_of_order"]) == (800, 781, 19, 1, 0)
+    assert s["loss_by_broker"] == {"broker1": 12, "broker2": 1, "broker3": 6}
+
+
+def test_nothing_expected_is_no_loss(known: Path) -> None:
+    for p in known.glob("bench/*/*"):
+        if p.name.startswith(("subscribers-", "deliveries-")):
+            p.unlink()
+    s = metrics.summarize_run(load_run(known))
+    assert (s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (0, 0, 0, 0.0)
+
+
+def test_loss_percentage_to_three_decimals(tmp_path: Path) -> None:
+    t = reference_truth(sent=300)  # 2400 expected
+    t.lost = {(0, 0, 5)}
+    assert metrics.summarize_run(load_run(write_run(tmp_path / "k", t)))["loss_pct"] == 0.042  # 100 / 2400 = 0.04166...
+
+
+def test_a_planned_broker_nobody_reached_counts_in_the_fairness(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.subs[3] = ("ipvs2", "broker2")  # broker3 is in the plan but gets no client
+    s = metrics.summarize_run(load_run(write_run(tmp_path / "k", t)))
+    assert s["connections_per_broker"] == {"broker1": 3, "broker2": 3, "broker3": 0}
+    assert s["fairness"] == pytest.approx(36 / (3 * 18))  # (3 + 3 + 0)^2 / (3 * (9 + 9)) = 2/3
+    assert s["connections_per_balancer"]["ipvs2"] == {"broker1": 1, "broker2": 2, "broker3": 0}
+
+
+def test_centralized_clients_are_counted_at_the_balancer_they_dialled(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.topology = "centralized"  # both client hosts dial ipvs1
+    s = metrics.summarize_run(load_run(write_run(tmp_path / "k", t)))
+    assert s["connections_per_balancer"] == {"ipvs1": {"broker1": 3, "broker2": 2, "broker3": 1}}
+    assert s["fairness_per_balancer"] == {"ipvs1": pytest.approx(36 / 42)}
+
+
+def test_a_sample_without_a_cpu_reading_still_counts_its_drop_counter(known: Path) -> None:
+    with (known / "monitor" / "brokers.csv").open("w") as f:
+        f.write("time_s,broker,cpu_pct,mem_bytes,clients_connected,msgs_received,msgs_sent,msgs_dropped,net_rx_bytes,net_tx_bytes\n"
+                "1.0,broker1,5,1,1,1,1,100,1,1\n2.0,broker1,,1,1,1,1,108,1,1\n")
+    assert metrics.dropped_delta(load_run(known)).to_dict() == {"broker1": 8}
+
+
+def test_bridge_loss_evidence_names_every_bridge_client_logged(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.drops_logged = [("broker1", t.cid("sub", 0))]
+    rows, _ = attribution_rows(write_run(tmp_path / "none", t))
+    br = rows[("broker3", "bridge into broker3")]
+    assert (br["evidence"], br["explained"]) == ("bridge clients logged as dropping: none", False)
+    t.drops_logged += [("broker2", "mqttlab-bridge-x-broker2-broker3"), ("broker1", "mqttlab-bridge-x-broker1-broker3-local")]
+    rows, _ = attribution_rows(write_run(tmp_path / "two", t))
+    br = rows[("broker3", "bridge into broker3")]
+    assert br["evidence"] == ("bridge clients logged as dropping: broker1:mqttlab-bridge-x-broker1-broker3-local, "
+                              "broker2:mqttlab-bridge-x-broker2-broker3") and br["explained"]
