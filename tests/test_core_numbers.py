@@ -67,8 +67,9 @@ def test_histograms_merge_by_adding_counts_and_round_trip_json() -> None:
     assert doc == {"unit": "us", "sub_buckets": 1024, "counts": {"5": 3, "7": 1, "2274": 1}}
     assert Histogram.from_json(json.loads(json.dumps(doc))).counts == merged.counts
     assert Histogram.from_json({"counts": {"3": 2}}).counts == {3: 2} and Histogram.from_json({}).counts == {}
-    with pytest.raises(ValueError, match="another bucket layout"):
+    with pytest.raises(ValueError) as info:
         Histogram.from_json({"sub_buckets": 512, "counts": {}})
+    assert str(info.value) == f"histogram written with another bucket layout (512 sub-buckets, this mqttlab uses {SUB})"
 
 
 # --------------------------------------------------------------------------- drain rule
@@ -258,6 +259,13 @@ def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
     assert saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 4.75) == {
         "client_id": "pub1", "role": "pub", "index": 1, "kind": "behind_schedule", "seconds": 2.75, "longest_s": 2.0, "episodes": 2,
         "first_s": 1.0, "last_s": 4.75, "max_behind_ms": 507.812}
+    # clock readings carry more digits than the record keeps: milliseconds
+    fine = saturation.ReceiveBacklog(100.00004)
+    fine.sample(1, 100.2)
+    fine.sample(0, 100.73337)
+    assert saturation.client_record("sub5", "sub", 5, "receive_backlog", fine, 101.0) == {
+        "client_id": "sub5", "role": "sub", "index": 5, "kind": "receive_backlog", "seconds": 0.733, "longest_s": 0.733, "episodes": 1,
+        "first_s": 100.0, "last_s": 100.733, "max_queued_bytes": 1}
     a, z = socket.socketpair()
     with a, z:
         a.sendall(b"12345")
