@@ -647,3 +647,13 @@ def test_bridge_loss_evidence_names_every_bridge_client_logged(tmp_path: Path) -
     br = rows[("broker3", "bridge into broker3")]
     assert br["evidence"] == ("bridge clients logged as dropping: broker1:mqttlab-bridge-x-broker1-broker3-local, "
                               "broker2:mqttlab-bridge-x-broker2-broker3") and br["explained"]
+
+
+def test_the_bench_summary_lists_what_brokers_refused(known: Path) -> None:
+    s = rundir.summarize(known)
+    assert "refused" not in rundir.format_summary(s)
+    text = rundir.format_summary(s | {"clients_refused": 0, "publishes_refused": 3, "refusal_reasons": {"publish_refused 135 not authorized": 3}})
+    assert text.splitlines()[0] == "run known: complete"
+    assert text.endswith("\n  refused by brokers clients 0  publishes 3 (not counted as lost)\n    3 x publish_refused 135 not authorized")
+    text = rundir.format_summary(s | {"clients_refused": 2, "publishes_refused": 0, "refusal_reasons": {"connack_error 134 bad user name or password": 2}})
+    assert text.endswith("\n  refused by brokers clients 2  publishes 0 (not counted as lost)\n    2 x connack_error 134 bad user name or password")
