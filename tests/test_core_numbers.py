@@ -260,12 +260,12 @@ def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
         "client_id": "pub1", "role": "pub", "index": 1, "kind": "behind_schedule", "seconds": 2.75, "longest_s": 2.0, "episodes": 2,
         "first_s": 1.0, "last_s": 4.75, "max_behind_ms": 507.812}
     # clock readings carry more digits than the record keeps: milliseconds
-    fine = saturation.ReceiveBacklog(100.00004)
-    fine.sample(1, 100.2)
-    fine.sample(0, 100.73337)
+    fine = saturation.ReceiveBacklog(100.25037)
+    fine.sample(1, 100.4)
+    fine.sample(0, 100.98389)
     assert saturation.client_record("sub5", "sub", 5, "receive_backlog", fine, 101.0) == {
-        "client_id": "sub5", "role": "sub", "index": 5, "kind": "receive_backlog", "seconds": 0.733, "longest_s": 0.733, "episodes": 1,
-        "first_s": 100.0, "last_s": 100.733, "max_queued_bytes": 1}
+        "client_id": "sub5", "role": "sub", "index": 5, "kind": "receive_backlog", "seconds": 0.734, "longest_s": 0.734, "episodes": 1,
+        "first_s": 100.25, "last_s": 100.984, "max_queued_bytes": 1}
     a, z = socket.socketpair()
     with a, z:
         a.sendall(b"12345")
