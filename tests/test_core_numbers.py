@@ -503,7 +503,7 @@ def test_every_field_of_the_run_summary(tmp_path: Path) -> None:
     assert set(s["connections_per_balancer"]) == {"ipvs1", "ipvs2"}
 
 
-def attribution_rows(run: Path) -> tuple[dict[tuple[Any, str], dict[str, Any]], pd.DataFrame]:
+def attribution_rows(run: Path) -> tuple[dict[tuple[Any, Any], Any], pd.DataFrame]:
     a = metrics.attribution(load_run(run))
     return {(r["broker"] if isinstance(r["broker"], str) else None, r["where"]): r for r in a.to_dict("records")}, a
 
