@@ -67,8 +67,9 @@ def test_histograms_merge_by_adding_counts_and_round_trip_json() -> None:
     assert doc == {"unit": "us", "sub_buckets": 1024, "counts": {"5": 3, "7": 1, "2274": 1}}
     assert Histogram.from_json(json.loads(json.dumps(doc))).counts == merged.counts
     assert Histogram.from_json({"counts": {"3": 2}}).counts == {3: 2} and Histogram.from_json({}).counts == {}
-    with pytest.raises(ValueError, match="another bucket layout"):
+    with pytest.raises(ValueError) as info:
         Histogram.from_json({"sub_buckets": 512, "counts": {}})
+    assert str(info.value) == f"histogram written with another bucket layout (512 sub-buckets, this mqttlab uses {SUB})"
 
 
 # --------------------------------------------------------------------------- drain rule
@@ -258,6 +259,13 @@ def test_receive_backlog_and_lateness_episodes_by_hand() -> None:
     assert saturation.client_record("pub1", "pub", 1, "behind_schedule", late, 4.75) == {
         "client_id": "pub1", "role": "pub", "index": 1, "kind": "behind_schedule", "seconds": 2.75, "longest_s": 2.0, "episodes": 2,
         "first_s": 1.0, "last_s": 4.75, "max_behind_ms": 507.812}
+    # clock readings carry more digits than the record keeps: milliseconds
+    fine = saturation.ReceiveBacklog(100.25037)
+    fine.sample(1, 100.4)
+    fine.sample(0, 100.98389)
+    assert saturation.client_record("sub5", "sub", 5, "receive_backlog", fine, 101.0) == {
+        "client_id": "sub5", "role": "sub", "index": 5, "kind": "receive_backlog", "seconds": 0.734, "longest_s": 0.734, "episodes": 1,
+        "first_s": 100.25, "last_s": 100.984, "max_queued_bytes": 1}
     a, z = socket.socketpair()
     with a, z:
         a.sendall(b"12345")
@@ -348,6 +356,9 @@ def test_partial_and_killed_runs_are_measured_against_their_plan(tmp_path: Path)
         (run / "bench" / "ipvs2" / name).write_text((ipvs2 / name).read_text())
     for f in (metrics.summarize_run(load_run(run)), rundir.summarize(run)):
         assert (f["expected"], f["delivered"], f["lost"]) == (800, 781, 19)
+    # counted and rebuilt pairs together: every lost delivery is placed once, as in the whole run
+    a = metrics.attribution(load_run(run))
+    assert a.attrs["total_lost"] == a["lost_deliveries"].sum() == 19 and sorted(a["lost_deliveries"]) == [4, 5, 10]
     # a planned publisher that wrote nothing and whose messages never arrived: all of it is lost
     m["scenario"] = {"publishers": 3, "subscribers": 4, "messages": 300}
     (run / "manifest.json").write_text(json.dumps(m))
@@ -356,7 +367,10 @@ def test_partial_and_killed_runs_are_measured_against_their_plan(tmp_path: Path)
     # a complete run is never re-planned: its counts are the truth
     m["status"] = "complete"
     (run / "manifest.json").write_text(json.dumps(m))
-    assert metrics.summarize_run(load_run(run))["expected"] == 2 * 100  # ipvs2's two subscribers, pub1's 100 (pub0 wrote no count)
+    s = metrics.summarize_run(load_run(run))
+    assert s["expected"] == 2 * 100  # ipvs2's two subscribers, pub1's 100 (pub0 wrote no count)
+    # pub0's 200 deliveries to them are not charged as negative loss: sub1 lost pub1's last message, sub3 that and 5 at the bridge
+    assert (s["delivered"], s["lost"]) == (393, 1 + 6)
 
 
 def summary(**over: Any) -> dict[str, Any]:
@@ -487,3 +501,159 @@ def test_every_field_of_the_run_summary(tmp_path: Path) -> None:
     s = metrics.summarize_run(load_run(run))
     assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
     assert set(s["connections_per_balancer"]) == {"ipvs1", "ipvs2"}
+
+
+def attribution_rows(run: Path) -> tuple[dict[tuple[Any, Any], Any], pd.DataFrame]:
+    a = metrics.attribution(load_run(run))
+    return {(r["broker"] if isinstance(r["broker"], str) else None, r["where"]): r for r in a.to_dict("records")}, a
+
+
+def test_a_partial_loss_on_a_bridged_broker_is_its_subscribers_queue_and_explained_only_by_their_logs(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.lost |= {(1, 1, 7)}  # sub1 on broker1 misses pub1's (broker2's) message 7, which sub0 on broker1 got: not the bridge
+    rows, a = attribution_rows(write_run(tmp_path / "logged", t))
+    q = rows[("broker1", "subscriber queue")]
+    assert (q["lost_deliveries"], q["distinct_messages"], q["explained"]) == (11, 11, True) and ("broker1", "bridge into broker1") not in rows
+    assert "1 of 2 subscribers logged as dropping on broker1" in q["evidence"]
+    # shares of the 20 lost deliveries, to the hundredth
+    assert {k: r["share_pct"] for k, r in rows.items()} == {("broker1", "subscriber queue"): 55.0, ("broker3", "bridge into broker3"): 25.0,
+                                                             ("broker2", "missed by every subscriber"): 20.0}
+    t.drops_logged = [("broker1", "mqttlab-bridge-x-broker1-broker3-local")]  # no subscriber's drops logged: unexplained
+    rows, a = attribution_rows(write_run(tmp_path / "silent", t))
+    q = rows[("broker1", "subscriber queue")]
+    assert (q["explained"], a.attrs["unexplained"]) == (False, 11 + 4) and "0 of 2 subscribers logged" in q["evidence"]
+
+
+def test_shares_of_the_loss_to_the_hundredth(known: Path) -> None:
+    rows, _ = attribution_rows(known)  # 10, 5 and 4 of 19
+    assert {k: r["share_pct"] for k, r in rows.items()} == {("broker1", "subscriber queue"): 52.63, ("broker3", "bridge into broker3"): 26.32,
+                                                             ("broker2", "missed by every subscriber"): 21.05}
+
+
+def test_a_loss_nobody_heard_is_explained_by_the_publishers_broker_counter_and_kept_when_that_broker_is_unknown(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.sys_dropped = {"broker2": 1}  # one message dropped is evidence enough
+    run = write_run(tmp_path / "k", t)
+    rows, _ = attribution_rows(run)
+    everyone = rows[("broker2", "missed by every subscriber")]
+    assert (everyone["broker_dropped_sys"], everyone["explained"]) == (1, True) and "broker2 dropped 1 messages" in everyone["evidence"]
+    # the monitor never sampled broker2: no counter is no evidence
+    brokers_csv(run, [(1.0, "broker1", 0), (2.0, "broker1", 15)])
+    rows, a = attribution_rows(run)
+    everyone = rows[("broker2", "missed by every subscriber")]
+    assert (everyone["broker_dropped_sys"], everyone["explained"]) == (0, False) and a.attrs["unexplained"] == 4
+    # the publisher's connection is missing from the broker logs: its loss has no broker but stays in the table
+    log = run / "logs" / "broker2.log"
+    log.write_text("".join(line for line in log.read_text().splitlines(keepends=True) if "pub1" not in line))
+    brokers_csv(run, [(1.0, "broker1", 0), (2.0, "broker1", 15), (1.0, "broker2", 0), (2.0, "broker2", 7)])
+    rows, a = attribution_rows(run)
+    nobody = rows[(None, "missed by every subscriber")]
+    assert (nobody["lost_deliveries"], nobody["broker_dropped_sys"], nobody["explained"]) == (4, 0, False)
+    assert a["lost_deliveries"].sum() == a.attrs["total_lost"] == 19 and a.attrs["unexplained"] == 4
+
+
+def test_a_run_without_loss_has_an_empty_attribution_with_its_columns(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.lost = set()
+    a = metrics.attribution(load_run(write_run(tmp_path / "k", t)))
+    assert a.empty and list(a.columns) == ["broker", "where", "lost_deliveries", "distinct_messages", "share_pct", "broker_dropped_sys",
+                                           "evidence", "explained"]
+    assert (a.attrs["total_lost"], a.attrs["unexplained"]) == (0, 0)
+
+
+def test_a_client_is_on_the_broker_it_connected_to_last(known: Path) -> None:
+    # sub0 connected to broker1 at 08:00:00 (broker1.log); an earlier attempt landed on broker3, a later reconnect on broker2
+    with (known / "logs" / "broker3.log").open("a") as f:
+        f.write("2027-01-15T07:59:59: New client connected from 10.3.0.10:50100 as mqttlab-1234abcd-sub0 (p2, c1, k60).\n")
+    s = metrics.summarize_run(load_run(known))
+    assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
+    with (known / "logs" / "broker2.log").open("a") as f:
+        f.write("2027-01-15T08:00:09: New client connected from 10.3.0.10:50200 as mqttlab-1234abcd-sub0 (p2, c1, k60).\n")
+    s = metrics.summarize_run(load_run(known))
+    assert s["connections_per_broker"] == {"broker1": 2, "broker2": 3, "broker3": 1}
+    assert s["loss_by_broker"] == {"broker1": 1, "broker2": 12, "broker3": 6}  # sub0's 11 losses follow it
+
+
+def test_latency_summary_of_known_latencies_to_the_microsecond(known: Path) -> None:
+    run = load_run(known)
+    d = run.deliveries[~run.deliveries["dup"]].head(101).copy()
+    d["recv_ns"] = d["send_ns"] + np.arange(101)[::-1] * 10_000_000 + 123  # 0, 10, ..., 1000 ms, each 123 ns more, in no order
+    run.deliveries = d
+    # linear percentiles of 101 evenly spaced values land on values: p50 = 500 ms; rounded to the microsecond
+    assert metrics.summarize_run(run)["latency_ms"] == {"p50": 500.0, "p90": 900.0, "p99": 990.0, "max": 1000.0}
+    d["recv_ns"] = d["send_ns"] + np.arange(101) * 10_000_000 + 1_700  # 1.7 us more: rounds up
+    assert metrics.summarize_run(run)["latency_ms"] == {"p50": 500.002, "p90": 900.002, "p99": 990.002, "max": 1000.002}
+
+
+def test_one_broker_alone_is_perfectly_fair() -> None:
+    assert metrics.jain([4]) == 1.0 and metrics.jain(np.array([0, 6])) == 0.5
+
+
+def test_a_complete_run_without_subscriber_counts_is_measured_from_its_records(known: Path) -> None:
+    for p in known.glob("bench/*/subscribers-*.csv"):
+        p.unlink()
+    s = metrics.summarize_run(load_run(known))
+    # pub0's duplicate (sub2, seq 3) counts once as received and once as a duplicate; order is not measured from records
+    assert (s["expected"], s["delivered"], s["lost"], s["duplicates"], s["out_of_order"]) == (800, 781, 19, 1, 0)
+    assert s["loss_by_broker"] == {"broker1": 12, "broker2": 1, "broker3": 6}
+
+
+def test_nothing_expected_is_no_loss(known: Path) -> None:
+    for p in known.glob("bench/*/*"):
+        if p.name.startswith(("subscribers-", "deliveries-")):
+            p.unlink()
+    s = metrics.summarize_run(load_run(known))
+    assert (s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (0, 0, 0, 0.0)
+
+
+def test_loss_percentage_to_three_decimals(tmp_path: Path) -> None:
+    t = reference_truth(sent=300)  # 2400 expected
+    t.lost = {(0, 0, 5)}
+    assert metrics.summarize_run(load_run(write_run(tmp_path / "k", t)))["loss_pct"] == 0.042  # 100 / 2400 = 0.04166...
+
+
+def test_a_planned_broker_nobody_reached_counts_in_the_fairness(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.subs[3] = ("ipvs2", "broker2")  # broker3 is in the plan but gets no client
+    s = metrics.summarize_run(load_run(write_run(tmp_path / "k", t)))
+    assert s["connections_per_broker"] == {"broker1": 3, "broker2": 3, "broker3": 0}
+    assert s["fairness"] == pytest.approx(36 / (3 * 18))  # (3 + 3 + 0)^2 / (3 * (9 + 9)) = 2/3
+    assert s["connections_per_balancer"]["ipvs2"] == {"broker1": 1, "broker2": 2, "broker3": 0}
+
+
+def test_centralized_clients_are_counted_at_the_balancer_they_dialled(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.topology = "centralized"  # both client hosts dial ipvs1
+    s = metrics.summarize_run(load_run(write_run(tmp_path / "k", t)))
+    assert s["connections_per_balancer"] == {"ipvs1": {"broker1": 3, "broker2": 2, "broker3": 1}}
+    assert s["fairness_per_balancer"] == {"ipvs1": pytest.approx(36 / 42)}
+
+
+def test_a_sample_without_a_cpu_reading_still_counts_its_drop_counter(known: Path) -> None:
+    with (known / "monitor" / "brokers.csv").open("w") as f:
+        f.write("time_s,broker,cpu_pct,mem_bytes,clients_connected,msgs_received,msgs_sent,msgs_dropped,net_rx_bytes,net_tx_bytes\n"
+                "1.0,broker1,5,1,1,1,1,100,1,1\n2.0,broker1,,1,1,1,1,108,1,1\n")
+    assert metrics.dropped_delta(load_run(known)).to_dict() == {"broker1": 8}
+
+
+def test_bridge_loss_evidence_names_every_bridge_client_logged(tmp_path: Path) -> None:
+    t = reference_truth()
+    t.drops_logged = [("broker1", t.cid("sub", 0))]
+    rows, _ = attribution_rows(write_run(tmp_path / "none", t))
+    br = rows[("broker3", "bridge into broker3")]
+    assert (br["evidence"], br["explained"]) == ("bridge clients logged as dropping: none", False)
+    t.drops_logged += [("broker2", "mqttlab-bridge-x-broker2-broker3"), ("broker1", "mqttlab-bridge-x-broker1-broker3-local")]
+    rows, _ = attribution_rows(write_run(tmp_path / "two", t))
+    br = rows[("broker3", "bridge into broker3")]
+    assert br["evidence"] == ("bridge clients logged as dropping: broker1:mqttlab-bridge-x-broker1-broker3-local, "
+                              "broker2:mqttlab-bridge-x-broker2-broker3") and br["explained"]
+
+
+def test_the_bench_summary_lists_what_brokers_refused(known: Path) -> None:
+    s = rundir.summarize(known)
+    assert "refused" not in rundir.format_summary(s)
+    text = rundir.format_summary(s | {"clients_refused": 0, "publishes_refused": 3, "refusal_reasons": {"publish_refused 135 not authorized": 3}})
+    assert text.splitlines()[0] == "run known: complete"
+    assert text.endswith("\n  refused by brokers clients 0  publishes 3 (not counted as lost)\n    3 x publish_refused 135 not authorized")
+    text = rundir.format_summary(s | {"clients_refused": 2, "publishes_refused": 0, "refusal_reasons": {"connack_error 134 bad user name or password": 2}})
+    assert text.endswith("\n  refused by brokers clients 2  publishes 0 (not counted as lost)\n    2 x connack_error 134 bad user name or password")

@@ -75,7 +75,8 @@ def client_brokers(run: Run) -> pd.DataFrame:
     c = run.connects
     if tag is not None:
         c = c[c["client_id"].str.startswith(f"mqttlab-{int(tag):08x}-")]
-    c = c.drop_duplicates("client_id", keep="last")
+    # a client that reconnected is where it connected last in time (the logs are read broker by broker)
+    c = c.sort_values("time", kind="stable").drop_duplicates("client_id", keep="last")
     out = run.clients[["client_id", "role", "index", "source", "entry_point", "local_addr"]].merge(
         c[["client_id", "broker", "src"]], on="client_id", how="left")
     return out.rename(columns={"source": "host"})

@@ -81,5 +81,5 @@ class Histogram:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Histogram:
         if doc.get("sub_buckets", SUB) != SUB:
-            raise ValueError("histogram written with another bucket layout")
+            raise ValueError(f"histogram written with another bucket layout ({doc['sub_buckets']} sub-buckets, this mqttlab uses {SUB})")
         return cls({int(k): int(v) for k, v in doc.get("counts", {}).items()})
