@@ -64,6 +64,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("mqttlab:bridge.layout", "mesh", "mqttlab:bridge.layout"),
     ("mqttlab:bridge.hub", 4, "mqttlab:bridge.hub"),
     ("mqttlab:bridge.qos", 0, "mqttlab:bridge.qos"),  # below the scenario's qos 1
+    ("mqttlab:bridge.keepaliveS", 4, "mqttlab:bridge.keepaliveS"),  # mosquitto refuses keepalive_interval < 5
+    ("mqttlab:bridge.keepaliveS", "60", "mqttlab:bridge.keepaliveS"),
     ("mqttlab:balancer.weights", [1, 1], "mqttlab:balancer.weights"),
     ("mqttlab:balancer.weights", [0, 0, 0], "mqttlab:balancer.weights"),
     ("mqttlab:balancer.timeouts.tcp", 0, "mqttlab:balancer.timeouts.tcp"),

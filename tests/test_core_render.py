@@ -133,7 +133,7 @@ def test_apply_steps_are_the_reference_sequence_over_the_rendered_files() -> Non
 
 def test_mosquitto_conf_carries_every_cap_and_the_hub_alone_defines_bridges() -> None:
     c = cfg(**{"brokers.maxQueuedMessages": 7, "brokers.maxInflightMessages": 3, "brokers.maxQueuedBytes": 9, "brokers.memoryLimit": 11,
-               "brokers.sysInterval": 2, "brokers.port": 1999, "bridge.hub": 2, "bridge.qos": 1})
+               "brokers.sysInterval": 2, "brokers.port": 1999, "bridge.hub": 2, "bridge.qos": 1, "bridge.keepaliveS": 7})
     plan = build_plan(c)
     hub = brk_r.mosquitto_conf(plan, c, plan.brokers[1])
     head = ["# Rendered by mqttlab from stack 'distributed' (distributed). Edit the stack file, not this file.", "# broker2: 10.2.0.21:1999",
@@ -146,7 +146,8 @@ def test_mosquitto_conf_carries_every_cap_and_the_hub_alone_defines_bridges() ->
     bridge = ["", "# bridge broker2 -> broker1", "connection broker2-broker1", "address 10.2.0.20:1999", "bridge_bind_address 10.2.0.21",
               "remote_clientid mqttlab-bridge-distributed-broker2-broker1", "local_clientid mqttlab-bridge-distributed-broker2-broker1-local",
               "topic # both 1", "try_private true", "cleansession false", "bridge_protocol_version mqttv311", "start_type automatic",
-              "restart_timeout 1 10", "notifications true", "notification_topic $SYS/broker/connection/broker2-broker1/state"]
+              "restart_timeout 1 10", "keepalive_interval 7", "notifications true",
+              "notification_topic $SYS/broker/connection/broker2-broker1/state"]
     assert hub.splitlines()[len(head):] == bridge + [b.replace("broker1", "broker3").replace("10.2.0.20", "10.2.0.22") for b in bridge]
     leaf = brk_r.mosquitto_conf(plan, c, plan.brokers[0])
     assert leaf.splitlines() == [h.replace("broker2", "broker1").replace("10.2.0.21", "10.2.0.20") for h in head] and leaf.endswith("11\n")
@@ -155,6 +156,11 @@ def test_mosquitto_conf_carries_every_cap_and_the_hub_alone_defines_bridges() ->
     lines = brk_r.mosquitto_conf(build_plan(only), only, build_plan(only).brokers[0]).splitlines()
     assert [x for x in lines if x.startswith("log_type")] == ["log_type warning", "log_type all"]
     assert lines[lines.index("log_type all") + 1] == "connection_messages true"
+    # the bridge keepalive stays Mosquitto's own 60 s (the reference's) unless the stack says otherwise
+    default = cfg()
+    assert default.bridge.keepalive == 60
+    assert [x for x in brk_r.mosquitto_conf(build_plan(default), default, build_plan(default).brokers[0]).splitlines()
+            if x.startswith("keepalive_interval")] == ["keepalive_interval 60"] * 2
 
 
 def test_secured_brokers_refuse_anonymous_clients_and_their_bridges_authenticate() -> None:

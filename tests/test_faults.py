@@ -69,6 +69,7 @@ def test_faults_are_checked_against_the_plan_and_each_other() -> None:
 
 def test_fault_rules_pass_nft_check(tmp_path: Path) -> None:
     for text in (bridge_cut_rules("mqttlab_fault0", "198.18.0.20", "198.18.0.22", 1883),
+                 bridge_cut_rules("mqttlab_fault0", "198.18.0.20", "198.18.0.22", 1883, "198.18.0.10"),
                  director_dead_rules("mqttlab_fault1", "198.18.1.10", 1883, ["198.18.0.20", "198.18.0.21"], 1883)):
         (tmp_path / "r.nft").write_text(text)
         cp = subprocess.run(["nft", "-c", "-f", str(tmp_path / "r.nft")], capture_output=True, text=True, timeout=30)

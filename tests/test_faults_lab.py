@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.conftest import ROOT
 from tests.test_lab import lab_run
 from workloads.analysis.availability import fault_table
 from workloads.analysis.load import load_run
@@ -138,3 +140,32 @@ def test_a_persistent_subscriber_gets_what_was_queued_while_it_was_cut_off(tmp_p
     assert loss[False][("ipvs2", "ipvs1")] == 0  # queued by the broker meanwhile, delivered on return
     assert loss[True][("ipvs2", "ipvs1")] > 0  # a clean session starts empty: what came meanwhile is gone
     assert loss[False][("ipvs1", "ipvs1")] == loss[True][("ipvs1", "ipvs1")] == 0  # nobody else was touched
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(400)
+def test_a_bridge_cut_loses_on_that_bridge_exactly_what_the_brokers_count_dropped(tmp_path: Path) -> None:
+    """A 20 s cut of broker1-broker2 at 120 messages/s, the bridge capped at 100 queued messages and
+    its keepalive at 5 s: both ends drop (the hub into broker2, broker2 out of it), and what the
+    report attributes to the bridge per direction equals each end's $SYS drop counter."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    stack = yaml.safe_load((ROOT / "Pulumi.distributed.yaml").read_text())
+    stack["config"]["mqttlab:brokers"]["maxQueuedMessages"] = 100
+    stack["config"]["mqttlab:bridge"]["keepaliveS"] = 5
+    (proj / "Pulumi.bridgecut.yaml").write_text(yaml.safe_dump(stack))
+    out = tmp_path / "runs"
+    cp = lab_run("-s", "bridgecut", "--project-dir", str(proj), "--publishers", "6", "--subscribers", "6", "--messages", "3600",
+                 "--interval-ms", "50", "--qos", "1", "--drain-s", "5", "--reconnect-min-ms", "100", "--reconnect-max-ms", "1000",
+                 "--balancer", "haproxy", "--fault", "bridge:broker1-broker2:cut@2s+20s", "--time-limit-s", "120", "--json",
+                 out=out, timeout=300)
+    runs = sorted(out.iterdir())
+    assert cp.returncode == 0 and len(runs) == 1, cp.stderr[-3000:]
+    assert "keepalive_interval 5" in (runs[0] / "rendered/brokers/broker1/mosquitto.conf").read_text()
+    f = fault_table(load_run(runs[0])).iloc[0]
+    lost, dropped = f["bridge_lost_messages"], f["bridge_dropped_sys"]
+    print(f"bridge cut: lost {lost}, $SYS dropped {dropped}, lost inside {f['lost_inside']} outside {f['lost_outside']}")
+    assert lost["into broker2"] > 0 and lost["out of broker2"] > 0, f.to_dict()
+    assert (lost["into broker2"], lost["out of broker2"]) == (dropped["broker1"], dropped["broker2"]), f.to_dict()
+    assert_lab_gone(runs[0])

@@ -61,6 +61,7 @@ def mosquitto_conf(plan: Plan, cfg: ExperimentConfig, broker: Broker, material: 
             "bridge_protocol_version mqttv311",
             "start_type automatic",
             "restart_timeout 1 10",
+            f"keepalive_interval {cfg.bridge.keepalive}",
             "notifications true",
             f"notification_topic $SYS/broker/connection/{link.name}/state",
         ]

@@ -77,6 +77,11 @@ class BridgeConfig:
     layout: str
     hub: int
     qos: int
+    # Mosquitto's bridge keepalive_interval (its default 60 s, which the reference leaves): how long
+    # a silent bridge connection lives before it is declared dead. Only then does the bridge queue
+    # messages (and drop past max_queued_messages); before that it writes them into TCP, which
+    # retransmits after a cut, so a cut shorter than this loses nothing.
+    keepalive: int = 60
 
 
 @dataclass(frozen=True)
@@ -308,7 +313,9 @@ def _parse_bridge(cfg: Mapping[str, Any], brokers: BrokerConfig) -> BridgeConfig
     layout = _choice(p + "layout", _get(sec, "layout", "star"), BRIDGE_LAYOUTS)
     hub = _int(p + "hub", _get(sec, "hub", 1), 1, brokers.count)
     qos = _int(p + "qos", _get(sec, "qos", 2), 0, 2)
-    return BridgeConfig(layout, hub, qos)
+    # Mosquitto refuses a keepalive_interval below 5 s; 65535 is MQTT's 16-bit keepalive field
+    keepalive = _int(p + "keepaliveS", _get(sec, "keepaliveS", 60), 5, 65535)
+    return BridgeConfig(layout, hub, qos, keepalive)
 
 
 def _parse_balancer(cfg: Mapping[str, Any], brokers: BrokerConfig) -> BalancerConfig:

@@ -30,12 +30,16 @@ if TYPE_CHECKING:
 FILE = "faults.jsonl"
 
 
-def bridge_cut_rules(table: str, hub: str, remote: str, port: int) -> str:
-    """Drop both directions of the hub's bridge to ``remote`` (the bridge leaves from the hub's
-    own address, ``bridge_bind_address``), and nothing else: clients and monitors use other pairs."""
+def bridge_cut_rules(table: str, hub: str, remote: str, port: int, host: str | None = None) -> str:
+    """Drop both directions of the hub's bridge to ``remote``. The bridge should leave from the
+    hub's own address (``bridge_bind_address``), but the lab's Debian Mosquitto 2.0.11 connects a
+    bridge in two asynchronous steps and leaves from the brokers host's address instead (its log:
+    "New bridge connected from <host address>"), so ``host`` is dropped too: that also cuts the
+    remote broker's monitor for the same span (it resumes after), and nothing else."""
+    src = f"{{ {hub}, {host} }}" if host else hub
     return (f"table ip {table} {{\n\tchain output {{\n\t\ttype filter hook output priority -300; policy accept;\n"
-            f"\t\tip saddr {hub} ip daddr {remote} tcp dport {port} drop\n"
-            f"\t\tip saddr {remote} tcp sport {port} ip daddr {hub} drop\n\t}}\n}}\n")
+            f"\t\tip saddr {src} ip daddr {remote} tcp dport {port} drop\n"
+            f"\t\tip saddr {remote} tcp sport {port} ip daddr {src} drop\n\t}}\n}}\n")
 
 
 def director_dead_rules(table: str, vip: str, port: int, brokers: list[str], broker_port: int) -> str:
@@ -137,9 +141,10 @@ class Injector:
             link = next(b for b in lab.plan.bridges if b.name == f.target)
             hub = next(b for b in lab.plan.brokers if b.name == link.local)
             table = f"mqttlab_fault{i}"
-            self.nft(lab.ns("brokers"), bridge_cut_rules(table, hub.address, link.remote_address, link.remote_port))
+            host = next(h.address for h in lab.plan.hosts if h.role == "brokers")
+            self.nft(lab.ns("brokers"), bridge_cut_rules(table, hub.address, link.remote_address, link.remote_port, host))
             self.undo[i] = lambda: self.nft_delete(lab.ns("brokers"), table)
-            rec["detail"] = f"drop {hub.address} <-> {link.remote_address}:{link.remote_port} in {lab.ns('brokers')}"
+            rec["detail"] = f"drop {hub.address}, {host} <-> {link.remote_address}:{link.remote_port} in {lab.ns('brokers')}"
         else:
             bal = next(b for b in lab.plan.balancers if b.host == f.target)
             table = f"mqttlab_fault{i}"
