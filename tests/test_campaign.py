@@ -274,3 +274,40 @@ def test_run_child_returns_the_summary_reports_failures_and_forwards_ctrl_c(tmp_
     with pytest.raises(PointFailed, match="still running after 10 s; stopped"):
         run_child([sys.executable, str(script), str(d), "hang"], d, d / "runs", bound_s=10)  # generous: the child must have started
     assert (d / "torn-down").read_text() == "yes"
+
+
+GUARDED = """
+import sys
+from pathlib import Path
+from workloads.campaign.cli import main_guard
+from workloads.campaign.run import run_child
+from workloads.procs import exit_status
+d = Path(sys.argv[2])
+try:  # as workloads.cli.main does
+    sys.exit(main_guard(lambda _args: run_child([sys.executable, sys.argv[1], str(d), "hang"], d, d / "runs", bound_s=60))(None))
+except KeyboardInterrupt as exc:
+    sys.exit(exit_status(exc))
+"""
+
+
+def test_sigterm_to_the_campaign_stops_the_running_point_and_waits_for_its_teardown(tmp_path: Path) -> None:
+    """``timeout`` and a closed terminal send SIGTERM or SIGHUP: the point, in a session of its own,
+    must get its SIGINT and finish its teardown, not be left running when the campaign dies."""
+    import signal
+    import sys
+    import time
+
+    script, guarded = tmp_path / "child.py", tmp_path / "guarded.py"
+    script.write_text(CHILD)
+    guarded.write_text(GUARDED)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        d = tmp_path / sig.name
+        d.mkdir()
+        proc = subprocess.Popen([sys.executable, str(guarded), str(script), str(d)], cwd=ROOT)
+        end = time.time() + 60
+        while not (d / "ready").exists() and time.time() < end and proc.poll() is None:
+            time.sleep(0.05)
+        assert (d / "ready").exists(), "the point never started"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 128 + sig
+        assert (d / "torn-down").read_text() == "yes"  # the point got SIGINT and finished its teardown before the campaign exited

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from workloads import procs
 from workloads.campaign.spec import Campaign, CampaignError, load_campaign
 from workloads.cliargs import project_dir
 
@@ -97,9 +98,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main_guard(func):  # type: ignore[no-untyped-def]
+    """Bad campaign files become a message; SIGTERM and SIGHUP (``timeout``, a closed terminal)
+    unwind like Ctrl-C, so the running point is stopped and tears its lab down instead of being
+    left running in its own session when the campaign's process dies."""
     def run(args: argparse.Namespace) -> int:
         try:
-            return int(func(args))
+            with procs.stop_signals_raise():
+                return int(func(args))
         except CampaignError as exc:
             print(f"mqttlab campaign: {exc}", file=sys.stderr)
             return 2
