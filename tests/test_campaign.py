@@ -311,3 +311,28 @@ def test_sigterm_to_the_campaign_stops_the_running_point_and_waits_for_its_teard
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == 128 + sig
         assert (d / "torn-down").read_text() == "yes"  # the point got SIGINT and finished its teardown before the campaign exited
+
+
+def test_a_campaign_at_one_offered_rate_is_plotted_by_configuration_not_against_a_one_point_rate_axis(tmp_path: Path) -> None:
+    """A reproduction or an ablation runs every configuration at the same load: a loss-against-load
+    curve would be one column of overlapping points on an axis spanning a few msg/s around it."""
+    from matplotlib import image
+
+    from workloads.campaign.report import write_campaign_report
+
+    c = load_campaign(write(tmp_path, BASE.replace("publishers: [2, 4, 8]", "qos: [1, 2]")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    fake = FakeSystem(capacity=100, topology_penalty=0.5)
+
+    def saturated_at_qos2(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        return fake(point, cfg, point_dir) | {"bench_saturated": cfg.scenario.qos == 2}
+
+    execute_points(cdir, c, cdir.open(c, c.order()), saturated_at_qos2, progress=False)
+    rep = write_campaign_report(cdir.path)
+    assert {x["n"] for x in rep["configurations"]} == {3} and len(rep["configurations"]) == 4
+    assert {x["levels"]["qos"]: x["bench_saturated"] for x in rep["configurations"]} == {1: 0, 2: 3}  # named in the table too
+    assert "load generator saturated (runs)" in (cdir.path / "report" / "configurations.csv").read_text()
+    png = cdir.path / "report" / "loss-by-configuration.png"
+    assert not (cdir.path / "report" / "loss-vs-load.png").exists()
+    assert image.imread(png).shape[1] > image.imread(png).shape[0]  # a real, landscape image
+    assert 'alt="loss-by-configuration"' in (cdir.path / "report" / "report.html").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class ConfigStats:
     loss_pct: Estimate
     p99_ms: Estimate
     throughput: Estimate
+    saturated: int = 0  # runs whose load generator said it was the limit: their loss may be the generator's
 
 
 def _group(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -65,7 +67,8 @@ def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
     for rs in by.values():
         est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low, clip_high=CLIP_HIGH.get(key))
                for key, _n, _u, low in METRICS}
-        out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"]))
+        out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"],
+                               sum(1 for r in rs if r.get("bench_saturated"))))
     return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
                                       c.offered_rate))
 
@@ -174,6 +177,34 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
     return _save(fig, path)
 
 
+def plot_loss_by_configuration(conf: list[ConfigStats], path: Path) -> Path:
+    """Every configuration at one offered rate (a reproduction, an ablation): a curve against load
+    would be a single column of overlapping points on a meaningless rate axis, so each
+    configuration gets its own place, its mean and 95 % interval, and every run's own loss is not
+    needed to read it."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(conf) + 2), 4.5))
+    x = list(range(len(conf)))
+    for i, r in enumerate(conf):
+        e = r.loss_pct
+        lo = e.lo if e.lo is not None else e.mean
+        hi = e.hi if e.hi is not None else e.mean
+        ax.errorbar([i], [e.mean], yerr=[[e.mean - lo], [hi - e.mean]], marker="o", capsize=4, color="#2c7fb8")
+        ax.annotate(f"{e.mean:.1f} %", (i, e.mean), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")
+    top = max([(r.loss_pct.hi if r.loss_pct.hi is not None else r.loss_pct.mean) for r in conf], default=0.0)
+    if top <= 0:
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
+    else:
+        ax.set_ylim(0, min(top * 1.15, 100.0))
+    names = [textwrap.fill(_label(r.levels, [k for k in r.levels if k != "offered_rate"]), 30) for r in conf]
+    ax.set_xticks(x, [f"{name}\n(n = {r.n})" for name, r in zip(names, conf, strict=True)], fontsize=8)
+    ax.set_xlim(-0.5, len(conf) - 0.5)
+    ax.set_ylabel("message loss (%)")
+    rate = conf[0].offered_rate if conf else 0.0
+    ax.set_title(f"Loss by configuration at {rate:.0f} msg/s offered (mean, 95 % CI)")
+    return _save(fig, path)
+
+
 def plot_capacity(capacities: dict[str, Any], path: Path) -> Path:
     """Each configuration's capacity as a bracket: the highest rate that passed to the lowest that failed."""
     fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.5 * max(1, len(capacities))))
@@ -208,11 +239,15 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     comps = comparisons(results, compare)
     table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
                            "loss % mean [95 % CI]": _fmt(r.loss_pct), "p99 latency ms mean [95 % CI]": _fmt(r.p99_ms, 1),
-                           "delivered per second mean [95 % CI]": _fmt(r.throughput, 0)} for r in conf])
+                           "delivered per second mean [95 % CI]": _fmt(r.throughput, 0),
+                           "load generator saturated (runs)": r.saturated} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
     sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS]
     (out / "comparisons.txt").write_text("\n".join(sentences) + ("\n" if sentences else ""))
-    plots = [plot_loss_curves(conf, load_keys, capacities, out / "loss-vs-load.png")]
+    one_rate = len({r.offered_rate for r in conf}) == 1 and not capacities
+    plots = [plot_loss_by_configuration(conf, out / "loss-by-configuration.png") if one_rate
+             else plot_loss_curves(conf, load_keys, capacities, out / "loss-vs-load.png")]
+    (out / ("loss-vs-load.png" if one_rate else "loss-by-configuration.png")).unlink(missing_ok=True)  # a rewrite leaves no stale plot
     if capacities:
         plots.append(plot_capacity(capacities, out / "capacity.png"))
     expected = len(spec["order"]) if spec.get("kind") == "matrix" else len(results)
@@ -236,7 +271,7 @@ over repetitions (loss intervals clipped at 0); differences use Welch's t-test.<
 <p>Each point is a normal run directory (see <code>points/*/result.json</code>); <code>mqttlab report</code> on it gives the run's details.</p>
 </body></html>"""
     (out / "report.html").write_text(doc)
-    summary = {"points": len(results), "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n,
+    summary = {"points": len(results), "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "bench_saturated": r.saturated,
                                                              **{k: vars(getattr(r, k)) for k, *_ in METRICS}} for r in conf],
                "comparisons": sentences, "capacity": capacities}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
