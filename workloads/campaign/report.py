@@ -140,6 +140,16 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def _loss_axis(ax: Any, top: float) -> None:
+    """Loss is never negative and never above 100 %; with nothing lost, say so rather than stretch
+    the axis around zero."""
+    if top <= 0:
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
+    else:
+        ax.set_ylim(0, min(top * 1.15, 100.0))
+
+
 def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: dict[str, Any], path: Path) -> Path:
     """Mean loss against offered rate, one line per configuration (all factors but the load),
     95 % intervals as error bars; the y axis starts at 0 (loss is never negative) and is not
@@ -164,11 +174,7 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
         if c.get("capacity") and c.get("upper"):
             ax.axvspan(c["capacity"], c["upper"], color=colours.get(name, "grey"), alpha=0.2,
                        label=f"capacity, {name}: {c['capacity']:.0f}-{c['upper']:.0f} msg/s")
-    if top <= 0:
-        ax.set_ylim(0, 1)
-        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
-    else:
-        ax.set_ylim(0, min(top * 1.15, 100.0))
+    _loss_axis(ax, top)
     ax.set_xlabel("offered rate (messages/s published, all publishers)")
     ax.set_ylabel("message loss (%)")
     ax.set_title("Loss against offered load (mean, 95 % CI)")
@@ -191,11 +197,7 @@ def plot_loss_by_configuration(conf: list[ConfigStats], path: Path) -> Path:
         ax.errorbar([i], [e.mean], yerr=[[e.mean - lo], [hi - e.mean]], marker="o", capsize=4, color="#2c7fb8")
         ax.annotate(f"{e.mean:.1f} %", (i, e.mean), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")
     top = max([(r.loss_pct.hi if r.loss_pct.hi is not None else r.loss_pct.mean) for r in conf], default=0.0)
-    if top <= 0:
-        ax.set_ylim(0, 1)
-        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
-    else:
-        ax.set_ylim(0, min(top * 1.15, 100.0))
+    _loss_axis(ax, top)
     names = [textwrap.fill(_label(r.levels, [k for k in r.levels if k != "offered_rate"]), 30) for r in conf]
     ax.set_xticks(x, [f"{name}\n(n = {r.n})" for name, r in zip(names, conf, strict=True)], fontsize=8)
     ax.set_xlim(-0.5, len(conf) - 0.5)
