@@ -336,3 +336,18 @@ def test_a_campaign_at_one_offered_rate_is_plotted_by_configuration_not_against_
     assert not (cdir.path / "report" / "loss-vs-load.png").exists()
     assert image.imread(png).shape[1] > image.imread(png).shape[0]  # a real, landscape image
     assert 'alt="loss-by-configuration"' in (cdir.path / "report" / "report.html").read_text()
+
+
+def test_list_levels_read_as_written_in_the_table_and_the_sentences(tmp_path: Path) -> None:
+    """A list level (the brokers' log types) is shown as ``a/b``, not as a Python list's repr."""
+    from workloads.campaign.report import write_campaign_report
+
+    text = BASE.replace("topology: [distributed, centralized]\n  publishers: [2, 4, 8]", "brokers.logTypes: [[warning, notice], [all]]")
+    c = load_campaign(write(tmp_path, text.replace("compare: topology", "compare: brokers.logTypes")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    execute_points(cdir, c, cdir.open(c, c.order()), FakeSystem(capacity=100), progress=False)
+    rep = write_campaign_report(cdir.path)
+    loss = next(s for s in rep["comparisons"] if "loss" in s and "latency" not in s)
+    assert loss.startswith("At base: ") and "warning/notice" in loss and " all " in loss and "[" not in loss.split("(")[0]
+    table = (cdir.path / "report" / "configurations.csv").read_text()
+    assert "logTypes warning/notice" in table and "logTypes all" in table and "'" not in table

@@ -29,11 +29,18 @@ METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 late
 CLIP_HIGH = {"loss_pct": 100.0}
 
 
+def _level(v: Any) -> str:
+    """A factor's level as a reader writes it: a list level (log types) as ``a/b/c``, not a repr."""
+    if isinstance(v, (list, tuple)):
+        return "/".join(map(str, v))
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _label(levels: dict[str, Any], keys: Iterable[str]) -> str:
     def show(k: str, v: Any) -> str:
         if k == "offered_rate":
             return f"{float(v):.0f} msg/s"
-        return f"{k.split('.')[-1]} {v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+        return f"{k.split('.')[-1]} {_level(v)}"
     return ", ".join(show(k, levels[k]) for k in keys if k in levels) or "base"
 
 
@@ -92,7 +99,7 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
                 va = [r[key] for r in by[a] if r.get(key) is not None]
                 vb = [r[key] for r in by[b] if r.get(key) is not None]
                 row[key] = welch(va, vb) if va and vb else None
-                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(f"{la[k]}", f"{lb[k]}", name, unit, va, vb,
+                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(_level(la[k]), _level(lb[k]), name, unit, va, vb,
                                                                    level_unit=" %" if key == "loss_pct" else None)
             out.append(row)
     return out
@@ -125,7 +132,7 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
             if d.diff == 0:
                 ties += 1
                 continue
-            w = str(c["b"] if d.diff > 0 else c["a"])
+            w = _level(c["b"] if d.diff > 0 else c["a"])
             wins[w] = wins.get(w, 0) + 1
             if d.p is not None and d.p < 0.05:
                 sig[w] = sig.get(w, 0) + 1
