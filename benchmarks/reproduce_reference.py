@@ -2,10 +2,13 @@
 messages per burst, QoS 1 and 2, both topologies, the reference's broker caps (0.25 CPU,
 128 MB), then one report over all runs. Also times `lab up` and `lab down`.
 
-    sudo .venv/bin/python benchmarks/reproduce_reference.py --out docs/reproduction [--repeat 1] [--balancer B]
+    sudo .venv/bin/python benchmarks/reproduce_reference.py --out out/reproduce-reference [--repeat 1] [--balancer B]
 
 The balancer is the lab's default: IPVS where the kernel has it, otherwise the stand-in the
-summary names (HAProxy leastconn for lc). Needs root.
+summary names (the kernel NAT, nftables DNAT). Needs root. The reproduction in the README (and in
+``docs/reproduction/``) is the campaign ``campaigns/reproduction.yaml``, with repetitions in a
+randomized order and intervals; this script stays for the per-run attribution tables and the
+``lab up``/``lab down`` timings.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def lab_up_down(times: int) -> list[tuple[float, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="docs/reproduction")
+    ap.add_argument("--out", default="out/reproduce-reference")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--balancer", help="default: the lab's choice")
     a = ap.parse_args()

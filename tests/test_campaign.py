@@ -274,3 +274,80 @@ def test_run_child_returns_the_summary_reports_failures_and_forwards_ctrl_c(tmp_
     with pytest.raises(PointFailed, match="still running after 10 s; stopped"):
         run_child([sys.executable, str(script), str(d), "hang"], d, d / "runs", bound_s=10)  # generous: the child must have started
     assert (d / "torn-down").read_text() == "yes"
+
+
+GUARDED = """
+import sys
+from pathlib import Path
+from workloads.campaign.cli import main_guard
+from workloads.campaign.run import run_child
+from workloads.procs import exit_status
+d = Path(sys.argv[2])
+try:  # as workloads.cli.main does
+    sys.exit(main_guard(lambda _args: run_child([sys.executable, sys.argv[1], str(d), "hang"], d, d / "runs", bound_s=60))(None))
+except KeyboardInterrupt as exc:
+    sys.exit(exit_status(exc))
+"""
+
+
+def test_sigterm_to_the_campaign_stops_the_running_point_and_waits_for_its_teardown(tmp_path: Path) -> None:
+    """``timeout`` and a closed terminal send SIGTERM or SIGHUP: the point, in a session of its own,
+    must get its SIGINT and finish its teardown, not be left running when the campaign dies."""
+    import signal
+    import sys
+    import time
+
+    script, guarded = tmp_path / "child.py", tmp_path / "guarded.py"
+    script.write_text(CHILD)
+    guarded.write_text(GUARDED)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        d = tmp_path / sig.name
+        d.mkdir()
+        proc = subprocess.Popen([sys.executable, str(guarded), str(script), str(d)], cwd=ROOT)
+        end = time.time() + 60
+        while not (d / "ready").exists() and time.time() < end and proc.poll() is None:
+            time.sleep(0.05)
+        assert (d / "ready").exists(), "the point never started"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 128 + sig
+        assert (d / "torn-down").read_text() == "yes"  # the point got SIGINT and finished its teardown before the campaign exited
+
+
+def test_a_campaign_at_one_offered_rate_is_plotted_by_configuration_not_against_a_one_point_rate_axis(tmp_path: Path) -> None:
+    """A reproduction or an ablation runs every configuration at the same load: a loss-against-load
+    curve would be one column of overlapping points on an axis spanning a few msg/s around it."""
+    from matplotlib import image
+
+    from workloads.campaign.report import write_campaign_report
+
+    c = load_campaign(write(tmp_path, BASE.replace("publishers: [2, 4, 8]", "qos: [1, 2]")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    fake = FakeSystem(capacity=100, topology_penalty=0.5)
+
+    def saturated_at_qos2(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        return fake(point, cfg, point_dir) | {"bench_saturated": cfg.scenario.qos == 2}
+
+    execute_points(cdir, c, cdir.open(c, c.order()), saturated_at_qos2, progress=False)
+    rep = write_campaign_report(cdir.path)
+    assert {x["n"] for x in rep["configurations"]} == {3} and len(rep["configurations"]) == 4
+    assert {x["levels"]["qos"]: x["bench_saturated"] for x in rep["configurations"]} == {1: 0, 2: 3}  # named in the table too
+    assert "load generator saturated (runs)" in (cdir.path / "report" / "configurations.csv").read_text()
+    png = cdir.path / "report" / "loss-by-configuration.png"
+    assert not (cdir.path / "report" / "loss-vs-load.png").exists()
+    assert image.imread(png).shape[1] > image.imread(png).shape[0]  # a real, landscape image
+    assert 'alt="loss-by-configuration"' in (cdir.path / "report" / "report.html").read_text()
+
+
+def test_list_levels_read_as_written_in_the_table_and_the_sentences(tmp_path: Path) -> None:
+    """A list level (the brokers' log types) is shown as ``a/b``, not as a Python list's repr."""
+    from workloads.campaign.report import write_campaign_report
+
+    text = BASE.replace("topology: [distributed, centralized]\n  publishers: [2, 4, 8]", "brokers.logTypes: [[warning, notice], [all]]")
+    c = load_campaign(write(tmp_path, text.replace("compare: topology", "compare: brokers.logTypes")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    execute_points(cdir, c, cdir.open(c, c.order()), FakeSystem(capacity=100), progress=False)
+    rep = write_campaign_report(cdir.path)
+    loss = next(s for s in rep["comparisons"] if "loss" in s and "latency" not in s)
+    assert loss.startswith("At base: ") and "warning/notice" in loss and " all " in loss and "[" not in loss.split("(")[0]
+    table = (cdir.path / "report" / "configurations.csv").read_text()
+    assert "logTypes warning/notice" in table and "logTypes all" in table and "'" not in table

@@ -62,15 +62,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CampaignError(f"vm: true needs the micro-VM: missing {reason}")
     cdir = CampaignDir(Path(args.out))
     order = cdir.open(campaign, order)
-    with procs.stop_signals_raise():  # SIGTERM (timeout, a scheduler) stops the point as Ctrl-C does
-        if boot_once and not vm.in_guest():
-            rc = in_vm(args, campaign, cdir, order)
-            print(f"report: {write_report(cdir.path)}")  # here: matplotlib under the guest's emulation takes minutes
-            return rc
-        deadline = None
-        if args.time_budget is not None:
-            deadline = time.time() + args.time_budget * 60 - (VM_BOOT_S if vm.in_guest() else 0.0)
-        outcome = execute_points(cdir, campaign, order, runner, progress=not args.quiet, deadline=deadline, own_boot=not boot_once)
+    # SIGTERM and SIGHUP (timeout, a scheduler) stop the point as Ctrl-C does: main_guard
+    if boot_once and not vm.in_guest():
+        rc = in_vm(args, campaign, cdir, order)
+        print(f"report: {write_report(cdir.path)}")  # here: matplotlib under the guest's emulation takes minutes
+        return rc
+    deadline = None
+    if args.time_budget is not None:
+        deadline = time.time() + args.time_budget * 60 - (VM_BOOT_S if vm.in_guest() else 0.0)
+    outcome = execute_points(cdir, campaign, order, runner, progress=not args.quiet, deadline=deadline, own_boot=not boot_once)
     complete = len(outcome.done) + len(outcome.ran)
     print(f"campaign {campaign.name}: {complete} of {len(order)} points complete "
           f"({len(outcome.ran)} run now, {len(outcome.done)} before), {len(outcome.failed)} failed"
@@ -148,9 +148,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main_guard(func):  # type: ignore[no-untyped-def]
+    """Bad campaign files become a message; SIGTERM and SIGHUP (``timeout``, a closed terminal)
+    unwind like Ctrl-C, so the running point is stopped and tears its lab down instead of being
+    left running in its own session when the campaign's process dies."""
     def run(args: argparse.Namespace) -> int:
         try:
-            return int(func(args))
+            with procs.stop_signals_raise():
+                return int(func(args))
         except CampaignError as exc:
             print(f"mqttlab campaign: {exc}", file=sys.stderr)
             return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,18 @@ METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 late
 CLIP_HIGH = {"loss_pct": 100.0}
 
 
+def _level(v: Any) -> str:
+    """A factor's level as a reader writes it: a list level (log types) as ``a/b/c``, not a repr."""
+    if isinstance(v, (list, tuple)):
+        return "/".join(map(str, v))
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _label(levels: dict[str, Any], keys: Iterable[str]) -> str:
     def show(k: str, v: Any) -> str:
         if k == "offered_rate":
             return f"{float(v):.0f} msg/s"
-        return f"{k.split('.')[-1]} {v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+        return f"{k.split('.')[-1]} {_level(v)}"
     return ", ".join(show(k, levels[k]) for k in keys if k in levels) or "base"
 
 
@@ -47,6 +55,7 @@ class ConfigStats:
     loss_pct: Estimate
     p99_ms: Estimate
     throughput: Estimate
+    saturated: int = 0  # runs whose load generator said it was the limit: their loss may be the generator's
 
 
 def _group(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -65,7 +74,8 @@ def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
     for rs in by.values():
         est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low, clip_high=CLIP_HIGH.get(key))
                for key, _n, _u, low in METRICS}
-        out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"]))
+        out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"],
+                               sum(1 for r in rs if r.get("bench_saturated"))))
     return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
                                       c.offered_rate))
 
@@ -89,7 +99,7 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
                 va = [r[key] for r in by[a] if r.get(key) is not None]
                 vb = [r[key] for r in by[b] if r.get(key) is not None]
                 row[key] = welch(va, vb) if va and vb else None
-                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(f"{la[k]}", f"{lb[k]}", name, unit, va, vb,
+                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(_level(la[k]), _level(lb[k]), name, unit, va, vb,
                                                                    level_unit=" %" if key == "loss_pct" else None)
             out.append(row)
     return out
@@ -122,7 +132,7 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
             if d.diff == 0:
                 ties += 1
                 continue
-            w = str(c["b"] if d.diff > 0 else c["a"])
+            w = _level(c["b"] if d.diff > 0 else c["a"])
             wins[w] = wins.get(w, 0) + 1
             if d.p is not None and d.p < 0.05:
                 sig[w] = sig.get(w, 0) + 1
@@ -135,6 +145,16 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
     best_cfg = min(conf, key=lambda r: (r.loss_pct.mean, -r.offered_rate))
     parts.append(f"Least loss of all: {html.escape(_label(best_cfg.levels, best_cfg.levels))}, {best_cfg.loss_pct.text(' %', 3)}.")
     return " ".join(parts)
+
+
+def _loss_axis(ax: Any, top: float) -> None:
+    """Loss is never negative and never above 100 %; with nothing lost, say so rather than stretch
+    the axis around zero."""
+    if top <= 0:
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
+    else:
+        ax.set_ylim(0, min(top * 1.15, 100.0))
 
 
 def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: dict[str, Any], path: Path) -> Path:
@@ -161,16 +181,36 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
         if c.get("capacity") and c.get("upper"):
             ax.axvspan(c["capacity"], c["upper"], color=colours.get(name, "grey"), alpha=0.2,
                        label=f"capacity, {name}: {c['capacity']:.0f}-{c['upper']:.0f} msg/s")
-    if top <= 0:
-        ax.set_ylim(0, 1)
-        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
-    else:
-        ax.set_ylim(0, min(top * 1.15, 100.0))
+    _loss_axis(ax, top)
     ax.set_xlabel("offered rate (messages/s published, all publishers)")
     ax.set_ylabel("message loss (%)")
     ax.set_title("Loss against offered load (mean, 95 % CI)")
     if series:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, path)
+
+
+def plot_loss_by_configuration(conf: list[ConfigStats], path: Path) -> Path:
+    """Every configuration at one offered rate (a reproduction, an ablation): a curve against load
+    would be a single column of overlapping points on a meaningless rate axis, so each
+    configuration gets its own place, its mean and 95 % interval, and every run's own loss is not
+    needed to read it."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(conf) + 2), 4.5))
+    x = list(range(len(conf)))
+    for i, r in enumerate(conf):
+        e = r.loss_pct
+        lo = e.lo if e.lo is not None else e.mean
+        hi = e.hi if e.hi is not None else e.mean
+        ax.errorbar([i], [e.mean], yerr=[[e.mean - lo], [hi - e.mean]], marker="o", capsize=4, color="#2c7fb8")
+        ax.annotate(f"{e.mean:.1f} %", (i, e.mean), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")
+    top = max([(r.loss_pct.hi if r.loss_pct.hi is not None else r.loss_pct.mean) for r in conf], default=0.0)
+    _loss_axis(ax, top)
+    names = [textwrap.fill(_label(r.levels, [k for k in r.levels if k != "offered_rate"]), 30) for r in conf]
+    ax.set_xticks(x, [f"{name}\n(n = {r.n})" for name, r in zip(names, conf, strict=True)], fontsize=8)
+    ax.set_xlim(-0.5, len(conf) - 0.5)
+    ax.set_ylabel("message loss (%)")
+    rate = conf[0].offered_rate if conf else 0.0
+    ax.set_title(f"Loss by configuration at {rate:.0f} msg/s offered (mean, 95 % CI)")
     return _save(fig, path)
 
 
@@ -208,11 +248,15 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     comps = comparisons(results, compare)
     table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
                            "loss % mean [95 % CI]": _fmt(r.loss_pct), "p99 latency ms mean [95 % CI]": _fmt(r.p99_ms, 1),
-                           "delivered per second mean [95 % CI]": _fmt(r.throughput, 0)} for r in conf])
+                           "delivered per second mean [95 % CI]": _fmt(r.throughput, 0),
+                           "load generator saturated (runs)": r.saturated} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
     sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS]
     (out / "comparisons.txt").write_text("\n".join(sentences) + ("\n" if sentences else ""))
-    plots = [plot_loss_curves(conf, load_keys, capacities, out / "loss-vs-load.png")]
+    one_rate = len({r.offered_rate for r in conf}) == 1 and not capacities
+    plots = [plot_loss_by_configuration(conf, out / "loss-by-configuration.png") if one_rate
+             else plot_loss_curves(conf, load_keys, capacities, out / "loss-vs-load.png")]
+    (out / ("loss-vs-load.png" if one_rate else "loss-by-configuration.png")).unlink(missing_ok=True)  # a rewrite leaves no stale plot
     if capacities:
         plots.append(plot_capacity(capacities, out / "capacity.png"))
     expected = len(spec["order"]) if spec.get("kind") == "matrix" else len(results)
@@ -236,7 +280,7 @@ over repetitions (loss intervals clipped at 0); differences use Welch's t-test.<
 <p>Each point is a normal run directory (see <code>points/*/result.json</code>); <code>mqttlab report</code> on it gives the run's details.</p>
 </body></html>"""
     (out / "report.html").write_text(doc)
-    summary = {"points": len(results), "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n,
+    summary = {"points": len(results), "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "bench_saturated": r.saturated,
                                                              **{k: vars(getattr(r, k)) for k, *_ in METRICS}} for r in conf],
                "comparisons": sentences, "capacity": capacities}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
