@@ -1,7 +1,7 @@
 """What securing the brokers costs: ``none`` against ``password`` and ``tls`` (and ``mtls`` on
 request) in the local lab at the reference's broker caps (0.25 CPU, 128 MB each).
 
-    sudo flock /tmp/mqttlab-lab.lock .venv/bin/python benchmarks/bench_security.py --repeat 3 [--modes none,password,tls]
+    sudo .venv/bin/python benchmarks/bench_security.py --repeat 3 [--modes none,password,tls]
 
 Per run: the brokers' CPU seconds (integrated from the monitor's per-second samples of each
 broker process) divided by the deliveries the bench counted, and every client's connect time

@@ -3,12 +3,12 @@ micro-VM, same scenario, several repetitions (campaigns/calibration-vm.yaml). Pr
 for the README: loss, p99 latency, connections per broker and who the brokers saw as the client,
 each with n and the 95 % interval.
 
-Long, and it takes the lab lock, so it is not part of the test suite. The campaign boots the
+Long, so it is not part of the test suite. The campaign boots the
 micro-VM once per invocation and runs its points inside; under software emulation a point takes
 minutes (ten subscribers took 326 s to start on a busy 2-core machine), so run it in slices that
 start no point they cannot finish, and run the same command again until every point is complete:
 
-    flock /tmp/mqttlab-lab.lock timeout 960 .venv/bin/python benchmarks/calibrate_standins.py \
+    timeout 960 .venv/bin/python benchmarks/calibrate_standins.py \
         --time-budget 14 --csv docs/calibration/points.csv
 
 ``--table-only`` prints the table of what is done.
