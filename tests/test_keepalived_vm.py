@@ -58,14 +58,15 @@ GUEST = textwrap.dedent('''
             time.sleep(0.5)
         return None
     res = {}
-    # what one probe costs here (a shell start + CONNECT/CONNACK): emulation makes it slower
+    everyone = {f"{b.address}:{b.port}" for b in plan.brokers}
+    b2 = f"{plan.brokers[1].address}:{plan.brokers[1].port}"
+    res["all_in_at"] = until(lambda: reals() == everyone, 120)
+    # what one probe costs here (a shell start + CONNECT/CONNACK; emulation makes it slower), timed
+    # once keepalived has found every broker answering: a broker still starting refuses it
     t = time.time()
     res["probe_rc"] = [sh(*keepalived.probe_command(plan.brokers[0].address, 1883, 2, probe=conf.parent / keepalived.PROBE.name).split()).returncode
                        for _ in range(3)]
     res["probe_s"] = (time.time() - t) / 3
-    everyone = {f"{b.address}:{b.port}" for b in plan.brokers}
-    b2 = f"{plan.brokers[1].address}:{plan.brokers[1].port}"
-    res["all_in_at"] = until(lambda: reals() == everyone, 120)
     # the monitor is a whole interpreter with paho and friends to import: slow under emulation
     res["monitor_at"] = until(lambda: (work / "balancer.csv").exists() and len((work / "balancer.csv").read_text().splitlines()) > 3, 240)
     time.sleep(2)
