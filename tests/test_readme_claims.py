@@ -135,7 +135,7 @@ def test_default_balancer_is_ipvs_or_the_closest_stand_in(monkeypatch: pytest.Mo
         lab_mod.choose_balancer("lvs", "rr")
 
 
-# --------------------------------------------------------------------------- the real lab 
+# --------------------------------------------------------------------------- the real lab
 
 SMALL = ["--publishers", "3", "--subscribers", "3", "--messages", "60", "--interval-ms", "20", "--drain-s", "3", "--time-limit-s", "120"]
 ROOT_NS_NOISE = re.compile(r"^net\.netfilter\.nf_conntrack_count|^net\.ipv4\.neigh\.|^net\.ipv6\.neigh\.|^net\.ipv4\.route\.gc|"
