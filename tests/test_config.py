@@ -76,6 +76,9 @@ BAD: list[tuple[str, Any, str]] = [
     ("mqttlab:scenario.timeLimitS", 5, "mqttlab:scenario.timeLimitS"),  # not above drainS
     ("mqttlab:scenario.color", "blue", "mqttlab:scenario.color"),
     ("mqttlab:brokers", "three", "mqttlab:brokers"),
+    ("mqttlab:balancer.healthCheck.timeout", 0, "mqttlab:balancer.healthCheck.timeout"),
+    ("mqttlab:balancer.healthCheck.timeout", 3601, "mqttlab:balancer.healthCheck.timeout"),  # above an hour, before the interval rule
+    ("mqttlab:security.tlsPort", 65536, "mqttlab:security.tlsPort"),
 ]
 
 
@@ -94,6 +97,22 @@ def test_bad_configuration_names_key_value_and_rule(path: str, value: Any, key: 
     assert any(v in str(info.value) for v in shown)  # the offending value (or list element) is named
     assert "invalid" in str(info.value)
     assert info.value.allowed  # says what is allowed
+
+
+def test_an_mqtt_probe_is_refused_under_tls_and_the_minimal_log_types_are_enough() -> None:
+    """The MQTT health check speaks plain MQTT, so with TLS it would mark every broker down; a check
+    timeout above an hour is refused as such; and notice plus warning are exactly what the analysis
+    reads, so that list alone is accepted."""
+    cfg = with_value(with_value(stack_cfg(), "mqttlab:balancer.healthCheck.type", "mqtt"), "mqttlab:security.mode", "tls")
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg, "distributed")
+    assert info.value.key == "mqttlab:balancer.healthCheck.type" and "'mqtt'" in str(info.value)
+    assert "with security mode tls (TLS) use type tcp" in str(info.value)
+    assert parse_config(with_value(cfg, "mqttlab:balancer.healthCheck.type", "tcp"), "distributed").security.tls
+    with pytest.raises(ConfigError, match="must be <= 3600 seconds"):  # the hour's limit, not the interval's
+        parse_config(with_value(stack_cfg(), "mqttlab:balancer.healthCheck.timeout", 3601), "distributed")
+    ok = parse_config(with_value(stack_cfg(), "mqttlab:brokers.logTypes", ["warning", "notice"]), "distributed")
+    assert ok.brokers.log_types == ("warning", "notice")
 
 
 def test_at_least_twenty_distinct_bad_configurations() -> None:
