@@ -672,13 +672,13 @@ def test_publishes_a_broker_refused_are_not_expected_and_refused_clients_are_nam
     head = "time_s,client_id,event,detail\n"
     (b / "ipvs1" / "events-run0.csv").write_text(head + "1.0,x,connack_error,Not authorized\n1.1,x,connack_error,Not authorized\n"
                                                  "1.2,y,connect_error,tls handshake\n1.3,z,connack_error,Not authorized\n1.4,z,connect,\n"
-                                                 "1.5,p,publish_refused,Not authorized\n")
+                                                 "1.5,p,publish_refused,Not authorized\n1.6,q,publish_refused,Not authorized\n")
     (b / "ipvs2" / "events-run0.csv").write_text(head + "1.0,r,connack_error,Not authorized\n1.1,r,reconnect,\n1.2,w,suback_error,128\n")
     s = rundir.summarize(known)
     # each of the 4 subscribers should get pub0's 90 and pub1's 94 accepted publishes: 736, of which 733 arrived
     assert (s["sent"], s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (200, 736, 733, 3, 0.408)
     assert s["publishes_refused"] == 16
-    # x and y never got in; z and r did later; p and w were refused a publish or a subscription, not the connection
+    # x and y never got in; z and r did later; p, q and w were refused a publish or a subscription, not the connection
     assert s["clients_refused"] == 2
     assert s["refusal_reasons"] == {"connack_error: Not authorized": 3, "connect_error: tls handshake": 1,
-                                    "publish_refused: Not authorized": 1, "suback_error: 128": 1}
+                                    "publish_refused: Not authorized": 2, "suback_error: 128": 1}
