@@ -204,3 +204,27 @@ def test_renumber_keeps_shape_inside_the_benchmarking_range() -> None:
     assert [b.address for b in plan.brokers] == ["198.18.0.20", "198.18.0.21", "198.18.0.22"]
     assert [h.address for h in plan.hosts] == ["198.18.0.10", "198.18.1.10", "198.18.2.10"]
     assert plan.balancers[0].snat_sources == ("198.18.2.0/24",)
+
+
+def test_health_check_and_tls_settings_reach_the_plan() -> None:
+    """Every health-check and TLS setting is read, bounded where a bound matters, and carried to
+    what is deployed: the balancers' checks, the VIP port under TLS, the plan's security mode."""
+    base = stack_cfg()
+    hc = {"type": "tcp", "interval": 7, "retries": 1, "timeout": 3}
+    cfg = parse_config(with_value(with_value(base, "mqttlab:balancer.healthCheck", hc), "mqttlab:security.mode", "tls"), "distributed")
+    assert (cfg.balancer.health_check.interval, cfg.balancer.health_check.retries, cfg.balancer.health_check.timeout) == (7, 1, 3)
+    assert (cfg.security.tls_port, cfg.security.cert_days) == (8883, 30)  # the defaults: IANA's MQTT over TLS, a month
+    plan = build_plan(cfg)
+    assert plan.security == "tls" and {b.port for b in plan.balancers} == {8883}
+    assert {b.health_check for b in plan.balancers} == {cfg.balancer.health_check}
+    assert all(c.target.endswith(":8883") for c in plan.clients)
+    assert parse_config(with_value(base, "mqttlab:security.certDays", 1), "distributed").security.cert_days == 1
+    for path, value in (("mqttlab:balancer.healthCheck.retries", 0), ("mqttlab:security.certDays", 0)):
+        with pytest.raises(ConfigError, match=">= 1") as info:
+            parse_config(with_value(base, path, value), "distributed")
+        assert info.value.key == path
+    # both above the hour: the timeout is named when only it is (the interval at exactly 3600 is allowed)
+    at_hour = with_value(with_value(base, "mqttlab:balancer.healthCheck.interval", 3600), "mqttlab:balancer.healthCheck.timeout", 3601)
+    with pytest.raises(ConfigError, match="must be <= 3600 seconds") as info:
+        parse_config(at_hour, "distributed")
+    assert info.value.key == "mqttlab:balancer.healthCheck.timeout"
