@@ -203,6 +203,10 @@ def test_compose_file_caps_each_broker_on_its_own_address() -> None:
     assert doc["networks"] == {"brokernet": {"driver": "ipvlan", "driver_opts": {"parent": "ens4", "ipvlan_mode": "l3"},
                                              "ipam": {"config": [{"subnet": "10.2.0.0/24"}]}}}
     assert "name" not in doc and yaml.safe_load(brk_r.compose_file(plan, c))["networks"]["brokernet"]["driver_opts"]["parent"] == "eth0"
+    # with security on, the whole broker folder (config, certificates, password and ACL files) is mounted, read-only
+    s = cfg(**{"security.mode": "password"})
+    mounted = yaml.safe_load(brk_r.compose_file(build_plan(s), s))["services"]["broker2"]["volumes"]
+    assert mounted == ["./broker2:/mosquitto/config:ro"]
 
 
 # --------------------------------------------------------------------------- plan
