@@ -228,3 +228,13 @@ def test_health_check_and_tls_settings_reach_the_plan() -> None:
     with pytest.raises(ConfigError, match="must be <= 3600 seconds") as info:
         parse_config(at_hour, "distributed")
     assert info.value.key == "mqttlab:balancer.healthCheck.timeout"
+
+
+def test_a_fault_on_a_director_is_checked_against_the_plans_balancers() -> None:
+    """A director fault names a balancer host of this plan: ipvs2 exists in the distributed
+    topology and is accepted; a host that is no balancer is refused, naming the hosts there are."""
+    ok = parse_config(with_value(stack_cfg(), "mqttlab:faults", ["director:ipvs2:kill@8s"]), "distributed")
+    assert [(f.kind, f.target, f.at_s) for f in ok.faults] == [("director", "ipvs2", 8.0)]
+    with pytest.raises(ConfigError, match="directors: ipvs1, ipvs2") as info:
+        parse_config(with_value(stack_cfg(), "mqttlab:faults", ["broker1:kill@1s", "director:broker1:kill@5s"]), "distributed")
+    assert info.value.key == "mqttlab:faults[1]"
