@@ -96,6 +96,11 @@ def test_nft_balancer_gives_each_broker_as_many_slots_as_its_weight() -> None:
         "\t\tip saddr 10.4.0.0/24 ip daddr { 10.2.0.20, 10.2.0.21, 10.2.0.22 } masquerade\n\t}\n"
         "}\n"
     )
+    # the source-hashing schedulers keep a client on one broker: a hash of its address picks the slot
+    for scheduler in ("sh", "mh"):
+        hashed = build_plan(cfg("centralized", **{"balancer.scheduler": scheduler, "balancer.weights": [1, 1, 2]})).balancers[0]
+        assert "dnat to jhash ip saddr mod 4 map { 0 : 10.2.0.20, 1 : 10.2.0.21, 2 : 10.2.0.22, 3 : 10.2.0.22 }" in bal_r.nft_balancer(hashed)
+        assert "numgen" not in bal_r.nft_balancer(hashed)
 
 
 def test_haproxy_is_a_tcp_proxy_on_the_vip_with_each_weight() -> None:
