@@ -131,6 +131,25 @@ def test_apply_steps_are_the_reference_sequence_over_the_rendered_files() -> Non
     ]
     assert bal_r.sysctl_conf(plan, "ipvs1") == "net.ipv4.ip_forward = 1\nnet.ipv4.vs.conntrack = 1\n"
     assert bal_r.sysctl_conf(plan, "ipvs2") == "" and "ipvs2/ipvs.rules" not in files
+    # health-checked, keepalived creates the virtual server from its own configuration: no ipvsadm-restore
+    checked = bal_r.ipvs_apply_steps("ipvs1", "wlc", files | {"ipvs1/keepalived.conf": "virtual_server ..."})
+    assert checked == [s for s in bal_r.ipvs_apply_steps("ipvs1", "wlc", files) if s[0] != ["ipvsadm-restore"]] and len(checked) == 6
+
+
+def test_haproxy_checks_each_broker_as_keepalived_does() -> None:
+    """HAProxy's check is keepalived's: a timeout per check, out after ``retries`` failures, back
+    after one pass; for mqtt an MQTT CONNECT from the probe's client id, answered by a CONNACK."""
+    hc = {"type": "mqtt", "interval": 1.5, "retries": 3, "timeout": 0.25}
+    bal = build_plan(cfg(**{"balancer.healthCheck": hc})).balancers[1]
+    lines = bal_r.haproxy_cfg(bal).splitlines()
+    assert "\tserver broker2 10.2.0.21:1883 weight 1 check inter 1500ms fall 3 rise 1" in lines
+    checks = lines[lines.index("\ttimeout check 250ms"):lines.index("\ttimeout check 250ms") + 6]
+    assert checks[1:3] == ["\toption tcp-check", "\ttcp-check connect"]
+    assert checks[4:] == ["\ttcp-check expect binary 2002", "\ttcp-check send-binary e000"]  # CONNACK, then DISCONNECT
+    sent = bytes.fromhex(checks[3].removeprefix("\ttcp-check send-binary "))
+    assert sent[0] == 0x10 and sent.endswith(b"mqttlab-probe-ipvs2")  # a CONNECT whose last field is the client id
+    tcp = bal_r.haproxy_cfg(build_plan(cfg(**{"balancer.healthCheck": hc | {"type": "tcp"}})).balancers[1])
+    assert "\ttimeout check 250ms\n" in tcp and "tcp-check" not in tcp and " check inter 1500ms fall 3 rise 1\n" in tcp
 
 
 # --------------------------------------------------------------------------- broker files
