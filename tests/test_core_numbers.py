@@ -668,7 +668,8 @@ def test_publishes_a_broker_refused_are_not_expected_and_refused_clients_are_nam
     (b / "ipvs2" / "publishers-run0.csv").write_text(head + "1,p1,100,100,100,0,1.0,2.0,0.5,6\n")
     head = "sub,client_id,pub,received,duplicates,out_of_order,foreign\n"
     (b / "ipvs1" / "subscribers-run0.csv").write_text(head + "0,s0,0,90,0,0,0\n0,s0,1,94,0,0,0\n2,s2,0,90,0,0,0\n2,s2,1,93,0,0,0\n")
-    (b / "ipvs2" / "subscribers-run0.csv").write_text(head + "1,s1,0,88,0,0,0\n1,s1,1,94,0,0,0\n3,s3,0,90,0,0,0\n3,s3,1,94,0,0,0\n")
+    (b / "ipvs2" / "subscribers-run0.csv").write_text(head + "1,s1,0,88,0,0,0\n1,s1,1,94,0,0,0\n3,s3,0,90,0,0,0\n3,s3,1,94,0,0,0\n"
+                                                      "3,s3,2,0,0,0,0\n")  # a publisher nobody saw send: nothing expected of it
     head = "time_s,client_id,event,detail\n"
     (b / "ipvs1" / "events-run0.csv").write_text(head + "1.0,x,connack_error,Not authorized\n1.1,x,connack_error,Not authorized\n"
                                                  "1.2,y,connect_error,tls handshake\n1.3,z,connack_error,Not authorized\n1.4,z,connect,\n"
@@ -678,6 +679,10 @@ def test_publishes_a_broker_refused_are_not_expected_and_refused_clients_are_nam
     # each of the 4 subscribers should get pub0's 90 and pub1's 94 accepted publishes: 736, of which 733 arrived
     assert (s["sent"], s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (200, 736, 733, 3, 0.408)
     assert s["publishes_refused"] == 16
+    # each subscriber's loss is against its publishers' own accepted counts: only sub1 (2 short of pub0) and sub2
+    # (1 short of pub1) lost any, so only they are judged by the lossy clients' shorter limit
+    write_self(known, "ipvs2", 3, clients=[sub_client(i, 0.1) for i in range(4)])
+    assert [(c["client_id"], c["lost"]) for c in rundir.summarize(known)["saturated_clients"]] == [("sub1", 2), ("sub2", 1)]
     # x and y never got in; z and r did later; p, q and w were refused a publish or a subscription, not the connection
     assert s["clients_refused"] == 2
     assert s["refusal_reasons"] == {"connack_error: Not authorized": 3, "connect_error: tls handshake": 1,
