@@ -78,6 +78,9 @@ BAD: list[tuple[str, Any, str]] = [
     ("mqttlab:scenario.timeLimitS", 5, "mqttlab:scenario.timeLimitS"),  # not above drainS
     ("mqttlab:scenario.color", "blue", "mqttlab:scenario.color"),
     ("mqttlab:brokers", "three", "mqttlab:brokers"),
+    ("mqttlab:balancer.healthCheck.timeout", 0, "mqttlab:balancer.healthCheck.timeout"),
+    ("mqttlab:balancer.healthCheck.timeout", 3601, "mqttlab:balancer.healthCheck.timeout"),  # above an hour, before the interval rule
+    ("mqttlab:security.tlsPort", 65536, "mqttlab:security.tlsPort"),
 ]
 
 
@@ -96,6 +99,22 @@ def test_bad_configuration_names_key_value_and_rule(path: str, value: Any, key: 
     assert any(v in str(info.value) for v in shown)  # the offending value (or list element) is named
     assert "invalid" in str(info.value)
     assert info.value.allowed  # says what is allowed
+
+
+def test_an_mqtt_probe_is_refused_under_tls_and_the_minimal_log_types_are_enough() -> None:
+    """The MQTT health check speaks plain MQTT, so with TLS it would mark every broker down; a check
+    timeout above an hour is refused as such; and notice plus warning are exactly what the analysis
+    reads, so that list alone is accepted."""
+    cfg = with_value(with_value(stack_cfg(), "mqttlab:balancer.healthCheck.type", "mqtt"), "mqttlab:security.mode", "tls")
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg, "distributed")
+    assert info.value.key == "mqttlab:balancer.healthCheck.type" and "'mqtt'" in str(info.value)
+    assert "with security mode tls (TLS) use type tcp" in str(info.value)
+    assert parse_config(with_value(cfg, "mqttlab:balancer.healthCheck.type", "tcp"), "distributed").security.tls
+    with pytest.raises(ConfigError, match="must be <= 3600 seconds"):  # the hour's limit, not the interval's
+        parse_config(with_value(stack_cfg(), "mqttlab:balancer.healthCheck.timeout", 3601), "distributed")
+    ok = parse_config(with_value(stack_cfg(), "mqttlab:brokers.logTypes", ["warning", "notice"]), "distributed")
+    assert ok.brokers.log_types == ("warning", "notice")
 
 
 def test_at_least_twenty_distinct_bad_configurations() -> None:
@@ -187,3 +206,37 @@ def test_renumber_keeps_shape_inside_the_benchmarking_range() -> None:
     assert [b.address for b in plan.brokers] == ["198.18.0.20", "198.18.0.21", "198.18.0.22"]
     assert [h.address for h in plan.hosts] == ["198.18.0.10", "198.18.1.10", "198.18.2.10"]
     assert plan.balancers[0].snat_sources == ("198.18.2.0/24",)
+
+
+def test_health_check_and_tls_settings_reach_the_plan() -> None:
+    """Every health-check and TLS setting is read, bounded where a bound matters, and carried to
+    what is deployed: the balancers' checks, the VIP port under TLS, the plan's security mode."""
+    base = stack_cfg()
+    hc = {"type": "tcp", "interval": 7, "retries": 1, "timeout": 3}
+    cfg = parse_config(with_value(with_value(base, "mqttlab:balancer.healthCheck", hc), "mqttlab:security.mode", "tls"), "distributed")
+    assert (cfg.balancer.health_check.interval, cfg.balancer.health_check.retries, cfg.balancer.health_check.timeout) == (7, 1, 3)
+    assert (cfg.security.tls_port, cfg.security.cert_days) == (8883, 30)  # the defaults: IANA's MQTT over TLS, a month
+    plan = build_plan(cfg)
+    assert plan.security == "tls" and {b.port for b in plan.balancers} == {8883}
+    assert {b.health_check for b in plan.balancers} == {cfg.balancer.health_check}
+    assert all(c.target.endswith(":8883") for c in plan.clients)
+    assert parse_config(with_value(base, "mqttlab:security.certDays", 1), "distributed").security.cert_days == 1
+    for path, value in (("mqttlab:balancer.healthCheck.retries", 0), ("mqttlab:security.certDays", 0)):
+        with pytest.raises(ConfigError, match=">= 1") as info:
+            parse_config(with_value(base, path, value), "distributed")
+        assert info.value.key == path
+    # both above the hour: the timeout is named when only it is (the interval at exactly 3600 is allowed)
+    at_hour = with_value(with_value(base, "mqttlab:balancer.healthCheck.interval", 3600), "mqttlab:balancer.healthCheck.timeout", 3601)
+    with pytest.raises(ConfigError, match="must be <= 3600 seconds") as info:
+        parse_config(at_hour, "distributed")
+    assert info.value.key == "mqttlab:balancer.healthCheck.timeout"
+
+
+def test_a_fault_on_a_director_is_checked_against_the_plans_balancers() -> None:
+    """A director fault names a balancer host of this plan: ipvs2 exists in the distributed
+    topology and is accepted; a host that is no balancer is refused, naming the hosts there are."""
+    ok = parse_config(with_value(stack_cfg(), "mqttlab:faults", ["director:ipvs2:kill@8s"]), "distributed")
+    assert [(f.kind, f.target, f.at_s) for f in ok.faults] == [("director", "ipvs2", 8.0)]
+    with pytest.raises(ConfigError, match="directors: ipvs1, ipvs2") as info:
+        parse_config(with_value(stack_cfg(), "mqttlab:faults", ["broker1:kill@1s", "director:broker1:kill@5s"]), "distributed")
+    assert info.value.key == "mqttlab:faults[1]"

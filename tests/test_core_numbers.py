@@ -657,3 +657,33 @@ def test_the_bench_summary_lists_what_brokers_refused(known: Path) -> None:
     assert text.endswith("\n  refused by brokers clients 0  publishes 3 (not counted as lost)\n    3 x publish_refused 135 not authorized")
     text = rundir.format_summary(s | {"clients_refused": 2, "publishes_refused": 0, "refusal_reasons": {"connack_error 134 bad user name or password": 2}})
     assert text.endswith("\n  refused by brokers clients 2  publishes 0 (not counted as lost)\n    2 x connack_error 134 bad user name or password")
+
+
+def test_publishes_a_broker_refused_are_not_expected_and_refused_clients_are_named(known: Path) -> None:
+    """What a broker refused (ACL, authentication, TLS) reaches nobody: it is taken off what the
+    subscribers should get, counted apart, and a client counts as refused only if it never got in."""
+    b = known / "bench"
+    head = "pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms,refused\n"
+    (b / "ipvs1" / "publishers-run0.csv").write_text(head + "0,p0,100,100,100,0,1.0,2.0,0.5,10\n")
+    (b / "ipvs2" / "publishers-run0.csv").write_text(head + "1,p1,100,100,100,0,1.0,2.0,0.5,6\n")
+    head = "sub,client_id,pub,received,duplicates,out_of_order,foreign\n"
+    (b / "ipvs1" / "subscribers-run0.csv").write_text(head + "0,s0,0,90,0,0,0\n0,s0,1,94,0,0,0\n2,s2,0,90,0,0,0\n2,s2,1,93,0,0,0\n")
+    (b / "ipvs2" / "subscribers-run0.csv").write_text(head + "1,s1,0,88,0,0,0\n1,s1,1,94,0,0,0\n3,s3,0,90,0,0,0\n3,s3,1,94,0,0,0\n"
+                                                      "3,s3,2,0,0,0,0\n")  # a publisher nobody saw send: nothing expected of it
+    head = "time_s,client_id,event,detail\n"
+    (b / "ipvs1" / "events-run0.csv").write_text(head + "1.0,x,connack_error,Not authorized\n1.1,x,connack_error,Not authorized\n"
+                                                 "1.2,y,connect_error,tls handshake\n1.3,z,connack_error,Not authorized\n1.4,z,connect,\n"
+                                                 "1.5,p,publish_refused,Not authorized\n1.6,q,publish_refused,Not authorized\n")
+    (b / "ipvs2" / "events-run0.csv").write_text(head + "1.0,r,connack_error,Not authorized\n1.1,r,reconnect,\n1.2,w,suback_error,128\n")
+    s = rundir.summarize(known)
+    # each of the 4 subscribers should get pub0's 90 and pub1's 94 accepted publishes: 736, of which 733 arrived
+    assert (s["sent"], s["expected"], s["delivered"], s["lost"], s["loss_pct"]) == (200, 736, 733, 3, 0.408)
+    assert s["publishes_refused"] == 16
+    # each subscriber's loss is against its publishers' own accepted counts: only sub1 (2 short of pub0) and sub2
+    # (1 short of pub1) lost any, so only they are judged by the lossy clients' shorter limit
+    write_self(known, "ipvs2", 3, clients=[sub_client(i, 0.1) for i in range(4)])
+    assert [(c["client_id"], c["lost"]) for c in rundir.summarize(known)["saturated_clients"]] == [("sub1", 2), ("sub2", 1)]
+    # x and y never got in; z and r did later; p, q and w were refused a publish or a subscription, not the connection
+    assert s["clients_refused"] == 2
+    assert s["refusal_reasons"] == {"connack_error: Not authorized": 3, "connect_error: tls handshake": 1,
+                                    "publish_refused: Not authorized": 2, "suback_error: 128": 1}

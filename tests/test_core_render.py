@@ -96,6 +96,11 @@ def test_nft_balancer_gives_each_broker_as_many_slots_as_its_weight() -> None:
         "\t\tip saddr 10.4.0.0/24 ip daddr { 10.2.0.20, 10.2.0.21, 10.2.0.22 } masquerade\n\t}\n"
         "}\n"
     )
+    # the source-hashing schedulers keep a client on one broker: a hash of its address picks the slot
+    for scheduler in ("sh", "mh"):
+        hashed = build_plan(cfg("centralized", **{"balancer.scheduler": scheduler, "balancer.weights": [1, 1, 2]})).balancers[0]
+        assert "dnat to jhash ip saddr mod 4 map { 0 : 10.2.0.20, 1 : 10.2.0.21, 2 : 10.2.0.22, 3 : 10.2.0.22 }" in bal_r.nft_balancer(hashed)
+        assert "numgen" not in bal_r.nft_balancer(hashed)
 
 
 def test_haproxy_is_a_tcp_proxy_on_the_vip_with_each_weight() -> None:
@@ -126,6 +131,25 @@ def test_apply_steps_are_the_reference_sequence_over_the_rendered_files() -> Non
     ]
     assert bal_r.sysctl_conf(plan, "ipvs1") == "net.ipv4.ip_forward = 1\nnet.ipv4.vs.conntrack = 1\n"
     assert bal_r.sysctl_conf(plan, "ipvs2") == "" and "ipvs2/ipvs.rules" not in files
+    # health-checked, keepalived creates the virtual server from its own configuration: no ipvsadm-restore
+    checked = bal_r.ipvs_apply_steps("ipvs1", "wlc", files | {"ipvs1/keepalived.conf": "virtual_server ..."})
+    assert checked == [s for s in bal_r.ipvs_apply_steps("ipvs1", "wlc", files) if s[0] != ["ipvsadm-restore"]] and len(checked) == 6
+
+
+def test_haproxy_checks_each_broker_as_keepalived_does() -> None:
+    """HAProxy's check is keepalived's: a timeout per check, out after ``retries`` failures, back
+    after one pass; for mqtt an MQTT CONNECT from the probe's client id, answered by a CONNACK."""
+    hc = {"type": "mqtt", "interval": 1.5, "retries": 3, "timeout": 0.25}
+    bal = build_plan(cfg(**{"balancer.healthCheck": hc})).balancers[1]
+    lines = bal_r.haproxy_cfg(bal).splitlines()
+    assert "\tserver broker2 10.2.0.21:1883 weight 1 check inter 1500ms fall 3 rise 1" in lines
+    checks = lines[lines.index("\ttimeout check 250ms"):lines.index("\ttimeout check 250ms") + 6]
+    assert checks[1:3] == ["\toption tcp-check", "\ttcp-check connect"]
+    assert checks[4:] == ["\ttcp-check expect binary 2002", "\ttcp-check send-binary e000"]  # CONNACK, then DISCONNECT
+    sent = bytes.fromhex(checks[3].removeprefix("\ttcp-check send-binary "))
+    assert sent[0] == 0x10 and sent.endswith(b"mqttlab-probe-ipvs2")  # a CONNECT whose last field is the client id
+    tcp = bal_r.haproxy_cfg(build_plan(cfg(**{"balancer.healthCheck": hc | {"type": "tcp"}})).balancers[1])
+    assert "\ttimeout check 250ms\n" in tcp and "tcp-check" not in tcp and " check inter 1500ms fall 3 rise 1\n" in tcp
 
 
 # --------------------------------------------------------------------------- broker files
@@ -209,6 +233,10 @@ def test_compose_file_caps_each_broker_on_its_own_address() -> None:
     assert doc["networks"] == {"brokernet": {"driver": "ipvlan", "driver_opts": {"parent": "ens4", "ipvlan_mode": "l3"},
                                              "ipam": {"config": [{"subnet": "10.2.0.0/24"}]}}}
     assert "name" not in doc and yaml.safe_load(brk_r.compose_file(plan, c))["networks"]["brokernet"]["driver_opts"]["parent"] == "eth0"
+    # with security on, the whole broker folder (config, certificates, password and ACL files) is mounted, read-only
+    s = cfg(**{"security.mode": "password"})
+    mounted = yaml.safe_load(brk_r.compose_file(build_plan(s), s))["services"]["broker2"]["volumes"]
+    assert mounted == ["./broker2:/mosquitto/config:ro"]
 
 
 # --------------------------------------------------------------------------- plan
