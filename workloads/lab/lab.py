@@ -197,13 +197,18 @@ class Lab:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         host = self.plan.host("brokers").name
-        for b in self.plan.brokers:
-            cap = cgroups.create(version, self.lab_id, b.name, self.plan.broker_cpus, self.plan.broker_memory_mb)
-            self.caps[b.name] = cap
-            conf = self.files / "brokers" / b.name / "mosquitto.conf"
-            self.spawn(b.name, broker_command(conf), host, logs / f"{b.name}.log", cap.procs_files)
-        for b in self.plan.brokers:
-            netns.wait_tcp(self.ns(host), b.address, b.port)
+        # the brokers a bridge goes to listen before the hub that opens it starts: a bridge whose
+        # first attempt is refused (a TLS listener not up yet) waits out Mosquitto's restart
+        # timeout, and messages published meanwhile never cross it
+        hubs = {link.local for link in self.plan.bridges}
+        for wave in ([b for b in self.plan.brokers if b.name not in hubs], [b for b in self.plan.brokers if b.name in hubs]):
+            for b in wave:
+                cap = cgroups.create(version, self.lab_id, b.name, self.plan.broker_cpus, self.plan.broker_memory_mb)
+                self.caps[b.name] = cap
+                conf = self.files / "brokers" / b.name / "mosquitto.conf"
+                self.spawn(b.name, broker_command(conf), host, logs / f"{b.name}.log", cap.procs_files)
+            for b in wave:
+                netns.wait_tcp(self.ns(host), b.address, b.port)
         # caps read back from the kernel, with the process really inside
         caps: dict[str, dict[str, Any]] = {}
         for b in self.plan.brokers:
