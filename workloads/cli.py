@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -48,6 +49,10 @@ COMMANDS = {"monitor": "monitor", "bench": "bench", "lab": "lab", "host": "hostc
             "campaign": "campaign"}
 
 
+SUBCOMMAND_MODULES = (("monitor", "workloads.monitor"), ("bench", "workloads.bench.cli"), ("lab", "workloads.lab.cli"),
+                      ("hostcmd", "workloads.hostcmd"), ("analysis", "workloads.analysis.cli"), ("campaign", "workloads.campaign.cli"))
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command's parser, or with ``command`` one of ``COMMANDS`` only that one's (an unknown
     or absent command gets them all, so argparse's usage lists them)."""
@@ -65,30 +70,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     want = {COMMANDS[command]} if command in COMMANDS else set(COMMANDS.values())
-    if "monitor" in want:
-        from workloads import monitor
-
-        monitor.add_parser(sub)
-    if "bench" in want:
-        from workloads.bench import cli as bench_cli
-
-        bench_cli.add_parser(sub)
-    if "lab" in want:
-        from workloads.lab import cli as lab_cli
-
-        lab_cli.add_parser(sub)
-    if "hostcmd" in want:
-        from workloads import hostcmd
-
-        hostcmd.add_parser(sub)
-    if "analysis" in want:
-        from workloads.analysis import cli as analysis_cli
-
-        analysis_cli.add_parser(sub)
-    if "campaign" in want:
-        from workloads.campaign import cli as campaign_cli
-
-        campaign_cli.add_parser(sub)
+    # each subcommand's module is imported only when it is the one asked for (start-up cost)
+    for key, module in SUBCOMMAND_MODULES:
+        if key in want:
+            importlib.import_module(module).add_parser(sub)
     return parser
 
 
