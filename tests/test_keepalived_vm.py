@@ -20,7 +20,7 @@ from workloads.lab import vm
 GUEST = textwrap.dedent('''
     import json, subprocess, sys, time
     from pathlib import Path
-    from workloads import keepalived
+    from workloads import keepalived, procs
     from workloads.config import load_stack
     from workloads.plan import build_plan
     from workloads.render import render_files, write_files
@@ -42,7 +42,7 @@ GUEST = textwrap.dedent('''
     def start(b):
         return subprocess.Popen(["mosquitto", "-c", str(work / "rendered/brokers" / b.name / "mosquitto.conf")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = {b.name: start(b) for b in plan.brokers}
+    mosq = {b.name: start(b) for b in plan.brokers}
     conf, argv = keepalived.prepare(bal, Path("/run/mqttlab-kvm"))
     (work / "keepalived.conf").write_text(conf.read_text())
     ka = subprocess.Popen(argv, stdout=open(work / "keepalived.log", "w"), stderr=subprocess.STDOUT)
@@ -50,17 +50,15 @@ GUEST = textwrap.dedent('''
                             "--interval", "1", "--out", str(work / "balancer.csv")], stdout=open(work / "monitor.log", "w"), stderr=subprocess.STDOUT)
     def reals():
         return keepalived.ipvs_reals(sh("ipvsadm", "-Ln").stdout, bal.vip, bal.port)
-    def until(pred, limit):
-        end = time.time() + limit
-        while time.time() < end:
-            if pred():
-                return time.time()
-            time.sleep(0.5)
-        return None
+    def until(pred, limit, *awaited):
+        # past the limit, on while what is awaited still computes (slow under emulation on a busy
+        # machine), at most three times the limit
+        done = procs.wait_progressing(pred, limit, lambda: procs.tree_cpu_s(p.pid for p in awaited), poll=0.5)
+        return time.time() if done else None
     res = {}
     everyone = {f"{b.address}:{b.port}" for b in plan.brokers}
     b2 = f"{plan.brokers[1].address}:{plan.brokers[1].port}"
-    res["all_in_at"] = until(lambda: reals() == everyone, 120)
+    res["all_in_at"] = until(lambda: reals() == everyone, 120, ka, *mosq.values())
     # what one probe costs here (a shell start + CONNECT/CONNACK; emulation makes it slower), timed
     # once keepalived has found every broker answering: a broker still starting refuses it
     t = time.time()
@@ -68,15 +66,15 @@ GUEST = textwrap.dedent('''
                        for _ in range(3)]
     res["probe_s"] = (time.time() - t) / 3
     # the monitor is a whole interpreter with paho and friends to import: slow under emulation
-    res["monitor_at"] = until(lambda: (work / "balancer.csv").exists() and len((work / "balancer.csv").read_text().splitlines()) > 3, 240)
+    res["monitor_at"] = until(lambda: (work / "balancer.csv").exists() and len((work / "balancer.csv").read_text().splitlines()) > 3, 240, mon)
     time.sleep(2)
     res["before"] = sorted(reals())
-    procs["broker2"].kill(); res["killed_at"] = time.time()
-    res["removed_at"] = until(lambda: b2 not in reals(), 60)
+    mosq["broker2"].kill(); res["killed_at"] = time.time()
+    res["removed_at"] = until(lambda: b2 not in reals(), 60, ka)
     res["during"] = sorted(reals())
     time.sleep(1.5)
-    procs["broker2"] = start(plan.brokers[1]); res["restarted_at"] = time.time()
-    res["readded_at"] = until(lambda: b2 in reals(), 60)
+    mosq["broker2"] = start(plan.brokers[1]); res["restarted_at"] = time.time()
+    res["readded_at"] = until(lambda: b2 in reals(), 60, ka, mosq["broker2"])
     res["after"] = sorted(reals())
     time.sleep(1)
     res["ipvsadm"] = sh("ipvsadm", "-Ln").stdout
@@ -96,7 +94,7 @@ GUEST = textwrap.dedent('''
     res["apply_daemon"] = pid.exists()
     if pid.exists():
         subprocess.run(["kill", pid.read_text().split()[0]])
-    for p in procs.values():
+    for p in mosq.values():
         p.kill()
     (work / "result.json").write_text(json.dumps(res, indent=1))
 ''')

@@ -13,7 +13,8 @@ import ctypes
 import ctypes.util
 import os
 import signal
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -124,3 +125,59 @@ def is_running(pid: int, started: int | None) -> bool:
         return False
     fields = stat.rsplit(")", 1)[1].split()
     return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (``/proc/PID/task/*/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def tree_cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds used so far by these processes, everything below them, and the children they
+    have already reaped (a reaped child's time is in its parent's ``cutime``/``cstime``, a live
+    one's only in its own: no double count).
+
+    Why: a wait bounded by the wall clock fails a start that is merely slow (an interpreter
+    importing under software emulation or on a loaded machine still computes), while one bounded
+    by this tells it from a hung one (a client stuck on a peer that never answers computes
+    nothing)."""
+    ticks = 0
+    for top in pids:
+        for p in _descendants(top):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_progressing(done: Callable[[], bool], limit: float, progress: Callable[[], float], *, poll: float = 0.2,
+                     window: float = 10.0, most: float = 3.0, min_growth: float = 0.05) -> bool:
+    """Wait until ``done()``: at most ``limit`` seconds, and past that for as long as ``progress()``
+    (e.g. ``tree_cpu_s`` of what is awaited) still grew by ``min_growth`` in the last ``window``
+    seconds (an idle event loop's ticks are not progress), up to ``most`` times ``limit`` in all. Returns whether it is done: slow is waited for, stuck is not,
+    and either way the wait ends."""
+    start = time.monotonic()
+    hard, check_at = start + most * limit, start + window
+    last = progress()
+    while not done():
+        now = time.monotonic()
+        if now > hard:
+            return False
+        if now >= check_at:
+            seen = progress()
+            grew, last, check_at = seen >= last + min_growth, seen, now + window
+            if not grew and now > start + limit:
+                return False
+        time.sleep(poll)
+    return True

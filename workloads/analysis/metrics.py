@@ -94,7 +94,9 @@ def summarize_run(run: Run) -> dict[str, Any]:
     brokers = [b["name"] for b in run.manifest.get("plan", {}).get("brokers", [])] or sorted(cb["broker"].dropna().unique())
     per_broker = {b: int(n) for b, n in cb.groupby("broker")["client_id"].nunique().reindex(brokers, fill_value=0).items()}
     target_of = {c["host"]: c["target_host"] for c in run.manifest.get("plan", {}).get("clients", [])}
-    cb["balancer"] = cb["host"].map(target_of).fillna(cb["host"])
+    # a client host without a target (a plan without clients) is its own balancer; mapped per value,
+    # since an all-missing map is float and pandas will refuse to fill it with strings
+    cb["balancer"] = cb["host"].map(lambda h: target_of.get(h, h))
     per_bal = {bal: {b: int(n) for b, n in g.groupby("broker")["client_id"].nunique().reindex(brokers, fill_value=0).items()}
                for bal, g in cb.dropna(subset=["broker"]).groupby("balancer")}
     subs_broker = cb[cb["role"] == "sub"].set_index("index")["broker"]
