@@ -21,6 +21,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,16 +58,18 @@ def points(out: Path) -> list[dict[str, object]]:
     """One row per complete point: its numbers from result.json, plus what only the run's files
     tell (connections per broker, who the brokers saw as the client)."""
     rows = []
-    for res in sorted(out.glob("points/*/result.json")):
+    for res in out.glob("points/*/result.json"):
         r = json.loads(res.read_text())
         run = Path(r["run_dir"])
         s = summarize_run(load_run(run))
-        rows.append({"point": r["point_id"], "balancer": r["levels"].get("balancer"), "scheduler": r["scheduler"],
+        started = json.loads((run / "manifest.json").read_text()).get("started_at")
+        rows.append({"point": r["point_id"], "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)) if started else "",
+                     "balancer": r["levels"].get("balancer"), "scheduler": r["scheduler"],
                      "repetition": r["rep"], "expected": r["expected"], "delivered": r["delivered"], "loss_pct": r["loss_pct"],
                      "p99_ms": r["p99_ms"], "bench_saturated": bool(r.get("bench_saturated")), "duration_s": r["duration_s"],
                      "connections_per_broker": "/".join(str(v) for v in s["connections_per_broker"].values()),
                      "brokers_saw": who_brokers_saw(run)})
-    return rows
+    return sorted(rows, key=lambda r: str(r["started"]))  # in the order they ran (UTC): under emulation, time matters
 
 
 def _spread(values: list[float], digits: int, clip_low: float | None = None) -> str:

@@ -6,13 +6,16 @@ containers' states in ``$FAKE_DOCKER_STATE`` (JSON), records every call with its
 "container %s is already paused", ``daemon/unpause.go`` "container %s is not paused",
 ``daemon/exec.go`` "container %s is paused, unpause the container before exec"; the CLI prints
 them after "Error response from daemon: " and exits 1). ``docker start`` of a running container
-succeeds and does nothing, as the engine's does. ``{{.State.Pid}}`` answers the PID the state
-gives (a real process whose network namespace plays the container's), 0 when stopped."""
+succeeds and does nothing, as the engine's does; that of a stopped one starts a new process in a
+new network namespace, as the engine's does (listed under ``started`` for the test to stop).
+``{{.State.Pid}}`` answers the PID the state gives (a real process whose network namespace plays
+the container's), 0 when stopped."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,6 +66,16 @@ def main(argv: list[str]) -> int:
             return refuse(f"container {name} is not paused")
         c["paused"] = False
     elif cmd == "start":
+        if not c["running"]:  # as the engine: a new process in a new network namespace
+            p = subprocess.Popen(["unshare", "-n", "sleep", "300"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ours = os.readlink("/proc/self/ns/net")
+            end = time.time() + 30
+            while os.readlink(f"/proc/{p.pid}/ns/net") == ours and time.time() < end:
+                time.sleep(0.01)
+            c["pid"] = p.pid
+            started = c.setdefault("started", [])  # the test stops them
+            assert isinstance(started, list)
+            started.append(p.pid)
         c["running"] = True
     elif cmd == "exec":
         if not c["running"]:

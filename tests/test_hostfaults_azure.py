@@ -68,7 +68,7 @@ def listing(pid: int, table: str) -> str:
 
 
 @pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, netns: Callable[[], int]) -> Callable[[list[str]], dict[str, Any]]:
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, netns: Callable[[], int]) -> Iterator[Callable[[list[str]], dict[str, Any]]]:
     """A project dir whose stack carries the given faults, a fake docker first on PATH, and one
     namespace per broker container."""
 
@@ -88,9 +88,18 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, netns: Callable[[], in
         monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
         monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
         monkeypatch.setenv("PYTHONPATH", str(ROOT))
+        made.append(state)
         return {"dir": tmp_path, "pids": pids, "state": state, "runs": tmp_path / "runs"}
 
-    return make
+    made: list[Path] = []
+    yield make
+    for state in made:  # the processes the fake docker started for restarted containers
+        for c in json.loads(state.read_text()).values():
+            for pid in c.get("started", []):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def args(s: dict[str, Any], host: str, start_at: float, run_id: str = "7") -> argparse.Namespace:
@@ -216,3 +225,39 @@ def test_start_epoch_accepts_only_an_epoch() -> None:
     for bad in ("", '{"host": "bench-start"}', "12.5"):
         with pytest.raises(ValueError, match="bench-start printed"):
             hostfaults.start_epoch(bad)
+
+
+def test_a_restarted_broker_gets_its_monitor_back_in_its_new_namespace(site: Callable[[list[str]], dict[str, Any]]) -> None:
+    """``docker start`` gives the container a new process and network namespace; the monitor
+    left in the old one could reach neither, so the fault process replaces it."""
+    s = site(["broker3:restart@0.5s+0.5s"])
+    base = [sys.executable, "-m", "workloads.cli", "host"]
+    common = ["-s", "distributed", "--project-dir", str(s["dir"]), "--run-id", "7", "--runs", str(s["runs"])]
+    cp = subprocess.run([*base, "monitors-start", *common, "--role", "brokers"], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    rd = s["runs"] / "7"
+    old_mon = int((rd / "pids" / "monitor-broker3.pid").read_text())
+    old_ns = os.readlink(f"/proc/{s['pids']['broker3']}/ns/net")
+    try:
+        wait_for("the first monitor in broker3's namespace", lambda: os.readlink(f"/proc/{old_mon}/ns/net") == old_ns if
+                 Path(f"/proc/{old_mon}").exists() else False)
+        start = time.time() + 2
+        cp = subprocess.run([*base, "faults-start", *common, "--host", "brokers", "--start-at", f"{start:.3f}"], capture_output=True,
+                            text=True, timeout=120)
+        assert cp.returncode == 0 and "1 fault(s) armed" in cp.stdout, cp.stdout + cp.stderr
+        (r,) = wait_for("the restart done", lambda: [x for x in recs(s, "brokers") if x["ended_at"]])
+        new_pid = json.loads(s["state"].read_text())["mqttlab-broker3"]["pid"]
+        new_ns = os.readlink(f"/proc/{new_pid}/ns/net")
+        mon = int((rd / "pids" / "monitor-broker3.pid").read_text())
+        assert new_ns != old_ns and mon != old_mon and f"its monitor started again in the new namespace (pid {mon})" in r["detail"]
+        wait_for("the new monitor in the new namespace", lambda: os.readlink(f"/proc/{mon}/ns/net") == new_ns)
+        assert not Path(f"/proc/{old_mon}").exists() or Path(f"/proc/{old_mon}/stat").read_text().split(")")[1].split()[0] == "Z"
+        others = {b: int((rd / "pids" / f"monitor-{b}.pid").read_text()) for b in ("broker1", "broker2")}
+        assert all(Path(f"/proc/{p}").exists() for p in others.values())  # only broker3's was replaced
+    finally:
+        cfg = load(args(s, "brokers", 0))
+        hostcmd.stop_faults(cfg, build_plan(cfg), rd, "brokers")
+        hostcmd.stop_detached(rd, "monitor")
+    assert not list((rd / "pids").glob("*.pid"))
+    rows = (rd / "monitor" / "brokers-broker3.csv").read_text().splitlines()
+    assert rows[0].startswith("time_s,broker,") and sum(1 for x in rows if x.startswith("time_s")) == 1  # one CSV, one header

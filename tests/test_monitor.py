@@ -11,20 +11,31 @@ import paho.mqtt.client as mqtt
 
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_bench import Broker
+from workloads.lab import netns
 from workloads.monitor import BALANCER_COLUMNS, BROKER_COLUMNS, parse_conntrack, parse_haproxy_stat, parse_ipvs
+
+
+def start_monitor(b: Broker, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([*MQTTLAB, "monitor", "brokers", "--broker", f"b1={b.target}@{b.proc.pid}", "--interval", "0.3", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def csv_rows(out: Path) -> list[dict[str, str]]:
+    """What the monitor has written so far (nothing yet: no rows)."""
+    try:
+        with out.open() as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
 
 
 def test_broker_monitor_writes_documented_columns_and_sees_drops(tmp_path: Path) -> None:
     b = Broker(tmp_path, "max_queued_messages 5\nmax_inflight_messages 5\n")
     out = tmp_path / "brokers.csv"
-    mon = subprocess.Popen([*MQTTLAB, "monitor", "brokers", "--broker", f"b1={b.target}@{b.proc.pid}", "--interval", "0.3", "--out", str(out)],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mon = start_monitor(b, out)
+
     def written() -> list[dict[str, str]]:
-        try:
-            with out.open() as fh:
-                return list(csv.DictReader(fh))
-        except OSError:
-            return []
+        return csv_rows(out)
 
     def last(col: str) -> int:
         vals = [int(r[col]) for r in written() if r.get(col)]
@@ -105,3 +116,40 @@ def test_haproxy_and_conntrack_parsers() -> None:
           "tcp      6 431999 ESTABLISHED src=198.18.1.10 dst=198.18.0.99 sport=40003 dport=22 src=198.18.0.99 dst=198.18.1.10 sport=22 dport=40003 mark=0 use=1\n")
     rows = parse_conntrack(ct, "198.18.1.10", 1883)
     assert [(r["real"], r["active_conns"], r["inactive_conns"]) for r in rows] == [("198.18.0.20:1883", 1, 0), ("198.18.0.21:1883", 1, 1)]
+
+
+def test_a_broker_started_again_is_sampled_again(tmp_path: Path) -> None:
+    """A restart fault gives the broker a new process: the rows go blank while it is dead, then
+    carry the new process's memory and CPU (found by its listening socket), not the old pid's."""
+    from workloads.monitor import listener_pid
+
+    b = Broker(tmp_path)
+    assert listener_pid("127.0.0.1", b.port) == b.proc.pid
+    assert listener_pid("127.0.0.2", b.port) is None  # another address at that port is not ours
+    out = tmp_path / "brokers.csv"
+    mon = start_monitor(b, out)
+
+    def rows() -> list[dict[str, str]]:
+        return csv_rows(out)
+
+    again = None
+    try:
+        wait_for(lambda: len([r for r in rows() if r["mem_bytes"]]) >= 2, 60, "rows of the first broker")
+        b.stop()
+        dead_from = len(rows())
+        wait_for(lambda: any(not r["mem_bytes"] for r in rows()[dead_from:]), 60, "a blank row while nothing listens")
+        conf = next(tmp_path.glob("mosquitto-*.conf"))
+        again = netns.spawn(["mosquitto", "-c", str(conf)], None, tmp_path / "again.log")
+        netns.wait_tcp(None, "127.0.0.1", b.port)
+        wait_for(lambda: len([r for r in rows()[dead_from:] if r["cpu_pct"]]) >= 2, 60, "rows of the broker started again")
+    finally:
+        mon.send_signal(signal.SIGTERM)
+        assert mon.wait(15) == 0, mon.stderr.read() if mon.stderr else ""
+        if again is not None:
+            netns.stop(again)
+        else:
+            b.stop()
+    after = rows()[dead_from:]
+    first_blank = next(i for i, r in enumerate(after) if not r["mem_bytes"])
+    back = [r for r in after[first_blank:] if r["mem_bytes"]]
+    assert back and all(int(r["mem_bytes"]) > 0 for r in back) and all(float(r["cpu_pct"]) >= 0 for r in back if r["cpu_pct"])

@@ -29,7 +29,7 @@ from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, up
 from workloads.cliargs import add_stack_args, load
 from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
-from workloads.plan import Plan, build_plan
+from workloads.plan import Broker, Plan, build_plan
 from workloads.render import render_files, write_files
 
 RENDERED = Path("/var/lib/mqttlab/rendered")
@@ -260,8 +260,8 @@ def detach(cmd: Sequence[str], rd: Path, name: str) -> int:
     return p.pid
 
 
-def stop_detached(rd: Path, prefix: str, timeout: float = 30) -> None:
-    for pidfile in sorted((rd / "pids").glob(f"{prefix}*.pid")):
+def stop_detached(rd: Path, prefix: str, timeout: float = 30, exact: bool = False) -> None:
+    for pidfile in sorted((rd / "pids").glob(f"{prefix}.pid" if exact else f"{prefix}*.pid")):
         pid = int(pidfile.read_text())
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -292,16 +292,32 @@ def cmd_monitors_start(args: argparse.Namespace) -> int:
     mon.mkdir(exist_ok=True)
     if args.role == "brokers":
         for b in plan.brokers:
-            pid = sh(["docker", "inspect", "-f", "{{.State.Pid}}", f"mqttlab-{b.name}"]).stdout.strip()
-            # the host cannot reach its own ipvlan children: sample $SYS from the broker's own namespace
-            sec = ["--security", str(RENDERED / "brokers/security/client.json")] if cfg.security.enabled else []
-            detach(["nsenter", "-t", pid, "-n", *me(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
-                    "--out", str(mon / f"brokers-{b.name}.csv"), *sec], rd, f"monitor-{b.name}")
+            start_broker_monitor(cfg, b, rd)
     else:
         detach([*me(), "monitor", "balancer", "--kind", "ipvs", "--host", args.host, "--out", str(mon / f"balancer-{args.host}.csv")], rd,
                f"monitor-{args.host}")
     print(f"monitors started for {args.role}")
     return 0
+
+
+def start_broker_monitor(cfg: ExperimentConfig, b: Broker, rd: Path) -> int:
+    """The host cannot reach its own ipvlan children, so a broker's monitor samples ``$SYS`` from
+    inside the container's network namespace; it appends to the broker's CSV."""
+    pid = sh(["docker", "inspect", "-f", "{{.State.Pid}}", f"mqttlab-{b.name}"]).stdout.strip()
+    sec = ["--security", str(RENDERED / "brokers/security/client.json")] if cfg.security.enabled else []
+    return detach(["nsenter", "-t", pid, "-n", *me(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
+                   "--out", str(rd / "monitor" / f"brokers-{b.name}.csv"), *sec], rd, f"monitor-{b.name}")
+
+
+def restart_broker_monitor(cfg: ExperimentConfig, plan: Plan, rd: Path, broker: str) -> str:
+    """After a restart fault: ``docker start`` gives the container a new network namespace and
+    process, and the monitor left in the old namespace could reach neither, so it is replaced
+    (when monitors run at all: they start before the publishers)."""
+    if not (rd / "pids" / f"monitor-{broker}.pid").exists():
+        return ""
+    stop_detached(rd, f"monitor-{broker}", exact=True)
+    pid = start_broker_monitor(cfg, next(b for b in plan.brokers if b.name == broker), rd)
+    return f"; its monitor started again in the new namespace (pid {pid})"
 
 
 def bench_args(cfg: ExperimentConfig, plan: Plan, host: str, rd: Path, stack: str, run_id: str) -> list[str]:
@@ -430,7 +446,9 @@ def cmd_faults_start(args: argparse.Namespace) -> int:
 
 def cmd_faults_run(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
-    return hostfaults.run_injector(plan, hostfaults.faults_on(cfg.faults, args.host), args.host, run_dir(args), args.start_at, args.until)
+    rd = run_dir(args)
+    return hostfaults.run_injector(plan, hostfaults.faults_on(cfg.faults, args.host), args.host, rd, args.start_at, args.until,
+                                   on_restart=lambda broker: restart_broker_monitor(cfg, plan, rd, broker))
 
 
 def stop_faults(cfg: ExperimentConfig, plan: Plan, rd: Path, host: str) -> None:

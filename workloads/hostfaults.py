@@ -39,7 +39,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -133,9 +133,10 @@ class _Vm:
 class HostInjector(Injector):
     """The lab's schedule, writing and undoing (:class:`Injector`), with the VM's actions."""
 
-    def __init__(self, plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: Path) -> None:
+    def __init__(self, plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: Path,
+                 on_restart: Callable[[str], str] | None = None) -> None:
         super().__init__(cast("Lab", _Vm(rd)), tuple(f for _, f in mine))
-        self.plan, self.host = plan, host
+        self.plan, self.host, self.on_restart = plan, host, on_restart
         self.index = [i for i, _ in mine]
         self.path = rd / "faults" / f"{host}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,13 @@ class HostInjector(Injector):
             cp = run(["docker", "exec", container(broker), "mosquitto_sub", "-h", b.address, "-p", str(b.port), "-t", "$SYS/broker/uptime",
                       "-C", "1", "-W", "5"], timeout=15, check=False)
             if cp.returncode == 0:
-                return f"docker start {container(broker)}, answering"
+                done = f"docker start {container(broker)}, answering"
+                if self.on_restart is not None:
+                    try:
+                        done += self.on_restart(broker)
+                    except Exception as exc:  # noqa: BLE001 - the broker is back; a monitor that is not is a gap in its CSV, said here
+                        done += f"; its monitor not started again: {exc}"
+                return done
             if time.time() > end:
                 raise LabError(f"{broker} started again but did not answer within {bound_s:g}s")
             time.sleep(0.5)
@@ -215,10 +222,12 @@ def cleanup(plan: Plan, host: str) -> list[str]:
     return done
 
 
-def run_injector(plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: Path, start_at: float, until: float) -> int:
+def run_injector(plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: Path, start_at: float, until: float,
+                 on_restart: Callable[[str], str] | None = None) -> int:
     """The fault process: arm the schedule, then wait for SIGTERM (the collect step) or its own
-    bound, and undo whatever is still in force before exiting."""
-    inj = HostInjector(plan, mine, host, rd)
+    bound, and undo whatever is still in force before exiting. ``on_restart`` runs once a
+    restarted broker answers (its monitor follows it into its new namespace)."""
+    inj = HostInjector(plan, mine, host, rd, on_restart)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())

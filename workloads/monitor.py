@@ -121,8 +121,53 @@ def _sys_subscriber(target: BrokerTarget, stop: threading.Event) -> None:
     client.loop_stop()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def listener_pid(host: str, port: int) -> int | None:
+    """The process listening on host:port (or on every address at that port) in this network
+    namespace: its socket's inode from ``/proc/net/tcp``, then the process holding it."""
+    want = {f"{port:04X}"}
+    inodes = set()
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    ours = {"00000000"}
+    try:
+        ours.add(socket.inet_aton(host)[::-1].hex().upper())
+    except OSError:
+        pass
+    for line in lines:
+        f = line.split()
+        addr, hexport = f[1].split(":")
+        if f[3] == "0A" and hexport in want and addr in ours:
+            inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
 def broker_row(t: BrokerTarget, now: float) -> dict[str, object]:
     row: dict[str, object] = {"time_s": f"{now:.3f}", "broker": t.name, "cpu_pct": "", "mem_bytes": ""}
+    if t.pid and not _alive(t.pid):
+        # the broker died: blank while nothing listens in its place; a broker started again (a
+        # restart fault) is found by its listening socket and sampled from then on
+        again = listener_pid(t.host, t.port)
+        if again is not None:
+            t.pid, t.last_cpu = again, None
     if t.pid:
         try:
             cpu = process_cpu_seconds(t.pid)
