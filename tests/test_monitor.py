@@ -135,9 +135,11 @@ def test_a_broker_started_again_is_sampled_again(tmp_path: Path) -> None:
     again = None
     try:
         wait_for(lambda: len([r for r in rows() if r["mem_bytes"]]) >= 2, 60, "rows of the first broker")
-        b.stop()
+        b.proc.send_signal(signal.SIGKILL)  # not reaped: a zombie, as a killed lab broker is until it is started again
+        wait_for(lambda: Path(f"/proc/{b.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 30, "the broker a zombie")
         dead_from = len(rows())
-        wait_for(lambda: any(not r["mem_bytes"] for r in rows()[dead_from:]), 60, "a blank row while nothing listens")
+        wait_for(lambda: len([r for r in rows()[dead_from:] if not r["mem_bytes"] and not r["cpu_pct"]]) >= 2, 60,
+                 "blank rows while nothing listens")
         conf = next(tmp_path.glob("mosquitto-*.conf"))
         again = netns.spawn(["mosquitto", "-c", str(conf)], None, tmp_path / "again.log")
         netns.wait_tcp(None, "127.0.0.1", b.port)
@@ -147,9 +149,9 @@ def test_a_broker_started_again_is_sampled_again(tmp_path: Path) -> None:
         assert mon.wait(15) == 0, mon.stderr.read() if mon.stderr else ""
         if again is not None:
             netns.stop(again)
-        else:
-            b.stop()
+        b.stop()
     after = rows()[dead_from:]
+    assert all(r["mem_bytes"] != "0" for r in after)  # a dead broker is blank, not a process of no size
     first_blank = next(i for i, r in enumerate(after) if not r["mem_bytes"])
     back = [r for r in after[first_blank:] if r["mem_bytes"]]
     assert back and all(int(r["mem_bytes"]) > 0 for r in back) and all(float(r["cpu_pct"]) >= 0 for r in back if r["cpu_pct"])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workloads import hostfaults
+from workloads import hostfaults, procs
 from workloads.balancer import ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
 from workloads.cliargs import add_stack_args, load
@@ -261,23 +261,25 @@ def detach(cmd: Sequence[str], rd: Path, name: str) -> int:
 
 
 def stop_detached(rd: Path, prefix: str, timeout: float = 30, exact: bool = False) -> None:
+    """SIGTERM to each detached process group, SIGKILL after ``timeout``. A zombie counts as
+    ended: a process detached by another one that lives on (a monitor the fault process
+    replaced) stays one until that parent reaps it."""
     for pidfile in sorted((rd / "pids").glob(f"{prefix}.pid" if exact else f"{prefix}*.pid")):
-        pid = int(pidfile.read_text())
+        try:
+            pid = int(pidfile.read_text())
+        except FileNotFoundError:
+            continue  # stopped meanwhile by another step
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
-            pidfile.unlink()
+            pidfile.unlink(missing_ok=True)
             continue
         end = time.time() + timeout
-        while time.time() < end:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while time.time() < end and procs.is_running(pid, None):
             time.sleep(0.2)
-        else:
+        if procs.is_running(pid, None):
             os.killpg(pid, signal.SIGKILL)
-        pidfile.unlink()
+        pidfile.unlink(missing_ok=True)
 
 
 def me() -> list[str]:
@@ -586,9 +588,11 @@ def fetch(container: str, prefix: str, auth: BlobAuth, out: Path) -> Path:
 def cmd_collect(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
+    # faults first: a restart still being undone may replace a broker's monitor, and the
+    # replacements are the fault process's children, reaped once it has ended
+    stop_faults(cfg, plan, rd, args.host)
     stop_detached(rd, "monitor-")
     stop_detached(rd, "bench-sub", timeout=30)  # a failed finish may have left them running
-    stop_faults(cfg, plan, rd, args.host)
     host = plan.host(args.host)
     if host.role == "brokers":
         for b in plan.brokers:

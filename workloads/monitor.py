@@ -162,13 +162,15 @@ def listener_pid(host: str, port: int) -> int | None:
 
 def broker_row(t: BrokerTarget, now: float) -> dict[str, object]:
     row: dict[str, object] = {"time_s": f"{now:.3f}", "broker": t.name, "cpu_pct": "", "mem_bytes": ""}
-    if t.pid and not _alive(t.pid):
-        # the broker died: blank while nothing listens in its place; a broker started again (a
-        # restart fault) is found by its listening socket and sampled from then on
+    alive = bool(t.pid) and _alive(t.pid or 0)
+    if t.pid and not alive:
+        # the broker died (gone, or a zombie its parent has not reaped): blank while nothing
+        # listens in its place; a broker started again (a restart fault) is found by its
+        # listening socket and sampled from then on
         again = listener_pid(t.host, t.port)
         if again is not None:
-            t.pid, t.last_cpu = again, None
-    if t.pid:
+            t.pid, t.last_cpu, alive = again, None, True
+    if t.pid and alive:
         try:
             cpu = process_cpu_seconds(t.pid)
             if t.last_cpu:
