@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workloads.analysis.load import Run  # noqa: E402
-from workloads.analysis.metrics import classify_losses, pair_table, throughput  # noqa: E402
+from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
 from workloads.bench.rundir import RunDirError  # noqa: E402
 
 OUTAGE_COLUMNS = ["client_id", "role", "lost_at", "back_at", "attempts", "local_before", "local_after"]
@@ -167,6 +167,17 @@ def _balancer_view(run: Run, fault: dict[str, Any], start: float, end: float) ->
     return out, sent
 
 
+def _bridge_nodes(bridges: list[dict[str, Any]], a: str, b: str) -> list[str]:
+    """The brokers a message passes from broker ``a`` to broker ``b``, both included (empty when
+    no bridges join them)."""
+    edges = _bridge_path(bridges, a, b)
+    nodes = [b]
+    for e in edges:  # from b back to a
+        (nxt,) = e - {nodes[-1]}
+        nodes.append(nxt)
+    return nodes[::-1] if edges or a == b else []
+
+
 def _bridge_path(bridges: list[dict[str, Any]], a: str, b: str) -> list[frozenset[str]]:
     """The bridges a message crosses from broker ``a`` to broker ``b`` (Mosquitto forwards along
     the bridges; the shortest path, as ``try_private`` keeps loops out)."""
@@ -217,7 +228,22 @@ def bridge_loss(run: Run, fault: dict[str, Any], start: float, end: float) -> tu
         timed = lost_with_send_time(run)[["sub", "pub", "seq", "send_s"]]
         lost = lost.merge(timed, on=["sub", "pub", "seq"], how="left")
         lost = lost[(lost["send_s"] >= start) & (lost["send_s"] <= until)]
-        crosses = [edge in _bridge_path(bridges, str(a), str(b)) for a, b in zip(lost["pub_broker"], lost["broker"], strict=True)]
+        # the bridge a message was lost on: the one after the last broker on its path known to
+        # have had it (its publisher's, or one whose subscribers got it); a message the hub
+        # passed on to some brokers but not to a third was lost on the hub's other bridge, not
+        # across the cut (a broker without subscribers cannot tell, and counts as not having it)
+        sub_broker = client_brokers(run).query("role == 'sub'").set_index("index")["broker"]
+        d = run.deliveries.loc[~run.deliveries["dup"], ["sub", "pub", "seq"]]
+        had = set(zip(d["pub"].tolist(), d["seq"].tolist(), d["sub"].map(sub_broker).tolist(), strict=True))
+        paths: dict[tuple[str, str], list[str]] = {}
+
+        def lost_on(pub: int, seq: int, a: str, b: str) -> frozenset[str] | None:
+            nodes = paths.setdefault((a, b), _bridge_nodes(bridges, a, b))
+            last = max((i for i, x in enumerate(nodes) if i == 0 or (pub, seq, x) in had), default=0)
+            return frozenset(nodes[last:last + 2]) if last + 1 < len(nodes) else None
+
+        crosses = [lost_on(int(p), int(q), str(a), str(b)) == edge
+                   for p, q, a, b in zip(lost["pub"], lost["seq"], lost["pub_broker"], lost["broker"], strict=True)]
         lost = lost[crosses]
         msgs = lost.drop_duplicates(["pub", "seq"])
         out = {f"into {far}": int((msgs["pub_broker"] != far).sum()), f"out of {far}": int((msgs["pub_broker"] == far).sum())}

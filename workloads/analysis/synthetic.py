@@ -208,7 +208,7 @@ def write_fault_run(path: Path, health_checked: bool = True) -> tuple[Path, dict
     return path, truth
 
 
-def write_bridge_cut_run(path: Path) -> tuple[Path, dict[str, Any]]:
+def write_bridge_cut_run(path: Path, hub_drop: bool = False) -> tuple[Path, dict[str, Any]]:
     """A run in which the bridge broker1-broker2 (hub broker1, star) was cut 40 ms into
     publishing for 20 ms; returns the path and what the availability analysis must find.
 
@@ -216,12 +216,15 @@ def write_bridge_cut_run(path: Path) -> tuple[Path, dict[str, Any]]:
     broker3. Into broker2 the hub dropped pub0 40-59 (sub1 misses them: 20 messages); out of
     broker2, broker2's queue for the bridge dropped pub1 40-49 (sub0 and sub2 miss them: 10
     messages, 20 deliveries); sub2's own queue dropped pub0 70-74 (not the bridge's doing). The
-    brokers' counters over the span: broker1 20, broker2 10, then 7 more on broker1 long after."""
+    brokers' counters over the span: broker1 20, broker2 10, then 7 more on broker1 long after.
+    With ``hub_drop``, the hub also dropped pub1 55 on its other bridge (sub0 on the hub got it,
+    sub2 on broker3 did not): broker1's counter holds it, and it was not lost out of broker2."""
     t = Truth(
         pubs={0: ("ipvs1", "broker1", 100), 1: ("ipvs2", "broker2", 100)},
         subs={0: ("ipvs1", "broker1"), 1: ("ipvs2", "broker2"), 2: ("ipvs1", "broker3")},
     )
     t.lost |= {(1, 0, q) for q in range(40, 60)} | {(s, 1, q) for s in (0, 2) for q in range(40, 50)} | {(2, 0, q) for q in range(70, 75)}
+    t.lost |= {(2, 1, 55)} if hub_drop else set()
     write_run(path, t)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["plan"]["bridges"] = [{"name": f"broker1-{b}", "local": "broker1", "remote": b} for b in ("broker2", "broker3")]
@@ -231,7 +234,8 @@ def write_bridge_cut_run(path: Path) -> tuple[Path, dict[str, Any]]:
     (path / "faults.jsonl").write_text(json.dumps(fault) + "\n")
     with (path / "monitor" / "brokers.csv").open("w") as f:
         f.write("time_s,broker,cpu_pct,mem_bytes,clients_connected,msgs_received,msgs_sent,msgs_dropped,net_rx_bytes,net_tx_bytes\n")
-        for k, counts in ((-1, (3, 0, 0)), (0, (3, 0, 0)), (2, (23, 10, 5)), (30, (30, 10, 5))):
+        extra = int(hub_drop)
+        for k, counts in ((-1, (3, 0, 0)), (0, (3, 0, 0)), (2, (23 + extra, 10, 5)), (30, (30 + extra, 10, 5))):
             for b, n in zip(("broker1", "broker2", "broker3"), counts, strict=True):
                 f.write(f"{T0 + k},{b},1,1000000,3,0,0,{n},0,0\n")
-    return path, {"bridge_lost_messages": {"into broker2": 20, "out of broker2": 10}, "bridge_dropped_sys": {"broker1": 20, "broker2": 10}}
+    return path, {"bridge_lost_messages": {"into broker2": 20, "out of broker2": 10}, "bridge_dropped_sys": {"broker1": 20 + extra, "broker2": 10}}
