@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from workloads import procs
+
 BROKER_COLUMNS = [
     "time_s", "broker", "cpu_pct", "mem_bytes", "clients_connected", "msgs_received",
     "msgs_sent", "msgs_dropped", "net_rx_bytes", "net_tx_bytes",
@@ -121,17 +123,9 @@ def _sys_subscriber(target: BrokerTarget, stop: threading.Event) -> None:
     client.loop_stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def listener_pid(host: str, port: int) -> int | None:
     """The process listening on host:port (or on every address at that port) in this network
     namespace: its socket's inode from ``/proc/net/tcp``, then the process holding it."""
-    want = {f"{port:04X}"}
     inodes = set()
     try:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
@@ -145,7 +139,7 @@ def listener_pid(host: str, port: int) -> int | None:
     for line in lines:
         f = line.split()
         addr, hexport = f[1].split(":")
-        if f[3] == "0A" and hexport in want and addr in ours:
+        if f[3] == "0A" and hexport == f"{port:04X}" and addr in ours:
             inodes.add(f"socket:[{f[9]}]")
     if not inodes:
         return None
@@ -162,7 +156,7 @@ def listener_pid(host: str, port: int) -> int | None:
 
 def broker_row(t: BrokerTarget, now: float) -> dict[str, object]:
     row: dict[str, object] = {"time_s": f"{now:.3f}", "broker": t.name, "cpu_pct": "", "mem_bytes": ""}
-    alive = bool(t.pid) and _alive(t.pid or 0)
+    alive = bool(t.pid) and procs.is_running(t.pid or 0, None)
     if t.pid and not alive:
         # the broker died (gone, or a zombie its parent has not reaped): blank while nothing
         # listens in its place; a broker started again (a restart fault) is found by its
