@@ -22,6 +22,7 @@ from workloads.campaign.run import CampaignDir, execute_points
 from workloads.campaign.spec import Point, load_campaign
 from workloads.config import ExperimentConfig
 from workloads.lab import vm
+from workloads.lab.netns import LabError
 
 
 def _gone(pgid: int) -> bool:
@@ -62,6 +63,65 @@ def test_the_guests_progress_lines_are_shown_as_they_come(tmp_path: Path, capsys
     assert cp.returncode == 0
     err = capsys.readouterr().err
     assert err == "point 1 done\npoint 2 done\n"  # not the earlier invocation's, not a partial line
+
+
+def _fake_guest(beat: Path, steps: int, grow_ticks: int) -> list[str]:
+    """Stands in for vng: writes nothing into the shared folders, only its beat, which grows by
+    ``grow_ticks`` clock ticks of CPU every 0.1 s for ``steps`` steps (``steps`` < 0: forever)."""
+    loop = "while :" if steps < 0 else f"while [ $i -lt {steps} ]"
+    b = shlex.quote(str(beat))
+    return ["sh", "-c", f"i=0; {loop}; do i=$((i + 1)); echo $((1000 + i * {grow_ticks})) > {b}.t && mv -f {b}.t {b}; sleep 0.1; done"]
+
+
+@pytest.fixture
+def short_minute(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The VM wait checks for the guest's work each CHECK_EVERY_S; two seconds here."""
+    monkeypatch.setattr(vm, "CHECK_EVERY_S", 2.0)
+    return vm.BUSY_S_PER_MINUTE * 2.0 / 60
+
+
+def test_a_guest_that_computes_but_writes_nothing_runs_on_past_the_timeout(tmp_path: Path, short_minute: float) -> None:
+    """Clients starting under emulation on a busy machine write nothing for minutes (the CI
+    failure "nothing written for a minute" at 760 s); their CPU time is the sign of work."""
+    beat = tmp_path / "beat" / vm.BEAT_FILE
+    beat.parent.mkdir()
+    ticks = int(short_minute * os.sysconf("SC_CLK_TCK"))  # a check's worth in each 0.1 s step
+    t0 = time.time()
+    cp = vm._run_while_progressing(_fake_guest(beat, 70, ticks), dict(os.environ), [tmp_path / "shared"], timeout=5, beat=beat)
+    assert cp.returncode == 0
+    assert time.time() - t0 > 7  # past the timeout and at least one check
+
+
+def test_a_guest_that_neither_computes_nor_writes_is_stopped_after_one_check(tmp_path: Path, short_minute: float) -> None:
+    beat = tmp_path / "beat" / vm.BEAT_FILE
+    beat.parent.mkdir()
+    t0 = time.time()
+    with pytest.raises(LabError, match=r"nothing written and under \d+s of CPU spent in the last 2s"):
+        vm._run_while_progressing(_fake_guest(beat, -1, 0), dict(os.environ), [tmp_path / "shared"], timeout=1, beat=beat)
+    assert time.time() - t0 < 30  # the first check sees the first beat, the next one sees no growth
+
+
+def test_a_guest_that_computes_forever_is_stopped_at_three_times_the_timeout(tmp_path: Path, short_minute: float) -> None:
+    beat = tmp_path / "beat" / vm.BEAT_FILE
+    beat.parent.mkdir()
+    ticks = int(short_minute * os.sysconf("SC_CLK_TCK"))
+    t0 = time.time()
+    with pytest.raises(LabError, match="the bound of three times 2s"):
+        vm._run_while_progressing(_fake_guest(beat, -1, ticks), dict(os.environ), [tmp_path / "shared"], timeout=2, beat=beat)
+    assert 6 <= time.time() - t0 < 60
+
+
+def test_the_heartbeat_wrapper_keeps_the_scripts_exit_status_and_writes_busy_ticks(tmp_path: Path) -> None:
+    script = tmp_path / "s.sh"
+    script.write_text("sleep 0.5; exit 7\n")
+    beat = tmp_path / vm.BEAT_FILE
+    wrapper = tmp_path / "w.sh"
+    wrapper.write_text(vm.heartbeat_wrapper(str(script), beat))
+    assert subprocess.run(["bash", str(wrapper)], timeout=60).returncode == 7
+    busy = vm._busy_s(beat)
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    now = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+    assert busy is not None and 0 < busy <= now  # this machine's busy time since boot, read as the guest reads its own
 
 
 def test_guest_command_reruns_the_same_command_without_vm_and_marks_the_guest(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ echo done > {work}/ok
     if host_has_ipvs():
         cp = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     else:
-        cp = vm.run_in_vm(script, [work], timeout=300)  # longer while the guest still writes, at most 900 s
+        cp = vm.run_in_vm(script, [work], timeout=300)  # longer while the guest works, at most 900 s
     assert (work / "ok").exists(), cp.stdout[-3000:] + cp.stderr[-3000:]
     for s in SCHEDULERS:
         assert (work / f"{s}.saved").read_text() == rendered[s], s

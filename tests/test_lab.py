@@ -224,7 +224,7 @@ def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
     for i, (topology, sched) in enumerate(cases):
         # the time limit is a bound, not an expectation: a run ends when it is done, and under
         # emulation on a busy machine starting the clients alone takes minutes; the VM's own wait
-        # is bounded by what the guest still writes
+        # is bounded by the guest's progress (vm.run_in_vm)
         lines.append(f"{py} -m workloads.cli lab run -s {topology} --balancer ipvs --scheduler {sched} {' '.join(SMALL)} --time-limit-s 900 "
                      f"--json --quiet --out {runs} > {runs}/case{i}.json 2> {runs}/case{i}.err")
     lines.append(f"ip netns list > {runs}/netns-after.txt")
@@ -233,7 +233,7 @@ def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
     if lab_mod.kernel_has_ipvs():
         cp = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, timeout=1200)
     else:
-        cp = vm.run_in_vm("\n".join(lines), [runs], timeout=700)  # longer while runs are still written, at most 2100 s
+        cp = vm.run_in_vm("\n".join(lines), [runs], timeout=700)  # longer while the guest works, at most 2100 s
     for i, (topology, sched) in enumerate(cases):
         out = (runs / f"case{i}.json").read_text() if (runs / f"case{i}.json").exists() else ""
         err = (runs / f"case{i}.err").read_text() if (runs / f"case{i}.err").exists() else cp.stderr[-3000:]

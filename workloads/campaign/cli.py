@@ -105,7 +105,7 @@ def in_vm(args: argparse.Namespace, campaign: Campaign, cdir: CampaignDir, order
         est = min(est, args.time_budget * 60)
     log = cdir.path / "vm-progress.log"
     print(f"[campaign {campaign.name}] booting the micro-VM once for {len(left)} points (about {fmt_s(est)})", file=sys.stderr, flush=True)
-    # bounded by the estimate, and past it for as long as the guest still writes (vm.run_in_vm)
+    # bounded by the estimate, and past it for as long as the guest still works (vm.run_in_vm)
     cp = vm.run_in_vm(vm.guest_command(sys.argv[1:], log), [cdir.path], timeout=max(est * 1.5, 600), echo=log)
     sys.stdout.write(cp.stdout)
     if cp.returncode != 0:
