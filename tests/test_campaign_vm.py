@@ -5,6 +5,7 @@ The real boot is exercised by benchmarks/calibrate_standins.py (README, "The fai
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import subprocess
@@ -74,54 +75,82 @@ def _fake_guest(beat: Path, steps: int, grow_ticks: int) -> list[str]:
 
 
 @pytest.fixture
-def short_minute(monkeypatch: pytest.MonkeyPatch) -> float:
-    """The VM wait checks for the guest's work each CHECK_EVERY_S; two seconds here."""
+def short_minute(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The VM wait checks for the guest's work each CHECK_EVERY_S, two seconds here; the clock
+    ticks of CPU a check needs to see."""
     monkeypatch.setattr(vm, "CHECK_EVERY_S", 2.0)
-    return vm.BUSY_S_PER_MINUTE * 2.0 / 60
+    return math.ceil(vm.BUSY_S_PER_MINUTE * 2.0 / 60 * vm.USER_HZ)
 
 
-def test_a_guest_that_computes_but_writes_nothing_runs_on_past_the_timeout(tmp_path: Path, short_minute: float) -> None:
+def _counting_checks(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
+    """Every beat the wait reads: the first at its start, then one per check."""
+    reads: list[float | None] = []
+    real = vm._busy_s
+
+    def read(beat: Path | None) -> float | None:
+        reads.append(real(beat))
+        return reads[-1]
+
+    monkeypatch.setattr(vm, "_busy_s", read)
+    return reads
+
+
+def test_a_guest_that_computes_but_writes_nothing_runs_on_past_the_timeout(tmp_path: Path, short_minute: int,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Clients starting under emulation on a busy machine write nothing for minutes (the CI
     failure "nothing written for a minute" at 760 s); their CPU time is the sign of work."""
     beat = tmp_path / "beat" / vm.BEAT_FILE
     beat.parent.mkdir()
-    ticks = int(short_minute * os.sysconf("SC_CLK_TCK"))  # a check's worth in each 0.1 s step
-    t0 = time.time()
-    cp = vm._run_while_progressing(_fake_guest(beat, 70, ticks), dict(os.environ), [tmp_path / "shared"], timeout=5, beat=beat)
+    reads = _counting_checks(monkeypatch)
+    monkeypatch.setattr(vm, "CHECK_EVERY_S", 1.0)
+    # two checks' worth in every 0.1 s step, for about 6.5 s: the baseline check at 3 s, then
+    # each second one that measures growth, all inside the hard bound of 9 s
+    cp = vm._run_while_progressing(_fake_guest(beat, 60, short_minute), dict(os.environ), [tmp_path / "shared"], timeout=3, beat=beat)
     assert cp.returncode == 0
-    assert time.time() - t0 > 7  # past the timeout and at least one check
+    measured = [r for r in reads[1:] if r is not None][1:]  # checks after the one that set the baseline
+    assert len(measured) >= 2, reads
 
 
-def test_a_guest_that_neither_computes_nor_writes_is_stopped_after_one_check(tmp_path: Path, short_minute: float) -> None:
+def test_a_guest_that_neither_computes_nor_writes_is_stopped_after_the_baseline_check(tmp_path: Path, short_minute: int) -> None:
     beat = tmp_path / "beat" / vm.BEAT_FILE
     beat.parent.mkdir()
     t0 = time.time()
     with pytest.raises(LabError, match=r"nothing written and under \d+s of CPU spent in the last 2s"):
-        vm._run_while_progressing(_fake_guest(beat, -1, 0), dict(os.environ), [tmp_path / "shared"], timeout=1, beat=beat)
-    assert time.time() - t0 < 30  # the first check sees the first beat, the next one sees no growth
+        vm._run_while_progressing(_fake_guest(beat, -1, 0), dict(os.environ), [tmp_path / "shared"], timeout=2, beat=beat)
+    assert time.time() - t0 < 6  # the first check sets the baseline, the next one sees no growth
 
 
-def test_a_guest_that_computes_forever_is_stopped_at_three_times_the_timeout(tmp_path: Path, short_minute: float) -> None:
+def test_a_guest_without_a_beat_that_writes_nothing_is_stopped_and_told_so(tmp_path: Path, short_minute: int) -> None:
+    with pytest.raises(LabError, match="no beat from the guest"):
+        vm._run_while_progressing(["sleep", "60"], dict(os.environ), [tmp_path / "shared"], timeout=1, beat=tmp_path / vm.BEAT_FILE)
+
+
+def test_a_guest_that_computes_forever_is_stopped_at_three_times_the_timeout(tmp_path: Path, short_minute: int) -> None:
     beat = tmp_path / "beat" / vm.BEAT_FILE
     beat.parent.mkdir()
-    ticks = int(short_minute * os.sysconf("SC_CLK_TCK"))
     t0 = time.time()
     with pytest.raises(LabError, match="the bound of three times 2s"):
-        vm._run_while_progressing(_fake_guest(beat, -1, ticks), dict(os.environ), [tmp_path / "shared"], timeout=2, beat=beat)
-    assert 6 <= time.time() - t0 < 60
+        # ten checks' worth a step: a starved step still shows work
+        vm._run_while_progressing(_fake_guest(beat, -1, 10 * short_minute), dict(os.environ), [tmp_path / "shared"], timeout=2, beat=beat)
+    assert 6 <= time.time() - t0 < 8  # the last check falls on the hard bound, not a minute past it
 
 
 def test_the_heartbeat_wrapper_keeps_the_scripts_exit_status_and_writes_busy_ticks(tmp_path: Path) -> None:
-    script = tmp_path / "s.sh"
-    script.write_text("sleep 0.5; exit 7\n")
     beat = tmp_path / vm.BEAT_FILE
+    script = tmp_path / "s.sh"
+    script.write_text(f"until [ -s {shlex.quote(str(beat))} ]; do sleep 0.05; done; exit 7\n")
     wrapper = tmp_path / "w.sh"
     wrapper.write_text(vm.heartbeat_wrapper(str(script), beat))
+    before = _proc_busy_s()
     assert subprocess.run(["bash", str(wrapper)], timeout=60).returncode == 7
     busy = vm._busy_s(beat)
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    now = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
-    assert busy is not None and 0 < busy <= now  # this machine's busy time since boot, read as the guest reads its own
+    assert busy is not None and before <= busy <= _proc_busy_s()  # this machine's busy time, read as the guest reads its own
+
+
+def _proc_busy_s() -> float:
+    """user + nice + system + irq + softirq of /proc/stat's cpu line (man 5 proc), in seconds."""
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    return (user + nice + system + irq + softirq) / vm.USER_HZ
 
 
 def test_guest_command_reruns_the_same_command_without_vm_and_marks_the_guest(tmp_path: Path) -> None:

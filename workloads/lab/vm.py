@@ -98,20 +98,15 @@ def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str
         cmd += ["--rwdir", str(d)]
     # the guest's CPU time, written through every few seconds: the sign of a guest at work when
     # what it writes for us comes only at the end of a long phase (clients starting under
-    # emulation on a busy machine take minutes and write nothing)
-    beat = Path(tempfile.mkdtemp(prefix="mqttlab-vm-beat-"))
-    cmd += ["--rwdir", str(beat)]
-    # the guest sees this filesystem: hand it a script file (vng folds an inline script's newlines)
-    with tempfile.NamedTemporaryFile("w", prefix="mqttlab-vm-", suffix=".sh", delete=False) as fh:
-        fh.write(script)
-    with tempfile.NamedTemporaryFile("w", prefix="mqttlab-vm-wrap-", suffix=".sh", delete=False) as wh:
-        wh.write(heartbeat_wrapper(fh.name, beat / BEAT_FILE))
-    cmd += ["--exec", f"bash {wh.name}"]
+    # emulation on a busy machine take minutes and write nothing); the guest sees this
+    # filesystem, so its script is a file there too (vng folds an inline script's newlines)
+    beat = Path(tempfile.mkdtemp(prefix="mqttlab-vm-"))
     try:
+        (beat / "script.sh").write_text(script)
+        (beat / "wrapper.sh").write_text(heartbeat_wrapper(str(beat / "script.sh"), beat / BEAT_FILE))
+        cmd += ["--rwdir", str(beat), "--exec", f"bash {beat / 'wrapper.sh'}"]
         return _run_while_progressing(cmd, env, rwdirs, timeout, echo, beat / BEAT_FILE)
     finally:
-        os.unlink(fh.name)
-        os.unlink(wh.name)
         shutil.rmtree(beat, ignore_errors=True)
 
 
@@ -122,27 +117,26 @@ BEAT_EVERY_S = 5
 # kernel and the beat)
 BUSY_S_PER_MINUTE = 10.0
 CHECK_EVERY_S = 60.0  # the minute of BUSY_S_PER_MINUTE
+USER_HZ = 100  # the unit of /proc/stat on every Linux the micro-VM boots (x86)
 
 
 def heartbeat_wrapper(script: str, beat: Path) -> str:
     """Runs ``script`` while a background loop writes the guest's busy CPU time (the user, nice,
     system, irq and softirq columns of /proc/stat's ``cpu`` line, in clock ticks) to ``beat``;
-    the script's exit status is the wrapper's. Bash builtins only in the loop but ``sleep``, so
-    the beat costs the guest next to nothing."""
+    the script's exit status is the wrapper's. The loop forks only ``mv`` (so the host never reads
+    half a number) and ``sleep``, so the beat costs the guest next to nothing."""
     b = shlex.quote(str(beat))
     return (f"( while :; do read -r _ u n s _ _ i q _ < /proc/stat; echo $((u + n + s + i + q)) > {b}.tmp && mv -f {b}.tmp {b}; "
             f"sleep {BEAT_EVERY_S}; done ) > /dev/null 2>&1 &\n"
             "beat=$!\n"
-            f"bash {shlex.quote(script)}\n"
-            "rc=$?\n"
-            "kill $beat 2> /dev/null\n"
-            "exit $rc\n")
+            "trap 'kill $beat 2> /dev/null' EXIT\n"
+            f"bash {shlex.quote(script)}\n")
 
 
 def _busy_s(beat: Path | None) -> float | None:
     """The guest's busy CPU seconds at its last beat; None before the first."""
     try:
-        return int(beat.read_text()) / os.sysconf("SC_CLK_TCK") if beat is not None else None
+        return int(beat.read_text()) / USER_HZ if beat is not None else None
     except (OSError, ValueError):
         return None
 
@@ -184,13 +178,21 @@ def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Pat
             while p.poll() is None:
                 if time.time() > bound:
                     now, busy_now = _written(rwdirs), _busy_s(beat)
-                    worked = busy_now is not None and busy_now - (busy or 0.0) >= BUSY_S_PER_MINUTE * CHECK_EVERY_S / 60
-                    if (now == seen and not worked) or time.time() > hard:
-                        why = (f"nothing written and under {BUSY_S_PER_MINUTE * CHECK_EVERY_S / 60:.0f}s of CPU spent "
-                               f"in the last {CHECK_EVERY_S:.0f}s" if now == seen and not worked
-                               else f"the bound of three times {timeout:.0f}s")
+                    if beat is not None and busy is None and busy_now is not None and time.time() < hard:
+                        # the first beat came during this interval: a baseline, not yet a measure
+                        seen, busy, bound = now, busy_now, min(time.time() + CHECK_EVERY_S, hard)
+                        continue
+                    need = BUSY_S_PER_MINUTE * CHECK_EVERY_S / 60
+                    worked = busy is not None and busy_now is not None and busy_now - busy >= need
+                    if (now == seen and not worked) or time.time() >= hard:
+                        if time.time() >= hard:
+                            why = f"the bound of three times {timeout:.0f}s"
+                        elif beat is not None and busy_now is None:
+                            why = "nothing written, and no beat from the guest to show its CPU time"
+                        else:
+                            why = f"nothing written and under {need:.0f}s of CPU spent in the last {CHECK_EVERY_S:.0f}s"
                         raise LabError(f"the micro-VM did not finish within {time.time() - start:.0f}s ({why})")
-                    seen, busy, bound = now, busy_now, time.time() + CHECK_EVERY_S
+                    seen, busy, bound = now, busy_now, min(time.time() + CHECK_EVERY_S, hard)
                 shown = _echo(echo, shown)
                 time.sleep(0.5)
             _echo(echo, shown)
