@@ -110,6 +110,12 @@ def check_run(cp: subprocess.CompletedProcess[str], topology: str, balancer: str
             # (slow under emulation) can land on one broker: what lc guarantees is that no broker
             # with fewer established connections is passed over, so every broker gets some
             assert min(per) >= 1, (key, per, failed)
+        elif balancer == "haproxy" and scheduler == "lc":
+            # HAProxy runs a thread per CPU, and leastconn picks under the balancer's lock held
+            # for reading (src/lb_fwlc.c, fwlc_get_next_server): two threads accepting at once can
+            # both take the same least-loaded server (seen beside a busy loop: 3/2/1 of 6, no
+            # failed connect), so the same guarantee as the kernel's lc
+            assert min(per) >= 1, (key, per, failed)
         else:
             assert max(per) - min(per) <= 1 + failed[key], (key, per, failed)
     caps = manifest["broker_caps"]
