@@ -35,15 +35,14 @@ reads them together.
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from workloads import procs
 from workloads.faults import Fault
 from workloads.lab.inject import Injector, director_dead_rules
 from workloads.lab.netns import LabError
@@ -228,9 +227,8 @@ def run_injector(plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: P
     bound, and undo whatever is still in force before exiting. ``on_restart`` runs once a
     restarted broker answers (its monitor follows it into its new namespace)."""
     inj = HostInjector(plan, mine, host, rd, on_restart)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = procs.StopFlag()  # not threading.Event: `timeout` passes SIGTERM on, twice in a row
+    stop.install()
     inj.start(start_at)
     inj.lab.say(f"armed {len(mine)} fault(s) on {host} from {start_at:.3f}: " + ", ".join(f.spec for _, f in mine))
     stop.wait(max(0.0, until - time.time()))

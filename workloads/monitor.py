@@ -43,20 +43,6 @@ SYS_TOPICS = {
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class Stopper:
-    """Turns SIGTERM/SIGINT into a flag the sampling loop checks between intervals."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.event.set())
-
-    def wait(self, seconds: float) -> bool:
-        return self.event.wait(seconds)
-
-
 def _open_csv(path: Path, columns: list[str]) -> tuple[TextIO, csv.DictWriter[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
@@ -95,7 +81,7 @@ def process_rss_bytes(pid: int) -> int:
     return 0
 
 
-def _sys_subscriber(target: BrokerTarget, stop: threading.Event) -> None:
+def _sys_subscriber(target: BrokerTarget, stop: procs.StopFlag) -> None:
     """Keep ``target.values`` current from the broker's ``$SYS`` tree (reconnecting as needed)."""
     import paho.mqtt.client as mqtt
 
@@ -180,8 +166,8 @@ def broker_row(t: BrokerTarget, now: float) -> dict[str, object]:
     return row
 
 
-def run_broker_monitor(targets: list[BrokerTarget], out: Path, interval: float, stopper: Stopper, duration: float | None = None) -> int:
-    threads = [threading.Thread(target=_sys_subscriber, args=(t, stopper.event), daemon=True) for t in targets]
+def run_broker_monitor(targets: list[BrokerTarget], out: Path, interval: float, stopper: procs.StopFlag, duration: float | None = None) -> int:
+    threads = [threading.Thread(target=_sys_subscriber, args=(t, stopper), daemon=True) for t in targets]
     for th in threads:
         th.start()
     fh, w = _open_csv(out, BROKER_COLUMNS)
@@ -197,7 +183,7 @@ def run_broker_monitor(targets: list[BrokerTarget], out: Path, interval: float, 
             if end and now >= end:
                 break
     finally:
-        stopper.event.set()
+        stopper.set()
         fh.close()
         for th in threads:
             th.join(timeout=5)
@@ -294,7 +280,7 @@ def sample_conntrack(vip: str, port: int) -> list[dict[str, object]]:
 
 
 def run_balancer_monitor(host: str, kind: str, sampler: Callable[[], list[dict[str, object]]], out: Path, interval: float,
-                         stopper: Stopper, duration: float | None = None) -> int:
+                         stopper: procs.StopFlag, duration: float | None = None) -> int:
     fh, w = _open_csv(out, BALANCER_COLUMNS)
     rows = 0
     end = time.time() + duration if duration else None
@@ -341,16 +327,16 @@ def cmd_brokers(args: argparse.Namespace) -> int:
 
         for t in args.broker:
             t.security = load_client(args.security, "monitor")
-    stopper = Stopper()
-    stopper.install()
+    stopper = procs.StopFlag()
+    stopper.install((signal.SIGTERM, signal.SIGINT))
     rows = run_broker_monitor(args.broker, Path(args.out), args.interval, stopper, args.duration)
     print(f"monitor brokers: {rows} rows in {args.out}")
     return 0
 
 
 def cmd_balancer(args: argparse.Namespace) -> int:
-    stopper = Stopper()
-    stopper.install()
+    stopper = procs.StopFlag()
+    stopper.install((signal.SIGTERM, signal.SIGINT))
     sampler: Callable[[], list[dict[str, object]]]
     if args.kind == "ipvs":
         sampler = sample_ipvs

@@ -105,6 +105,56 @@ def shielded() -> Iterator[None]:
             raise Stopped(_Stops.fired or signal.SIGTERM)
 
 
+class StopFlag:
+    """A stop request from a signal, for loops that wait between steps (a monitor's samples, the
+    fault process's schedule, the bench's phases).
+
+    Why not :class:`threading.Event`: its ``set()`` takes a lock that ``Event.wait()`` holds for a
+    moment each time it wakes, and a Python signal handler runs in the main thread between two
+    bytecodes, possibly inside that moment: the handler then waits for a lock its own thread
+    holds, forever. ``timeout`` makes that likely, as it passes on at once the SIGTERM its group
+    has just received (a burst of five SIGTERMs hung 3 of 200 processes waiting in
+    ``Event.wait``). The handler here only assigns; ``wait`` sleeps in short slices."""
+
+    POLL_S = 0.05
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self, signals: Iterable[int] = STOP_SIGNALS) -> Callable[[], None]:
+        """Route ``signals`` here; returns a function that puts the old handlers back."""
+        old = {s: signal.getsignal(s) for s in signals}
+        for s in old:
+            signal.signal(s, self._on_signal)
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def set(self) -> None:
+        if self.signum is None:
+            self.signum = 0
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    def wait(self, seconds: float | None = None) -> bool:
+        """True once stopped, False after ``seconds`` without a stop (``None``: no bound)."""
+        end = None if seconds is None else time.monotonic() + seconds
+        while self.signum is None:
+            left = self.POLL_S if end is None else end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.POLL_S, left))
+        return True
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22): with
     the PID it names one process, even after the PID was reused."""

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from workloads.bench import emqtt
 from workloads.bench.rundir import RunDirError, format_summary, summarize
-from workloads.bench.runner import HostShare, run_host, split_evenly, stop_on_signals
+from workloads.bench.runner import HostShare, run_host, split_evenly
 from workloads.cliargs import add_scenario_args, project_dir
 from workloads.config import ConfigError, load_stack
+from workloads.procs import StopFlag
 from workloads.scenario import FIELDS, Scenario, scenario_from_mapping
 
 
@@ -71,8 +71,8 @@ def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
     if not pubs and not subs:
         return 0
     security = client_security(args.security, ("pub",) * pubs + ("sub",) * subs)
-    stop = threading.Event()
-    restore = stop_on_signals(stop)
+    stop = StopFlag()
+    restore = stop.install()
     try:
         result = run_host(
             share, sc, out, tag=args.tag, workers=args.workers, progress=not args.quiet,

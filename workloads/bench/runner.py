@@ -12,16 +12,14 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workloads.bench.rundir import start_manifest, update_manifest
 from workloads.bench.worker import ClientSpec, WorkerSpec, cpu_count, worker_main
-from workloads.procs import die_with_parent
+from workloads.procs import StopFlag, die_with_parent
 from workloads.scenario import QUIET_S, Scenario
 
 
@@ -83,13 +81,13 @@ def run_host(
     progress: bool = True,
     start_at: float | None = None,
     ready_file: Path | None = None,
-    stop: threading.Event | None = None,
+    stop: StopFlag | None = None,
     manifest_fields: dict[str, Any] | None = None,
     security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``security``: role ("pub", "sub") -> :class:`workloads.security.ClientSecurity`."""
     """Run this host's clients to the end and return the workers' final totals."""
-    stop = stop or threading.Event()
+    stop = stop or StopFlag()
     tag = tag if tag is not None else random.getrandbits(32)
     out = run_dir / "bench" / share.host
     out.mkdir(parents=True, exist_ok=True)
@@ -211,14 +209,3 @@ def _worker(parent: int, spec: WorkerSpec, ctl: Any) -> None:
     worker_main(spec, ctl)
 
 
-def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
-    """SIGTERM, SIGINT and SIGHUP set ``stop``; returns a function that restores the old handlers."""
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    for s in old:
-        signal.signal(s, lambda *_: stop.set())
-
-    def restore() -> None:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-    return restore
