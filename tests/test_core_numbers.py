@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from workloads.analysis.synthetic import reference_truth, write_run
 from workloads.bench import rundir, saturation
 from workloads.bench.hist import LINEAR, SUB, Histogram, bucket_index, bucket_value
 from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError
+from workloads.bench.transport import BufferedSocket
 from workloads.scenario import QUIET_S
 
 # --------------------------------------------------------------------------- histogram
@@ -213,6 +215,33 @@ def test_bench_saturated_both_ways(known: Path, values: dict[str, Any], reasons:
         assert text[8:] == ["  WARNING bench_saturated: the load generator, not the system, may have been the limit:", *[f"    {r}" for r in reasons]]
     else:
         assert len(text) == 8 and "WARNING" not in "\n".join(text)
+
+
+def test_data_that_waited_through_a_stop_in_the_processing_is_charged_for_it() -> None:
+    """The worker reads, then processes what it read; a stop (SIGSTOP, CPU starvation) can fall in
+    the processing. The queue measured empty at the read is dated at the read, so data arriving
+    during the stop is charged from then, not from after the stop."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    try:
+        bs = BufferedSocket(b, set())
+        a.sendall(b"x" * 100)
+        bs.probe = True
+        looked_at = time.time()  # the loop looked at its sockets
+        assert bs.take() == b"x" * 100
+        read = time.time()
+        backlog = saturation.ReceiveBacklog(looked_at - 1)
+        a.sendall(b"y" * 10)  # arrives while the worker is stopped in its processing
+        time.sleep(0.3)
+        backlog.sample(bs.queued, bs.queued_at)  # as the worker does once the processing is done
+        assert bs.queued == 0 and looked_at <= bs.queued_at <= read
+        backlog.stalled(saturation.queued_bytes(b.fileno()), looked_at)  # the next turn sees the stall
+        assert bs.take() == b"y" * 10
+        backlog.sample(0, time.time())
+        assert backlog.count == 1 and backlog.longest >= 0.3 and backlog.worst == 10
+    finally:
+        a.close()
+        b.close()
 
 
 def test_receive_backlog_and_lateness_episodes_by_hand() -> None:

@@ -241,7 +241,7 @@ class Worker:
                 self.lose(st)
                 return
             if bl is not None and isinstance(sock, BufferedSocket) and sock.queued >= 0:
-                bl.sample(sock.queued, time.time())
+                bl.sample(sock.queued, sock.queued_at)
         if mask & selectors.EVENT_WRITE:
             if c.want_write() and c.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.drop(st, fd)
