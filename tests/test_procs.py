@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 from workloads import procs
@@ -55,37 +58,72 @@ def test_a_wait_goes_past_its_limit_while_progress_grows_and_stops_when_it_stall
     assert time.monotonic() - t0 < 5
 
 
-# A child waits on a stop flag in short waits while SIGALRM arrives every millisecond: a handler
-# that takes a lock its own thread may hold (threading.Event.set inside Event.wait) blocks, the
-# next signal nests another such handler, and the child dies of recursion or hangs. It must do
-# all its cycles and count them.
-BOMBARDED = """
+# A signal's Python handler runs in the main thread between two bytecodes, wherever that thread
+# is. The child makes a SIGALRM land at each bytecode of a wait in turn (an opcode tracer calls
+# the installed handler there), so every landing point is tried, not just the likely ones.
+LANDING = """
 import signal, sys, threading
 sys.path.insert(0, {root!r})
 from workloads.procs import StopFlag
-for cycle in range({cycles}):
+
+def run(land_at):
     flag = {make}
     {install}
-    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.001)
-    for _ in range(50):
-        flag.wait(0.0002)
-    signal.setitimer(signal.ITIMER_REAL, 0, 0)
-    assert flag.is_set()
-print("cycles", cycle + 1, flush=True)
+    handler = signal.getsignal(signal.SIGALRM)
+    seen, landed = 0, False
+    def trace(frame, event, arg):
+        nonlocal seen, landed
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            seen += 1
+            if seen == land_at:
+                landed = True
+                handler(signal.SIGALRM, frame)
+        return trace
+    sys.settrace(trace)
+    try:
+        flag.wait(0.01)
+    finally:
+        sys.settrace(None)
+    assert flag.is_set() or not landed
+    return seen
+
+total = run(0)
+print("opcodes", total, flush=True)
+for k in range(1, total + 1):
+    run(k)
+print("landed at each", flush=True)
 """
 
 
-def _bombarded(make: str, install: str, cycles: int = 300) -> subprocess.CompletedProcess[str]:
-    code = BOMBARDED.format(root=str(ROOT), cycles=cycles, make=make, install=install)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def _landing(make: str, install: str) -> subprocess.Popen[str]:
+    code = LANDING.format(root=str(ROOT), make=make, install=install)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_stop_flag_survives_signals_arriving_while_it_waits() -> None:
-    cp = _bombarded("StopFlag()", "flag.install((signal.SIGALRM,))")
-    assert cp.returncode == 0 and cp.stdout.split() == ["cycles", "300"], cp.stdout + cp.stderr[-2000:]
-    # what the flag replaces fails the same trial: the test can tell the two apart
-    event = _bombarded("threading.Event()", "signal.signal(signal.SIGALRM, lambda *_: flag.set())", cycles=3000)
-    assert event.returncode != 0 and "cycles" not in event.stdout
+def _cpu_ticks(pid: int) -> int:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
+def test_a_stop_signal_landing_anywhere_in_a_wait_is_taken() -> None:
+    p = _landing("StopFlag()", "flag.install((signal.SIGALRM,))")
+    out, err = p.communicate(timeout=300)
+    lines = out.splitlines()
+    assert p.returncode == 0 and lines[-1] == "landed at each" and int(lines[0].split()[1]) >= 10, out + err[-2000:]
+    # what the flag replaced: threading.Event.set in the handler waits for the lock its own thread
+    # holds inside Event.wait, and the child blocks for good (no CPU used, never done)
+    ev = _landing("threading.Event()", "signal.signal(signal.SIGALRM, lambda *_: flag.set())")
+    try:
+        assert ev.stdout is not None and ev.stdout.readline().startswith("opcodes")
+        with pytest.raises(subprocess.TimeoutExpired):
+            ev.wait(5)
+        before = _cpu_ticks(ev.pid)
+        time.sleep(1)
+        assert _cpu_ticks(ev.pid) == before
+    finally:
+        ev.kill()
+        ev.communicate()
 
 
 def test_a_stop_flag_reports_the_first_signal_and_puts_the_old_handlers_back() -> None:
