@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +141,18 @@ def test_a_stop_flag_reports_the_first_signal_and_puts_the_old_handlers_back() -
             "print('ok', flush=True)\n")
     cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0 and cp.stdout.strip() == "ok", cp.stdout + cp.stderr
+
+
+def test_a_process_that_ends_while_its_tree_is_listed_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process can end between glob's look at ``/proc/PID/task`` and its listing; the listing
+    then raises (it did in a micro-VM guest waiting on a broker that was just killed)."""
+    real_glob = Path.glob
+
+    def glob(self: Path, pattern: str) -> Any:
+        if self == Path(f"/proc/{os.getpid()}/task"):
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_glob(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", glob)
+    assert procs._descendants(os.getpid()) == [os.getpid()]
+    assert procs.tree_cpu_s([os.getpid()]) > 0

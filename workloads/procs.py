@@ -183,7 +183,11 @@ def _descendants(pid: int) -> list[int]:
     while todo:
         p = todo.pop()
         out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
+        try:
+            tasks = list(Path(f"/proc/{p}/task").glob("*/children"))
+        except OSError:  # p ended between glob's look at its directory and the listing of it
+            continue
+        for task in tasks:
             try:
                 todo += [int(c) for c in task.read_text().split()]
             except (OSError, ValueError):
