@@ -103,11 +103,6 @@ def _landing(make: str, install: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _cpu_ticks(pid: int) -> int:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(f[11]) + int(f[12])
-
-
 def test_a_stop_signal_landing_anywhere_in_a_wait_is_taken() -> None:
     p = _landing("StopFlag()", "flag.install((signal.SIGALRM,))")
     out, err = p.communicate(timeout=300)
@@ -120,9 +115,9 @@ def test_a_stop_signal_landing_anywhere_in_a_wait_is_taken() -> None:
         assert ev.stdout is not None and ev.stdout.readline().startswith("opcodes")
         with pytest.raises(subprocess.TimeoutExpired):
             ev.wait(5)
-        before = _cpu_ticks(ev.pid)
+        before = procs.tree_cpu_s([ev.pid])
         time.sleep(1)
-        assert _cpu_ticks(ev.pid) == before
+        assert procs.tree_cpu_s([ev.pid]) == before
     finally:
         ev.kill()
         ev.communicate()
