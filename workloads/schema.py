@@ -377,3 +377,185 @@ def walk(keys: tuple[Key, ...] = STACK, prefix: str = "") -> Iterator[tuple[str,
         path = f"{prefix}{k.name}"
         yield path, k
         yield from walk(k.keys, path + ".")
+
+
+# --------------------------------------------------------------------------- campaign files
+
+CAPACITY = Key("capacity", "object", "the search of `mqttlab campaign capacity` for the highest offered rate within a loss threshold", keys=(
+    _num("thresholdPct", "the loss a rate may have and still count as carried", 0.1, 0, unit="%"),
+    _num("startRate", "the first offered rate tried", 100.0, 0, exclusive_minimum=True, unit="msg/s"),
+    _num("minRate", "the lowest rate the search goes to", 1.0, 0, exclusive_minimum=True, unit="msg/s"),
+    _num("maxRate", "the highest rate the search goes to", 100000.0, 0, exclusive_minimum=True, unit="msg/s"),
+    _num("durationS", "publishing time per step", 5.0, 0, exclusive_minimum=True, unit="s"),
+    _int("repetitions", "runs per step", 2, 1),
+    _num("resolution", "the bracket's width, relative, at which the search stops", 0.1, 0, exclusive_minimum=True),
+    _int("maxSteps", "steps at most per configuration", 20, 1),
+))
+
+CAMPAIGN: tuple[Key, ...] = (
+    Key("name", "string", "the campaign's name (default: the file's name)", None),
+    Key("stack", "string", "the base stack: reads Pulumi.<stack>.yaml", None, default_doc="required"),
+    _enum("place", "where the points run", "lab", ("lab", "azure")),
+    _enum("balancer", "the lab's balancer for every point (ipvs where the kernel has it, else a stand-in)", None,
+          ("ipvs", "nftables", "haproxy")),
+    _int("repetitions", "runs of each configuration", 1, 1),
+    _int("seed", "seeds the randomized order of the points", 1),
+    Key("set", "object", "settings fixed for every point: a short name (publishers, cpus, scheduler, ...) or a stack key as section.key", {}),
+    Key("factors", "object", "each factor's levels, as a list; every combination is a configuration", {}),
+    Key("compare", "string|array", "the factors the report compares (default: the first that is not a load)", None),
+    Key("vm", "boolean", "run every point inside the micro-VM (real IPVS)", False),
+    CAPACITY,
+    Key("projectDir", "string", "the folder with the stack files, relative to the campaign file", None, default_doc="the working directory"),
+)
+
+
+# --------------------------------------------------------------------------- JSON Schema (editors)
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SECURE = {"type": "object", "properties": {"secure": {"type": "string"}}, "required": ["secure"], "additionalProperties": False}
+
+
+def _json(key: Key) -> dict[str, Any]:
+    d: dict[str, Any] = {"description": key.doc + (f" ({key.unit})" if key.unit else "")}
+    if key.secret:
+        d["anyOf"] = [{"type": "string"}, SECURE]
+        return d
+    if key.type == "string|array":
+        d["anyOf"] = [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+    elif key.type == "cidr":
+        d.update(type="string", pattern=r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$")
+    elif key.type == "ipv4":
+        d.update(type="string", format="ipv4")
+    elif key.type == "object":
+        d["type"] = "object"
+        if key.keys:
+            d.update(properties={k.name: _json(k) for k in key.keys}, additionalProperties=False)
+    else:
+        d["type"] = key.type
+        if key.items is not None:
+            d["items"] = _json(key.items)
+    if key.nullable:
+        d["type"] = [d["type"], "null"]
+    if key.enum:
+        d["enum"] = list(key.enum)
+    if key.minimum is not None:
+        d["exclusiveMinimum" if key.exclusive_minimum else "minimum"] = key.minimum
+    if key.maximum is not None:
+        d["maximum"] = key.maximum
+    if key.default is not None:
+        d["default"] = key.default
+    return d
+
+
+def stack_json_schema() -> dict[str, Any]:
+    """A stack file, for a YAML language server: the mqttlab keys closed, other providers' open."""
+    config = {"type": "object", "properties": {f"{NAMESPACE}:{k.name}": _json(k) for k in STACK},
+              "patternProperties": {rf"^(?!{NAMESPACE}:)[A-Za-z0-9_.-]+:.+$": {"description": "another provider's setting"}},
+              "additionalProperties": False}
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": "mqttlab stack file (Pulumi.<stack>.yaml)", "type": "object",
+            "properties": {"config": config, "secretsprovider": {"type": "string"}, "encryptedkey": {"type": "string"},
+                           "encryptionsalt": {"type": "string"}, "environment": {"description": "Pulumi ESC environments"}},
+            "additionalProperties": False}
+
+
+def campaign_json_schema(aliases: Mapping[str, str]) -> dict[str, Any]:
+    """A campaign file; ``set`` and ``factors`` take the short names and every stack key path."""
+    paths = {p: k for p, k in leaf_paths().items() if not k.secret} | {a: leaf_paths()[p] for a, p in aliases.items()}
+    paths["balancer"] = next(k for k in CAMPAIGN if k.name == "balancer")
+    props = {k.name: _json(k) for k in CAMPAIGN}
+    props["set"] |= {"properties": {p: _json(k) for p, k in sorted(paths.items())}, "additionalProperties": False}
+    props["factors"] |= {"properties": {p: {"type": "array", "minItems": 1, "items": _json(k)} for p, k in sorted(paths.items())},
+                         "additionalProperties": False}
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": "mqttlab campaign file", "type": "object", "properties": props,
+            "required": ["stack"], "additionalProperties": False}
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def _default_text(key: Key) -> str:
+    if key.default_doc:
+        return key.default_doc
+    if key.default is None:
+        return "none"
+    if isinstance(key.default, bool):
+        return str(key.default).lower()
+    if isinstance(key.default, list):
+        return "[" + ", ".join(map(str, key.default)) + "]" if key.default else "[]"
+    return str(key.default)
+
+
+def _allowed_text(key: Key) -> str:
+    if key.enum:
+        return ", ".join(f"`{v}`" for v in key.enum)
+    lo, hi = key.minimum, key.maximum
+    num = (lambda v: f"{v:g}") if key.type == "number" else (lambda v: f"{int(v):,}")
+    if lo is not None and hi is not None:
+        return f"{num(lo)} to {num(hi)}" if not key.exclusive_minimum else f"> {num(lo)}, <= {num(hi)}"
+    if lo is not None:
+        return f"> {num(lo)}" if key.exclusive_minimum else f">= {num(lo)}"
+    if key.type in ("cidr", "ipv4"):
+        return "IPv4 CIDR" if key.type == "cidr" else "IPv4 address"
+    if key.type == "array" and key.items is not None:
+        return f"list of: {_allowed_text(key.items) or key.items.type}"
+    return {"boolean": "true, false", "string|array": "one or a list"}.get(key.type, "")
+
+
+def _md_table(rows: list[tuple[str, Key]]) -> list[str]:
+    out = ["| key | meaning | unit | allowed | default |", "| --- | --- | --- | --- | --- |"]
+    for path, k in rows:
+        ref = f" Reference: {k.reference}." if k.reference else ""
+        out.append(f"| `{path}` | {k.doc}{ref} | {k.unit} | {_allowed_text(k)} | {_default_text(k)} |")
+    return out + [""]
+
+
+def markdown_reference(keys: tuple[Key, ...] = STACK, prefix: str = NAMESPACE + ":") -> str:
+    """Every key: one table of the single keys, then one per section (``docs/configuration.md``
+    holds it for stack files, tests keep it so)."""
+    single = [(f"{prefix}{k.name}", k) for k in keys if not k.keys]
+    out = ["### Single keys", "", *_md_table(single)]
+    for top in (k for k in keys if k.keys):
+        out += [f"### `{prefix}{top.name}`", "", top.doc[:1].upper() + top.doc[1:] + ".", ""]
+        out += _md_table([(p, k) for p, k in walk(top.keys) if not k.keys])
+    return "\n".join(out)
+
+
+def readme_table() -> str:
+    """The README's one-row-per-section table of the stack file."""
+    rows = ["| key | holds | default |", "| --- | --- | --- |"]
+    for top in STACK:
+        if top.keys:
+            names = ", ".join(f"`{p}`" for p, k in walk(top.keys) if not k.keys)
+            defaults = "; ".join(_default_text(k) for _p, k in walk(top.keys) if not k.keys)
+            rows.append(f"| `{NAMESPACE}:{top.name}` | {top.doc}: {names} | {defaults} |")
+        else:
+            rows.append(f"| `{NAMESPACE}:{top.name}` | {top.doc} | {_default_text(top)} |")
+    return "\n".join(rows)
+
+
+def generated_blocks(aliases: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """What each generated block of the documentation holds: (file, marker) -> text. ``python
+    scripts/docs.py`` writes them; a test fails when a file and this table drift apart."""
+    short = ", ".join(f"`{a}`" for a in sorted(aliases) if not aliases[a].startswith("scenario."))
+    return {
+        ("README.md", "stack-table"): readme_table(),
+        ("docs/configuration.md", "stack-reference"): markdown_reference(),
+        ("docs/configuration.md", "campaign-reference"): markdown_reference(CAMPAIGN, "")
+        + f"\nShort names in `set` and `factors`: every scenario key (`publishers`, `qos`, ...), and {short}.\n",
+    }
+
+
+def splice(text: str, marker: str, body: str) -> str:
+    """``text`` with the block between ``<!-- generated: marker -->`` and ``<!-- end: marker -->`` replaced."""
+    begin, end = f"<!-- generated: {marker} -->", f"<!-- end: {marker} -->"
+    head, found, rest = text.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not (found and found_end):
+        raise ValueError(f"no block {begin} ... {end}")
+    return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
+
+
+def block(text: str, marker: str) -> str:
+    """The text of one generated block, as written."""
+    begin, end = f"<!-- generated: {marker} -->", f"<!-- end: {marker} -->"
+    return text.partition(begin)[2].partition(end)[0].strip()

@@ -21,7 +21,7 @@ import yaml
 from workloads.config import ConfigError, ExperimentConfig, load_stack
 from workloads.errors import UnknownKeyError
 from workloads.scenario import FIELDS, QUIET_S
-from workloads.schema import check_path, hint, nearest
+from workloads.schema import CAMPAIGN, check_path, hint, nearest
 
 PLACES = ("lab", "azure")
 LAB_BALANCERS = ("ipvs", "nftables", "haproxy")
@@ -30,7 +30,7 @@ ALIASES = {
     "scheduler": "balancer.scheduler", "cpus": "brokers.cpus", "memoryMb": "brokers.memoryMb",
     "brokerCpus": "brokers.cpus", "brokerMemoryMb": "brokers.memoryMb", "logTypes": "brokers.logTypes",
 } | {k: f"scenario.{k}" for k in FIELDS}
-TOP_KEYS = ("name", "stack", "place", "balancer", "repetitions", "seed", "set", "factors", "compare", "vm", "capacity", "projectDir")
+TOP_KEYS = tuple(k.name for k in CAMPAIGN)
 VM_BOOT_S = 90.0  # booting the micro-VM under software emulation
 # a small lab run in the micro-VM (CPU emulation) against the same run on the host. Measured on a
 # 2-core machine at load average 9: bringing the lab up took about a minute (1.5-3 s on the host), ten

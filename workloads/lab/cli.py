@@ -79,10 +79,10 @@ def in_vm(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.vm and not vm.in_guest():
+        _config(args)  # bad input is refused here, before a VM boots (and before asking for one)
         reason = vm.unavailable_reason()
         if reason:
             raise LabError(f"--vm needs the micro-VM: missing {reason}")
-        _config(args)  # bad input is refused here, before a VM boots
         with procs.stop_signals_raise():
             return in_vm(args, sys.argv[1:])
     cfg = _config(args)
