@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from workloads.lab import lab as lab_mod
-from workloads.lab import netns, vm
+from workloads.lab import netns, standin, vm
 
 SMALL = ["--publishers", "6", "--subscribers", "6", "--messages", "300", "--interval-ms", "20", "--drain-s", "3", "--time-limit-s", "120"]
 
@@ -69,7 +69,8 @@ def check_run(cp: subprocess.CompletedProcess[str], topology: str, balancer: str
     s = json.loads(cp.stdout)
     assert (s["lost"], s["duplicates"], s["loss_pct"]) == (0, 0, 0.0) and s["expected"] == 300 * 6 and s["delivered"] == 1800
     assert s["clients_connected"] == s["clients"] == 12 and s["disconnects"] == 0 and not s["partial"]
-    assert s["balancer"]["kind"] == balancer and s["topology"] == topology and s["scheduler"] == scheduler
+    assert s["balancer"]["kind"] == balancer and s["topology"] == topology and s["requested_scheduler"] == scheduler
+    assert s["scheduler"] == standin.balancing(balancer, scheduler).scheduler
     run_dir = Path(s["run_dir"])
     manifest = json.loads((run_dir / "manifest.json").read_text())
     plan = manifest["plan"]

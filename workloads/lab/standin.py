@@ -110,6 +110,19 @@ def balancing(balancer: str, scheduler: str) -> Balancing:
     return Balancing(balancer, ran, IPVS, scheduler, how)
 
 
+COLUMNS = ("balancer", "scheduler", "stands_in_for", "requested_balancer", "requested_scheduler", "balancing")
+
+
+def balancing_columns(ran: Balancing | None) -> dict[str, str | None]:
+    """What ran (balancer, scheduler), what it stood in for, what was asked, and the name tables and
+    legends give it, as columns of their own: no table shows a requested ``lc`` as if it ran.
+    None for each where nothing balanced (a standalone bench)."""
+    if ran is None:
+        return dict.fromkeys(COLUMNS)
+    return dict(zip(COLUMNS, (ran.balancer, ran.scheduler, ran.stands_in_for, ran.requested_balancer, ran.requested_scheduler, ran.text),
+                    strict=True))
+
+
 def from_manifest(m: dict[str, Any]) -> Balancing | None:
     """What balanced a recorded run, also for runs written before the manifest said so: there
     ``scheduler`` is the one asked for and ``stood_in`` (where present) says who carried it out.
