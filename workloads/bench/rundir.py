@@ -60,11 +60,13 @@ def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "manifest.json"
     if not path.is_file():
-        raise RunDirError(f"{path}: missing; not a run directory")
+        raise RunDirError(f"{path}: {'not a file' if path.exists() else 'missing'}; not a run directory")
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8 text
         raise RunDirError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RunDirError(f"{path}: not a JSON object")
     if doc.get("format_version") != FORMAT_VERSION:
         raise RunDirError(f"{path}: format_version {doc.get('format_version')!r}, this mqttlab reads {FORMAT_VERSION}")
     return dict(doc)

@@ -165,7 +165,16 @@ class CampaignDir:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return dict(json.loads((self.path / "campaign.json").read_text()))
+        meta = self.path / "campaign.json"
+        if not meta.is_file():
+            raise CampaignError(f"{self.path}: not a campaign directory (no campaign.json; campaign run --out makes one)")
+        try:
+            doc = json.loads(meta.read_text())
+        except ValueError as exc:  # not JSON, or not text
+            raise CampaignError(f"{meta}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("campaign"), dict):
+            raise CampaignError(f"{meta}: not a campaign record (no campaign mapping)")
+        return doc
 
     def point_dir(self, point_id: str) -> Path:
         return self.path / "points" / point_id

@@ -521,6 +521,8 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
         raise
     except LabError as exc:
         status, reason = "partial", str(exc)
+        if not isinstance(exc, netns.RunFailed):  # started: a failed run (1), not a missing precondition (3)
+            raise netns.RunFailed(f"{exc} (run directory {run_dir})") from exc
         raise
     finally:
         with procs.shielded():
