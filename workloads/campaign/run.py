@@ -27,6 +27,7 @@ import yaml
 from workloads.bench.rundir import read_deliveries, read_manifest, write_json_atomic
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.config import ExperimentConfig
+from workloads.runsize import fmt_s
 
 STOP_GRACE_S = 120.0  # how long a point gets to tear its lab down after SIGINT
 
@@ -210,15 +211,6 @@ class CampaignDir:
                                  "order": [p.point_id for p in order], "points": {p.point_id: p.to_dict() for p in order}})
         (self.path / "campaign.yaml").write_text(campaign.source)
         return order
-
-
-def fmt_s(s: float) -> str:
-    s = max(0.0, s)
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], runner: PointRunner, progress: bool = True,

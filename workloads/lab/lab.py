@@ -33,6 +33,7 @@ from workloads.lab.inject import Injector, read_faults
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
+from workloads.runsize import progress
 from workloads.scenario import QUIET_S
 from workloads.security import CLIENT_FILE
 
@@ -323,7 +324,7 @@ class Lab:
                 seen, bound = got, time.time() + 10.0
             if time.time() - last > 5:
                 last = time.time()
-                self.say("bench: publishing ... " + self.live_counts())
+                self.say("bench: publishing, " + self.live_counts(started))
             time.sleep(0.2)
         self.say(f"bench: publishers done, draining (until all arrived or {QUIET_S:.0f}s without a delivery, at most {sc.drain_s}s)")
         self.snapshot_connections()
@@ -399,8 +400,9 @@ class Lab:
     def received(self) -> int:
         return deliveries_on_disk(self.run_dir)
 
-    def live_counts(self) -> str:
-        return f"{self.received()} deliveries on disk"
+    def live_counts(self, since: float) -> str:
+        """Deliveries on disk against the expected, with rate and ETA (runsize.progress, as the bench)."""
+        return progress(self.received(), self.cfg.scenario.expected_deliveries(), time.time() - since, "deliveries on disk")
 
     # ------------------------------------------------------------------ collect and teardown
 
