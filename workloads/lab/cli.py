@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,9 @@ from typing import Any
 from workloads import procs
 from workloads.bench.rundir import format_summary
 from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
+from workloads.clipaths import out_dir
 from workloads.config import ConfigError
-from workloads.lab import lab, netns, vm
+from workloads.lab import cgroups, lab, netns, standin, vm
 from workloads.lab.netns import LabError
 
 OVERRIDES = {  # option dest -> config key
@@ -77,15 +80,66 @@ def in_vm(args: argparse.Namespace, argv: list[str]) -> int:
     return cp.returncode
 
 
+def preconditions(cfg: Any, balancer: str, load_generator: str, boots_vm: bool) -> dict[str, str]:
+    """The preconditions a real run refuses to start without, as they stand here: a dry run
+    reports them rather than failing, so a plan can be checked on a machine that cannot run it
+    (not root, tools missing). In the micro-VM they are the guest's, not this machine's."""
+    if boots_vm:
+        return {"micro-VM": f"missing {reason}" if (reason := vm.unavailable_reason()) else "available",
+                "root, tools, cgroups": "checked inside the micro-VM"}
+    missing = [t for t in lab.required_tools(cfg, balancer) if shutil.which(t) is None]
+    if load_generator == "emqtt-bench":
+        from workloads.bench import emqtt
+
+        missing += [] if emqtt.find_native() else ["emqtt_bench"]
+    return {"root": "yes" if os.geteuid() == 0 else "no: a run needs root",
+            "tools": f"missing {', '.join(missing)}" if missing else "all found",
+            "cgroups": cgroups.detect() or "no cpu and memory controllers: a run refuses to start"}
+
+
+def dry_run(args: argparse.Namespace, out: Path, boots_vm: bool) -> int:
+    """Every check of the configuration and the balancer choice a run makes, then the plan; no
+    namespace, folder or file is created and no micro-VM boots."""
+    from workloads.dryrun import format_plan, lab_plan
+
+    cfg = _config(args)
+    if boots_vm:  # the guest's kernel has IPVS: there the default is IPVS itself
+        balancer = args.balancer or "ipvs"
+        note = "" if balancer == "ipvs" else standin.explicit_note(balancer, cfg.balancer.scheduler)
+    else:
+        balancer, note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler, load=False)
+    doc = lab_plan(cfg, balancer, note, out, args.vm, preconditions(cfg, balancer, args.load_generator, boots_vm))
+    print(json.dumps(doc, indent=2) if args.json else format_plan(doc))
+    return 0
+
+
+def announce(cfg: Any, in_micro_vm: bool) -> None:
+    from workloads.bench.cli import announce_size
+    from workloads.campaign.spec import estimate_run_s
+
+    sc = cfg.scenario
+    announce_size(sc, list(range(sc.subscribers)), list(range(sc.publishers)), estimate_run_s(cfg, in_micro_vm))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.vm and not vm.in_guest():
+    out = out_dir(args.out, "--out")
+    boots_vm = args.vm and not vm.in_guest()
+    if args.dry_run:
+        return dry_run(args, out, boots_vm)
+    if boots_vm:
         reason = vm.unavailable_reason()
         if reason:
             raise LabError(f"--vm needs the micro-VM: missing {reason}")
-        _config(args)  # bad input is refused here, before a VM boots
+        cfg = _config(args)  # bad input is refused here, before a VM boots
+        if not args.quiet:
+            announce(cfg, True)
         with procs.stop_signals_raise():
             return in_vm(args, sys.argv[1:])
     cfg = _config(args)
+    if not args.quiet and not vm.in_guest():  # in the guest, the host already said it before booting
+        balancer, _note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler)
+        lab.preflight(cfg, balancer)  # a missing precondition is its one line, before the size line
+        announce(cfg, False)
     with procs.stop_signals_raise():  # SIGTERM and SIGHUP tear down as Ctrl-C does
         summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet, load_generator=args.load_generator)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
@@ -93,11 +147,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    out = out_dir(args.out, "--out")
     cfg = _config(args)
     balancer, note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler)
     lab.preflight(cfg, balancer)
     lab.warn_orphans()
-    run_dir = Path(args.out) / f"lab-up-{cfg.topology}-{balancer}"
+    run_dir = out / f"lab-up-{cfg.topology}-{balancer}"
     run_dir.mkdir(parents=True, exist_ok=True)
     from workloads.bench.rundir import start_manifest
 
@@ -181,6 +236,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
     q.add_argument("--json", action="store_true")
     q.add_argument("--quiet", action="store_true")
+    q.add_argument("--dry-run", action="store_true",
+                   help="check the configuration and the balancer choice, print the plan, expected deliveries, time and disk; "
+                        "create nothing, boot nothing (root, tools and cgroups are reported, not required)")
     q.set_defaults(func=cmd_run)
 
     q = lsub.add_parser("up", help="bring the lab up and leave it running")

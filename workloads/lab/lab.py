@@ -51,17 +51,20 @@ def broker_command(conf: Path) -> list[str]:
     return ["stdbuf", "-oL", "mosquitto", "-c", str(conf)]
 
 
-def kernel_has_ipvs() -> bool:
+def kernel_has_ipvs(load: bool = True) -> bool:
+    """``load=False`` (a dry run) asks modprobe whether it could load ip_vs, without loading it."""
     if Path("/proc/net/ip_vs").exists():
         return True
+    if not load:
+        return subprocess.run(["modprobe", "--dry-run", "--quiet", "ip_vs"], capture_output=True).returncode == 0
     return subprocess.run(["modprobe", "ip_vs"], capture_output=True).returncode == 0 and Path("/proc/net/ip_vs").exists()
 
 
-def choose_balancer(requested: str | None, scheduler: str) -> tuple[str, str]:
+def choose_balancer(requested: str | None, scheduler: str, load: bool = True) -> tuple[str, str]:
     """(balancer, note). The default is IPVS where the kernel has it, else the kernel NAT stand-in
     (workloads/lab/standin.py says why and what it does for each scheduler)."""
     if requested == "ipvs" or requested is None:
-        if kernel_has_ipvs():
+        if kernel_has_ipvs(load):
             return "ipvs", ""
         if requested == "ipvs":
             raise LabError("this kernel has no IPVS (modprobe ip_vs failed): add --vm to run the lab in a micro-VM with a stock kernel, "
@@ -476,12 +479,17 @@ def teardown(lab_id: str) -> list[str]:
     return done
 
 
+def required_tools(cfg: ExperimentConfig, balancer: str) -> list[str]:
+    """The programs a run of ``cfg`` with ``balancer`` starts (a dry run lists the missing ones)."""
+    return ["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer],
+            *(["keepalived"] if balancer == "ipvs" and cfg.balancer.health_check.type != "none" else []),
+            *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else [])]
+
+
 def preflight(cfg: ExperimentConfig, balancer: str) -> None:
     """Everything that can be checked before anything is created."""
     netns.require_root()
-    netns.require_tools(["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer],
-                         *(["keepalived"] if balancer == "ipvs" and cfg.balancer.health_check.type != "none" else []),
-                         *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else [])])
+    netns.require_tools(required_tools(cfg, balancer))
     if cgroups.detect() is None:
         raise LabError("no cgroup hierarchy with cpu and memory controllers under /sys/fs/cgroup: broker caps cannot be applied")
 
