@@ -179,7 +179,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q = bsub.add_parser("emqtt", help="emqtt-bench command lines for this scenario, or parse their output")
     common(q)
     q.add_argument("--native", action="store_true", help="emqtt_bench from EMQTT_BENCH or PATH instead of Docker")
-    q.add_argument("--parse-pub", help="emqtt-bench pub console output to summarize")
-    q.add_argument("--parse-sub", help="emqtt-bench sub console output to summarize")
+    q.add_argument("--parse-pub", help="a file of emqtt-bench pub console output to summarize")
+    q.add_argument("--parse-sub", help="a file of emqtt-bench sub console output to summarize")
     q.set_defaults(func=cmd_emqtt)
 

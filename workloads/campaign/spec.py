@@ -189,6 +189,8 @@ def load_campaign(path: Path, project_dir: Path) -> Campaign:
         text = Path(path).read_text()
     except OSError as exc:
         raise CampaignError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise CampaignError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
