@@ -51,20 +51,23 @@ def broker_command(conf: Path) -> list[str]:
     return ["stdbuf", "-oL", "mosquitto", "-c", str(conf)]
 
 
-def kernel_has_ipvs(load: bool = True) -> bool:
-    """``load=False`` (a dry run) asks modprobe whether it could load ip_vs, without loading it."""
+def kernel_has_ipvs() -> bool:
     if Path("/proc/net/ip_vs").exists():
         return True
-    if not load:
-        return subprocess.run(["modprobe", "--dry-run", "--quiet", "ip_vs"], capture_output=True).returncode == 0
     return subprocess.run(["modprobe", "ip_vs"], capture_output=True).returncode == 0 and Path("/proc/net/ip_vs").exists()
+
+
+def kernel_could_load_ipvs() -> bool:
+    """What ``kernel_has_ipvs`` would find, for a dry run: modprobe is asked, nothing is loaded."""
+    return Path("/proc/net/ip_vs").exists() or subprocess.run(["modprobe", "--dry-run", "--quiet", "ip_vs"], capture_output=True).returncode == 0
 
 
 def choose_balancer(requested: str | None, scheduler: str, load: bool = True) -> tuple[str, str]:
     """(balancer, note). The default is IPVS where the kernel has it, else the kernel NAT stand-in
-    (workloads/lab/standin.py says why and what it does for each scheduler)."""
+    (workloads/lab/standin.py says why and what it does for each scheduler). ``load=False``: a dry
+    run's choice, which loads no kernel module."""
     if requested == "ipvs" or requested is None:
-        if kernel_has_ipvs(load):
+        if kernel_has_ipvs() if load else kernel_could_load_ipvs():
             return "ipvs", ""
         if requested == "ipvs":
             raise LabError("this kernel has no IPVS (modprobe ip_vs failed): add --vm to run the lab in a micro-VM with a stock kernel, "
