@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from workloads.scenario import Scenario
 
-# What a run directory takes, measured on one small lab run (distributed, nftables, 4 publishers,
-# 4 subscribers, 40 messages: 160 deliveries, 4.6 s, 2 workers per client host): 102,533 bytes in
-# 111 files. Of that, bench/*/deliveries-*.bin held exactly 32 bytes per delivery (one
-# rundir.DELIVERY_DTYPE record, the only part that grows with the messages), subscribers-*.csv
-# about 55 bytes per (subscriber, publisher) pair, the rendered files, manifest, logs and
-# balancer tables about 75 KB whatever the size, each client about 600 bytes (its rows in
-# clients-*.csv and events-*.csv, its lines in the broker logs and connection tables), and
-# the monitors about 750 bytes per second of run. Rounded up below.
+# What a run directory takes, measured on two small lab runs (distributed, nftables, 4 publishers,
+# 4 subscribers, 2 workers per client host): 40 messages, 160 deliveries, 4.6 s: 102,533 bytes;
+# 800 messages, 3,200 deliveries, 15.9 s: 237,788 bytes. Of that, bench/*/deliveries-*.bin held
+# exactly 32 bytes per delivery (one rundir.DELIVERY_DTYPE record, the only part that grows with
+# the messages), subscribers-*.csv about 60 bytes per (subscriber, publisher) pair, each client
+# about 600 bytes (its rows in clients-*.csv and events-*.csv, its lines in the broker logs and
+# connection tables), the per-second timelines and the monitors about 3.5 KB per second of run,
+# and the rendered files, manifest, logs and balancer tables 74-76 KB whatever the size. The
+# model below gives 107 KB and 244 KB for those two runs.
 DISK_FIXED_B = 80_000
 DISK_PER_CLIENT_B = 600
 DISK_PER_PAIR_B = 60
-DISK_PER_SECOND_B = 1_000
+DISK_PER_SECOND_B = 3_500
 DELIVERY_RECORD_B = 32  # rundir.DELIVERY_DTYPE.itemsize, spelled out so this module needs no numpy
 
 # from here on a run says how big it is before it starts
