@@ -46,6 +46,7 @@ EXIT_CODES_TEXT = """exit status:
   1  a run started and failed, or ended partial
   2  bad usage or configuration: an option, a stack or campaign file, a path given on the command line
   3  a precondition is missing: not root, a tool, a kernel feature (IPVS, cgroups), the micro-VM, a service to reach
+  128+N  stopped by signal N (Ctrl-C 130, SIGTERM 143), after tearing down what it started
 errors are one line on stderr, starting with "mqttlab"."""
 
 # error types by qualified name -> exit status, most specific first; named rather than imported so
