@@ -30,7 +30,8 @@ PATH_HELP = re.compile(r"\b(file|folder|directory|path|socket)\b", re.IGNORECASE
 
 # what each kind of argument is fed: every way it can be wrong
 KINDS = {
-    "run_dir": ("missing", "file", "empty_folder", "garbage_manifest", "binary_manifest", "manifest_folder", "manifest_list"),
+    "run_dir": ("missing", "file", "empty_folder", "garbage_manifest", "binary_manifest", "manifest_folder", "manifest_list",
+                "binary_counts", "counts_not_numbers"),
     "campaign_dir": ("missing", "file", "not_campaign", "garbage_campaign", "campaign_folder"),
     "in_file": ("missing", "folder", "binary"),
     "json_file": ("missing", "folder", "garbage", "binary", "list"),
@@ -161,6 +162,13 @@ def make_bad(kind: str, base: Path) -> Path:
         p.write_text("[1, 2]\n")
     elif kind == "not_campaign":
         return ROOT / "docs" / "reproduction"  # a report's folder, not a campaign directory
+    elif kind in ("binary_counts", "counts_not_numbers"):  # a sound manifest over damaged per-client counts
+        write_run(p, reference_truth(sent=20))
+        counts = sorted(p.glob("bench/*/subscribers-*.csv"))[0]
+        if kind == "binary_counts":
+            counts.write_bytes(b"sub,pub\n\xff\xfe\x00\x81")
+        else:
+            counts.write_text("sub,client_id,pub,received,duplicates,out_of_order\n0,c,0,lots,0,0\n")
     elif kind.startswith("stack_"):  # a project folder whose stack files are broken
         p.mkdir()
         (p / "Pulumi.yaml").write_text("name: mqttlab\n")
