@@ -274,3 +274,31 @@ def test_the_top_level_help_lists_the_exit_statuses() -> None:
     assert cp.returncode == 0
     for line in ("0  done", "1  a run started and failed", "2  bad usage or configuration", "3  a precondition is missing"):
         assert line in cp.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "emqtt", "--target", "127.0.0.1:9", "--host-count", "0"],
+    ["bench", "run", "--target", "127.0.0.1:9", "--workers", "0", "--dry-run", "--out", OK_OUT],
+    ["monitor", "balancer", "--kind", "nftables", "--duration", "0.1", "--out", f"{OK_OUT}/b.csv"],
+    ["monitor", "balancer", "--kind", "haproxy", "--duration", "0.1", "--out", f"{OK_OUT}/b.csv"],
+    ["results", "fetch", "--url", "not-a-url", "--prefix", "p/", "--sas", "sig=SECRET", "--out", OK_OUT],
+    ["campaign", "run", CAMPAIGN, "--out", OK_OUT, "--dry-run", "--time-budget", "-1"],
+], ids=["emqtt on zero hosts", "a bench with no workers", "an nftables monitor without its VIP", "a HAProxy monitor without its socket",
+        "a fetch from something that is not a URL", "a negative time budget"])
+def test_a_bad_value_is_one_line_and_exit_status_2(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ok_out = tmp_path / "ok-out"
+    code, err = main_of([a.replace(OK_OUT, str(ok_out)) for a in argv], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("mqttlab"), err
+    assert "SECRET" not in err and not ok_out.exists()
+
+
+def test_lab_down_refuses_an_id_that_would_reach_outside_its_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from workloads.lab import lab
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "victim.json").write_text("{}")
+    monkeypatch.setattr(lab, "STATE_DIR", tmp_path / "state")
+    code, err = main_of(["lab", "down", "--id", "../victim"], capsys)
+    assert code == 2 and "is not a lab id" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "victim.json").exists()

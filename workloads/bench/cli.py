@@ -43,6 +43,8 @@ def _targets(text: str) -> list[str]:
 
 
 def _share(args: argparse.Namespace, sc: Scenario, pubs: bool, subs: bool) -> HostShare:
+    if args.host_count < 1:
+        raise ConfigError("--host-count", args.host_count, "must be at least 1")
     if not 0 <= args.host_index < args.host_count:
         raise ConfigError("--host-index", args.host_index, f"must be in 0..{args.host_count - 1}")
     return HostShare(
@@ -120,10 +122,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_emqtt(args: argparse.Namespace) -> int:
     sc = scenario_from_args(args)
-    pubs = split_evenly(sc.publishers, args.host_count, args.host_index)
-    subs = split_evenly(sc.subscribers, args.host_count, args.host_index)
+    share = _share(args, sc, True, True)
+    pubs, subs = share.publishers, share.subscribers
     msgs = sum(sc.messages_of(p) for p in pubs)
-    cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native,
+    cmds = emqtt.commands(sc, share.targets, len(pubs), len(subs), msgs, docker=not args.native,
                           security=client_security(args.security))
     if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
         print(f"mqttlab: {emqtt.missing_native()}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -198,6 +199,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def lab_id(text: str) -> str:
+    """A lab id, or the start of one, as ``lab status`` prints it: hex digits only, since the id
+    is a pattern over the state folder and the namespaces ("../" would reach beyond them)."""
+    if not re.fullmatch(r"[0-9a-f]{1,32}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lab id (hex digits, as mqttlab lab status prints them)")
+    return text
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     netns.require_root()
     done = lab.teardown(args.id or "")
@@ -250,5 +259,5 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.set_defaults(func=cmd_status)
 
     q = lsub.add_parser("down", help="remove a lab (or all labs), including what a killed run left; idempotent")
-    q.add_argument("--id", help="lab id (default: every lab)")
+    q.add_argument("--id", type=lab_id, help="lab id (default: every lab)")
     q.set_defaults(func=cmd_down)
