@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -302,3 +303,19 @@ def test_lab_down_refuses_an_id_that_would_reach_outside_its_state(tmp_path: Pat
     code, err = main_of(["lab", "down", "--id", "../victim"], capsys)
     assert code == 2 and "is not a lab id" in err and len(err.splitlines()) == 1
     assert (tmp_path / "victim.json").exists()
+
+
+def test_a_lab_run_that_fails_after_it_started_exits_1_and_names_its_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The lab's own checks pass and its run directory exists; then bringing it up fails."""
+    from workloads.lab import lab
+
+    def up_fails(self: lab.Lab) -> None:
+        raise LabError("command failed (1): ip netns add x\nCannot create namespace file")
+
+    monkeypatch.setattr(lab.Lab, "up", up_fails)
+    code, err = main_of(["lab", "run", "-s", "smoke", "--quiet", "--out", str(tmp_path / "runs")], capsys)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    errors = [line for line in err.splitlines() if not line.startswith("[lab] warning")]  # another lab's leftovers may be named
+    assert code == 1 and errors == [f"mqttlab: command failed (1): ip netns add x: Cannot create namespace file (run directory {run_dir})"]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "partial"
