@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from tests.conftest import MQTTLAB, ROOT
+from tests.test_bench import Broker
 from workloads import runsize
 from workloads.bench.rundir import DELIVERY_DTYPE
 from workloads.scenario import Scenario
@@ -38,3 +44,17 @@ def test_a_large_run_is_one_size_line() -> None:
     line = runsize.size_line(240, 240, 6000, 1_440_000, 23.8)
     assert line == "size: 480 clients (240 publishers, 240 subscribers), 6,000 messages, 1,440,000 expected deliveries, about 24 s"
     assert runsize.fmt_bytes(49_900_000) == "49.9 MB" and runsize.fmt_bytes(512) == "512 B"
+
+
+def test_the_bench_prints_its_progress_with_this_formatter(tmp_path: Path) -> None:
+    """A real bench run against a real Mosquitto: its first progress line (stderr is no terminal,
+    so a line every few seconds) is runsize.progress of its phase."""
+    broker = Broker(tmp_path)
+    try:
+        cp = subprocess.run([*MQTTLAB, "bench", "run", "--target", broker.target, "--out", str(tmp_path / "run"), "--publishers", "2",
+                             "--subscribers", "2", "--messages", "20", "--interval-ms", "20", "--drain-s", "2"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        broker.stop()
+    assert cp.returncode == 0, cp.stderr
+    assert re.search(r"^\[local\] connect  \d+/4 connected \(\d+\.\d %\), [\d,]+/s, ETA \S+", cp.stderr, re.MULTILINE), cp.stderr
