@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from workloads.analysis.load import load_run  # noqa: E402
 from workloads.analysis.metrics import summarize_run  # noqa: E402
 from workloads.analysis.stats import mean_ci  # noqa: E402
+from workloads.campaign.report import ran_of  # noqa: E402
 
 
 def who_brokers_saw(run_dir: Path) -> str:
@@ -63,8 +64,11 @@ def points(out: Path) -> list[dict[str, object]]:
         run = Path(r["run_dir"])
         s = summarize_run(load_run(run))
         started = json.loads((run / "manifest.json").read_text()).get("started_at")
+        ran = ran_of(r)
+        assert ran is not None, res  # every calibration point is a lab run, which records its balancer
         rows.append({"point": r["point_id"], "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)) if started else "",
-                     "balancer": r["levels"].get("balancer"), "scheduler": r["scheduler"],
+                     "balancer": ran.balancer, "scheduler": ran.scheduler, "stands_in_for": ran.stands_in_for,
+                     "requested_scheduler": ran.requested_scheduler,
                      "repetition": r["rep"], "expected": r["expected"], "delivered": r["delivered"], "loss_pct": r["loss_pct"],
                      "p99_ms": r["p99_ms"], "bench_saturated": bool(r.get("bench_saturated")), "duration_s": r["duration_s"],
                      "connections_per_broker": "/".join(str(v) for v in s["connections_per_broker"].values()),
@@ -82,22 +86,24 @@ def _spread(values: list[float], digits: int, clip_low: float | None = None) -> 
 
 
 def table(rows: list[dict[str, object]]) -> str:
+    # keyed by the balancer that ran and the IPVS scheduler it carried out, so each stand-in sits beside real IPVS
     by: dict[tuple[str, str], list[dict[str, object]]] = {}
     for r in rows:
-        by.setdefault((str(r["balancer"]), str(r["scheduler"])), []).append(r)
+        by.setdefault((str(r["balancer"]), str(r["requested_scheduler"])), []).append(r)
     ipvs_p99 = {sched: mean_ci([float(x["p99_ms"]) for x in rs if x["p99_ms"] is not None]).mean  # type: ignore[arg-type]
                 for (bal, sched), rs in by.items() if bal == "ipvs"}
-    lines = ["| balancer | scheduler | n | loss % mean [95 % CI] (min-max) | p99 ms mean [95 % CI] (min-max) | p99 / IPVS p99 "
+    lines = ["| IPVS scheduler asked | what ran | n | loss % mean [95 % CI] (min-max) | p99 ms mean [95 % CI] (min-max) | p99 / IPVS p99 "
              "| connections per broker | brokers saw as the client | bench saturated |",
              "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
     order = {"ipvs": 0, "nftables": 1, "haproxy": 2}
-    for (bal, sched), rs in sorted(by.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 9))):
+    for (_bal, sched), rs in sorted(by.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 9))):
         p99s = [float(x["p99_ms"]) for x in rs if x["p99_ms"] is not None]  # type: ignore[arg-type]
         ratio = f"{mean_ci(p99s).mean / ipvs_p99[sched]:.2f}" if p99s and ipvs_p99.get(sched) else "-"
         conns = ", ".join(sorted({str(x["connections_per_broker"]) for x in rs}))
         saw = "; ".join(sorted({str(x["brokers_saw"]) for x in rs}))
         sat = sum(1 for x in rs if x["bench_saturated"])
-        lines.append(f"| {bal} | {sched} | {len(rs)} | {_spread([float(x['loss_pct']) for x in rs], 3, 0.0)} "  # type: ignore[arg-type]
+        ran = "; ".join(sorted({f"{x['balancer']}-{x['scheduler']}" for x in rs}))
+        lines.append(f"| {sched} | {ran} | {len(rs)} | {_spread([float(x['loss_pct']) for x in rs], 3, 0.0)} "  # type: ignore[arg-type]
                      f"| {_spread(p99s, 0, 0.0)} | {ratio} | {conns} | {saw} | {sat} of {len(rs)} |")
     return "\n".join(lines)
 

@@ -79,7 +79,7 @@ def main() -> None:
         lat = s["latency_ms"]
         qos = json.loads(Path(s["run_dir"], "manifest.json").read_text())["scenario"]["qos"]
         print(f"| {s['topology']} | {qos} "
-              f"| {s['balancer']['kind']} {s['scheduler']} | {per} | {s['delivered']:,} / {s['expected']:,} | {s['loss_pct']} | {s['duplicates']} "
+              f"| {s['balancing']} | {per} | {s['delivered']:,} / {s['expected']:,} | {s['loss_pct']} | {s['duplicates']} "
               f"| {lat['p50']} | {lat['p99']} | {'yes' if s['bench_saturated'] else 'no'} |")
     print()
     ups = [u for u, _d in updown]

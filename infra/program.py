@@ -6,11 +6,13 @@ bad value stops ``pulumi up`` with the key named and nothing created.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_tls as tls
+from pulumi.runtime import config as config_runtime
 from pulumi.runtime.config import get_config
 from pulumi_azure_native import authorization
 
@@ -20,6 +22,7 @@ from infra.security import SecurityMaterial
 from infra.settings import AzureSettings, parse_azure, private_key_is_encrypted
 from workloads.config import ConfigError, ExperimentConfig, parse_config
 from workloads.plan import Plan, build_plan
+from workloads.schema import check_config
 
 SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario", "security")
 
@@ -27,6 +30,7 @@ SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario", "security")
 def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Output[str] | None, dict[str, Any]]:
     """The experiment through the same parser the local lab uses, plus the Azure settings, plus
     the experiment sections as read (they become the VMs' stack file)."""
+    check_config(engine_config())  # a misspelt key or section is refused before anything is read
     cfg = pulumi.Config("mqttlab")
     raw: dict[str, Any] = {}
     if cfg.get("topology") is not None:
@@ -56,6 +60,20 @@ def read_config(stack: str) -> tuple[ExperimentConfig, AzureSettings, pulumi.Out
         raise ConfigError("mqttlab:sshPrivateKey", "(passphrase-protected key)", "needs its passphrase: "
                           "pulumi config set --secret mqttlab:sshPrivateKeyPassword (or use a key without one)")
     return experiment, az, private_key, raw
+
+
+def engine_config() -> dict[str, Any]:
+    """Every key the engine passed (``PULUMI_CONFIG`` and the runtime's map, as
+    ``pulumi.Config`` reads them), objects decoded: ``pulumi.Config`` only answers for the keys
+    asked, so a misspelt one would otherwise go unseen."""
+    merged = {**config_runtime.get_config_env(), **config_runtime.CONFIG.get()}
+    out: dict[str, Any] = {}
+    for key, value in merged.items():
+        try:
+            out[key] = json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
+        except json.JSONDecodeError:
+            out[key] = value  # the section's own parse names what is wrong with it
+    return out
 
 
 def from_login(field: str, value: str | None) -> str:

@@ -88,6 +88,38 @@ def test_partial_and_malformed_runs(tmp_path: Path) -> None:
     assert cp.returncode == 2 and "manifest.json: missing" in cp.stderr
 
 
+def test_a_stand_in_run_recorded_before_the_requested_fields_reports_what_ran(tmp_path: Path) -> None:
+    """Such a manifest says ``scheduler`` lc (the one asked for) and who stood in: the report names
+    the nftables round robin that ran, for ipvs-lc, in its tables and legends' source fields."""
+    t = reference_truth()
+    t.balancer = "nftables"
+    old = write_run(tmp_path / "old", t)
+    m = json.loads((old / "manifest.json").read_text())
+    m["stood_in"] = {"for": "ipvs lc", "by": "nftables", "kind": "kernel NAT", "scheduler": "round robin (numgen inc): nftables has no "
+                     "least-connection scheduler", "exact": False}
+    (old / "manifest.json").write_text(json.dumps(m))
+    run = load_run(old)
+    assert run.label == "distributed/nftables-rr standing in for ipvs-lc/qos1"
+    res = write_report([run, load_run(write_run(tmp_path / "ipvs", reference_truth()))], tmp_path / "r")
+    got = [{k: s[k] for k in ("balancer", "scheduler", "stands_in_for", "requested_balancer", "requested_scheduler", "balancing")}
+           for s in res["summaries"]]
+    assert got == [{"balancer": "nftables", "scheduler": "rr", "stands_in_for": "ipvs-lc", "requested_balancer": "ipvs",
+                    "requested_scheduler": "lc", "balancing": "nftables-rr standing in for ipvs-lc"},
+                   {"balancer": "ipvs", "scheduler": "lc", "stands_in_for": "", "requested_balancer": "ipvs", "requested_scheduler": "lc",
+                    "balancing": "ipvs-lc"}]
+    # the stand-in and real IPVS lc are two configurations, not one
+    assert res["comparison"][["balancer", "scheduler", "runs"]].values.tolist() == [["ipvs", "lc", 1], ["nftables", "rr", 1]]
+    assert "nftables-rr standing in for ipvs-lc" in res["html"].read_text()
+
+
+def test_a_manifest_naming_an_unknown_balancer_is_one_line(known: Path, tmp_path: Path) -> None:
+    m = json.loads((known / "manifest.json").read_text())
+    (known / "manifest.json").write_text(json.dumps(m | {"balancer": "lvs"}))
+    cp = subprocess.run([*MQTTLAB, "report", str(known), "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    assert cp.returncode == 2 and cp.stderr.strip().splitlines() == [
+        f"mqttlab: {known / 'manifest.json'}: balancer 'lvs': choose one of ipvs, nftables, haproxy"]
+
+
 def test_report_command_json_and_files(known: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     cp = subprocess.run([*MQTTLAB, "report", str(known), "--out", str(out), "--json"], capture_output=True, text=True, cwd=ROOT)

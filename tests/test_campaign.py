@@ -360,3 +360,61 @@ def test_list_levels_read_as_written_in_the_table_and_the_sentences(tmp_path: Pa
     assert loss.startswith("At base: ") and "warning/notice" in loss and " all " in loss and "[" not in loss.split("(")[0]
     table = (cdir.path / "report" / "configurations.csv").read_text()
     assert "logTypes warning/notice" in table and "logTypes all" in table and "'" not in table
+
+
+SCHEDULERS = """
+name: s
+stack: distributed
+repetitions: 2
+seed: 3
+set: {subscribers: 2, publishers: 8, messages: 40, messagesPerPublisher: true, intervalMs: 10}
+factors:
+  scheduler: [lc, rr]
+  topology: [distributed, centralized]
+compare: scheduler
+"""
+
+
+@pytest.mark.parametrize("recorded", ["now", "before the requested fields"])
+def test_campaign_tables_legends_and_sentences_name_what_ran_for_each_scheduler(tmp_path: Path, recorded: str,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every point ran on the nftables stand-in, whose lc is round robin: the report calls the lc
+    configurations nftables-rr standing in for ipvs-lc, in runs.csv, the configurations table,
+    the comparisons and the plot; result.json files written before the requested fields say the same."""
+    import csv
+
+    from workloads.campaign import report
+
+    c = load_campaign(write(tmp_path, SCHEDULERS), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    execute_points(cdir, c, cdir.open(c, c.order()), FakeSystem(capacity=500, topology_penalty=0.4), progress=False)
+    results = list((cdir.path / "points").glob("*/result.json"))
+    for p in results:
+        r = json.loads(p.read_text())
+        assert (r["balancer_kind"], r["scheduler"], r["stands_in_for"]) == ("nftables", "rr", f"ipvs-{r['requested_scheduler']}")
+        if recorded != "now":  # then scheduler was the one asked for
+            r = {k: v for k, v in r.items() if k not in ("stands_in_for", "requested_balancer", "requested_scheduler", "balancing")}
+            r["scheduler"] = r["levels"]["scheduler"]
+            p.write_text(json.dumps(r))
+    legends: list[str] = []  # legend entries and tick labels of the plots written
+    save = report._save
+
+    def capture(fig: Any, path: Path) -> Path:
+        legends.extend(t.get_text().replace("\n", " ") for ax in fig.axes
+                       for t in (*(ax.get_legend().get_texts() if ax.get_legend() else ()), *ax.get_xticklabels()))
+        return Path(save(fig, path))
+
+    monkeypatch.setattr(report, "_save", capture)
+    rep = report.write_campaign_report(cdir.path)
+    rows = list(csv.DictReader((cdir.path / "report" / "runs.csv").open()))
+    assert len(rows) == len(results) == 8
+    for row in rows:
+        asked = row["configuration"].split("scheduler ")[1].split(",")[0]
+        assert (row["balancer"], row["scheduler"], row["stands_in_for"], row["requested_balancer"], row["requested_scheduler"]) == (
+            "nftables", "rr", f"ipvs-{asked}", "ipvs", asked)
+    conf = list(csv.DictReader((cdir.path / "report" / "configurations.csv").open()))
+    assert sorted({r["balancer that ran"] for r in conf}) == ["nftables-rr standing in for ipvs-lc", "nftables-rr standing in for ipvs-rr"]
+    assert sorted(legends) == sorted(f"scheduler {s}, topology {t}: nftables-rr standing in for ipvs-{s} (n = 2)"  # one rate: one tick each
+                                     for t in ("distributed", "centralized") for s in ("lc", "rr"))
+    loss = [s for s in rep["comparisons"] if "loss" in s and "latency" not in s and "throughput" not in s]
+    assert len(loss) == 2 and all("nftables-rr standing in for ipvs-lc" in s and "nftables-rr standing in for ipvs-rr" in s for s in loss), loss

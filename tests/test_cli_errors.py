@@ -56,6 +56,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str]]] = {
     ("render", "--out"): ("out_dir", ["render", "-s", "smoke", "--out", P]),
     ("render", "--project-dir"): ("project_dir", ["render", "-s", "smoke", "--project-dir", P, "--out", OK_OUT]),
     ("plan", "--project-dir"): ("project_dir", ["plan", "-s", "smoke", "--project-dir", P]),
+    ("config show", "--project-dir"): ("project_dir", ["config", "show", "-s", "smoke", "--project-dir", P]),
     ("monitor brokers", "--out"): ("out_file", ["monitor", "brokers", "--broker", "b=127.0.0.1:9", "--duration", "0.1", "--out", P]),
     ("monitor brokers", "--security"): ("json_file", ["monitor", "brokers", "--broker", "b=127.0.0.1:9", "--duration", "0.1",
                                                       "--out", f"{OK_OUT}/m.csv", "--security", P]),

@@ -531,7 +531,8 @@ def test_each_refusal_names_key_value_and_rule_exactly(tmp_path: Path) -> None:
         (lambda: parse_config(raw(security={"tlsVersion": "tlsv1.1"}), "d"),
          "config mqttlab:security.tlsVersion='tlsv1.1' is invalid: must be one of tlsv1.2, tlsv1.3", "tlsv1.1"),
         (lambda: parse_config(raw(security={"user": "x"}), "d"),
-         "config mqttlab:security.user='x' is invalid: is not a security setting; known: certDays, ciphers, ciphersTls13, mode, tlsPort, tlsVersion", "x"),
+         "config mqttlab:security.user='x' is not a known setting: known in mqttlab:security: certDays, ciphers, ciphersTls13, mode, tlsPort, tlsVersion",
+         "x"),
         (lambda: parse_config(raw(security={"ciphers": "AES 128"}), "d"),
          "config mqttlab:security.ciphers='AES 128' is invalid: must be an OpenSSL cipher list such as "
          "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305", "AES 128"),
@@ -544,7 +545,7 @@ def test_each_refusal_names_key_value_and_rule_exactly(tmp_path: Path) -> None:
         (lambda: parse_config(raw(balancer={"healthCheck": "mqtt"}), "d"),
          "config mqttlab:balancer.healthCheck='mqtt' is invalid: must be a mapping with type (none, mqtt, tcp), interval, retries, timeout", "mqtt"),
         (lambda: parse_config(raw(balancer={"healthCheck": {"port": 1, "delay": 2}}), "d"),  # the first unknown key, sorted
-         "config mqttlab:balancer.healthCheck.delay=2 is invalid: is not a health check setting; known: type, interval, retries, timeout", 2),
+         "config mqttlab:balancer.healthCheck.delay=2 is not a known setting: known in mqttlab:balancer.healthCheck: interval, retries, timeout, type", 2),
         (lambda: parse_config(raw(balancer={"healthCheck": {"interval": 3600.5, "timeout": 1}}), "d"),
          "config mqttlab:balancer.healthCheck.interval=3600.5 is invalid: must be <= 3600 seconds", 3600.5),
         (lambda: parse_config(raw(balancer={"healthCheck": {"interval": 2, "timeout": 2.5}}), "d"),

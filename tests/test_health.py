@@ -38,7 +38,7 @@ def test_health_check_defaults_to_none_and_renders_no_keepalived() -> None:
     ({"type": "mqtt", "interval": 0}, "mqttlab:balancer.healthCheck.interval", "> 0"),
     ({"type": "mqtt", "retries": 0}, "mqttlab:balancer.healthCheck.retries", ">= 1"),
     ({"type": "mqtt", "interval": 1, "timeout": 2}, "mqttlab:balancer.healthCheck.timeout", "must be <= interval"),
-    ({"type": "mqtt", "intervl": 1}, "mqttlab:balancer.healthCheck.intervl", "known: type, interval"),
+    ({"type": "mqtt", "intervl": 1}, "mqttlab:balancer.healthCheck.intervl", "did you mean mqttlab:balancer.healthCheck.interval?"),
     ("mqtt", "mqttlab:balancer.healthCheck", "must be a mapping"),
 ])
 def test_bad_health_check_is_refused_naming_the_key(value: object, key: str, needle: str) -> None:

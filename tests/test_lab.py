@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from workloads.lab import lab as lab_mod
-from workloads.lab import netns, vm
+from workloads.lab import netns, standin, vm
 
 SMALL = ["--publishers", "6", "--subscribers", "6", "--messages", "300", "--interval-ms", "20", "--drain-s", "3", "--time-limit-s", "120"]
 
@@ -69,7 +70,8 @@ def check_run(cp: subprocess.CompletedProcess[str], topology: str, balancer: str
     s = json.loads(cp.stdout)
     assert (s["lost"], s["duplicates"], s["loss_pct"]) == (0, 0, 0.0) and s["expected"] == 300 * 6 and s["delivered"] == 1800
     assert s["clients_connected"] == s["clients"] == 12 and s["disconnects"] == 0 and not s["partial"]
-    assert s["balancer"]["kind"] == balancer and s["topology"] == topology and s["scheduler"] == scheduler
+    assert s["balancer"]["kind"] == balancer and s["topology"] == topology and s["requested_scheduler"] == scheduler
+    assert s["scheduler"] == standin.balancing(balancer, scheduler).scheduler
     run_dir = Path(s["run_dir"])
     manifest = json.loads((run_dir / "manifest.json").read_text())
     plan = manifest["plan"]
@@ -272,3 +274,81 @@ def test_lab_with_emqtt_bench_sets_its_totals_beside_the_engines(tmp_path: Path)
     assert "emqtt-bench (same scenario, its own totals, estimated): sent 300  delivered 1800/1800" in text
     assert "engine, exact: delivered 1800/1800" in text
     assert_nothing_left()
+
+
+def bare_lc(text: str) -> list[str]:
+    """Every place ``text`` calls something lc other than as what a stand-in stood in for
+    (``ipvs-lc``, ``IPVS lc``), with some context to read it by."""
+    return re.findall(r".{0,40}(?<![\w-])lc(?![\w-]).{0,40}", re.sub(r"(?i)ipvs[- ]lc", "", text))
+
+
+def saved_labels(monkeypatch: pytest.MonkeyPatch, *modules: Any) -> dict[str, list[str]]:
+    """The legend entries and tick labels of every plot the modules save, by file name, read from
+    the figures as they are written."""
+    seen: dict[str, list[str]] = {}
+    for module in modules:
+        save = module._save
+
+        def capture(fig: Any, path: Path, save: Any = save) -> Path:
+            seen[path.name] = [t.get_text() for ax in fig.axes for t in (*(ax.get_legend().get_texts() if ax.get_legend() else ()),
+                                                                             *ax.get_xticklabels())]
+            return Path(save(fig, path))
+        monkeypatch.setattr(module, "_save", capture)
+    return seen
+
+
+@pytest.mark.lab
+def test_a_run_asked_for_lc_without_ipvs_is_named_nftables_rr_standing_in_for_ipvs_lc_everywhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run id, manifest, the campaign's runs.csv and report, the run's report and its plot legends
+    all say what ran and what it stood in for; none calls the run plain lc."""
+    from workloads.analysis import report as run_report
+    from workloads.analysis.load import load_run
+    from workloads.campaign import report as campaign_report
+
+    if lab_mod.kernel_has_ipvs():
+        pytest.skip("this kernel has IPVS: nothing stands in for it")
+    f = tmp_path / "c.yaml"
+    f.write_text("name: names\nstack: distributed\nrepetitions: 1\nseed: 1\n"
+                 "set: {scheduler: lc, publishers: 2, subscribers: 2, messages: 20, messagesPerPublisher: true, intervalMs: 20, drainS: 2, "
+                 "timeLimitS: 60}\nfactors: {topology: [distributed]}\n")
+    out = tmp_path / "camp"
+    cp = subprocess.run([*MQTTLAB, "campaign", "run", str(f), "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert_nothing_left(tmp_path)
+    [result] = [json.loads(p.read_text()) for p in out.glob("points/*/result.json")]
+    run_dir = Path(result["run_dir"])
+    assert re.fullmatch(r"\d{8}-\d{6}-distributed-nftables-rr-for-ipvs-lc", run_dir.name), run_dir.name
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert (m["balancer"], m["scheduler"], m["requested_balancer"], m["requested_scheduler"]) == ("nftables", "rr", "ipvs", "lc")
+    assert m["balancing"] == "nftables-rr standing in for ipvs-lc" and m["run_id"] == run_dir.name
+    assert (m["stood_in"]["by"], m["stood_in"]["for"], m["stood_in"]["exact"]) == ("nftables", "ipvs lc", False)
+    assert not bare_lc(" ".join([m["run_id"], m["balancer"], m["scheduler"], m["balancing"], m["balancer_note"]]))
+    wanted = {"balancer": "nftables", "scheduler": "rr", "stands_in_for": "ipvs-lc", "requested_balancer": "ipvs", "requested_scheduler": "lc",
+              "balancing": "nftables-rr standing in for ipvs-lc"}
+
+    def check_runs_csv(path: Path) -> None:
+        [row] = list(csv.DictReader(path.open()))
+        assert {k: row[k] for k in wanted} == wanted, row
+        assert not bare_lc(" ".join(v for k, v in row.items() if k != "requested_scheduler")), row
+
+    check_runs_csv(out / "report" / "runs.csv")  # the campaign's, as `campaign run` wrote it
+    plots = saved_labels(monkeypatch, run_report, campaign_report)
+    campaign_report.write_campaign_report(out, tmp_path / "campaign-report")
+    page = (tmp_path / "campaign-report" / "report.html").read_text()
+    assert "nftables-rr standing in for ipvs-lc" in page and not bare_lc(page)
+    assert not bare_lc((tmp_path / "campaign-report" / "configurations.csv").read_text())
+    [names] = plots.values()
+    assert any("nftables-rr standing in for ipvs-lc" in t.replace("\n", " ") for t in names) and not bare_lc(" ".join(names)), names
+
+    plots.clear()
+    run_report.write_report([load_run(run_dir)], tmp_path / "run-report")
+    check_runs_csv(tmp_path / "run-report" / "runs.csv")
+    [comp] = list(csv.DictReader((tmp_path / "run-report" / "comparison.csv").open()))
+    assert (comp["balancer"], comp["scheduler"], comp["stands_in_for"]) == ("nftables", "rr", "ipvs-lc")
+    page = (tmp_path / "run-report" / "report.html").read_text()
+    assert "nftables-rr standing in for ipvs-lc" in page
+    assert [c for c in bare_lc(page) if "<td>lc</td>" not in c] == [] and len(bare_lc(page)) == 1  # the runs table's requested_scheduler
+    for name in ("loss.png", "latency.png", "connections.png", "timeseries.png"):
+        texts = " ".join(t.replace("\n", " ") for t in plots[name])
+        assert "nftables-rr standing in for ipvs-lc" in texts and not bare_lc(texts), (name, plots[name])

@@ -169,7 +169,7 @@ def test_lab_run_with_the_stacks_addresses_leaves_the_root_namespace_untouched(t
     assert [h["address"] for h in manifest["plan"]["hosts"]] == ["10.2.0.10", "10.3.0.10", "10.4.0.10"]  # the stack's own addresses
     assert {e for r in rows(Path(s["run_dir"]), "clients") for e in [r["entry_point"]]} == {"10.3.0.10:1883", "10.4.0.10:1883"}
     # no --balancer: IPVS where the kernel has it, else the nftables stand-in (round robin for the stack's lc)
-    assert s["balancer"]["kind"] == ("ipvs" if lab_mod.kernel_has_ipvs() else "nftables") and s["scheduler"] == "lc"
+    assert s["balancer"]["kind"] == ("ipvs" if lab_mod.kernel_has_ipvs() else "nftables") and s["requested_scheduler"] == "lc"
     assert manifest["balancer"] == s["balancer"]["kind"]
     assert manifest["stood_in"] == standin.stood_in(manifest["balancer"], "lc") and manifest["balancer_note"] == s["balancer"]["note"]
     if not lab_mod.kernel_has_ipvs():

@@ -35,7 +35,7 @@ def test_password_line_matches_mosquitto_passwd(tmp_path: Path) -> None:
     ({"mode": "tls", "ciphers": "ALL; rm -rf /"}, "mqttlab:security.ciphers", "OpenSSL cipher list"),
     ({"mode": "tls", "tlsPort": 0}, "mqttlab:security.tlsPort", ">= 1"),
     ({"mode": "tls", "certDays": 0}, "mqttlab:security.certDays", ">= 1"),
-    ({"mode": "tls", "cipher": "x"}, "mqttlab:security.cipher", "known: certDays, ciphers"),
+    ({"mode": "tls", "cipher": "x"}, "mqttlab:security.cipher", "did you mean mqttlab:security.ciphers?"),
 ])
 def test_bad_security_settings_name_the_key(settings: dict[str, object], key: str, words: str) -> None:
     cfg = load_stack("distributed", ROOT)

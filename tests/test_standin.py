@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, Cluster
-from workloads.balancer import nft_balancer
+from workloads.balancer import haproxy_cfg, nft_balancer
 from workloads.config import ConfigError, load_stack
 from workloads.lab import lab, netns, standin
 from workloads.plan import build_plan
@@ -38,8 +38,70 @@ def test_haproxy_is_used_only_when_asked_and_says_it_is_a_proxy(monkeypatch: pyt
     assert lab.choose_balancer(None, "lc") == ("ipvs", "")
 
 
+# what each balancer really runs for each IPVS scheduler asked for
+RAN = {"ipvs": {s: s for s in ("rr", "wrr", "lc", "wlc", "sh", "mh")},
+       "nftables": {"rr": "rr", "wrr": "wrr", "lc": "rr", "wlc": "wrr", "sh": "sh", "mh": "sh"},
+       "haproxy": {"rr": "roundrobin", "wrr": "roundrobin", "lc": "leastconn", "wlc": "leastconn", "sh": "source", "mh": "source"}}
+
+
+@pytest.mark.parametrize("balancer, scheduler", [(b, s) for b, row in RAN.items() for s in row])
+def test_every_balancer_and_scheduler_is_named_for_what_ran_and_what_it_stands_in_for(balancer: str, scheduler: str) -> None:
+    b = standin.balancing(balancer, scheduler)
+    ran = RAN[balancer][scheduler]
+    assert (b.balancer, b.scheduler, b.requested_balancer, b.requested_scheduler) == (balancer, ran, "ipvs", scheduler)
+    assert b.label == f"{balancer}-{ran}" and b.requested_label == f"ipvs-{scheduler}"
+    if balancer == "ipvs":
+        assert not b.stood_in and b.stands_in_for == "" and b.text == b.slug == f"ipvs-{scheduler}" and b.exact
+    else:
+        assert b.stood_in and b.stands_in_for == f"ipvs-{scheduler}"
+        assert b.text == f"{balancer}-{ran} standing in for ipvs-{scheduler}" and b.slug == f"{balancer}-{ran}-for-ipvs-{scheduler}"
+        assert b.exact is (balancer == "nftables" and ran == scheduler)
+    assert b.record() == standin.stood_in(balancer, scheduler) and b.record()["by"] == balancer
+    fields = b.manifest_fields()
+    assert (fields["balancer"], fields["scheduler"], fields["requested_scheduler"], fields["balancing"]) == (balancer, ran, scheduler, b.text)
+    assert standin.from_manifest(fields) == b
+
+
+def test_the_lc_stand_in_is_named_nftables_rr_standing_in_for_ipvs_lc() -> None:
+    assert standin.balancing("nftables", "lc").text == "nftables-rr standing in for ipvs-lc"
+    assert standin.balancing("ipvs", "lc").text == "ipvs-lc"
+
+
+@pytest.mark.parametrize("balancer, scheduler, what", [("lvs", "rr", "balancer 'lvs'"), ("nftables", "xx", "scheduler 'xx'"),
+                                                      ("ipvs", "xx", "scheduler 'xx'")])
+def test_an_unknown_balancer_or_scheduler_is_named(balancer: str, scheduler: str, what: str) -> None:
+    with pytest.raises(ValueError, match=f"^{what}: choose one of"):
+        standin.balancing(balancer, scheduler)
+
+
+@pytest.mark.parametrize("manifest, text", [
+    # before the requested fields: scheduler is the one asked for, stood_in says who carried it out
+    ({"balancer": "nftables", "scheduler": "lc", "stood_in": {"for": "ipvs lc", "by": "nftables", "kind": "kernel NAT",
+                                                              "scheduler": "round robin (numgen inc)", "exact": False}},
+     "nftables-rr standing in for ipvs-lc"),
+    ({"balancer": "haproxy", "scheduler": "wlc", "stood_in": {"for": "ipvs wlc", "by": "haproxy"}}, "haproxy-leastconn standing in for ipvs-wlc"),
+    ({"balancer": "haproxy", "scheduler": "sh"}, "haproxy-source standing in for ipvs-sh"),  # before stood_in too
+    ({"balancer": "ipvs", "scheduler": "lc"}, "ipvs-lc"),
+])
+def test_older_manifests_say_what_ran_from_what_they_recorded(manifest: dict[str, object], text: str) -> None:
+    b = standin.from_manifest(manifest)
+    assert b is not None and b.text == text
+
+
+def test_a_bench_without_a_balancer_has_no_balancing() -> None:
+    assert standin.from_manifest({"kind": "bench"}) is None
+
+
+@pytest.mark.parametrize("scheduler, algo", [("lc", "leastconn"), ("wrr", "roundrobin"), ("mh", "source")])
+def test_haproxy_config_balances_by_the_scheduler_the_label_names(scheduler: str, algo: str) -> None:
+    cfg = load_stack("distributed", ROOT).with_overrides({"balancer.scheduler": scheduler})
+    text = haproxy_cfg(build_plan(cfg).balancers[0])
+    assert f"\tbalance {algo}\n" in text and algo == standin.balancing("haproxy", scheduler).scheduler
+
+
 @pytest.mark.parametrize("scheduler, weights, pick", [("sh", [2, 1, 1], "jhash ip saddr mod 4"), ("wlc", [3, 1, 1], "numgen inc mod 5"),
-                                                       ("rr", [1, 1, 1], "numgen inc mod 3")])
+                                                       ("rr", [1, 1, 1], "numgen inc mod 3"), ("lc", [1, 1, 1], "numgen inc mod 3"),
+                                                       ("mh", [1, 1, 1], "jhash ip saddr mod 3")])
 def test_nft_balancer_rules_pass_nft_for_each_scheduler(scheduler: str, weights: list[int], pick: str, make_ns: Callable[[str], str],
                                                          tmp_path: Path) -> None:
     cfg = load_stack("centralized", ROOT).with_overrides({"balancer.scheduler": scheduler, "balancer.weights": weights})

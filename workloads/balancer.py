@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from workloads.lab.standin import balancing
 from workloads.plan import Balancer, Plan
 from workloads.probe import CONNACK, DISCONNECT, connect_packet
 
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "mh")
-HAPROXY_ALGORITHMS = {"rr": "roundrobin", "wrr": "roundrobin", "lc": "leastconn", "wlc": "leastconn", "sh": "source", "mh": "source"}
 
 
 def ipvs_rules(bal: Balancer) -> str:
@@ -111,7 +111,8 @@ def nft_balancer(bal: Balancer) -> str:
         slots += [rs.address] * rs.weight
     mapping = ", ".join(f"{i} : {addr}" for i, addr in enumerate(slots))
     port = bal.real_servers[0].port
-    pick = f"jhash ip saddr mod {len(slots)}" if bal.scheduler in ("sh", "mh") else f"numgen inc mod {len(slots)}"
+    hashed = balancing("nftables", bal.scheduler).scheduler == "sh"
+    pick = f"jhash ip saddr mod {len(slots)}" if hashed else f"numgen inc mod {len(slots)}"
     dnat = f"ip daddr {bal.vip} tcp dport {bal.port} dnat to {pick} map {{ {mapping} }} : {port}"
     brokers = ", ".join(rs.address for rs in bal.real_servers)
     snat = [f"\t\tip saddr {src} ip daddr {{ {brokers} }} masquerade" for src in bal.snat_sources]
@@ -124,7 +125,7 @@ def nft_balancer(bal: Balancer) -> str:
 
 def haproxy_cfg(bal: Balancer, maxconn: int = 20000, stats_socket: str | None = None) -> str:
     """HAProxy in TCP mode; a full proxy, so brokers see the balancer as the client (no SNAT)."""
-    algo = HAPROXY_ALGORITHMS[bal.scheduler]
+    algo = balancing("haproxy", bal.scheduler).scheduler
     lines = [
         "global",
         f"\tmaxconn {maxconn}",

@@ -8,9 +8,12 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import yaml
 
 from workloads import procs
-from workloads.cliargs import add_stack_args, load
+from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
 from workloads.clipaths import out_dir
 
 # --------------------------------------------------------------------------- render
@@ -39,6 +42,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_value(text: str) -> tuple[str, Any]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as balancer.scheduler=rr, got {text!r}")
+    return key, yaml.safe_load(value) if value else None
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from workloads.plan import renumber
+    from workloads.schema import effective
+
+    overrides = dict(args.set or []) | scenario_overrides(args)
+    cfg = load(args, overrides)
+    shown = effective(renumber(cfg) if args.lab_addresses else cfg, cfg.raw)
+    if args.json:
+        print(json.dumps({"stack": cfg.stack, "config": shown}, indent=2))
+    else:
+        print(f"# stack {cfg.stack}: the configuration that runs, every default filled in")
+        print(yaml.safe_dump({"config": shown}, sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from workloads import schema
+    from workloads.campaign.spec import ALIASES
+
+    if args.markdown:
+        print(schema.markdown_reference(schema.CAMPAIGN, "") if args.campaign else schema.markdown_reference())
+    else:
+        doc = schema.campaign_json_schema(ALIASES) if args.campaign else schema.stack_json_schema()
+        print(json.dumps(doc, indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------- exit codes
 
 EXIT_CODES_TEXT = """exit status:
@@ -53,7 +90,7 @@ errors are one line on stderr, starting with "mqttlab"."""
 # that a bench process does not load the lab, cryptography or yaml just to know its exit codes
 EXIT_CODES = (
     ("workloads.lab.netns.RunFailed", 1),
-    ("workloads.config.ConfigError", 2),
+    ("workloads.errors.ConfigError", 2),
     ("workloads.campaign.spec.CampaignError", 2),
     ("workloads.bench.rundir.RunDirError", 2),
     ("workloads.security.SecurityFileError", 2),
@@ -121,6 +158,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the topology plan of a stack as JSON")
     add_stack_args(p)
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("config", help="the configuration a stack runs")
+    csub = p.add_subparsers(dest="config", required=True)
+    q = csub.add_parser("show", help="the effective configuration of a stack, every default filled in (YAML, or --json)")
+    add_stack_args(q)
+    q.add_argument("--set", action="append", type=_set_value, metavar="KEY=VALUE",
+                   help="override a stack key, as a campaign's set does: balancer.scheduler=rr, brokers.cpus=0.5 (repeatable)")
+    q.add_argument("--lab-addresses", action="store_true", help="the addresses as the local lab moves them into 198.18.0.0/15")
+    q.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    add_scenario_args(q)
+    q.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("schema", help="the JSON Schema of stack files (or campaign files), for editors; or the reference as Markdown")
+    p.add_argument("--campaign", action="store_true", help="campaign files instead of stack files")
+    p.add_argument("--markdown", action="store_true", help="every key as Markdown tables (docs/configuration.md) instead of JSON Schema")
+    p.set_defaults(func=cmd_schema)
 
     want = {COMMANDS[command]} if command in COMMANDS else set(COMMANDS.values())
     # each subcommand's module is imported only when it is the one asked for (start-up cost)

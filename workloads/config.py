@@ -8,6 +8,7 @@ anything is created anywhere.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import re
@@ -18,33 +19,26 @@ from typing import Any
 
 import yaml
 
+from workloads.errors import ConfigError
 from workloads.faults import Fault, FaultError, TargetError, check_targets, parse_fault
 from workloads.scenario import Scenario, scenario_from_mapping
+from workloads.schema import (
+    BRIDGE_LAYOUTS,
+    DEFAULT_LOG_TYPES,
+    FORWARDING,
+    HEALTH_CHECKS,
+    LOG_TYPES,
+    NAMESPACE,
+    SCHEDULERS,
+    SECURITY_MODES,
+    TLS_VERSIONS,
+    TOPOLOGIES,
+    check_config,
+    check_path,
+    check_stack_file,
+)
 
-NAMESPACE = "mqttlab"
-TOPOLOGIES = ("centralized", "distributed")
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "mh")
-FORWARDING = ("nat",)
-BRIDGE_LAYOUTS = ("star", "none")
-# mosquitto.conf(5) log_type values. The default leaves out "debug" (a line per PUBLISH in and
-# out, which "all" includes and the reference used): on a 0.25-CPU broker that logging is itself
-# a load, so it is a setting with the reference's value one line away ([all]).
-LOG_TYPES = ("debug", "error", "warning", "notice", "information", "subscribe", "unsubscribe", "websockets", "none", "all")
-DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
-HEALTH_CHECKS = ("none", "mqtt", "tcp")
-SECURITY_MODES = ("none", "password", "tls", "mtls")
-TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
 _CIPHERS = re.compile(r"^[A-Za-z0-9_+!@=-]+(:[A-Za-z0-9_+!@=-]+)*$")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names key, value and what is allowed."""
-
-    def __init__(self, key: str, value: object, allowed: str) -> None:
-        self.key = key
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"config {key}={value!r} is invalid: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -144,20 +138,29 @@ class ExperimentConfig:
     faults: tuple[Fault, ...] = ()
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
-        """Re-validate with ``{"section.key": value}`` overrides, so the command line obeys the
-        same rules as the stack file (``{"topology": "centralized"}`` sets a top-level key)."""
-        raw: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.raw.items()}
+        """Re-validate with ``{"section.key": value}`` overrides (any depth:
+        ``balancer.healthCheck.type``), so the command line and campaigns obey the same rules as
+        the stack file (``{"topology": "centralized"}`` sets a top-level key); a key the schema
+        does not know is refused before anything else."""
+        raw: dict[str, Any] = copy.deepcopy(dict(self.raw))
         for dotted, value in overrides.items():
             if value is None:
                 continue
-            section, _, key = dotted.partition(".")
-            if not key:
+            check_path(dotted)
+            section, *path = dotted.split(".")
+            if not path:
                 raw[f"{NAMESPACE}:{section}"] = value
                 continue
-            sec = raw.setdefault(f"{NAMESPACE}:{section}", {})
-            if not isinstance(sec, dict):
-                raise ConfigError(f"{NAMESPACE}:{section}", sec, "must be a mapping of settings")
-            sec[key] = value
+            node = raw.setdefault(f"{NAMESPACE}:{section}", {})
+            where = f"{NAMESPACE}:{section}"
+            for part in path[:-1]:
+                if not isinstance(node, dict):
+                    raise ConfigError(where, node, "must be a mapping of settings")
+                node = node.setdefault(part, {})
+                where += f".{part}"
+            if not isinstance(node, dict):
+                raise ConfigError(where, node, "must be a mapping of settings")
+            node[path[-1]] = value
         return parse_config(raw, self.stack)
 
 
@@ -342,9 +345,6 @@ def _parse_balancer(cfg: Mapping[str, Any], brokers: BrokerConfig) -> BalancerCo
 def _parse_health_check(sec: Any, key: str) -> HealthCheckConfig:
     if not isinstance(sec, Mapping):
         raise ConfigError(key, sec, "must be a mapping with type (none, mqtt, tcp), interval, retries, timeout")
-    unknown = sorted(set(sec) - {"type", "interval", "retries", "timeout"})
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", sec[unknown[0]], "is not a health check setting; known: type, interval, retries, timeout")
     d = HealthCheckConfig()
     interval = _positive_float(key + ".interval", _get(sec, "interval", d.interval))
     timeout = _positive_float(key + ".timeout", _get(sec, "timeout", d.timeout))
@@ -371,10 +371,6 @@ def _optional_ciphers(key: str, value: Any) -> str | None:
 def _parse_security(cfg: Mapping[str, Any]) -> SecurityConfig:
     sec = _section(cfg, "security")
     p = f"{NAMESPACE}:security."
-    known = {"mode", "tlsVersion", "ciphers", "ciphersTls13", "tlsPort", "certDays"}
-    for key in sec:
-        if key not in known:
-            raise ConfigError(p + str(key), sec[key], f"is not a security setting; known: {', '.join(sorted(known))}")
     return SecurityConfig(
         mode=_choice(p + "mode", _get(sec, "mode", "none"), SECURITY_MODES),
         tls_version=_choice(p + "tlsVersion", _get(sec, "tlsVersion", "tlsv1.2"), TLS_VERSIONS),
@@ -389,6 +385,7 @@ def parse_config(cfg: Mapping[str, Any], stack: str) -> ExperimentConfig:
     """Build and validate the experiment from a stack file's ``config:`` mapping."""
     if not isinstance(cfg, Mapping):
         raise ConfigError("config", cfg, "the stack file must have a 'config:' mapping")
+    check_config(cfg)
     topology = _choice(f"{NAMESPACE}:topology", _get(cfg, f"{NAMESPACE}:topology", stack if stack in TOPOLOGIES else "distributed"), TOPOLOGIES)
     network = _parse_network(cfg)
     brokers = _parse_brokers(cfg, network)
@@ -449,4 +446,5 @@ def load_stack(stack: str, project_dir: Path | None = None) -> ExperimentConfig:
         raise ConfigError("stack", str(path), f"must be valid YAML ({exc})") from None
     if not isinstance(doc, Mapping):
         raise ConfigError("stack", str(path), "must be a YAML mapping with a 'config:' key")
+    check_stack_file(doc, path.name)
     return parse_config(doc.get("config") or {}, stack)

@@ -30,6 +30,7 @@ from workloads.cliargs import add_stack_args, load
 from workloads.clipaths import out_dir
 from workloads.config import ConfigError, ExperimentConfig
 from workloads.lab.netns import LabError
+from workloads.lab.standin import balancing
 from workloads.plan import Broker, Plan, build_plan
 from workloads.render import render_files, write_files
 
@@ -335,7 +336,7 @@ def bench_args(cfg: ExperimentConfig, plan: Plan, host: str, rd: Path, stack: st
 def cmd_bench_subs(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
-    start_manifest(rd, kind="azure", stack=args.stack, topology=plan.topology, balancer="ipvs", scheduler=cfg.balancer.scheduler,
+    start_manifest(rd, kind="azure", stack=args.stack, topology=plan.topology, **balancing("ipvs", cfg.balancer.scheduler).manifest_fields(),
                    scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=run_tag(args.stack, args.run_id), run_id=args.run_id,
                    load_generator=args.load_generator, faults=[f.spec for f in cfg.faults])
     ready = rd / "bench" / args.host / "sub.ready"

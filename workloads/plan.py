@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workloads.config import ExperimentConfig, HealthCheckConfig, NetworkConfig
+from workloads.errors import ConfigError
 
 BROKER_HOST = "brokers"
 LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
@@ -194,8 +195,6 @@ def renumber(cfg: ExperimentConfig, into: ipaddress.IPv4Network = LAB_RANGE) -> 
         cursor = (cursor + size - 1) // size * size  # align
         new = ipaddress.IPv4Network((cursor, old.prefixlen))
         if not new.subnet_of(into):
-            from workloads.config import ConfigError
-
             raise ConfigError("network", str(old), f"the plan's subnets do not fit in {into} for the lab; use --keep-addresses")
         mapping[old] = new
         cursor += size

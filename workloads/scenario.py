@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from workloads.errors import ConfigError
+
 QUIET_S = 3.0  # a drain ends early once no delivery arrived for this long (or all did)
 HEADER_BYTES = 20  # publisher id u32, sequence u32, send time ns u64, run tag u32
 QOS_LEVELS = (0, 1, 2)
@@ -117,8 +119,6 @@ class Scenario:
 
 
 def _err(key: str, value: object, allowed: str) -> Exception:
-    from workloads.config import ConfigError
-
     return ConfigError(key, value, allowed)
 
 

@@ -19,8 +19,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"mqttlab: {exc}", file=sys.stderr)
         return 2
     result = write_report(runs, Path(args.out))
-    fields = ("run_id", "partial", "topology", "balancer", "scheduler", "qos", "expected", "delivered", "lost", "loss_pct", "duplicates",
-              "out_of_order", "latency_ms", "connections_per_broker", "fairness", "loss_by_broker")
+    fields = ("run_id", "partial", "topology", "balancer", "scheduler", "stands_in_for", "requested_balancer", "requested_scheduler", "qos",
+              "expected", "delivered", "lost", "loss_pct", "duplicates", "out_of_order", "latency_ms", "connections_per_broker", "fairness", "loss_by_broker")
     if args.json:
         print(json.dumps([{k: s[k] for k in fields} for s in result["summaries"]], indent=2, default=str))
     else:

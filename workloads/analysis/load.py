@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError, read_deliveries, read_manifest
+from workloads.lab.standin import Balancing, from_manifest
 
 CONNECT = re.compile(r"^(\S+): New client connected from (\S+?):(\d+) as (\S+)", re.M)
 DROPPING = re.compile(r"^(\S+): Outgoing messages are being dropped for client (\S+?)\.?$", re.M)
@@ -36,9 +37,15 @@ class Run:
         return self.manifest.get("status") != "complete"
 
     @property
+    def balancing(self) -> Balancing | None:
+        """What balanced the run and what it stood in for (None: a bench without a balancer)."""
+        return from_manifest(self.manifest)
+
+    @property
     def label(self) -> str:
         m = self.manifest
-        return f"{m.get('topology', '-')}/{m.get('balancer', '-')}/{m.get('scheduler', '-')}/qos{m.get('scenario', {}).get('qos', '?')}"
+        ran = self.balancing
+        return f"{m.get('topology', '-')}/{ran.text if ran else '-'}/qos{m.get('scenario', {}).get('qos', '?')}"
 
 
 def _csv(paths: list[Path], required: list[str], dtypes: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -82,6 +89,10 @@ def parse_logs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
+    try:
+        from_manifest(manifest)
+    except ValueError as exc:
+        raise RunDirError(f"{run_dir / 'manifest.json'}: {exc}") from None
     b = run_dir / "bench"
     clients = _csv(sorted(b.glob("*/clients-*.csv")), ["client_id", "role", "index", "entry_point", "local_addr", "connected_at", "disconnects"])
     counts = dict.fromkeys(("pub", "sub", "planned", "sent", "acked", "failed", "received", "duplicates", "out_of_order"), "int64")

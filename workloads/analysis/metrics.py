@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from workloads.analysis.load import Run
+from workloads.lab.standin import balancing_columns
 from workloads.scenario import Scenario
 
-GROUP_KEYS = ["topology", "balancer", "scheduler", "qos", "publishers", "subscribers", "messages"]
+GROUP_KEYS = ["topology", "balancer", "scheduler", "stands_in_for", "qos", "publishers", "subscribers", "messages"]
 
 
 def jain(values: list[float] | np.ndarray) -> float | None:
@@ -104,7 +105,7 @@ def summarize_run(run: Run) -> dict[str, Any]:
     sc = run.manifest.get("scenario", {})
     return {
         "run_id": run.manifest.get("run_id"), "path": str(run.path), "partial": run.partial, "notes": run.notes,
-        "topology": run.manifest.get("topology"), "balancer": run.manifest.get("balancer"), "scheduler": run.manifest.get("scheduler"),
+        "topology": run.manifest.get("topology"), **balancing_columns(run.balancing),
         "qos": sc.get("qos"), "publishers": sc.get("publishers"), "subscribers": sc.get("subscribers"), "messages": sc.get("messages"),
         "offered": int(sent_per_pub(run).sum()), "expected": expected, "delivered": delivered, "lost": lost,
         "loss_pct": round(100.0 * lost / expected, 3) if expected else 0.0,

@@ -31,7 +31,8 @@ def plot_loss(summaries: list[dict[str, Any]], path: Path) -> Path:
     """One bar per configuration: the mean over its runs, the spread, and every run as a dot."""
     groups: dict[str, list[float]] = {}
     for s in summaries:
-        groups.setdefault(f"{s['topology']}\n{s['balancer']}/{s['scheduler']}\nqos{s['qos']}", []).append(s["loss_pct"])
+        ran = (s["balancing"] or "-").replace(" standing in", "\nstanding in")
+        groups.setdefault(f"{s['topology']}\n{ran}\nqos{s['qos']}", []).append(s["loss_pct"])
     labels = list(groups)
     means = [float(np.mean(v)) for v in groups.values()]
     stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in groups.values()]
@@ -73,7 +74,7 @@ def plot_connections(summaries: list[dict[str, Any]], path: Path) -> Path:
     for i, s in enumerate(summaries):
         brokers = list(s["connections_per_broker"])
         ax.bar(np.arange(len(brokers)) + i * width, list(s["connections_per_broker"].values()), width,
-               label=f"{s['topology']}/{s['balancer']}/{s['scheduler']} (J={s['fairness'] or 0:.3f})")
+               label=f"{s['topology']}/{s['balancing'] or '-'} (J={s['fairness'] or 0:.3f})")
         ax.set_xticks(np.arange(len(brokers)) + width * (len(summaries) - 1) / 2, brokers)
     ax.set_ylabel("clients")
     ax.set_title("Connections per broker")

@@ -28,9 +28,9 @@ from typing import Any
 from workloads.bench.rundir import write_json_atomic
 from workloads.campaign.run import CampaignDir, PointFailed, PointRunner, _set_aside, fmt_s, point_record
 from workloads.campaign.spec import Campaign, CampaignError, Point, config_id
+from workloads.schema import CAPACITY, hint
 
-DEFAULTS: dict[str, Any] = {"thresholdPct": 0.1, "startRate": 100.0, "minRate": 1.0, "maxRate": 100000.0, "durationS": 5.0,
-                            "repetitions": 2, "resolution": 0.1, "maxSteps": 20}
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in CAPACITY.keys}
 
 
 @dataclass
@@ -78,7 +78,7 @@ def settings(campaign: Campaign) -> dict[str, Any]:
     s = DEFAULTS | campaign.capacity
     unknown = sorted(set(campaign.capacity) - set(DEFAULTS))
     if unknown:
-        raise CampaignError(f"capacity.{unknown[0]}: not a capacity setting; known: {', '.join(DEFAULTS)}")
+        raise CampaignError(f"capacity.{unknown[0]}: not a capacity setting; {hint(unknown[0], list(DEFAULTS))}")
     for k in ("thresholdPct", "startRate", "minRate", "maxRate", "durationS", "resolution"):
         v = s[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k != "thresholdPct" and v == 0):

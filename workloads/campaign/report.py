@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from workloads.analysis.report import _img, _save  # noqa: E402
 from workloads.analysis.stats import Estimate, compare_sentence, mean_ci, welch  # noqa: E402
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
+from workloads.lab.standin import Balancing, balancing_columns, from_manifest  # noqa: E402
 
 METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
 CLIP_HIGH = {"loss_pct": 100.0}
@@ -44,6 +45,29 @@ def _label(levels: dict[str, Any], keys: Iterable[str]) -> str:
     return ", ".join(show(k, levels[k]) for k in keys if k in levels) or "base"
 
 
+def ran_of(result: dict[str, Any]) -> Balancing | None:
+    """What balanced a point's run. Points recorded before result.json said so carry the balancer
+    that ran and, as ``scheduler``, the one asked for, which is enough to tell."""
+    return from_manifest({"balancer": result.get("balancer_kind"), "scheduler": result.get("scheduler"),
+                          "requested_scheduler": result.get("requested_scheduler")})
+
+
+def ran_text(result: dict[str, Any]) -> str:
+    """What balanced a point's run, as every table and legend names it: ``nftables-rr standing in for ipvs-lc``."""
+    ran = ran_of(result)
+    return ran.text if ran else ""
+
+
+RUN_FIELDS = ("offered_rate", "expected", "delivered", "lost", "loss_pct", "p99_ms", "throughput", "bench_saturated", "duration_s", "run_dir")
+
+
+def runs_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per complete point: which configuration and repetition, what balanced it (the
+    balancer and scheduler that ran, what they stood in for, what was asked, each a column), its numbers."""
+    return pd.DataFrame([{"point_id": r["point_id"], "config_id": r["config_id"], "configuration": _label(r["levels"], r["levels"]),
+                          "rep": r["rep"], **balancing_columns(ran_of(r)), **{k: r.get(k) for k in RUN_FIELDS}} for r in results])
+
+
 @dataclass(frozen=True)
 class ConfigStats:
     """One configuration: its factor levels, its offered rate, n, and each metric's estimate."""
@@ -56,6 +80,12 @@ class ConfigStats:
     p99_ms: Estimate
     throughput: Estimate
     saturated: int = 0  # runs whose load generator said it was the limit: their loss may be the generator's
+    ran: str = ""  # what balanced its runs (one name; several if its runs differ)
+
+    def name(self, keys: Iterable[str]) -> str:
+        """Its levels of ``keys`` and what balanced it: a level ``scheduler lc`` alone would claim lc ran."""
+        label = _label(self.levels, keys)
+        return f"{label}: {self.ran}" if self.ran else label
 
 
 def _group(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -75,7 +105,7 @@ def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
         est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low, clip_high=CLIP_HIGH.get(key))
                for key, _n, _u, low in METRICS}
         out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"],
-                               sum(1 for r in rs if r.get("bench_saturated"))))
+                               sum(1 for r in rs if r.get("bench_saturated")), "; ".join(sorted({ran_text(r) for r in rs} - {""}))))
     return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
                                       c.offered_rate))
 
@@ -93,13 +123,16 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
                 continue
             k = diff[0]
             rest = _label(la, [x for x in la if x != k])
-            row: dict[str, Any] = {"factor": k, "a": la[k], "b": lb[k], "at": rest, "config_a": by[a][0]["config_id"],
-                                   "config_b": by[b][0]["config_id"]}
+            # a balancer or scheduler level is named for what ran at it: "lc" may have been nftables round robin
+            name_a, name_b = ((ran_text(by[a][0]) or _level(la[k]), ran_text(by[b][0]) or _level(lb[k])) if k in ("balancer", "scheduler")
+                              else (_level(la[k]), _level(lb[k])))
+            row: dict[str, Any] = {"factor": k, "a": la[k], "b": lb[k], "a_name": name_a, "b_name": name_b, "at": rest,
+                                   "config_a": by[a][0]["config_id"], "config_b": by[b][0]["config_id"]}
             for key, name, unit, _low in METRICS:
                 va = [r[key] for r in by[a] if r.get(key) is not None]
                 vb = [r[key] for r in by[b] if r.get(key) is not None]
                 row[key] = welch(va, vb) if va and vb else None
-                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(_level(la[k]), _level(lb[k]), name, unit, va, vb,
+                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(name_a, name_b, name, unit, va, vb,
                                                                    level_unit=" %" if key == "loss_pct" else None)
             out.append(row)
     return out
@@ -132,7 +165,7 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
             if d.diff == 0:
                 ties += 1
                 continue
-            w = _level(c["b"] if d.diff > 0 else c["a"])
+            w = c["b_name"] if d.diff > 0 else c["a_name"]
             wins[w] = wins.get(w, 0) + 1
             if d.p is not None and d.p < 0.05:
                 sig[w] = sig.get(w, 0) + 1
@@ -143,7 +176,7 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
         biggest = max(loss_comps, key=lambda c: abs(c["loss_pct"].diff))
         parts.append("Largest difference: " + html.escape(biggest["loss_pct_sentence"]))
     best_cfg = min(conf, key=lambda r: (r.loss_pct.mean, -r.offered_rate))
-    parts.append(f"Least loss of all: {html.escape(_label(best_cfg.levels, best_cfg.levels))}, {best_cfg.loss_pct.text(' %', 3)}.")
+    parts.append(f"Least loss of all: {html.escape(best_cfg.name(best_cfg.levels))}, {best_cfg.loss_pct.text(' %', 3)}.")
     return " ".join(parts)
 
 
@@ -163,9 +196,12 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
     stretched around zero when nothing was lost."""
     fig, ax = plt.subplots(figsize=(10, 4.5))
     series: dict[str, list[tuple[float, Estimate]]] = {}
+    names: dict[str, str] = {}
     for r in conf:
-        key = _label(r.levels, [k for k in r.levels if k not in load_keys])
+        keys = [k for k in r.levels if k not in load_keys]
+        key = _label(r.levels, keys)
         series.setdefault(key, []).append((r.offered_rate, r.loss_pct))
+        names.setdefault(key, r.name(keys))
     top = 0.0
     colours: dict[str, Any] = {}
     for name, pts in series.items():
@@ -174,13 +210,13 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
         y = [p[1].mean for p in pts]
         err = [[p[1].mean - (p[1].lo if p[1].lo is not None else p[1].mean) for p in pts],
                [(p[1].hi if p[1].hi is not None else p[1].mean) - p[1].mean for p in pts]]
-        colours[name] = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name).lines[0].get_color()
+        colours[name] = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=names[name]).lines[0].get_color()
         top = max([top, *[(p[1].hi if p[1].hi is not None else p[1].mean) for p in pts]])
     for c in capacities.values():  # the bracket: highest rate that passed to lowest that failed
         name = _label(c["levels"], [k for k in c["levels"] if k not in load_keys])
         if c.get("capacity") and c.get("upper"):
             ax.axvspan(c["capacity"], c["upper"], color=colours.get(name, "grey"), alpha=0.2,
-                       label=f"capacity, {name}: {c['capacity']:.0f}-{c['upper']:.0f} msg/s")
+                       label=f"capacity, {names.get(name, name)}: {c['capacity']:.0f}-{c['upper']:.0f} msg/s")
     _loss_axis(ax, top)
     ax.set_xlabel("offered rate (messages/s published, all publishers)")
     ax.set_ylabel("message loss (%)")
@@ -205,7 +241,7 @@ def plot_loss_by_configuration(conf: list[ConfigStats], path: Path) -> Path:
         ax.annotate(f"{e.mean:.1f} %", (i, e.mean), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")
     top = max([(r.loss_pct.hi if r.loss_pct.hi is not None else r.loss_pct.mean) for r in conf], default=0.0)
     _loss_axis(ax, top)
-    names = [textwrap.fill(_label(r.levels, [k for k in r.levels if k != "offered_rate"]), 30) for r in conf]
+    names = [textwrap.fill(r.name([k for k in r.levels if k != "offered_rate"]), 30) for r in conf]
     ax.set_xticks(x, [f"{name}\n(n = {r.n})" for name, r in zip(names, conf, strict=True)], fontsize=8)
     ax.set_xlim(-0.5, len(conf) - 0.5)
     ax.set_ylabel("message loss (%)")
@@ -246,11 +282,12 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     capacities = json.loads((campaign_dir / "capacity.json").read_text())["configurations"] if (campaign_dir / "capacity.json").is_file() else {}
     conf = configurations(results)
     comps = comparisons(results, compare)
-    table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
+    table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "balancer that ran": r.ran, "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
                            "loss % mean [95 % CI]": _fmt(r.loss_pct), "p99 latency ms mean [95 % CI]": _fmt(r.p99_ms, 1),
                            "delivered per second mean [95 % CI]": _fmt(r.throughput, 0),
                            "load generator saturated (runs)": r.saturated} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
+    runs_table(results).to_csv(out / "runs.csv", index=False)
     sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS]
     (out / "comparisons.txt").write_text("\n".join(sentences) + ("\n" if sentences else ""))
     one_rate = len({r.offered_rate for r in conf}) == 1 and not capacities

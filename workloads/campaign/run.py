@@ -27,6 +27,7 @@ import yaml
 from workloads.bench.rundir import read_deliveries, read_manifest, write_json_atomic
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.config import ExperimentConfig
+from workloads.lab.standin import balancing, balancing_columns
 from workloads.runsize import fmt_s
 
 STOP_GRACE_S = 120.0  # how long a point gets to tear its lab down after SIGINT
@@ -73,10 +74,14 @@ def delivery_throughput(run_dir: Path) -> float | None:
 
 
 def point_record(point: Point, cfg: ExperimentConfig, run_dir: Path, summary: dict[str, Any], duration_s: float) -> dict[str, Any]:
-    """What the campaign keeps about a point: where its run is, and the numbers statistics need."""
-    return point.to_dict() | {
+    """What the campaign keeps about a point: where its run is, what balanced it (the point's own
+    ``balancer`` is the lab's choice as given, ``balancer_kind`` what ran), and the numbers
+    statistics need."""
+    kind = (summary.get("balancer") or {}).get("kind")
+    ran = {k: v for k, v in balancing_columns(balancing(kind, cfg.balancer.scheduler) if kind else None).items() if k != "balancer"}
+    return point.to_dict() | ran | {
         "status": "complete", "run_dir": str(run_dir), "duration_s": round(duration_s, 3),
-        "offered_rate": offered_rate(cfg), "topology": cfg.topology, "scheduler": cfg.balancer.scheduler,
+        "offered_rate": offered_rate(cfg), "topology": cfg.topology,
         "qos": cfg.scenario.qos, "publishers": cfg.scenario.publishers, "subscribers": cfg.scenario.subscribers,
         "expected": summary.get("expected"), "delivered": summary.get("delivered"), "lost": summary.get("lost"),
         "loss_pct": summary.get("loss_pct"), "p99_ms": (summary.get("latency_ms") or {}).get("p99"),

@@ -19,7 +19,9 @@ from typing import Any
 import yaml
 
 from workloads.config import ConfigError, ExperimentConfig, load_stack
+from workloads.errors import UnknownKeyError
 from workloads.scenario import FIELDS, QUIET_S, Scenario
+from workloads.schema import CAMPAIGN, check_path, hint, nearest
 
 PLACES = ("lab", "azure")
 LAB_BALANCERS = ("ipvs", "nftables", "haproxy")
@@ -28,8 +30,7 @@ ALIASES = {
     "scheduler": "balancer.scheduler", "cpus": "brokers.cpus", "memoryMb": "brokers.memoryMb",
     "brokerCpus": "brokers.cpus", "brokerMemoryMb": "brokers.memoryMb", "logTypes": "brokers.logTypes",
 } | {k: f"scenario.{k}" for k in FIELDS}
-SECTIONS = ("scenario", "brokers", "balancer", "bridge", "network")
-TOP_KEYS = ("name", "stack", "place", "balancer", "repetitions", "seed", "set", "factors", "compare", "vm", "capacity", "projectDir")
+TOP_KEYS = tuple(k.name for k in CAMPAIGN)
 VM_BOOT_S = 90.0  # booting the micro-VM under software emulation
 # a small lab run in the micro-VM (CPU emulation) against the same run on the host. Measured on a
 # 2-core machine at load average 9: bringing the lab up took about a minute (1.5-3 s on the host), ten
@@ -175,12 +176,17 @@ def _mapping(doc: Any, key: str) -> dict[str, Any]:
 
 
 def _check_key(key: str, where: str) -> None:
-    if key == "balancer" or key == "topology" or key in ALIASES:
+    """A ``set`` or ``factors`` key: a short name, or a stack key the schema knows at any depth
+    (``brokers.cpus``, ``balancer.healthCheck.type``); a misspelling is refused with the nearest."""
+    if key == "balancer" or key in ALIASES:
         return
-    section, _, sub = key.partition(".")
-    if section not in SECTIONS or not sub:
-        raise CampaignError(f"{where}: unknown key {key!r}; use topology, balancer, one of {', '.join(sorted(ALIASES))}, "
-                            f"or a stack key as section.key with section one of {', '.join(SECTIONS)}")
+    try:
+        check_path(key)
+    except UnknownKeyError as exc:
+        # without a section a short name was meant (cpu -> cpus); with one, the schema's suggestion
+        near = nearest(key, list(ALIASES)) if "." not in key else None
+        why = f"did you mean {near}?" if near else exc.allowed
+        raise CampaignError(f"{where}: unknown key {key!r}; {why}") from None
 
 
 def load_campaign(path: Path, project_dir: Path) -> Campaign:
@@ -198,7 +204,7 @@ def load_campaign(path: Path, project_dir: Path) -> Campaign:
     doc = _mapping(doc, str(path))
     unknown = sorted(set(doc) - set(TOP_KEYS))
     if unknown:
-        raise CampaignError(f"{unknown[0]}: not a campaign key; known: {', '.join(TOP_KEYS)}")
+        raise CampaignError(f"{unknown[0]}: not a campaign key; {hint(unknown[0], TOP_KEYS)}")
     stack = doc.get("stack")
     if not isinstance(stack, str) or not stack:
         raise CampaignError("stack: required, the base stack (reads Pulumi.<stack>.yaml)")

@@ -52,7 +52,7 @@ def format_lab_summary(s: dict[str, Any]) -> str:
     bal = s["balancer"]
     per = "  ".join(f"{k} {v}" for k, v in s["connections_per_broker"].items())
     lines = [
-        f"topology {s['topology']}   balancer {bal['kind']} on {', '.join(bal['hosts'])}   scheduler {s['scheduler']}"
+        f"topology {s['topology']}   balancer {s['balancing']} on {', '.join(bal['hosts'])}"
         + (f"   security {s['security']}" if s.get("security", "none") != "none" else ""),
     ]
     if bal.get("note"):
@@ -128,10 +128,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(args, out, boots_vm)
     if boots_vm:
+        cfg = _config(args)  # bad input is refused here, before a VM boots (and before asking for one)
         reason = vm.unavailable_reason()
         if reason:
             raise LabError(f"--vm needs the micro-VM: missing {reason}")
-        cfg = _config(args)  # bad input is refused here, before a VM boots
         if not args.quiet:
             announce(cfg, True)
         with procs.stop_signals_raise():
@@ -153,11 +153,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     balancer, note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler)
     lab.preflight(cfg, balancer)
     lab.warn_orphans()
-    run_dir = out / f"lab-up-{cfg.topology}-{balancer}"
+    ran = standin.balancing(balancer, cfg.balancer.scheduler)
+    run_dir = out / f"lab-up-{cfg.topology}-{ran.slug}"
     run_dir.mkdir(parents=True, exist_ok=True)
     from workloads.bench.rundir import start_manifest
 
-    start_manifest(run_dir, kind="lab-up", stack=cfg.stack, topology=cfg.topology, balancer=balancer)
+    start_manifest(run_dir, kind="lab-up", stack=cfg.stack, topology=cfg.topology, **ran.manifest_fields())
     lb = lab.Lab(cfg, run_dir, balancer, note, progress=True, kind="up")
     with procs.stop_signals_raise():  # a stop while it comes up takes down what is up so far
         try:
@@ -168,7 +169,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             with procs.shielded():
                 lb.down()
             raise
-    print(f"lab {lb.lab_id} is up ({cfg.topology}, {balancer}). Entry points, from inside the client hosts' namespaces:")
+    print(f"lab {lb.lab_id} is up ({cfg.topology}, {ran.text}). Entry points, from inside the client hosts' namespaces:")
     for c in lb.plan.clients:
         host, port = c.target.rsplit(":", 1)
         if cfg.security.enabled:  # credentials stay in the file, never on a command line

@@ -506,15 +506,16 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
 
         if emqtt.find_native() is None:
             raise LabError(f"--load-generator emqtt-bench: {emqtt.missing_native()}")
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.topology}-{balancer}-{cfg.balancer.scheduler}"
+    ran = standin.balancing(balancer, cfg.balancer.scheduler)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.topology}-{ran.slug}"
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     lab = Lab(cfg, run_dir, balancer, note, progress)
     warn_orphans()
     tag = secrets.randbits(32)
     plan = lab.plan
-    start_manifest(run_dir, kind="lab", stack=cfg.stack, topology=cfg.topology, balancer=balancer, balancer_note=note,
-                   stood_in=standin.stood_in(balancer, cfg.balancer.scheduler), scheduler=cfg.balancer.scheduler, scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
+    start_manifest(run_dir, kind="lab", stack=cfg.stack, topology=cfg.topology, **ran.manifest_fields(), balancer_note=note,
+                   scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
                    mosquitto=mosquitto_version(), faults=[f.spec for f in cfg.faults],
                    health_check=dataclasses.asdict(cfg.balancer.health_check), security=cfg.security.mode)
     status, reason = "complete", ""
@@ -549,10 +550,10 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
                             connections_per_broker=conns)
             lab.say(f"torn down ({reason or 'done'})")
     summary = summarize(run_dir)
-    summary.update(
-        run_dir=str(run_dir), topology=cfg.topology, scheduler=cfg.balancer.scheduler, connections_per_broker=conns, security=cfg.security.mode,
+    summary.update(standin.balancing_columns(ran) | dict(  # "balancer" stays the record of the balancer hosts, its kind the balancer column
+        run_dir=str(run_dir), topology=cfg.topology, connections_per_broker=conns, security=cfg.security.mode,
         balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]}, faults=read_faults(run_dir),
-    )
+    ))
     if load_generator == "emqtt-bench":
         summary["emqtt_bench"] = read_manifest(run_dir).get("emqtt_bench")
     return summary
