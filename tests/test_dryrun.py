@@ -41,7 +41,9 @@ def test_the_json_dry_run_says_the_same_with_the_campaign_estimate(tmp_path: Pat
     assert doc["expected_deliveries"] == 1_440_000 and doc["messages"] == 6000
     assert doc["estimated_duration_s"] == round(estimate_point_s(cfg), 1)
     assert [c["publishers"] for c in doc["clients"]] == [120, 120] and doc["clients"][0]["target"].endswith(":1883")
-    assert doc["balancer"]["kind"] in ("ipvs", "nftables") and (doc["balancer"]["kind"] == "ipvs" or "stands in" in doc["balancer"]["note"])
+    bal = doc["balancer"]
+    assert bal["balancing"] == "ipvs-lc" if bal["kind"] == "ipvs" else (bal["balancing"] == "nftables-rr standing in for ipvs-lc"
+                                                                        and "stands in" in bal["note"])
     assert 1_440_000 * 32 < doc["estimated_disk_bytes"] < 1_440_000 * 64  # the delivery records dominate
     assert not out.exists()
 

@@ -36,6 +36,7 @@ def bench_plan(share: HostShare, sc: Scenario, out: Path, workers: int | None) -
 
 def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: bool, preconditions: dict[str, str]) -> dict[str, Any]:
     """The lab a run of ``cfg`` would bring up, and where each client host's clients point."""
+    from workloads.lab import standin
     from workloads.plan import build_plan
 
     plan = build_plan(cfg)
@@ -48,6 +49,7 @@ def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: boo
     return {
         "dry_run": True, "kind": "lab", "stack": cfg.stack, "topology": cfg.topology, "vm": vm,
         "balancer": {"kind": balancer, "note": note, "scheduler": cfg.balancer.scheduler,
+                     "balancing": standin.balancing(balancer, cfg.balancer.scheduler).text,
                      "health_check": cfg.balancer.health_check.type, "hosts": [b.host for b in plan.balancers]},
         "security": cfg.security.mode, "faults": [f.spec for f in cfg.faults],
         "run_directory": f"a new folder under {out}",
@@ -70,7 +72,7 @@ def format_plan(doc: dict[str, Any]) -> str:
     if doc["kind"] == "lab":
         bal = doc["balancer"]
         lines.append(f"dry run: lab {doc['topology']} from stack {doc['stack']}" + (" in the micro-VM" if doc["vm"] else "")
-                     + f", balancer {bal['kind']} ({bal['scheduler']}, health check {bal['health_check']}) on {', '.join(bal['hosts'])}"
+                     + f", balancer {bal['balancing']} (health check {bal['health_check']}) on {', '.join(bal['hosts'])}"
                      + f", security {doc['security']}")
         if bal["note"]:
             lines.append(f"  note: {bal['note']}")

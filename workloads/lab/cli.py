@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lab.preflight(cfg, balancer)  # a missing precondition is its one line, before the size line
         announce(cfg, False)
     with procs.stop_signals_raise():  # SIGTERM and SIGHUP tear down as Ctrl-C does
-        summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet, load_generator=args.load_generator)
+        summary = lab.run(cfg, out, args.balancer, progress=not args.quiet, load_generator=args.load_generator)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
     return 0 if not summary["partial"] else 1
 
