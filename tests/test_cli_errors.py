@@ -320,3 +320,18 @@ def test_a_lab_run_that_fails_after_it_started_exits_1_and_names_its_run_directo
     errors = [line for line in err.splitlines() if not line.startswith("[lab] warning")]  # another lab's leftovers may be named
     assert code == 1 and errors == [f"mqttlab: command failed (1): ip netns add x: Cannot create namespace file (run directory {run_dir})"]
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "partial"
+
+
+def test_an_output_file_in_a_folder_yet_to_be_made_is_written_there(tmp_path: Path) -> None:
+    """out_file accepts a file whose folder does not exist yet; the writer makes the folder."""
+    from tests.test_bench import Broker
+
+    broker = Broker(tmp_path)
+    try:
+        cp = subprocess.run([*MQTTLAB, "bench", "run", "--target", broker.target, "--out", str(tmp_path / "run"), "--publishers", "1",
+                             "--subscribers", "1", "--messages", "5", "--interval-ms", "10", "--drain-s", "2", "--quiet",
+                             "--ready-file", str(tmp_path / "not" / "yet" / "ready")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        broker.stop()
+    assert cp.returncode == 0, cp.stderr
+    assert float((tmp_path / "not" / "yet" / "ready").read_text()) > 0

@@ -360,6 +360,7 @@ def cmd_balancer(args: argparse.Namespace) -> int:
         sampler = lambda: sample_conntrack(vip, int(port))  # noqa: E731
     rows = run_balancer_monitor(args.host, args.kind, sampler, out, args.interval, stopper, args.duration)
     if table:
+        table.parent.mkdir(parents=True, exist_ok=True)  # checked creatable before sampling (clipaths.out_file)
         table.write_text(connection_table(args.kind))
     print(f"monitor balancer: {rows} rows in {args.out}")
     return 0

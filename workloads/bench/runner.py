@@ -157,6 +157,7 @@ def run_host(
         if len(ready) < n:
             status, reason = "partial", "not every client connected and subscribed before the time limit" if not stop.is_set() else "stopped"
         if ready_file is not None and len(ready) == n:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)  # checked creatable before the run (clipaths.out_file)
             ready_file.write_text(f"{time.time():.6f}\n")
         if share.publishers and status == "complete":
             t0 = max(time.time() + 0.2, start_at or 0.0)
