@@ -257,6 +257,15 @@ def test_exit_statuses_follow_the_kind_of_error() -> None:
     assert cli.exit_code_of(KeyError("plan")) is None
 
 
+def test_every_error_type_in_the_exit_code_table_exists_under_that_name() -> None:
+    import importlib
+
+    for name, _code in cli.EXIT_CODES:
+        module, _, cls = name.rpartition(".")
+        found = getattr(importlib.import_module(module), cls)
+        assert isinstance(found, type) and issubclass(found, Exception) and f"{found.__module__}.{found.__qualname__}" == name
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(args: argparse.Namespace) -> int:
         raise KeyError("a bug")

@@ -128,8 +128,9 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     cmds = emqtt.commands(sc, share.targets, len(pubs), len(subs), msgs, docker=not args.native,
                           security=client_security(args.security))
     if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
-        print(f"mqttlab: {emqtt.missing_native()}", file=sys.stderr)
-        return 2
+        from workloads.lab.netns import LabError
+
+        raise LabError(emqtt.missing_native())  # a tool missing: status 3
     if args.parse_pub or args.parse_sub:
         pub_text = read_text(args.parse_pub, "--parse-pub") if args.parse_pub else ""
         sub_text = read_text(args.parse_sub, "--parse-sub") if args.parse_sub else ""
