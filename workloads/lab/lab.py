@@ -320,7 +320,7 @@ class Lab:
         started = time.time()
         bound = started + sc.time_limit_s + max(30.0, 0.25 * sc.time_limit_s)
         hard = bound + sc.time_limit_s
-        last, seen = 0.0, -1
+        last, seen = started, -1  # the first progress line after 5 s, when there is a rate to show
         while any(p.poll() is None for p in pubs.values()):
             if time.time() > bound:
                 got = self.received()
