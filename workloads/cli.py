@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from workloads import procs
 from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
-from workloads.config import ConfigError
-from workloads.lab.netns import LabError
+from workloads.clipaths import out_dir
 
 # --------------------------------------------------------------------------- render
 
@@ -28,7 +27,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.lab_addresses:
         cfg = renumber(cfg)
     plan = build_plan(cfg)
-    out = Path(args.out)
+    out = out_dir(args.out, "--out")
     written = write_files(render_files(plan, cfg), out)
     for path in written:
         print(path)
@@ -77,6 +76,60 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- exit codes
+
+EXIT_CODES_TEXT = """exit status:
+  0  done (a dry run: validated, nothing created)
+  1  a run started and failed, or ended partial
+  2  bad usage or configuration: an option, a stack or campaign file, a path given on the command line
+  3  a precondition is missing: not root, a tool, a kernel feature (IPVS, cgroups), the micro-VM, a service to reach
+  128+N  stopped by signal N (Ctrl-C 130, SIGTERM 143), after tearing down what it started
+errors are one line on stderr, starting with "mqttlab"."""
+
+# error types by qualified name -> exit status, most specific first; named rather than imported so
+# that a bench process does not load the lab, cryptography or yaml just to know its exit codes
+EXIT_CODES = (
+    ("workloads.lab.netns.RunFailed", 1),
+    ("workloads.errors.ConfigError", 2),
+    ("workloads.campaign.spec.CampaignError", 2),
+    ("workloads.bench.rundir.RunDirError", 2),
+    ("workloads.security.SecurityFileError", 2),
+    ("workloads.faults.FaultError", 2),
+    ("workloads.lab.netns.LabError", 3),
+)
+
+# OSErrors about a path that the user named or that a command was about to create there
+PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG}
+
+
+def exit_code_of(exc: BaseException) -> int | None:
+    """The exit status of an error the program reports as a message, or None for a bug (whose
+    traceback is worth more than a message)."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+    for name, code in EXIT_CODES:
+        if name in names:
+            return code
+    if isinstance(exc, OSError) and exc.errno in PATH_ERRNOS and exc.filename is not None:
+        return 2
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line: a failed command's captured stderr follows its command line."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc)
+    return ": ".join(part.strip() for part in text.splitlines() if part.strip()) or type(exc).__name__
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the command and what is wrong), exit status 2 as argparse's."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -93,7 +146,7 @@ SUBCOMMAND_MODULES = (("monitor", "workloads.monitor"), ("bench", "workloads.ben
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command's parser, or with ``command`` one of ``COMMANDS`` only that one's (an unknown
     or absent command gets them all, so argparse's usage lists them)."""
-    parser = argparse.ArgumentParser(prog="mqttlab", description=__doc__)
+    parser = Parser(prog="mqttlab", description=__doc__, epilog=EXIT_CODES_TEXT, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("render", help="write every rendered file of a stack, per host, plus plan.json")
@@ -136,12 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"mqttlab: {exc}", file=sys.stderr)
-        return 2
-    except LabError as exc:
-        print(f"mqttlab: {exc}", file=sys.stderr)
-        return 3
+    except Exception as exc:
+        code = exit_code_of(exc)
+        if code is None:
+            raise
+        print(f"mqttlab: {one_line(exc)}", file=sys.stderr)
+        return code
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP where a command turns them into procs.Stopped
         print("mqttlab: interrupted; everything it started was torn down", file=sys.stderr)
         return procs.exit_status(exc)

@@ -442,7 +442,7 @@ def load_stack(stack: str, project_dir: Path | None = None) -> ExperimentConfig:
         raise ConfigError("stack", stack, f"no file {path}; known stacks here: {', '.join(known) or 'none'}")
     try:
         doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:  # not YAML, or not text
         raise ConfigError("stack", str(path), f"must be valid YAML ({exc})") from None
     if not isinstance(doc, Mapping):
         raise ConfigError("stack", str(path), "must be a YAML mapping with a 'config:' key")

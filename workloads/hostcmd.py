@@ -27,7 +27,8 @@ from workloads import hostfaults, procs
 from workloads.balancer import ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
 from workloads.cliargs import add_stack_args, load
-from workloads.config import ExperimentConfig
+from workloads.clipaths import out_dir
+from workloads.config import ConfigError, ExperimentConfig
 from workloads.lab.netns import LabError
 from workloads.lab.standin import balancing
 from workloads.plan import Broker, Plan, build_plan
@@ -207,7 +208,7 @@ def cmd_balancer_clear(args: argparse.Namespace) -> int:
 
 
 def run_dir(args: argparse.Namespace) -> Path:
-    d = Path(args.runs) / args.run_id
+    d = out_dir(args.runs, "--runs") / args.run_id
     (d / "pids").mkdir(parents=True, exist_ok=True)
     return d
 
@@ -643,7 +644,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     sas = sys.stdin.readline().strip() if args.sas == "-" else args.sas  # "-": from a pipe, off the command line
     if not sas:
         raise LabError("--sas -: no SAS on standard input")
-    dest = fetch(args.url, args.prefix, BlobAuth(sas=sas), Path(args.out))
+    out = out_dir(args.out, "--out")
+    try:
+        dest = fetch(args.url, args.prefix, BlobAuth(sas=sas), out)
+    except urllib.error.HTTPError as exc:
+        raise LabError(f"results fetch: {args.url} answered {exc.code} {exc.reason} (an expired or wrong --sas?)") from None
+    except urllib.error.URLError as exc:
+        raise LabError(f"results fetch: cannot reach {args.url} ({exc.reason})") from None
+    except ET.ParseError as exc:
+        raise LabError(f"results fetch: {args.url} did not answer with a blob listing ({exc})") from None
+    except ValueError:  # urllib: not a URL at all (its message would carry the SAS)
+        raise ConfigError("--url", args.url, "not an https:// container URL") from None
     print(dest)
     return 0
 

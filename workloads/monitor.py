@@ -322,6 +322,9 @@ def _broker_arg(text: str) -> BrokerTarget:
 
 
 def cmd_brokers(args: argparse.Namespace) -> int:
+    from workloads.clipaths import out_file
+
+    out = out_file(args.out, "--out")
     if args.security:
         from workloads.security import load_client
 
@@ -329,12 +332,23 @@ def cmd_brokers(args: argparse.Namespace) -> int:
             t.security = load_client(args.security, "monitor")
     stopper = procs.StopFlag()
     stopper.install((signal.SIGTERM, signal.SIGINT))
-    rows = run_broker_monitor(args.broker, Path(args.out), args.interval, stopper, args.duration)
+    rows = run_broker_monitor(args.broker, out, args.interval, stopper, args.duration)
     print(f"monitor brokers: {rows} rows in {args.out}")
     return 0
 
 
 def cmd_balancer(args: argparse.Namespace) -> int:
+    from workloads.clipaths import out_file
+    from workloads.config import ConfigError
+
+    out = out_file(args.out, "--out")
+    table = out_file(args.conn_table, "--conn-table") if args.conn_table else None
+    if args.kind == "haproxy" and not args.haproxy_socket:
+        raise ConfigError("--haproxy-socket", None, "--kind haproxy needs the HAProxy stats socket")
+    if args.kind == "nftables":
+        vip, _, port = (args.vip or "").rpartition(":")
+        if not vip or not port.isdigit():
+            raise ConfigError("--vip", args.vip, "--kind nftables needs the entry point as VIP:PORT")
     stopper = procs.StopFlag()
     stopper.install((signal.SIGTERM, signal.SIGINT))
     sampler: Callable[[], list[dict[str, object]]]
@@ -343,11 +357,11 @@ def cmd_balancer(args: argparse.Namespace) -> int:
     elif args.kind == "haproxy":
         sampler = lambda: sample_haproxy(args.haproxy_socket)  # noqa: E731
     else:
-        vip, port = args.vip.rsplit(":", 1)
         sampler = lambda: sample_conntrack(vip, int(port))  # noqa: E731
-    rows = run_balancer_monitor(args.host, args.kind, sampler, Path(args.out), args.interval, stopper, args.duration)
-    if args.conn_table:
-        Path(args.conn_table).write_text(connection_table(args.kind))
+    rows = run_balancer_monitor(args.host, args.kind, sampler, out, args.interval, stopper, args.duration)
+    if table:
+        table.parent.mkdir(parents=True, exist_ok=True)  # checked creatable before sampling (clipaths.out_file)
+        table.write_text(connection_table(args.kind))
     print(f"monitor balancer: {rows} rows in {args.out}")
     return 0
 

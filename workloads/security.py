@@ -335,8 +335,10 @@ def load_client(path: Path | str | None, role: str) -> ClientSecurity:
     p = Path(path)
     try:
         doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # missing, a folder, not UTF-8, not JSON
         raise SecurityFileError(f"{p}: cannot read the client security settings ({exc})") from None
+    if not isinstance(doc, dict):
+        raise SecurityFileError(f"{p}: not the client security settings (a JSON object with mode and roles)")
     entry = doc.get("roles", {}).get(role)
     if doc.get("mode", "none") != "none" and entry is None:
         raise SecurityFileError(f"{p}: no credentials for role {role!r} (has {', '.join(doc.get('roles', {})) or 'none'})")

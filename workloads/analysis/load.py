@@ -95,8 +95,9 @@ def load_run(run_dir: Path) -> Run:
         raise RunDirError(f"{run_dir / 'manifest.json'}: {exc}") from None
     b = run_dir / "bench"
     clients = _csv(sorted(b.glob("*/clients-*.csv")), ["client_id", "role", "index", "entry_point", "local_addr", "connected_at", "disconnects"])
-    pubs = _csv(sorted(b.glob("*/publishers-*.csv")), ["pub", "client_id", "planned", "sent", "acked", "failed"])
-    subs = _csv(sorted(b.glob("*/subscribers-*.csv")), ["sub", "client_id", "pub", "received", "duplicates", "out_of_order"])
+    counts = dict.fromkeys(("pub", "sub", "planned", "sent", "acked", "failed", "received", "duplicates", "out_of_order"), "int64")
+    pubs = _csv(sorted(b.glob("*/publishers-*.csv")), ["pub", "client_id", "planned", "sent", "acked", "failed"], counts)
+    subs = _csv(sorted(b.glob("*/subscribers-*.csv")), ["sub", "client_id", "pub", "received", "duplicates", "out_of_order"], counts)
     deliveries = load_deliveries(sorted(b.glob("*/deliveries-*.bin")))
     timeline = _csv(sorted(b.glob("*/timeline-*.csv")), ["second", "sent", "acked", "received"])
     brokers = _csv(sorted((run_dir / "monitor").glob("brokers*.csv")), ["time_s", "broker", "cpu_pct", "mem_bytes", "msgs_dropped"])

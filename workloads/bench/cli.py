@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workloads import runsize
 from workloads.bench import emqtt
-from workloads.bench.rundir import RunDirError, format_summary, summarize
+from workloads.bench.rundir import format_summary, read_manifest, summarize
 from workloads.bench.runner import HostShare, run_host, split_evenly
 from workloads.cliargs import add_scenario_args, project_dir
+from workloads.clipaths import out_dir, out_file, read_text
 from workloads.config import ConfigError, load_stack
 from workloads.procs import StopFlag
 from workloads.scenario import FIELDS, Scenario, scenario_from_mapping
@@ -41,6 +43,8 @@ def _targets(text: str) -> list[str]:
 
 
 def _share(args: argparse.Namespace, sc: Scenario, pubs: bool, subs: bool) -> HostShare:
+    if args.host_count < 1:
+        raise ConfigError("--host-count", args.host_count, "must be at least 1")
     if not 0 <= args.host_index < args.host_count:
         raise ConfigError("--host-index", args.host_index, f"must be in 0..{args.host_count - 1}")
     return HostShare(
@@ -67,16 +71,29 @@ def client_security(path: str | None, roles: tuple[str, ...] = ("pub", "sub")) -
 def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
     sc = scenario_from_args(args)
     share = _share(args, sc, pubs, subs)
-    out = Path(args.out)
-    if not pubs and not subs:
-        return 0
+    out = out_dir(args.out, "--out")
+    ready_file = out_file(args.ready_file, "--ready-file") if args.ready_file else None
+    if (out / "manifest.json").exists():  # a run directory another process started (the lab's): it must be one
+        read_manifest(out)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers", args.workers, "must be at least 1")
     security = client_security(args.security, ("pub",) * pubs + ("sub",) * subs)
+    if getattr(args, "dry_run", False):
+        from workloads.dryrun import bench_plan, format_plan
+
+        doc = bench_plan(share, sc, out, args.workers)
+        print(json.dumps(doc, indent=2) if args.json else format_plan(doc))
+        return 0
+    if not args.quiet:
+        from workloads.campaign.spec import estimate_bench_s
+
+        announce_size(sc, share.subscribers, share.publishers, estimate_bench_s(sc))
     stop = StopFlag()
     restore = stop.install()
     try:
         result = run_host(
             share, sc, out, tag=args.tag, workers=args.workers, progress=not args.quiet,
-            start_at=args.start_at, ready_file=Path(args.ready_file) if args.ready_file else None, stop=stop,
+            start_at=args.start_at, ready_file=ready_file, stop=stop,
             security=security,
         )
     finally:
@@ -89,29 +106,34 @@ def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
     return 0 if result["status"] == "complete" else 1
 
 
+def announce_size(sc: Scenario, subscribers: list[int], publishers: list[int], duration_s: float) -> None:
+    """One line before a large run starts, so its size is known before it takes the machine."""
+    expected = sc.expected_deliveries(subscribers)
+    if runsize.is_large(expected, duration_s):
+        print(runsize.size_line(len(publishers), len(subscribers), sum(sc.messages_of(p) for p in publishers), expected, duration_s),
+              file=sys.stderr, flush=True)
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
-    try:
-        s = summarize(Path(args.run_dir))
-    except RunDirError as exc:
-        print(f"mqttlab: {exc}", file=sys.stderr)
-        return 2
+    s = summarize(Path(args.run_dir))  # a RunDirError is reported by workloads.cli (status 2)
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
     return 0
 
 
 def cmd_emqtt(args: argparse.Namespace) -> int:
     sc = scenario_from_args(args)
-    pubs = split_evenly(sc.publishers, args.host_count, args.host_index)
-    subs = split_evenly(sc.subscribers, args.host_count, args.host_index)
+    share = _share(args, sc, True, True)
+    pubs, subs = share.publishers, share.subscribers
     msgs = sum(sc.messages_of(p) for p in pubs)
-    cmds = emqtt.commands(sc, _targets(args.target), len(pubs), len(subs), msgs, docker=not args.native,
+    cmds = emqtt.commands(sc, share.targets, len(pubs), len(subs), msgs, docker=not args.native,
                           security=client_security(args.security))
     if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
-        print(f"mqttlab: {emqtt.missing_native()}", file=sys.stderr)
-        return 2
+        from workloads.lab.netns import LabError
+
+        raise LabError(emqtt.missing_native())  # a tool missing: status 3
     if args.parse_pub or args.parse_sub:
-        pub_text = Path(args.parse_pub).read_text() if args.parse_pub else ""
-        sub_text = Path(args.parse_sub).read_text() if args.parse_sub else ""
+        pub_text = read_text(args.parse_pub, "--parse-pub") if args.parse_pub else ""
+        sub_text = read_text(args.parse_sub, "--parse-sub") if args.parse_sub else ""
         print(json.dumps(emqtt.summarize(pub_text, sub_text, len(subs), msgs), indent=2))
         return 0
     for role, cmd in cmds.items():
@@ -147,6 +169,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         q.add_argument("--ready-file", help="written once every client is connected and subscribed")
         q.add_argument("--json", action="store_true")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
+        if name == "run":
+            q.add_argument("--dry-run", action="store_true",
+                           help="check everything, print the plan, expected deliveries, time and disk; connect nothing, write nothing")
         q.set_defaults(func=lambda a, p=pubs, s=subs: _run(a, p, s))
 
     q = bsub.add_parser("summary", help="summarize a run directory")
@@ -157,7 +182,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q = bsub.add_parser("emqtt", help="emqtt-bench command lines for this scenario, or parse their output")
     common(q)
     q.add_argument("--native", action="store_true", help="emqtt_bench from EMQTT_BENCH or PATH instead of Docker")
-    q.add_argument("--parse-pub", help="emqtt-bench pub console output to summarize")
-    q.add_argument("--parse-sub", help="emqtt-bench sub console output to summarize")
+    q.add_argument("--parse-pub", help="a file of emqtt-bench pub console output to summarize")
+    q.add_argument("--parse-sub", help="a file of emqtt-bench sub console output to summarize")
     q.set_defaults(func=cmd_emqtt)
 

@@ -60,23 +60,37 @@ def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "manifest.json"
     if not path.is_file():
-        raise RunDirError(f"{path}: missing; not a run directory")
+        raise RunDirError(f"{path}: {'not a file' if path.exists() else 'missing'}; not a run directory")
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8 text
         raise RunDirError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RunDirError(f"{path}: not a JSON object")
     if doc.get("format_version") != FORMAT_VERSION:
         raise RunDirError(f"{path}: format_version {doc.get('format_version')!r}, this mqttlab reads {FORMAT_VERSION}")
     return dict(doc)
 
 
-def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise RunDirError(f"{path}: missing columns {', '.join(missing)}")
-        return list(reader)
+def _rows(path: Path, required: tuple[str, ...], numbers: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The rows of a CSV with ``required`` columns; ``numbers`` (where present) must be numbers,
+    so a damaged file is named here rather than failing in the sums."""
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise RunDirError(f"{path}: missing columns {', '.join(missing)}")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise RunDirError(f"{path}: not a valid CSV ({exc})") from None
+    for n, r in enumerate(rows, 2):
+        for c in numbers:
+            try:
+                float(r.get(c) or 0)
+            except (TypeError, ValueError):
+                raise RunDirError(f"{path}: line {n}: {c} {r.get(c)!r} is not a number") from None
+    return rows
 
 
 def summarize(run_dir: Path) -> dict[str, Any]:
@@ -87,7 +101,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     accepted: dict[int, int] = {}  # sent and not refused by the broker: what subscribers can get
     planned = acked = failed = pub_refused = 0
     for p in sorted(bench.glob("*/publishers-*.csv")):
-        for r in _rows(p, ("pub", "planned", "sent", "acked", "failed")):
+        for r in _rows(p, ("pub", "planned", "sent", "acked", "failed"), ("pub", "planned", "sent", "acked", "failed", "refused")):
             refused = int(r.get("refused") or 0)
             sent[int(r["pub"])] = sent.get(int(r["pub"]), 0) + int(r["sent"])
             accepted[int(r["pub"])] = accepted.get(int(r["pub"]), 0) + int(r["sent"]) - refused
@@ -104,7 +118,8 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     lost_by_sub: dict[int, int] = {}
     counted: set[int] = set()
     for p in sorted(bench.glob("*/subscribers-*.csv")):
-        for r in _rows(p, ("sub", "pub", "received", "duplicates", "out_of_order")):
+        for r in _rows(p, ("sub", "pub", "received", "duplicates", "out_of_order"),
+                       ("sub", "pub", "received", "duplicates", "out_of_order", "foreign")):
             sub = int(r["sub"])
             counted.add(sub)
             expected += expect_of.get(int(r["pub"]), 0)
@@ -126,7 +141,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             delivered += len(np.unique(np.stack([first["sub"], first["pub"], first["seq"]], axis=1), axis=0))
     clients = connected = disconnects = 0
     for p in sorted(bench.glob("*/clients-*.csv")):
-        for r in _rows(p, ("client_id", "role", "connected_at", "disconnects")):
+        for r in _rows(p, ("client_id", "role", "connected_at", "disconnects"), ("connected_at", "disconnects")):
             clients += 1
             connected += 1 if float(r["connected_at"] or 0) > 0 else 0
             disconnects += int(r["disconnects"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workloads import runsize
 from workloads.bench.rundir import start_manifest, update_manifest
 from workloads.bench.worker import ClientSpec, WorkerSpec, cpu_count, worker_main
 from workloads.procs import StopFlag, die_with_parent
@@ -115,6 +116,8 @@ def run_host(
     prog = Progress(progress)
     deadline = time.time() + scenario.time_limit_s
     phase = "connect"
+    phase_t0 = [time.time()]  # when the publishing phase starts, its rate counts from there
+    want_total = scenario.expected_deliveries(share.subscribers) if share.publishers else 0
     status = "complete"
     reason = ""
 
@@ -138,10 +141,15 @@ def run_host(
                 state[w] = msg[1]
                 done[w] = msg[2]
         tot = {k: sum(s.get(k, 0) for s in state.values()) for k in ("connected", "subscribed", "sent", "acked", "received", "planned")}
-        prog.show(
-            f"[{share.host}] {phase:8s} connected {tot['connected']}/{len(clients)}  subscribed {tot['subscribed']}/{len(share.subscribers)}  "
-            f"sent {tot['sent']}/{tot['planned'] or '-'}  acked {tot['acked']}  received {tot['received']}"
-        )
+        # the phase's own measure against its total, with rate and ETA (runsize.progress, as the lab)
+        if phase == "connect":
+            main = runsize.progress(tot["connected"], len(clients), time.time() - phase_t0[0], "connected")
+        elif phase == "publish" or not share.subscribers:
+            main = runsize.progress(tot["sent"], tot["planned"], time.time() - phase_t0[0], "sent")
+        else:
+            main = runsize.progress(tot["received"], want_total, time.time() - phase_t0[0], "received")
+        prog.show(f"[{share.host}] {phase:8s} {main}  subscribed {tot['subscribed']}/{len(share.subscribers)}  "
+                  f"sent {tot['sent']}/{tot['planned'] or '-'}  acked {tot['acked']}  received {tot['received']}")
 
     try:
         while len(ready) < n and not stop.is_set() and time.time() < deadline and len(done) < n:
@@ -149,12 +157,14 @@ def run_host(
         if len(ready) < n:
             status, reason = "partial", "not every client connected and subscribed before the time limit" if not stop.is_set() else "stopped"
         if ready_file is not None and len(ready) == n:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)  # checked creatable before the run (clipaths.out_file)
             ready_file.write_text(f"{time.time():.6f}\n")
         if share.publishers and status == "complete":
             t0 = max(time.time() + 0.2, start_at or 0.0)
             for c in pipes:
                 c.send(("start_pubs", t0))
             phase = "publish"
+            phase_t0[0] = t0
             while len(published) < n and not stop.is_set() and time.time() < deadline and len(done) < n:
                 pump(0.2)
             if len(published) < n:

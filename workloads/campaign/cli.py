@@ -11,6 +11,8 @@ from workloads import procs
 from workloads.campaign.run import CampaignDir
 from workloads.campaign.spec import Campaign, CampaignError, Point, load_campaign
 from workloads.cliargs import project_dir
+from workloads.clipaths import in_dir, out_dir
+from workloads.lab.netns import LabError
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -33,6 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from workloads.lab import vm
 
     campaign = _load(args)
+    out = out_dir(args.out, "--out")
     order = campaign.order()
     if args.time_budget is not None and args.time_budget <= 0:
         raise CampaignError(f"--time-budget {args.time_budget}: must be a positive number of minutes")
@@ -59,8 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         netns.require_root()
     runner = _runner(campaign, args)  # refuses a missing prerequisite before the directory exists
     if boot_once and not vm.in_guest() and (reason := vm.unavailable_reason()):
-        raise CampaignError(f"vm: true needs the micro-VM: missing {reason}")
-    cdir = CampaignDir(Path(args.out))
+        raise LabError(f"vm: true needs the micro-VM: missing {reason}")
+    cdir = CampaignDir(out)
     order = cdir.open(campaign, order)
     # SIGTERM and SIGHUP (timeout, a scheduler) stop the point as Ctrl-C does: main_guard
     if boot_once and not vm.in_guest():
@@ -117,6 +120,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from workloads.campaign.capacity import run_capacity, settings
 
     campaign = _load(args)
+    out = out_dir(args.out, "--out")
     s = settings(campaign)
     if args.dry_run:
         print(f"capacity search {campaign.name}: {len(campaign.configurations())} configurations; start {s['startRate']} msg/s, "
@@ -128,10 +132,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
         netns.require_root()
     runner = _runner(campaign, args)
-    results = run_capacity(campaign, Path(args.out), runner, progress=not args.quiet)
+    results = run_capacity(campaign, out, runner, progress=not args.quiet)
     from workloads.campaign.report import write_campaign_report
 
-    rep = write_campaign_report(Path(args.out))
+    rep = write_campaign_report(out)
     for cid, r in results.items():
         print(f"{cid}: capacity {r['text']}")
     print(f"report: {rep['html']}")
@@ -141,23 +145,19 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from workloads.campaign.report import write_campaign_report
 
-    rep = write_campaign_report(Path(args.dir), Path(args.out) if args.out else None)
+    rep = write_campaign_report(in_dir(args.dir, "DIR"), out_dir(args.out, "--out") if args.out else None)
     print("\n".join(rep["comparisons"]))
     print(f"report: {rep['html']}")
     return 0
 
 
 def main_guard(func):  # type: ignore[no-untyped-def]
-    """Bad campaign files become a message; SIGTERM and SIGHUP (``timeout``, a closed terminal)
+    """SIGTERM and SIGHUP (``timeout``, a closed terminal)
     unwind like Ctrl-C, so the running point is stopped and tears its lab down instead of being
     left running in its own session when the campaign's process dies."""
     def run(args: argparse.Namespace) -> int:
-        try:
-            with procs.stop_signals_raise():
-                return int(func(args))
-        except CampaignError as exc:
-            print(f"mqttlab campaign: {exc}", file=sys.stderr)
-            return 2
+        with procs.stop_signals_raise():  # a CampaignError is reported by workloads.cli (status 2)
+            return int(func(args))
     return run
 
 

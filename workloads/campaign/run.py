@@ -28,6 +28,7 @@ from workloads.bench.rundir import read_deliveries, read_manifest, write_json_at
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.config import ExperimentConfig
 from workloads.lab.standin import balancing, balancing_columns
+from workloads.runsize import fmt_s
 
 STOP_GRACE_S = 120.0  # how long a point gets to tear its lab down after SIGINT
 
@@ -170,7 +171,16 @@ class CampaignDir:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return dict(json.loads((self.path / "campaign.json").read_text()))
+        meta = self.path / "campaign.json"
+        if not meta.is_file():
+            raise CampaignError(f"{self.path}: not a campaign directory (no campaign.json; campaign run --out makes one)")
+        try:
+            doc = json.loads(meta.read_text())
+        except ValueError as exc:  # not JSON, or not text
+            raise CampaignError(f"{meta}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("campaign"), dict):
+            raise CampaignError(f"{meta}: not a campaign record (no campaign mapping)")
+        return doc
 
     def point_dir(self, point_id: str) -> Path:
         return self.path / "points" / point_id
@@ -206,15 +216,6 @@ class CampaignDir:
                                  "order": [p.point_id for p in order], "points": {p.point_id: p.to_dict() for p in order}})
         (self.path / "campaign.yaml").write_text(campaign.source)
         return order
-
-
-def fmt_s(s: float) -> str:
-    s = max(0.0, s)
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], runner: PointRunner, progress: bool = True,

@@ -20,7 +20,7 @@ import yaml
 
 from workloads.config import ConfigError, ExperimentConfig, load_stack
 from workloads.errors import UnknownKeyError
-from workloads.scenario import FIELDS, QUIET_S
+from workloads.scenario import FIELDS, QUIET_S, Scenario
 from workloads.schema import CAMPAIGN, check_path, hint, nearest
 
 PLACES = ("lab", "azure")
@@ -121,9 +121,7 @@ class Campaign:
     def estimate_s(self, cfg: ExperimentConfig, own_boot: bool = True) -> float:
         """A point's expected wall time; in the micro-VM slowed by the emulation, plus a boot of
         its own unless it shares the boot of a whole campaign (``campaign run`` boots once)."""
-        if not self.vm:
-            return estimate_point_s(cfg)
-        return estimate_point_s(cfg) * VM_SLOWDOWN + (VM_BOOT_S if own_boot else 0.0)
+        return estimate_run_s(cfg, self.vm, own_boot)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stack": self.stack, "project_dir": str(self.project_dir), "place": self.place,
@@ -148,13 +146,25 @@ def _short(v: Any) -> str:
     return str(v)
 
 
-def estimate_point_s(cfg: ExperimentConfig) -> float:
-    """A point's expected wall time: connecting, publishing on schedule, draining, lab up and down."""
-    sc = cfg.scenario
+def estimate_bench_s(sc: Scenario) -> float:
+    """A benchmark's expected wall time: connecting, publishing on schedule, draining."""
     per_pub = sc.messages_of(0)  # publisher 0 sends the most when the total does not divide evenly
     connect = (sc.publishers + sc.subscribers) / max(sc.connect_rate, 1)
     publish = per_pub * sc.interval_ms / 1000.0
-    return LAB_OVERHEAD_S + connect + publish + 1.0 + QUIET_S * 0.5
+    return connect + publish + 1.0 + QUIET_S * 0.5
+
+
+def estimate_point_s(cfg: ExperimentConfig) -> float:
+    """A point's expected wall time: the benchmark plus the lab's up and down."""
+    return LAB_OVERHEAD_S + estimate_bench_s(cfg.scenario)
+
+
+def estimate_run_s(cfg: ExperimentConfig, vm: bool = False, own_boot: bool = True) -> float:
+    """A lab run's expected wall time; in the micro-VM slowed by the emulation, plus a boot of its
+    own unless it shares the boot of a whole campaign."""
+    if not vm:
+        return estimate_point_s(cfg)
+    return estimate_point_s(cfg) * VM_SLOWDOWN + (VM_BOOT_S if own_boot else 0.0)
 
 
 def _mapping(doc: Any, key: str) -> dict[str, Any]:
@@ -185,6 +195,8 @@ def load_campaign(path: Path, project_dir: Path) -> Campaign:
         text = Path(path).read_text()
     except OSError as exc:
         raise CampaignError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise CampaignError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

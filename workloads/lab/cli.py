@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,8 +14,9 @@ from typing import Any
 from workloads import procs
 from workloads.bench.rundir import format_summary
 from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
+from workloads.clipaths import out_dir
 from workloads.config import ConfigError
-from workloads.lab import lab, netns, standin, vm
+from workloads.lab import cgroups, lab, netns, standin, vm
 from workloads.lab.netns import LabError
 
 OVERRIDES = {  # option dest -> config key
@@ -77,28 +81,80 @@ def in_vm(args: argparse.Namespace, argv: list[str]) -> int:
     return cp.returncode
 
 
+def preconditions(cfg: Any, balancer: str, load_generator: str, boots_vm: bool) -> dict[str, str]:
+    """The preconditions a real run refuses to start without, as they stand here: a dry run
+    reports them rather than failing, so a plan can be checked on a machine that cannot run it
+    (not root, tools missing). In the micro-VM they are the guest's, not this machine's."""
+    if boots_vm:
+        return {"micro-VM": f"missing {reason}" if (reason := vm.unavailable_reason()) else "available",
+                "root, tools, cgroups": "checked inside the micro-VM"}
+    missing = [t for t in lab.required_tools(cfg, balancer) if shutil.which(t) is None]
+    if load_generator == "emqtt-bench":
+        from workloads.bench import emqtt
+
+        missing += [] if emqtt.find_native() else ["emqtt_bench"]
+    return {"root": "yes" if os.geteuid() == 0 else "no: a run needs root",
+            "tools": f"missing {', '.join(missing)}" if missing else "all found",
+            "cgroups": cgroups.detect() or "no cpu and memory controllers: a run refuses to start"}
+
+
+def dry_run(args: argparse.Namespace, out: Path, boots_vm: bool) -> int:
+    """Every check of the configuration and the balancer choice a run makes, then the plan; no
+    namespace, folder or file is created and no micro-VM boots."""
+    from workloads.dryrun import format_plan, lab_plan
+
+    cfg = _config(args)
+    if boots_vm:  # the guest's kernel has IPVS: there the default is IPVS itself
+        balancer = args.balancer or "ipvs"
+        note = "" if balancer == "ipvs" else standin.explicit_note(balancer, cfg.balancer.scheduler)
+    else:
+        balancer, note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler, load=False)
+    doc = lab_plan(cfg, balancer, note, out, args.vm, preconditions(cfg, balancer, args.load_generator, boots_vm))
+    print(json.dumps(doc, indent=2) if args.json else format_plan(doc))
+    return 0
+
+
+def announce(cfg: Any, in_micro_vm: bool) -> None:
+    from workloads.bench.cli import announce_size
+    from workloads.campaign.spec import estimate_run_s
+
+    sc = cfg.scenario
+    announce_size(sc, list(range(sc.subscribers)), list(range(sc.publishers)), estimate_run_s(cfg, in_micro_vm))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.vm and not vm.in_guest():
-        _config(args)  # bad input is refused here, before a VM boots (and before asking for one)
+    out = out_dir(args.out, "--out")
+    boots_vm = args.vm and not vm.in_guest()
+    if args.dry_run:
+        return dry_run(args, out, boots_vm)
+    if boots_vm:
+        cfg = _config(args)  # bad input is refused here, before a VM boots (and before asking for one)
         reason = vm.unavailable_reason()
         if reason:
             raise LabError(f"--vm needs the micro-VM: missing {reason}")
+        if not args.quiet:
+            announce(cfg, True)
         with procs.stop_signals_raise():
             return in_vm(args, sys.argv[1:])
     cfg = _config(args)
+    if not args.quiet and not vm.in_guest():  # in the guest, the host already said it before booting
+        balancer, _note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler)
+        lab.preflight(cfg, balancer)  # a missing precondition is its one line, before the size line
+        announce(cfg, False)
     with procs.stop_signals_raise():  # SIGTERM and SIGHUP tear down as Ctrl-C does
-        summary = lab.run(cfg, Path(args.out), args.balancer, progress=not args.quiet, load_generator=args.load_generator)
+        summary = lab.run(cfg, out, args.balancer, progress=not args.quiet, load_generator=args.load_generator)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
     return 0 if not summary["partial"] else 1
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    out = out_dir(args.out, "--out")
     cfg = _config(args)
     balancer, note = lab.choose_balancer(args.balancer, cfg.balancer.scheduler)
     lab.preflight(cfg, balancer)
     lab.warn_orphans()
     ran = standin.balancing(balancer, cfg.balancer.scheduler)
-    run_dir = Path(args.out) / f"lab-up-{cfg.topology}-{ran.slug}"
+    run_dir = out / f"lab-up-{cfg.topology}-{ran.slug}"
     run_dir.mkdir(parents=True, exist_ok=True)
     from workloads.bench.rundir import start_manifest
 
@@ -144,6 +200,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def lab_id(text: str) -> str:
+    """A lab id, or the start of one, as ``lab status`` prints it: hex digits only, since the id
+    is a pattern over the state folder and the namespaces ("../" would reach beyond them)."""
+    if not re.fullmatch(r"[0-9a-f]{1,32}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lab id (hex digits, as mqttlab lab status prints them)")
+    return text
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     netns.require_root()
     done = lab.teardown(args.id or "")
@@ -182,6 +246,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
     q.add_argument("--json", action="store_true")
     q.add_argument("--quiet", action="store_true")
+    q.add_argument("--dry-run", action="store_true",
+                   help="check the configuration and the balancer choice, print the plan, expected deliveries, time and disk; "
+                        "create nothing, boot nothing (root, tools and cgroups are reported, not required)")
     q.set_defaults(func=cmd_run)
 
     q = lsub.add_parser("up", help="bring the lab up and leave it running")
@@ -193,5 +260,5 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.set_defaults(func=cmd_status)
 
     q = lsub.add_parser("down", help="remove a lab (or all labs), including what a killed run left; idempotent")
-    q.add_argument("--id", help="lab id (default: every lab)")
+    q.add_argument("--id", type=lab_id, help="lab id (default: every lab)")
     q.set_defaults(func=cmd_down)

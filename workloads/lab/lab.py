@@ -33,6 +33,7 @@ from workloads.lab.inject import Injector, read_faults
 from workloads.lab.netns import LabError
 from workloads.plan import Plan, build_plan
 from workloads.render import render_files, write_files
+from workloads.runsize import progress
 from workloads.scenario import QUIET_S
 from workloads.security import CLIENT_FILE
 
@@ -56,11 +57,17 @@ def kernel_has_ipvs() -> bool:
     return subprocess.run(["modprobe", "ip_vs"], capture_output=True).returncode == 0 and Path("/proc/net/ip_vs").exists()
 
 
-def choose_balancer(requested: str | None, scheduler: str) -> tuple[str, str]:
+def kernel_could_load_ipvs() -> bool:
+    """What ``kernel_has_ipvs`` would find, for a dry run: modprobe is asked, nothing is loaded."""
+    return Path("/proc/net/ip_vs").exists() or subprocess.run(["modprobe", "--dry-run", "--quiet", "ip_vs"], capture_output=True).returncode == 0
+
+
+def choose_balancer(requested: str | None, scheduler: str, load: bool = True) -> tuple[str, str]:
     """(balancer, note). The default is IPVS where the kernel has it, else the kernel NAT stand-in
-    (workloads/lab/standin.py says why and what it does for each scheduler)."""
+    (workloads/lab/standin.py says why and what it does for each scheduler). ``load=False``: a dry
+    run's choice, which loads no kernel module."""
     if requested == "ipvs" or requested is None:
-        if kernel_has_ipvs():
+        if kernel_has_ipvs() if load else kernel_could_load_ipvs():
             return "ipvs", ""
         if requested == "ipvs":
             raise LabError("this kernel has no IPVS (modprobe ip_vs failed): add --vm to run the lab in a micro-VM with a stock kernel, "
@@ -313,7 +320,7 @@ class Lab:
         started = time.time()
         bound = started + sc.time_limit_s + max(30.0, 0.25 * sc.time_limit_s)
         hard = bound + sc.time_limit_s
-        last, seen = 0.0, -1
+        last, seen = started, -1  # the first progress line after 5 s, when there is a rate to show
         while any(p.poll() is None for p in pubs.values()):
             if time.time() > bound:
                 got = self.received()
@@ -323,7 +330,7 @@ class Lab:
                 seen, bound = got, time.time() + 10.0
             if time.time() - last > 5:
                 last = time.time()
-                self.say("bench: publishing ... " + self.live_counts())
+                self.say("bench: publishing, " + self.live_counts(started))
             time.sleep(0.2)
         self.say(f"bench: publishers done, draining (until all arrived or {QUIET_S:.0f}s without a delivery, at most {sc.drain_s}s)")
         self.snapshot_connections()
@@ -399,8 +406,9 @@ class Lab:
     def received(self) -> int:
         return deliveries_on_disk(self.run_dir)
 
-    def live_counts(self) -> str:
-        return f"{self.received()} deliveries on disk"
+    def live_counts(self, since: float) -> str:
+        """Deliveries on disk against the expected, with rate and ETA (runsize.progress, as the bench)."""
+        return progress(self.received(), self.cfg.scenario.expected_deliveries(), time.time() - since, "deliveries on disk")
 
     # ------------------------------------------------------------------ collect and teardown
 
@@ -474,12 +482,17 @@ def teardown(lab_id: str) -> list[str]:
     return done
 
 
+def required_tools(cfg: ExperimentConfig, balancer: str) -> list[str]:
+    """The programs a run of ``cfg`` with ``balancer`` starts (a dry run lists the missing ones)."""
+    return ["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer],
+            *(["keepalived"] if balancer == "ipvs" and cfg.balancer.health_check.type != "none" else []),
+            *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else [])]
+
+
 def preflight(cfg: ExperimentConfig, balancer: str) -> None:
     """Everything that can be checked before anything is created."""
     netns.require_root()
-    netns.require_tools(["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer],
-                         *(["keepalived"] if balancer == "ipvs" and cfg.balancer.health_check.type != "none" else []),
-                         *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else [])])
+    netns.require_tools(required_tools(cfg, balancer))
     if cgroups.detect() is None:
         raise LabError("no cgroup hierarchy with cpu and memory controllers under /sys/fs/cgroup: broker caps cannot be applied")
 
@@ -522,6 +535,8 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
         raise
     except LabError as exc:
         status, reason = "partial", str(exc)
+        if not isinstance(exc, netns.RunFailed):  # started: a failed run (1), not a missing precondition (3)
+            raise netns.RunFailed(f"{exc} (run directory {run_dir})") from exc
         raise
     finally:
         with procs.shielded():

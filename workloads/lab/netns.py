@@ -23,6 +23,11 @@ class LabError(RuntimeError):
     """Something the lab needs is missing or failed; the message says what to do."""
 
 
+class RunFailed(LabError):
+    """A run that had started failed (its run directory says how far it got): exit status 1, where
+    a ``LabError`` before anything started is a missing precondition (3)."""
+
+
 def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
     full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
     try:
