@@ -40,6 +40,7 @@ def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: boo
     from workloads.plan import build_plan
 
     plan = build_plan(cfg)
+    ran = standin.balancing(balancer, cfg.balancer.scheduler)  # what will balance, not only what was asked
     sc = cfg.scenario
     n = len(plan.clients)
     clients = []
@@ -48,8 +49,8 @@ def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: boo
                         "subscribers": len(split_evenly(sc.subscribers, n, i)), "publishers": len(split_evenly(sc.publishers, n, i))})
     return {
         "dry_run": True, "kind": "lab", "stack": cfg.stack, "topology": cfg.topology, "vm": vm,
-        "balancer": {"kind": balancer, "note": note, "scheduler": cfg.balancer.scheduler,
-                     "balancing": standin.balancing(balancer, cfg.balancer.scheduler).text,
+        "balancer": {"kind": balancer, "note": note, "scheduler": ran.scheduler, "requested_scheduler": cfg.balancer.scheduler,
+                     "balancing": ran.text,
                      "health_check": cfg.balancer.health_check.type, "hosts": [b.host for b in plan.balancers]},
         "security": cfg.security.mode, "faults": [f.spec for f in cfg.faults],
         "run_directory": f"a new folder under {out}",
@@ -58,7 +59,7 @@ def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: boo
         "brokers": [{"name": b.name, "address": f"{b.address}:{b.port}", "cpus": plan.broker_cpus, "memory_mb": plan.broker_memory_mb}
                     for b in plan.brokers],
         "bridges": [b.name for b in plan.bridges],
-        "balancers": [{"host": b.host, "entry": f"{b.vip}:{b.port}", "scheduler": b.scheduler,
+        "balancers": [{"host": b.host, "entry": f"{b.vip}:{b.port}", "scheduler": ran.text,
                        "real_servers": [f"{r.broker} {r.address}:{r.port} weight {r.weight}" for r in b.real_servers]}
                       for b in plan.balancers],
         "clients": clients,
