@@ -6,6 +6,8 @@ import argparse
 import errno
 import importlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,23 @@ import yaml
 from workloads import procs
 from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
 from workloads.clipaths import out_dir
+
+# the top-level help, for the people who run experiments; each command's own --help says more
+DESCRIPTION = """MQTT broker clusters behind Linux L4 load balancers (IPVS): the experiment on this machine, in
+network namespaces (the local lab), or on Azure through the Pulumi program (pulumi up -s STACK).
+A stack file, Pulumi.<stack>.yaml, describes the experiment for both.
+
+  mqttlab lab run -s distributed --publishers 40 --subscribers 40 --messages 4000
+  mqttlab lab run -s distributed --dry-run        what would run, how big, how long; nothing created
+  mqttlab report runs/<run-id> --out report       tables, figures and one HTML page"""
+
+# the commands in the order and groups the top-level help lists them
+COMMAND_GROUPS = (
+    ("run the experiment", ("lab", "campaign", "report", "bench")),
+    ("describe it", ("config", "schema", "render", "plan")),
+    ("steps on the Azure VMs (the Pulumi program's remote commands run these; not for use by hand)", ("host", "results", "monitor")),
+)
+
 
 # --------------------------------------------------------------------------- render
 
@@ -29,6 +48,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     plan = build_plan(cfg)
     out = out_dir(args.out, "--out")
     written = write_files(render_files(plan, cfg), out)
+    if args.json:
+        print(json.dumps({"stack": cfg.stack, "topology": plan.topology, "out": str(out), "files": [str(p) for p in written]}, indent=2))
+        return 0
     for path in written:
         print(path)
     print(f"{len(written)} files for stack {cfg.stack} ({plan.topology}) in {out}", file=sys.stderr)
@@ -146,13 +168,16 @@ SUBCOMMAND_MODULES = (("monitor", "workloads.monitor"), ("bench", "workloads.ben
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command's parser, or with ``command`` one of ``COMMANDS`` only that one's (an unknown
     or absent command gets them all, so argparse's usage lists them)."""
-    parser = Parser(prog="mqttlab", description=__doc__, epilog=EXIT_CODES_TEXT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="mqttlab", description=DESCRIPTION, epilog=EXIT_CODES_TEXT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=Version, help="the version, and the Mosquitto and kernel this machine has")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of the commands above (mqttlab COMMAND --help tells its options)")
 
     p = sub.add_parser("render", help="write every rendered file of a stack, per host, plus plan.json")
     add_stack_args(p)
     p.add_argument("--out", required=True, help="output folder; files go to OUT/<host>/...")
     p.add_argument("--lab-addresses", action="store_true", help="renumber into 198.18.0.0/15 as the local lab does")
+    p.add_argument("--json", action="store_true", help="print the files written as JSON")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("plan", help="print the topology plan of a stack as JSON")
@@ -180,7 +205,47 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for key, module in SUBCOMMAND_MODULES:
         if key in want:
             importlib.import_module(module).add_parser(sub)
+    _group_commands(parser, sub)
     return parser
+
+
+def _group_commands(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """List the commands by group in the top-level help instead of argparse's one flat list (whose
+    entries are its private choice actions: taken out here, so nothing is listed twice)."""
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    if set(helps) != {n for _t, names in COMMAND_GROUPS for n in names}:
+        return  # only one command's parser was built (to run it): there is no listing to make
+    sub._choices_actions.clear()
+    width = max(map(len, helps)) + 2
+    lines = [parser.description or ""]
+    for title, names in COMMAND_GROUPS:
+        lines += ["", f"{title}:"] + [f"  {n.ljust(width)}{helps[n]}" for n in names]
+    parser.description = "\n".join(lines)
+
+
+class Version(argparse.Action):
+    """``--version``: the program's version, and what it found on this machine to run with."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        print(version_text())  # to stdout, as argparse's own version action (exit() writes to stderr)
+        parser.exit(0)
+
+
+def version_text() -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from workloads.lab.lab import kernel_could_load_ipvs, mosquitto_version
+
+    try:
+        own = version("mqttlab")
+    except PackageNotFoundError:
+        own = "(not installed)"
+    ipvs = "IPVS available" if kernel_could_load_ipvs() else "no IPVS (the lab uses a stand-in; --vm runs a kernel with IPVS)"
+    return f"mqttlab {own}\nmosquitto {mosquitto_version()}\nkernel {platform.release()}, {ipvs}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader went away (mqttlab schema | head): what it wanted was written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's final flush fails no more
+        return 128 + signal.SIGPIPE
     except Exception as exc:
         code = exit_code_of(exc)
         if code is None:

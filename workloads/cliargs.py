@@ -13,6 +13,7 @@ from typing import Any
 
 from workloads.config import ConfigError, ExperimentConfig, load_stack
 from workloads.scenario import FIELDS
+from workloads.schema import SCENARIO
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,13 +31,6 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project-dir", help="folder holding Pulumi.<stack>.yaml (default: here or the repository)")
 
 
-SCENARIO_TYPES: dict[str, Callable[[str], Any]] = {
-    "publishers": int, "subscribers": int, "messages": int, "qos": int, "intervalMs": int,
-    "payloadBytes": int, "mqttVersion": str, "topicLayout": str, "topic": str, "connectRate": int,
-    "keepalive": int, "drainS": float, "timeLimitS": float, "reconnectMinMs": int, "reconnectMaxMs": int,
-}
-
-
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -45,12 +39,24 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+# emqtt-bench's own letters, where they mean the same here and clash with nothing. Not -c: its
+# client count is per pub or sub command, while a scenario has publishers and subscribers.
+SHORT_OPTIONS = {"intervalMs": "-I", "qos": "-q", "topic": "-t"}
+METAVARS = {"integer": "N", "number": "X", "string": "TEXT", "boolean": "BOOL"}
+
+
 def add_scenario_args(p: argparse.ArgumentParser) -> None:
-    """The scenario options, spelled the same in every subcommand."""
-    g = p.add_argument_group("scenario (defaults from the stack file, or the reference)")
-    for key, (attr, opt, _default) in FIELDS.items():
-        typ = SCENARIO_TYPES.get(key, _bool)
-        g.add_argument(opt, dest=f"scenario_{key}", type=typ, default=None, metavar=attr.upper())
+    """The scenario options, spelled the same in every subcommand, each with its unit and default
+    from the schema (the one table of every key)."""
+    g = p.add_argument_group("scenario", "what the clients do; unset options take the stack file's values (-s), else the default shown")
+    types: dict[str, Callable[[str], Any]] = {"integer": int, "number": float, "string": str, "boolean": _bool}
+    for key in SCENARIO.keys:
+        _attr, opt, default = FIELDS[key.name]
+        unit = f" {key.unit}" if key.unit else ""
+        shown = str(default).lower() if isinstance(default, bool) else default
+        names = [SHORT_OPTIONS[key.name], opt] if key.name in SHORT_OPTIONS else [opt]
+        g.add_argument(*names, dest=f"scenario_{key.name}", type=types[key.type], default=None, metavar=METAVARS[key.type],
+                       help=f"{key.doc} (default {shown}{unit})")
 
 
 def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:

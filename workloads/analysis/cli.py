@@ -34,7 +34,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("report", help="analyse run directories: tables (CSV, JSON), plots, one HTML report")
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="one or more run directories (runs/<run-id>/, as lab run, bench run or results fetch wrote them)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the report: report.html, runs.csv, comparison.csv, summary.json and the figures (made if absent)")
     p.add_argument("--json", action="store_true", help="print the per-run summary as JSON")
     p.set_defaults(func=cmd_report)

@@ -148,7 +148,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--target", required=True, help="HOST:PORT[,HOST:PORT...] entry points; clients are spread over them")
         q.add_argument("-s", "--stack", help="take scenario defaults from Pulumi.<stack>.yaml")
-        q.add_argument("--project-dir")
+        q.add_argument("--project-dir", help="folder holding Pulumi.<stack>.yaml (default: here or the repository)")
         q.add_argument("--host", default="local", help="this client host's name in the run directory")
         q.add_argument("--host-index", type=int, default=0, help="this host's number among the client hosts")
         q.add_argument("--host-count", type=int, default=1, help="how many client hosts share the scenario")
@@ -167,7 +167,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         q.add_argument("--tag", type=lambda s: int(s, 0), help="run tag shared by every host of a run (default random)")
         q.add_argument("--start-at", type=float, help="publishers start at this epoch time (multi-host runs)")
         q.add_argument("--ready-file", help="written once every client is connected and subscribed")
-        q.add_argument("--json", action="store_true")
+        q.add_argument("--json", action="store_true", help="print the summary as JSON")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
         if name == "run":
             q.add_argument("--dry-run", action="store_true",
@@ -175,8 +175,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         q.set_defaults(func=lambda a, p=pubs, s=subs: _run(a, p, s))
 
     q = bsub.add_parser("summary", help="summarize a run directory")
-    q.add_argument("run_dir")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("run_dir", help="a run directory (runs/<run-id>/)")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=cmd_summary)
 
     q = bsub.add_parser("emqtt", help="emqtt-bench command lines for this scenario, or parse their output")

@@ -178,6 +178,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                            help="start no point that would end after MIN minutes; the next invocation resumes with the rest")
         q.set_defaults(func=main_guard(func))
     q = csub.add_parser("report", help="(re)write a campaign directory's report")
-    q.add_argument("dir")
+    q.add_argument("dir", help="a campaign directory, as campaign run --out made it")
     q.add_argument("--out", help="default DIR/report")
     q.set_defaults(func=main_guard(cmd_report))

@@ -18,6 +18,7 @@ from workloads.clipaths import out_dir
 from workloads.config import ConfigError
 from workloads.lab import cgroups, lab, netns, standin, vm
 from workloads.lab.netns import LabError
+from workloads.schema import SCHEDULERS, TOPOLOGIES, leaf_paths
 
 OVERRIDES = {  # option dest -> config key
     "topology": "topology",
@@ -26,6 +27,11 @@ OVERRIDES = {  # option dest -> config key
     "broker_memory_mb": "brokers.memoryMb",
     "security": "security.mode",
 }
+
+
+def default(path: str) -> str:
+    """A stack key's default as the help shows it."""
+    return str(leaf_paths()[path].default)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -223,11 +229,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         add_stack_args(q)
         q.add_argument("--out", default="runs", help="runs folder (default ./runs)")
         q.add_argument("--keep-addresses", action="store_true", help="use the stack's addresses instead of 198.18.0.0/15")
-        q.add_argument("--topology", choices=("centralized", "distributed"))
+        q.add_argument("--topology", choices=TOPOLOGIES, help="distributed: each balancer the entry point of its own clients; "
+                       "centralized: one balancer for all (default: the stack's mqttlab:topology)")
         q.add_argument("--balancer", choices=lab.BALANCERS, help="default: ipvs where the kernel has it, else the closest stand-in")
-        q.add_argument("--scheduler", choices=("rr", "wrr", "lc", "wlc", "sh", "mh"))
-        q.add_argument("--broker-cpus", type=float)
-        q.add_argument("--broker-memory-mb", type=int)
+        q.add_argument("--scheduler", choices=SCHEDULERS, help=f"the IPVS scheduler (default: the stack's, {default('balancer.scheduler')} "
+                       "without one)")
+        q.add_argument("--broker-cpus", type=float, metavar="CORES",
+                       help=f"each broker's CPU cap (default: the stack's, {default('brokers.cpus')} without one)")
+        q.add_argument("--broker-memory-mb", type=int, metavar="MIB",
+                       help=f"each broker's memory cap (default: the stack's, {default('brokers.memoryMb')} without one)")
         q.add_argument("--health-check", choices=("none", "mqtt", "tcp"), help="balancer health checks (keepalived with IPVS, HAProxy's own)")
         q.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
         q.add_argument("--health-retries", type=int, metavar="N", help="failed checks before a broker is taken out")
@@ -241,11 +251,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--fault", action="append", metavar="SPEC",
                    help="inject a fault, repeatable: broker2:kill@5s, broker2:pause@5s+3s, broker2:restart@5s[+2s], "
                         "bridge:broker1-broker3:cut@5s+4s, director:ipvs1:kill@5s[+10s] (times after publishing starts)")
-    q.add_argument("--vm-timeout", type=float, default=1800)
+    q.add_argument("--vm-timeout", type=float, default=1800, metavar="S", help="the micro-VM run's time bound; past it the run goes on while the guest works, up to three times it (default 1800)")
     q.add_argument("--load-generator", choices=("mqttlab", "emqtt-bench"), default="mqttlab",
                    help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    q.add_argument("--quiet", action="store_true", help="no progress lines")
     q.add_argument("--dry-run", action="store_true",
                    help="check the configuration and the balancer choice, print the plan, expected deliveries, time and disk; "
                         "create nothing, boot nothing (root, tools and cgroups are reported, not required)")
@@ -256,7 +266,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.set_defaults(func=cmd_up)
 
     q = lsub.add_parser("status", help="labs that are up, and anything a killed run left")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the labs as JSON")
     q.set_defaults(func=cmd_status)
 
     q = lsub.add_parser("down", help="remove a lab (or all labs), including what a killed run left; idempotent")
