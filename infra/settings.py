@@ -42,12 +42,19 @@ class AzureSettings:
 
 
 def _cidr(key: str, value: Any) -> str:
+    """An IPv4 source for the NSGs. The VMs' public addresses are IPv4 (``publicIPAddressVersion``
+    defaults to IPv4; IPv6 needs a dual-stack NIC, Microsoft Learn "Public IP addresses"), so a
+    rule allowing an IPv6 source never matches: every SSH dial would be denied after its retries."""
     if str(value).strip().lower() in OPEN_WORLD:
         raise ConfigError(key, value, "must not open SSH to the whole Internet; give your own address, e.g. 203.0.113.7/32")
     try:
-        return str(ipaddress.ip_network(str(value), strict=False))
+        net = ipaddress.ip_network(str(value), strict=False)
     except ValueError:
         raise ConfigError(key, value, "must be a CIDR such as 203.0.113.7/32") from None
+    if net.version != 4:
+        raise ConfigError(key, value, "must be an IPv4 CIDR: the VMs have IPv4 public addresses only "
+                          "(your IPv4 address: curl -4 -s https://ifconfig.me)")
+    return str(net)
 
 
 def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSettings:
@@ -57,7 +64,7 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
     admin = sec.get("adminCidr")
     if admin is None:
         raise ConfigError(P + "adminCidr", None, "is required: the only source allowed to SSH to the VMs "
-                          "(pulumi config set --path 'mqttlab:azure.adminCidr' \"$(curl -s ifconfig.me)/32\")")
+                          "(pulumi config set --path 'mqttlab:azure.adminCidr' \"$(curl -4 -s https://ifconfig.me)/32\")")
     admins = tuple(_cidr(P + "adminCidr", a) for a in (admin if isinstance(admin, list) else [admin]))
     if any(ipaddress.ip_network(a).prefixlen == 0 for a in admins):
         raise ConfigError(P + "adminCidr", admin, "must not be a /0")

@@ -1,0 +1,30 @@
+"""The Azure program against rules a real ``pulumi up`` meets that the first contract table did
+not hold: each test names the rule and where it is written (Microsoft Learn page or provider
+source file), and runs the real ``__main__.py`` under the contract-checked mocks."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.test_azure import AZURE, run, stack_config
+
+SECURED = ("tls", "mtls", "password")
+
+
+def smoke_azure(**over: object) -> dict[str, object]:
+    """The smoke stack's own Azure settings with the test's address and key."""
+    own = yaml.safe_load((ROOT / "Pulumi.smoke.yaml").read_text())["config"]["mqttlab:azure"]
+    return {**own, **AZURE, **over}
+
+
+@pytest.mark.parametrize(("key", "value"), [("adminCidr", "2001:db8::7/128"), ("adminCidr", ["203.0.113.7/32", "2001:db8::/64"]),
+                                            ("mqttCidrs", ["2001:db8::/64"])])
+def test_an_ipv6_cidr_is_refused_because_the_vms_have_ipv4_public_addresses_only(monkeypatch: pytest.MonkeyPatch, key: str, value: object) -> None:
+    """Microsoft Learn "Public IP addresses": ``publicIPAddressVersion`` defaults to IPv4, and an
+    IPv6 public address needs a dual-stack NIC; this program's addresses are IPv4, so an NSG rule
+    allowing an IPv6 source never matches a packet and every SSH dial is denied."""
+    with pytest.raises(pulumi.RunError, match=rf"mqttlab:azure\.{key}.*IPv4"):
+        run("distributed", monkeypatch, stack_config("distributed", azure={**AZURE, key: value}))
