@@ -82,6 +82,12 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
         if not _SIZE.match(v):
             raise ConfigError(P + k, v, "must be an Azure VM size such as Standard_D2s_v5")
         sizes[k] = v
+    spot = bool(sec.get("spot", False))
+    if spot:
+        burstable = [f"{k}={v}" for k, v in sizes.items() if not spot_capable(v)]
+        if burstable:
+            raise ConfigError(P + "spot", True, f"Azure offers no Spot capacity for B-series sizes ({', '.join(burstable)}); "
+                              "use a size such as Standard_D2s_v5 or turn spot off")
     shutdown = sec.get("autoShutdown")
     if shutdown is not None and not _TIME.match(str(shutdown)):
         raise ConfigError(P + "autoShutdown", shutdown, "must be a daily time HHMM, e.g. 1900")
@@ -102,11 +108,17 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
         raise ConfigError(P + "adminUser", user, "must be a Linux user name other than root or admin")
     return AzureSettings(
         admin_cidrs=admins, ssh_public_key=str(key) if key else None, generate_ssh_key=generate, admin_user=user,
-        broker_vm_size=sizes["brokerVmSize"], balancer_vm_size=sizes["balancerVmSize"], spot=bool(sec.get("spot", False)),
+        broker_vm_size=sizes["brokerVmSize"], balancer_vm_size=sizes["balancerVmSize"], spot=spot,
         auto_shutdown=str(shutdown) if shutdown is not None else None, auto_shutdown_tz=str(sec.get("autoShutdownTimeZone", "UTC")),
         mqtt_cidrs=tuple(_cidr(f"{P}mqttCidrs[{i}]", c) for i, c in enumerate(mqtt)), load_generator=lg, run_id=rid,
         bench_timeout_s=timeout,
     )
+
+
+def spot_capable(size: str) -> bool:
+    """Microsoft Learn "Use Azure Spot Virtual Machines" (virtual-machines/spot-vms), Limitations:
+    B-series sizes are not supported as Spot; the VM create is refused after the rest exists."""
+    return not re.match(r"^Standard_B\d", size, re.I)
 
 
 # Azure accepts only SSH-2 RSA keys of at least 2048 bits and Ed25519 keys for Linux VMs

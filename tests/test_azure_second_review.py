@@ -28,3 +28,12 @@ def test_an_ipv6_cidr_is_refused_because_the_vms_have_ipv4_public_addresses_only
     allowing an IPv6 source never matches a packet and every SSH dial is denied."""
     with pytest.raises(pulumi.RunError, match=rf"mqttlab:azure\.{key}.*IPv4"):
         run("distributed", monkeypatch, stack_config("distributed", azure={**AZURE, key: value}))
+
+
+def test_spot_is_refused_on_b_series_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Microsoft Learn "Use Azure Spot Virtual Machines" (virtual-machines/spot-vms), Limitations:
+    "The following VM sizes aren't supported for Azure Spot Virtual Machines: B-series"."""
+    with pytest.raises(pulumi.RunError, match=r"mqttlab:azure\.spot.*B-series.*Standard_B2s"):
+        run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure(spot=True)))
+    p = run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure(spot=True, brokerVmSize="Standard_D2s_v5", balancerVmSize="Standard_D2s_v5")))
+    assert {vm.inputs["priority"] for vm in p.of("azure-native:compute:VirtualMachine")} == {"Spot"}
