@@ -104,7 +104,8 @@ class LinuxVm(pulumi.ComponentResource):
     """Ubuntu 24.04 VM with a static Standard public IP (administration only), a NIC with the
     plan's private address (plus one secondary address per broker on the broker host, which
     the Azure fabric otherwise drops), SSH key login only, a host key of the program's own, a
-    system-assigned identity (for uploading results), and everything deleted with it.
+    system-assigned identity (for uploading results). The OS disk is deleted with the VM; the NIC
+    and public IP are resources of their own, deleted by Pulumi.
 
     ``customData`` is create-only in Azure (an update is refused with PropertyChangeNotAllowed).
     A change to it (e.g. ``loadGenerator`` switching Docker on for the balancers) therefore
@@ -145,7 +146,9 @@ class LinuxVm(pulumi.ComponentResource):
         }
         storage_profile: Any = {"image_reference": UBUNTU,
                                 "os_disk": {"create_option": "FromImage", "delete_option": "Delete", "managed_disk": {"storage_account_type": "Premium_LRS"}}}
-        network_profile: Any = {"network_interfaces": [{"id": self.nic.id, "primary": True, "delete_option": "Delete"}]}
+        # the NIC is this program's resource: Detach, so a replacement (delete first) finds it again;
+        # Delete would remove it with the old VM (azure-compute-docs virtual-machines/delete.md)
+        network_profile: Any = {"network_interfaces": [{"id": self.nic.id, "primary": True, "delete_option": "Detach"}]}
         identity: Any = {"type": "SystemAssigned"}  # uploads results as itself: no key or SAS on the VM
         self.vm = compute.VirtualMachine(
             f"{name}-vm", resource_group_name=rg, hardware_profile={"vm_size": size},

@@ -193,7 +193,7 @@ def test_vms_image_size_keys_delete_options(program: Program) -> None:
         i = vm.inputs
         assert i["storageProfile"]["imageReference"] == {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
         assert i["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
-        assert i["networkProfile"]["networkInterfaces"][0]["deleteOption"] == "Delete"
+        assert i["networkProfile"]["networkInterfaces"][0]["deleteOption"] == "Detach"  # the NIC is a resource of its own
         assert i["hardwareProfile"]["vmSize"] == "Standard_D2s_v5"
         lin = i["osProfile"]["linuxConfiguration"]
         assert lin["disablePasswordAuthentication"] is True and lin["ssh"]["publicKeys"][0]["keyData"] == AZURE["sshPublicKey"]

@@ -37,3 +37,16 @@ def test_spot_is_refused_on_b_series_sizes(monkeypatch: pytest.MonkeyPatch) -> N
         run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure(spot=True)))
     p = run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure(spot=True, brokerVmSize="Standard_D2s_v5", balancerVmSize="Standard_D2s_v5")))
     assert {vm.inputs["priority"] for vm in p.of("azure-native:compute:VirtualMachine")} == {"Spot"}
+
+
+def test_a_vm_replacement_keeps_the_nic_pulumi_manages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """azure-compute-docs virtual-machines/delete.md: ``deleteOption: Delete`` on a NIC reference
+    deletes the NIC with the VM. The NIC is a resource of this program; with
+    ``deleteBeforeReplace`` the replacement VM would name a NIC Azure has just deleted."""
+    p = run("distributed", monkeypatch)
+    nics = {r.name for r in p.of("azure-native:network:NetworkInterface")}
+    assert len(nics) == 3
+    for vm in p.of("azure-native:compute:VirtualMachine"):
+        refs = vm.inputs["networkProfile"]["networkInterfaces"]
+        assert [r.get("deleteOption", "Detach") for r in refs] == ["Detach"], vm.name
+        assert vm.options["deleteBeforeReplace"] is True
