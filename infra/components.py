@@ -28,7 +28,7 @@ BUNDLE = f"{REMOTE_ROOT}/bundle.tar.gz"
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 # Bounds (seconds) on every remote step: pulumi up never hangs on a VM
-T_CLOUD_INIT, T_INSTALL, T_BROKERS, T_BALANCER, T_PROBE, T_COLLECT, T_VERDICT = 1200, 1200, 900, 300, 300, 1800, 600
+T_CLOUD_INIT, T_INSTALL, T_BROKERS, T_BALANCER, T_PROBE, T_COLLECT, T_VERDICT, T_SECURITY = 1200, 1200, 900, 300, 300, 1800, 600, 300
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,8 @@ class LabHost(pulumi.ComponentResource):
         self.installed = command.remote.Command(f"{name}-install", connection=self.conn, create=INSTALL, triggers=self.install_triggers,
                                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]))
         if ctx.security is not None:  # secured brokers: every later step waits for this host's secrets
-            self.installed = ctx.security.install(name, self.conn, ctx.stack, f"{REMOTE_ROOT}/src", MQTTLAB, [self.installed])
+            self.installed = ctx.security.install(name, self.conn, ctx.stack, f"{REMOTE_ROOT}/src", MQTTLAB, [self.installed], self.vm.vm_id,
+                                                  T_SECURITY)
         self.host = self.vm.host
 
 

@@ -4,12 +4,16 @@ source file), and runs the real ``__main__.py`` under the contract-checked mocks
 
 from __future__ import annotations
 
+import json
+import re
+
 import pulumi
 import pytest
 import yaml
 
+from tests.azure_contracts import SECRET_SIG
 from tests.conftest import ROOT
-from tests.test_azure import AZURE, run, stack_config
+from tests.test_azure import AZURE, commands, run, stack_config
 
 SECURED = ("tls", "mtls", "password")
 
@@ -50,3 +54,25 @@ def test_a_vm_replacement_keeps_the_nic_pulumi_manages(monkeypatch: pytest.Monke
         refs = vm.inputs["networkProfile"]["networkInterfaces"]
         assert [r.get("deleteOption", "Detach") for r in refs] == ["Detach"], vm.name
         assert vm.options["deleteBeforeReplace"] is True
+
+
+@pytest.mark.parametrize("mode", SECURED)
+@pytest.mark.parametrize("faults", [[], ["broker2:kill@5s", "director:ipvs1:kill@20s+10s"]])
+def test_secured_modes_never_dial_at_destroy_and_reinstall_on_a_new_vm(monkeypatch: pytest.MonkeyPatch, mode: str, faults: list[str]) -> None:
+    """pulumi-command provider/pkg/provider/remote/commandController.go: ``Delete`` runs the
+    ``delete`` command over SSH at destroy, and on a replacement after the new resource's create.
+    A deallocated VM cannot answer; a replacement's delete would remove what the create wrote."""
+    extra: dict[str, object] = {"mqttlab:security": {"mode": mode}}
+    if faults:
+        extra["mqttlab:faults"] = faults
+    p = run("centralized", monkeypatch, stack_config("centralized", extra=extra))
+    cmds = commands(p)
+    for c in [*cmds.values(), *p.of("command:remote:CopyToRemote")]:
+        assert not c.inputs.get("delete"), f"{c.name} dials at destroy: {c.inputs['delete']}"
+    installs = {n: c for n, c in cmds.items() if n.endswith("-security")}
+    assert len(installs) == 3
+    for n, c in installs.items():
+        host = n.removesuffix("-security")
+        assert re.match(r"^sudo timeout \d+ ", c.inputs["create"]), c.inputs["create"]
+        assert set(cmds[f"{host}-cloud-init"].inputs["triggers"]) <= set(c.inputs["triggers"]), n  # the VM's id: a new VM gets its material
+        assert SECRET_SIG in json.dumps(c.raw["stdin"])
