@@ -45,6 +45,7 @@ class Ctx:
     private_key_password: pulumi.Input[str] | None = None
     subscription_id: pulumi.Input[str] = ""
     operator_object_id: pulumi.Input[str] = ""
+    operator_principal_type: str = "User"  # of the login running pulumi up (infra.login); Azure refuses a mismatch
     extra: dict[str, Any] = field(default_factory=dict)
     security: Any = None  # infra.security.SecurityMaterial when the stack's security mode is not none
     plan_faults: tuple[Fault, ...] = ()  # mqttlab:faults, checked against the plan
@@ -199,7 +200,7 @@ class ResultsStore(pulumi.ComponentResource):
                                                container_name="results", public_access=storage.PublicAccess.NONE, opts=self.child)
         self.url = pulumi.Output.concat("https://", self.account.name, ".blob.core.windows.net/", self.container.name)
         self.reader = authorization.RoleAssignment(
-            f"{name}-reader-operator", scope=self.container.id, principal_id=ctx.operator_object_id,
+            f"{name}-reader-operator", scope=self.container.id, principal_id=ctx.operator_object_id, principal_type=ctx.operator_principal_type,
             role_definition_id=role_definition(ctx, BLOB_DATA_READER),
             role_assignment_name=assignment_name(self.container.id, ctx.operator_object_id, BLOB_DATA_READER), opts=self.child)
         self.writers: dict[str, authorization.RoleAssignment] = {}

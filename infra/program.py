@@ -16,6 +16,7 @@ from pulumi_azure_native import authorization
 
 from infra.bundle import build_bundle
 from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Network, ResultsStore, ssh_commands
+from infra.login import caller_principal_type
 from infra.security import SecurityMaterial
 from infra.settings import AzureSettings, parse_azure, private_key_is_encrypted
 from workloads.config import ConfigError, ExperimentConfig, parse_config
@@ -84,12 +85,13 @@ def build() -> dict[str, Any]:
         public_key, private = str(az.ssh_public_key), private_key  # type: ignore[assignment]
     bundle = build_bundle(Path.cwd(), stack, raw)
     client = authorization.get_client_config_output()
+    operator_type = caller_principal_type()  # the operator's role assignment must name it
     net = Network("mqttlab", plan, az, tags)
     sec = SecurityMaterial("security", plan, experiment.security) if experiment.security.enabled else None
     ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name, bundle=bundle,
               private_key_password=pulumi.Config("mqttlab").get_secret("sshPrivateKeyPassword"),
               subscription_id=client.subscription_id.apply(lambda v: from_login("subscriptionId", v)),
-              operator_object_id=client.object_id.apply(lambda v: from_login("objectId", v)),
+              operator_object_id=client.object_id.apply(lambda v: from_login("objectId", v)), operator_principal_type=operator_type,
               security=sec, plan_faults=experiment.faults)
     store = ResultsStore("results", ctx)
     brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)

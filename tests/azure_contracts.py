@@ -373,11 +373,28 @@ def options_violation(typ: str, logical: str, replace_on_changes: list[str], ign
     return None
 
 
+CALLER_OBJECT_ID = "22222222-2222-2222-2222-222222222222"
+
+
+def caller_token(kind: str) -> str:
+    """An ARM access token shaped as the Microsoft identity platform issues them ("Access token
+    claims reference"): a user's carries ``scp`` and ``idtyp: user``; an app-only token (service
+    principal, managed identity) carries ``roles`` and ``idtyp: app``, and no ``scp``."""
+    claims: dict[str, Any] = {"aud": "https://management.azure.com/", "oid": CALLER_OBJECT_ID, "tid": "33333333-3333-3333-3333-333333333333"}
+    claims |= {"scp": "user_impersonation", "idtyp": "user"} if kind == "User" else {"roles": [], "idtyp": "app"}
+
+    def part(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
 class ContractMocks(pulumi.runtime.Mocks):
     """Answers as the providers would (names, ids, addresses, identities, command output), after
     applying ``RULES``; a violation is recorded and raised with its rule named."""
 
-    def __init__(self) -> None:
+    def __init__(self, caller_type: str = "User") -> None:
+        self.caller_type = caller_type  # what kind of principal runs pulumi up: "User" or "ServicePrincipal"
         self.violations: list[str] = []
         self.calls: list[str] = []
         self.secrets: set[str] = set()  # every private key and password these mocks answered with
@@ -443,6 +460,8 @@ class ContractMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> Any:
         self.calls.append(args.token)
         if args.token == "azure-native:authorization:getClientConfig":
-            return {"clientId": "11111111-1111-1111-1111-111111111111", "objectId": "22222222-2222-2222-2222-222222222222",
+            return {"clientId": "11111111-1111-1111-1111-111111111111", "objectId": CALLER_OBJECT_ID,
                     "subscriptionId": "00000000-0000-0000-0000-000000000000", "tenantId": "33333333-3333-3333-3333-333333333333"}
+        if args.token == "azure-native:authorization:getClientToken":
+            return {"token": caller_token(self.caller_type)}
         raise ContractViolation(f"the program calls {args.token}, which these mocks do not answer")

@@ -87,14 +87,15 @@ def stack_config(stack: str, azure: dict[str, Any] | None = None, extra: dict[st
 
 
 def run(stack: str, monkeypatch: pytest.MonkeyPatch, config: dict[str, str] | None = None, allow_violations: bool = False,
-        root: Path = ROOT) -> Program:
-    """The real __main__.py under mocks, resolving every input and output."""
+        root: Path = ROOT, caller: str = "User") -> Program:
+    """The real __main__.py under mocks, resolving every input and output, run by a login of
+    the kind ``caller`` ("User" or "ServicePrincipal")."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi_settings.ROOT.set(None)
     pulumi_settings.SETTINGS.rpc_manager.clear()  # a program that failed leaves RPCs and output tasks
     pulumi_settings.SETTINGS.outputs.clear()  # of its own (closed) event loop behind
-    mocks = ContractMocks()
+    mocks = ContractMocks(caller_type=caller)
     recorded: dict[str, dict[str, Any]] = {}
     raw: dict[str, dict[str, Any]] = {}
     orig = mocks.new_resource

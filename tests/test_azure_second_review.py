@@ -11,7 +11,7 @@ import pulumi
 import pytest
 import yaml
 
-from tests.azure_contracts import SECRET_SIG
+from tests.azure_contracts import CALLER_OBJECT_ID, SECRET_SIG
 from tests.conftest import ROOT
 from tests.test_azure import AZURE, commands, run, stack_config
 
@@ -76,3 +76,15 @@ def test_secured_modes_never_dial_at_destroy_and_reinstall_on_a_new_vm(monkeypat
         assert re.match(r"^sudo timeout \d+ ", c.inputs["create"]), c.inputs["create"]
         assert set(cmds[f"{host}-cloud-init"].inputs["triggers"]) <= set(c.inputs["triggers"]), n  # the VM's id: a new VM gets its material
         assert SECRET_SIG in json.dumps(c.raw["stdin"])
+
+
+@pytest.mark.parametrize("caller", ["User", "ServicePrincipal"])
+def test_the_operators_role_assignment_names_the_callers_principal_type(monkeypatch: pytest.MonkeyPatch, caller: str) -> None:
+    """Azure RBAC REST API, Role Assignments - Create: ``principalType`` is taken as ``User`` when
+    absent, and an assignment to a service principal or managed identity (CI, automation) of any
+    other stated type is refused with ``UnmatchedPrincipalType``."""
+    p = run("distributed", monkeypatch, caller=caller)
+    reader = p.one("results-reader-operator").inputs
+    assert reader["principalId"] == CALLER_OBJECT_ID and reader["principalType"] == caller
+    writers = [r.inputs for r in p.of("azure-native:authorization:RoleAssignment") if r.name.startswith("results-writer-")]
+    assert len(writers) == 3 and {w["principalType"] for w in writers} == {"ServicePrincipal"}  # the VMs' managed identities
