@@ -50,3 +50,54 @@ def caller_principal_type() -> str:
     from pulumi_azure_native import authorization
 
     return principal_type(token_claims(authorization.get_client_token().token))
+
+
+# Azure Resource Manager's endpoint (public cloud) and the Providers - Get API version
+ARM_ENDPOINT = "https://management.azure.com"
+PROVIDERS_API = "2021-04-01"
+
+
+def provider_states(subscription_id: str, token: str, namespaces: list[str], timeout_s: float = 30) -> dict[str, str]:
+    """``registrationState`` per namespace (Resource Providers - Get, ARM REST API), or an empty
+    dict when ARM cannot be asked (no network, a role without read on the subscription): the
+    check is then left to Azure, and the warning says what to run if it refuses."""
+    import urllib.error
+    import urllib.request
+
+    states: dict[str, str] = {}
+    for ns in namespaces:
+        url = f"{ARM_ENDPOINT}/subscriptions/{subscription_id}/providers/{ns}?api-version={PROVIDERS_API}"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - the ARM endpoint
+                states[ns] = str(json.loads(resp.read()).get("registrationState", ""))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            pulumi.log.warn(f"could not read the registration of {', '.join(namespaces)} ({exc}); if Azure answers "
+                            f"MissingSubscriptionRegistration: {register_commands(namespaces)}")
+            return {}
+    return states
+
+
+def register_commands(namespaces: list[str]) -> str:
+    return " && ".join(f"az provider register --namespace {ns} --wait" for ns in namespaces)
+
+
+def require_providers(namespaces: list[str]) -> None:
+    """Stops the program, before any resource, when a namespace it needs is not registered.
+
+    azure-native sends plain ARM requests and registers nothing (pulumi/pulumi-azure-native
+    #3479); Azure registers a namespace itself only for portal actions and templates, and a new
+    subscription has few registered by default (Microsoft Learn, "Resource providers and
+    types"): Microsoft.DevTestLab (auto-shutdown) is not, and Compute, Network and Storage may
+    not be. Without this, ``pulumi up`` fails with MissingSubscriptionRegistration part-way,
+    after the VMs exist."""
+    from pulumi_azure_native import authorization
+
+    client = authorization.get_client_config()
+    token = authorization.get_client_token().token
+    states = provider_states(client.subscription_id, token, namespaces)
+    missing = [ns for ns, state in states.items() if state != "Registered"]
+    if missing:
+        shown = ", ".join(f"{ns} ({states[ns] or 'no state'})" for ns in missing)
+        raise pulumi.RunError(f"the subscription is not registered for {shown}; register once (minutes), then run again: "
+                              f"{register_commands(missing)}")

@@ -16,7 +16,7 @@ from pulumi_azure_native import authorization
 
 from infra.bundle import build_bundle
 from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Network, ResultsStore, ssh_commands
-from infra.login import caller_principal_type
+from infra.login import caller_principal_type, require_providers
 from infra.security import SecurityMaterial
 from infra.settings import AzureSettings, parse_azure, private_key_is_encrypted
 from workloads.config import ConfigError, ExperimentConfig, parse_config
@@ -69,6 +69,12 @@ def from_login(field: str, value: str | None) -> str:
     return value
 
 
+def namespaces(az: AzureSettings) -> list[str]:
+    """The resource provider namespaces this program creates resources in, beyond those every
+    subscription has registered (Microsoft.Resources, Microsoft.Authorization)."""
+    return ["Microsoft.Compute", "Microsoft.Network", "Microsoft.Storage", *(["Microsoft.DevTestLab"] if az.auto_shutdown else [])]
+
+
 def build() -> dict[str, Any]:
     project, stack = pulumi.get_project(), pulumi.get_stack()
     try:
@@ -76,6 +82,7 @@ def build() -> dict[str, Any]:
     except ConfigError as exc:
         raise pulumi.RunError(f"configuration error: {exc}") from None
     plan: Plan = build_plan(experiment)
+    require_providers(namespaces(az))  # before the first resource: Azure would refuse part-way
     tags = {"project": project, "stack": stack, "run": az.run_id}
     if az.generate_ssh_key:
         key = tls.PrivateKey("ssh-key", algorithm="ED25519")

@@ -55,8 +55,12 @@ import ipaddress
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pulumi
@@ -389,12 +393,23 @@ def caller_token(kind: str) -> str:
     return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
+# S13: what a new subscription has registered (Microsoft Learn, "Resource providers and types":
+# "Resource providers registered by default"); the others exist but wait for a registration.
+DEFAULT_REGISTERED = frozenset({
+    "Microsoft.Authorization", "Microsoft.Billing", "Microsoft.ClassicSubscription", "Microsoft.Commerce", "Microsoft.Consumption",
+    "Microsoft.CostManagement", "Microsoft.Features", "Microsoft.MarketplaceOrdering", "Microsoft.Portal", "Microsoft.ResourceGraph",
+    "Microsoft.ResourceNotifications", "Microsoft.Resources", "Microsoft.SerialConsole", "microsoft.support"})
+NAMESPACES = DEFAULT_REGISTERED | {"Microsoft.Compute", "Microsoft.Network", "Microsoft.Storage", "Microsoft.DevTestLab"}
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
 class ContractMocks(pulumi.runtime.Mocks):
     """Answers as the providers would (names, ids, addresses, identities, command output), after
     applying ``RULES``; a violation is recorded and raised with its rule named."""
 
-    def __init__(self, caller_type: str = "User") -> None:
+    def __init__(self, caller_type: str = "User", registered: frozenset[str] = NAMESPACES) -> None:
         self.caller_type = caller_type  # what kind of principal runs pulumi up: "User" or "ServicePrincipal"
+        self.registered = registered  # the subscription's registered resource provider namespaces
         self.violations: list[str] = []
         self.calls: list[str] = []
         self.secrets: set[str] = set()  # every private key and password these mocks answered with
@@ -461,7 +476,56 @@ class ContractMocks(pulumi.runtime.Mocks):
         self.calls.append(args.token)
         if args.token == "azure-native:authorization:getClientConfig":
             return {"clientId": "11111111-1111-1111-1111-111111111111", "objectId": CALLER_OBJECT_ID,
-                    "subscriptionId": "00000000-0000-0000-0000-000000000000", "tenantId": "33333333-3333-3333-3333-333333333333"}
+                    "subscriptionId": SUBSCRIPTION, "tenantId": "33333333-3333-3333-3333-333333333333"}
         if args.token == "azure-native:authorization:getClientToken":
             return {"token": caller_token(self.caller_type)}
         raise ContractViolation(f"the program calls {args.token}, which these mocks do not answer")
+
+
+@contextmanager
+def arm_stand_in(mocks: ContractMocks) -> Iterator[str]:
+    """S13's Resource Providers - Get (``GET /subscriptions/{id}/providers/{namespace}?api-version=``)
+    on loopback, answering from ``mocks.registered``, refusing what ARM refuses: no or another
+    bearer token (401 InvalidAuthenticationToken), no api-version (400
+    MissingApiVersionParameter), another subscription (404 SubscriptionNotFound), a namespace
+    that does not exist (404 InvalidResourceNamespace). Yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def answer(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def refuse(self, status: int, code: str) -> None:
+            self.answer(status, {"error": {"code": code, "message": code}})
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            url = urllib.parse.urlsplit(self.path)
+            m = re.fullmatch(r"/subscriptions/([^/]+)/providers/([^/]+)", url.path)
+            if self.headers.get("Authorization") != f"Bearer {caller_token(mocks.caller_type)}":
+                return self.refuse(401, "InvalidAuthenticationToken")
+            if "api-version" not in urllib.parse.parse_qs(url.query):
+                return self.refuse(400, "MissingApiVersionParameter")
+            if not m or m.group(1) != SUBSCRIPTION:
+                return self.refuse(404, "SubscriptionNotFound")
+            known = {n.lower(): n for n in NAMESPACES}
+            ns = known.get(m.group(2).lower())
+            if ns is None:
+                return self.refuse(404, "InvalidResourceNamespace")
+            state = "Registered" if ns in mocks.registered else "NotRegistered"
+            self.answer(200, {"id": f"/subscriptions/{SUBSCRIPTION}/providers/{ns}", "namespace": ns, "registrationState": state})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import runpy
 import subprocess
@@ -21,7 +22,8 @@ import yaml
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockMonitor
 
-from tests.azure_contracts import MOCK_START, ContractMocks, ContractViolation, options_violation, unsecret
+import infra.login
+from tests.azure_contracts import MOCK_START, NAMESPACES, ContractMocks, ContractViolation, arm_stand_in, options_violation, unsecret
 from tests.conftest import ROOT
 
 AZURE = {"adminCidr": "203.0.113.7/32", "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockKeyForTestsOnly user@host"}
@@ -87,15 +89,23 @@ def stack_config(stack: str, azure: dict[str, Any] | None = None, extra: dict[st
 
 
 def run(stack: str, monkeypatch: pytest.MonkeyPatch, config: dict[str, str] | None = None, allow_violations: bool = False,
-        root: Path = ROOT, caller: str = "User") -> Program:
+        root: Path = ROOT, caller: str = "User", registered: frozenset[str] = NAMESPACES) -> Program:
     """The real __main__.py under mocks, resolving every input and output, run by a login of
-    the kind ``caller`` ("User" or "ServicePrincipal")."""
+    the kind ``caller`` ("User" or "ServicePrincipal") on a subscription with the ``registered``
+    resource providers (answered by a stand-in for ARM)."""
+    with contextlib.ExitStack() as stack_of:
+        mocks = ContractMocks(caller_type=caller, registered=registered)
+        monkeypatch.setattr(infra.login, "ARM_ENDPOINT", stack_of.enter_context(arm_stand_in(mocks)))
+        return _run(stack, monkeypatch, mocks, config, allow_violations, root)
+
+
+def _run(stack: str, monkeypatch: pytest.MonkeyPatch, mocks: ContractMocks, config: dict[str, str] | None, allow_violations: bool,
+         root: Path) -> Program:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi_settings.ROOT.set(None)
     pulumi_settings.SETTINGS.rpc_manager.clear()  # a program that failed leaves RPCs and output tasks
     pulumi_settings.SETTINGS.outputs.clear()  # of its own (closed) event loop behind
-    mocks = ContractMocks(caller_type=caller)
     recorded: dict[str, dict[str, Any]] = {}
     raw: dict[str, dict[str, Any]] = {}
     orig = mocks.new_resource

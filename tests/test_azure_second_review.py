@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pulumi
 import pytest
 import yaml
 
-from tests.azure_contracts import CALLER_OBJECT_ID, SECRET_SIG
+from tests.azure_contracts import CALLER_OBJECT_ID, DEFAULT_REGISTERED, SECRET_SIG
 from tests.conftest import ROOT
-from tests.test_azure import AZURE, commands, run, stack_config
+from tests.test_azure import AZURE, Monitor, commands, run, stack_config
 
 SECURED = ("tls", "mtls", "password")
 
@@ -88,3 +89,25 @@ def test_the_operators_role_assignment_names_the_callers_principal_type(monkeypa
     assert reader["principalId"] == CALLER_OBJECT_ID and reader["principalType"] == caller
     writers = [r.inputs for r in p.of("azure-native:authorization:RoleAssignment") if r.name.startswith("results-writer-")]
     assert len(writers) == 3 and {w["principalType"] for w in writers} == {"ServicePrincipal"}  # the VMs' managed identities
+
+
+def test_an_unregistered_resource_provider_stops_the_preview_before_any_resource(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Microsoft Learn "Resource providers and types": Azure registers a namespace by itself only
+    for portal actions and templates, and Microsoft.DevTestLab is not registered by default;
+    azure-native registers none (pulumi/pulumi-azure-native#3479). Unchecked, ``pulumi up -s
+    smoke`` on a fresh subscription fails with MissingSubscriptionRegistration after the VMs exist."""
+    seen: list[str] = []
+    register = Monitor.RegisterResource
+
+    def record(self: Monitor, req: Any) -> Any:
+        seen.append(req.type)
+        return register(self, req)
+
+    monkeypatch.setattr(Monitor, "RegisterResource", record)
+    fresh = DEFAULT_REGISTERED | {"Microsoft.Compute", "Microsoft.Network", "Microsoft.Storage"}
+    with pytest.raises(pulumi.RunError, match=r"Microsoft\.DevTestLab \(NotRegistered\).*az provider register --namespace Microsoft\.DevTestLab --wait$"):
+        run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure()), registered=fresh)
+    assert [t for t in seen if t != "pulumi:pulumi:Stack"] == []
+    with pytest.raises(pulumi.RunError, match="register --namespace Microsoft.Compute --wait && az provider register --namespace Microsoft.Network"):
+        run("distributed", monkeypatch, registered=DEFAULT_REGISTERED)
+    run("distributed", monkeypatch, registered=fresh)  # no auto-shutdown: DevTestLab is not needed
