@@ -160,7 +160,7 @@ class LinuxVm(pulumi.ComponentResource):
         if ctx.az.auto_shutdown:
             devtestlab.GlobalSchedule(
                 f"{name}-shutdown", resource_group_name=rg, name=self.vm.name.apply(lambda n: f"shutdown-computevm-{n}"),
-                status="Enabled", task_type="ComputeVmShutdownTask", daily_recurrence={"time": ctx.az.auto_shutdown},
+                status="Enabled", task_type="ComputeVmShutdownTask", daily_recurrence={"time": ctx.az.auto_shutdown_at},
                 time_zone_id=ctx.az.auto_shutdown_tz, target_resource_id=self.vm.id, tags=ctx.tags, opts=child,
             )
         self.host = host

@@ -13,6 +13,7 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workloads.config import ConfigError
@@ -22,6 +23,14 @@ LOAD_GENERATORS = ("mqttlab", "emqtt-bench")
 OPEN_WORLD = {"*", "0.0.0.0/0", "internet", "any", "::/0"}
 _SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
 _TIME = re.compile(r"^([01]\d|2[0-3])[0-5]\d$")
+_AFTER = re.compile(r"^\+(\d{1,2})h$")
+# what a run may take before its benchmark ends: cloud-init and install (20 minutes each at most,
+# infra.components) before benchTimeoutS; a shutdown sooner than that deallocates the run
+PROVISION_S = 2400
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -33,8 +42,9 @@ class AzureSettings:
     broker_vm_size: str
     balancer_vm_size: str
     spot: bool
-    auto_shutdown: str | None  # "HHMM", daily
+    auto_shutdown: str | None  # "HHMM" daily, or "+Nh": N hours after the latest pulumi up, in UTC
     auto_shutdown_tz: str
+    auto_shutdown_at: str | None  # the schedule's daily HHMM, in auto_shutdown_tz
     mqtt_cidrs: tuple[str, ...]
     load_generator: str
     run_id: str
@@ -89,8 +99,8 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
             raise ConfigError(P + "spot", True, f"Azure offers no Spot capacity for B-series sizes ({', '.join(burstable)}); "
                               "use a size such as Standard_D2s_v5 or turn spot off")
     shutdown = sec.get("autoShutdown")
-    if shutdown is not None and not _TIME.match(str(shutdown)):
-        raise ConfigError(P + "autoShutdown", shutdown, "must be a daily time HHMM, e.g. 1900")
+    if shutdown is not None and not (_TIME.match(str(shutdown)) or _AFTER.match(str(shutdown))):
+        raise ConfigError(P + "autoShutdown", shutdown, "must be a daily time HHMM (e.g. 1900) or hours after pulumi up (e.g. +2h)")
     lg = str(sec.get("loadGenerator", "mqttlab"))
     if lg not in LOAD_GENERATORS:
         raise ConfigError(P + "loadGenerator", lg, f"must be one of {', '.join(LOAD_GENERATORS)}")
@@ -103,16 +113,42 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
     timeout = sec.get("benchTimeoutS", 3600)
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 60:
         raise ConfigError(P + "benchTimeoutS", timeout, "must be a whole number of seconds >= 60")
+    tz = str(sec.get("autoShutdownTimeZone", "UTC"))
+    shutdown_at, tz = shutdown_schedule(None if shutdown is None else str(shutdown), tz, PROVISION_S + timeout)
     user = str(sec.get("adminUser", "mqttlab"))
     if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user) or user in ("root", "admin"):
         raise ConfigError(P + "adminUser", user, "must be a Linux user name other than root or admin")
     return AzureSettings(
         admin_cidrs=admins, ssh_public_key=str(key) if key else None, generate_ssh_key=generate, admin_user=user,
         broker_vm_size=sizes["brokerVmSize"], balancer_vm_size=sizes["balancerVmSize"], spot=spot,
-        auto_shutdown=str(shutdown) if shutdown is not None else None, auto_shutdown_tz=str(sec.get("autoShutdownTimeZone", "UTC")),
+        auto_shutdown=str(shutdown) if shutdown is not None else None, auto_shutdown_tz=tz, auto_shutdown_at=shutdown_at,
         mqtt_cidrs=tuple(_cidr(f"{P}mqttCidrs[{i}]", c) for i, c in enumerate(mqtt)), load_generator=lg, run_id=rid,
         bench_timeout_s=timeout,
     )
+
+
+def shutdown_schedule(value: str | None, tz: str, run_s: int) -> tuple[str | None, str]:
+    """The daily auto-shutdown time (HHMM) and its time zone, or None. A DevTest Labs schedule
+    deallocates the VMs at that time whatever runs (Microsoft Learn, "Auto-shutdown a VM"), and
+    every later remote step would dial a deallocated VM; so the time must fall after this run's
+    bound (``run_s``: provisioning plus benchTimeoutS). ``+Nh`` moves it to N hours after each
+    ``pulumi up``, in UTC; a fixed UTC time that comes sooner than the bound is refused (a time in
+    another zone is taken as given: Azure's zone names are Windows ones, unknown here)."""
+    if value is None:
+        return None, tz
+    now = utc_now()
+    after = _AFTER.match(value)
+    if after:
+        if int(after.group(1)) * 3600 < run_s:
+            raise ConfigError(P + "autoShutdown", value, f"is sooner than this run can end ({run_s // 60} minutes: provisioning plus benchTimeoutS)")
+        return (now + timedelta(hours=int(after.group(1)))).strftime("%H%M"), "UTC"
+    if tz == "UTC":
+        at = now.replace(hour=int(value[:2]), minute=int(value[2:]), second=0, microsecond=0)
+        wait = (at - now).total_seconds() % 86400
+        if wait < run_s:
+            raise ConfigError(P + "autoShutdown", value, f"comes in {wait / 60:.0f} minutes (now {now:%H:%M} UTC), before this run can end "
+                              f"({run_s // 60} minutes): the VMs would be deallocated mid-run; use +Nh (hours after pulumi up), e.g. +2h")
+    return value, tz
 
 
 def spot_capable(size: str) -> bool:

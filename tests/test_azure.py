@@ -13,6 +13,7 @@ import sys
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockMonitor
 
 import infra.login
+import infra.settings
 from tests.azure_contracts import MOCK_START, NAMESPACES, ContractMocks, ContractViolation, arm_stand_in, options_violation, unsecret
 from tests.conftest import ROOT
 
@@ -338,6 +340,7 @@ def test_outputs_are_the_documented_ones(program: Program) -> None:
 
 
 def test_spot_shutdown_and_generated_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(infra.settings, "utc_now", lambda: datetime(2026, 1, 5, 8, 0, tzinfo=UTC))  # far from 19:00: not refused as too soon
     azure = {"adminCidr": "198.51.100.0/28", "generateSshKey": True, "spot": True, "autoShutdown": "1900", "brokerVmSize": "Standard_D4s_v5"}
     cfg = stack_config("distributed", azure=azure)
     del cfg["mqttlab:sshPrivateKey"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pulumi
 import pytest
 import yaml
 
+import infra.settings
 from tests.azure_contracts import CALLER_OBJECT_ID, DEFAULT_REGISTERED, SECRET_SIG
 from tests.conftest import ROOT
 from tests.test_azure import AZURE, Monitor, commands, run, stack_config
@@ -111,3 +113,28 @@ def test_an_unregistered_resource_provider_stops_the_preview_before_any_resource
     with pytest.raises(pulumi.RunError, match="register --namespace Microsoft.Compute --wait && az provider register --namespace Microsoft.Network"):
         run("distributed", monkeypatch, registered=DEFAULT_REGISTERED)
     run("distributed", monkeypatch, registered=fresh)  # no auto-shutdown: DevTestLab is not needed
+
+
+def at(monkeypatch: pytest.MonkeyPatch, hhmm: str) -> None:
+    """The program's clock, set to today at ``hhmm`` UTC."""
+    now = datetime.now(UTC).replace(hour=int(hhmm[:2]), minute=int(hhmm[2:]), second=0, microsecond=0)
+    monkeypatch.setattr(infra.settings, "utc_now", lambda: now, raising=False)
+
+
+def test_auto_shutdown_never_falls_inside_the_run_that_pulumi_up_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Microsoft Learn "Auto-shutdown a VM" (DevTest Labs ``GlobalSchedule``,
+    ``ComputeVmShutdownTask``): the VM is deallocated at the daily time whatever runs on it.
+    The smoke stack at 18:50 UTC with a fixed 19:00 would be deallocated mid-run."""
+    at(monkeypatch, "1850")
+    p = run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure()))
+    shut = p.of("azure-native:devtestlab:GlobalSchedule")
+    assert len(shut) == 3
+    for s in shut:
+        assert s.inputs["dailyRecurrence"] == {"time": "2050"} and s.inputs["timeZoneId"] == "UTC"  # two hours after this pulumi up
+    with pytest.raises(pulumi.RunError, match=r"mqttlab:azure\.autoShutdown.*comes in 10 minutes.*\+2h"):
+        run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure(autoShutdown="1900")))
+    with pytest.raises(pulumi.RunError, match=r"mqttlab:azure\.autoShutdown.*sooner than this run can end"):
+        run("distributed", monkeypatch, stack_config("distributed", azure={**AZURE, "autoShutdown": "+1h"}))  # 3600 s of benchmark alone
+    at(monkeypatch, "0800")
+    assert {s.inputs["dailyRecurrence"]["time"] for s in run("smoke", monkeypatch, stack_config(
+        "smoke", azure=smoke_azure(autoShutdown="1900"))).of("azure-native:devtestlab:GlobalSchedule")} == {"1900"}
