@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,3 +140,29 @@ def test_auto_shutdown_never_falls_inside_the_run_that_pulumi_up_starts(monkeypa
     at(monkeypatch, "0800")
     assert {s.inputs["dailyRecurrence"]["time"] for s in run("smoke", monkeypatch, stack_config(
         "smoke", azure=smoke_azure(autoShutdown="1900"))).of("azure-native:devtestlab:GlobalSchedule")} == {"1900"}
+
+
+def azure_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text[text.index("\n## Azure\n"): text.index("\n## ", text.index("\n## Azure\n") + 5)]
+
+
+def test_the_readmes_fetch_commands_need_only_the_roles_the_program_grants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Microsoft Learn "Create a user delegation SAS for a container or blob with the Azure CLI":
+    the user delegation key's action (``.../blobServices/generateUserDelegationKey``) must be
+    granted at the storage account's scope or above. The program grants the operator Storage
+    Blob Data Reader on the container only, which is enough for reads with the login itself."""
+    p = run("distributed", monkeypatch)
+    account = p.of("azure-native:storage:StorageAccount")[0]
+    account_id = f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/mock/providers/{account.type}/{p.outputs['storageAccount']}"
+    scopes = [r.inputs["scope"] for r in p.of("azure-native:authorization:RoleAssignment") if r.inputs["principalId"] == CALLER_OBJECT_ID]
+    at_account = [s for s in scopes if account_id == s or account_id.startswith(s + "/")]
+    commands_shown = " ".join(azure_section().split())
+    for m in re.finditer(r"az storage \S+ generate-sas[^`]*", commands_shown):
+        if "--as-user" in m.group(0):
+            assert at_account, f"the README's {m.group(0)[:60]!r} needs a role at account scope; the operator holds one at {scopes}"
+    fetch = re.search(r"`(mqttlab results fetch [^`]*)`", commands_shown)
+    assert fetch and "--sas" not in fetch.group(1)
+    cp = subprocess.run([sys.executable, "-m", "workloads.cli", "results", "fetch", "--help"], capture_output=True, text=True, cwd=ROOT)
+    for flag in re.findall(r"--[a-z-]+", fetch.group(1)):  # the command the README shows exists as written
+        assert flag in cp.stdout, flag

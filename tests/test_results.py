@@ -6,6 +6,7 @@ service that hands a VM its token."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -175,14 +176,23 @@ def test_verdict_fails_the_run_after_everything_is_uploaded(store: str, tmp_path
     assert cmd_verdict(args) == 0  # nothing failed: the run stands
 
 
-def test_fetch_reads_the_sas_from_a_pipe(store: str, tmp_path: Path) -> None:
+def test_fetch_reads_with_the_users_az_login(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "az").write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom tests.fake_az import main\nsys.exit(main(sys.argv[1:]))\n")
+    (bin_dir / "az").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_AZ_LOG", str(tmp_path / "az.jsonl"))
     BlobStore.blobs["smoke/4/manifest.json"] = b'{"status": "complete"}'
-    cmd = [sys.executable, "-m", "workloads.cli", "results", "fetch", "--url", store, "--prefix", "smoke/4/", "--out", str(tmp_path), "--sas", "-"]
-    cp = subprocess.run(cmd, input=SAS + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    cmd = [sys.executable, "-m", "workloads.cli", "results", "fetch", "--url", store, "--prefix", "smoke/4/", "--out", str(tmp_path)]
+    cp = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert cp.returncode == 0, cp.stderr
     assert (tmp_path / "smoke-4" / "manifest.json").read_bytes() == b'{"status": "complete"}'
+    monkeypatch.setenv("FAKE_AZ_LOGGED_OUT", "1")
+    cp = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert cp.returncode != 0 and "az login" in cp.stderr and "Traceback" not in cp.stderr

@@ -639,10 +639,16 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    sas = sys.stdin.readline().strip() if args.sas == "-" else args.sas  # "-": from a pipe, off the command line
-    if not sas:
-        raise LabError("--sas -: no SAS on standard input")
-    dest = fetch(args.url, args.prefix, BlobAuth(sas=sas), Path(args.out))
+    """With the user's own ``az login``: Storage Blob Data Reader on the container, which the
+    program grants, is all it needs (a user delegation SAS would need a role at account scope)."""
+    from workloads.campaign.azure import user_storage_token
+    from workloads.campaign.run import PointFailed
+
+    try:
+        token = user_storage_token()
+    except PointFailed as exc:
+        raise LabError(str(exc)) from None
+    dest = fetch(args.url, args.prefix, BlobAuth(token=token), Path(args.out))
     print(dest)
     return 0
 
@@ -696,11 +702,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     r = sub.add_parser("results", help="results in the Azure container")
     rsub = r.add_subparsers(dest="results_cmd", required=True)
-    f = rsub.add_parser("fetch", help="download a run's files into OUT/<stack>-<run-id>/")
+    f = rsub.add_parser("fetch", help="download a run's files into OUT/<stack>-<run-id>/ with your az login")
     f.add_argument("--url", required=True)
     f.add_argument("--prefix", required=True)
-    f.add_argument("--sas", required=True, help="a short-lived read/list SAS, or - to read it from standard input "
-                   "(az storage container generate-sas --as-user --auth-mode login ... -o tsv | mqttlab results fetch ... --sas -)")
     f.add_argument("--out", default="runs")
     f.set_defaults(func=cmd_fetch)
 
