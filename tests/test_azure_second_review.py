@@ -4,6 +4,7 @@ source file), and runs the real ``__main__.py`` under the contract-checked mocks
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import subprocess
@@ -166,3 +167,55 @@ def test_the_readmes_fetch_commands_need_only_the_roles_the_program_grants(monke
     cp = subprocess.run([sys.executable, "-m", "workloads.cli", "results", "fetch", "--help"], capture_output=True, text=True, cwd=ROOT)
     for flag in re.findall(r"--[a-z-]+", fetch.group(1)):  # the command the README shows exists as written
         assert flag in cp.stdout, flag
+
+
+# Microsoft Learn, "Azure built-in roles" (role-based-access-control/built-in-roles): Actions and
+# NotActions of the roles a README may name.
+BUILT_IN_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "Owner": (("*",), ()),
+    "Contributor": (("*",), ("Microsoft.Authorization/*/Delete", "Microsoft.Authorization/*/Write", "Microsoft.Authorization/elevateAccess/Action",
+                             "Microsoft.Blueprint/blueprintAssignments/write", "Microsoft.Blueprint/blueprintAssignments/delete",
+                             "Microsoft.Compute/galleries/share/action", "Microsoft.Purview/consents/write", "Microsoft.Purview/consents/delete",
+                             "Microsoft.Resources/deploymentStacks/manageDenySetting/action", "Microsoft.Subscription/cancel/action",
+                             "Microsoft.Subscription/enable/action")),
+    "User Access Administrator": (("*/read", "Microsoft.Authorization/*", "Microsoft.Support/*"), ()),
+    "Role Based Access Control Administrator": (("Microsoft.Authorization/roleAssignments/write", "Microsoft.Authorization/roleAssignments/delete",
+                                                 "*/read", "Microsoft.Support/*"), ()),
+}
+# the ARM write action (Microsoft Learn, "Azure resource provider operations") behind each type
+WRITE_ACTION = {
+    "azure-native:resources:ResourceGroup": "Microsoft.Resources/subscriptions/resourceGroups/write",
+    "azure-native:network:VirtualNetwork": "Microsoft.Network/virtualNetworks/write",
+    "azure-native:network:Subnet": "Microsoft.Network/virtualNetworks/subnets/write",
+    "azure-native:network:NetworkSecurityGroup": "Microsoft.Network/networkSecurityGroups/write",
+    "azure-native:network:NetworkInterface": "Microsoft.Network/networkInterfaces/write",
+    "azure-native:network:PublicIPAddress": "Microsoft.Network/publicIPAddresses/write",
+    "azure-native:compute:VirtualMachine": "Microsoft.Compute/virtualMachines/write",
+    "azure-native:storage:StorageAccount": "Microsoft.Storage/storageAccounts/write",
+    "azure-native:storage:BlobContainer": "Microsoft.Storage/storageAccounts/blobServices/containers/write",
+    "azure-native:authorization:RoleAssignment": "Microsoft.Authorization/roleAssignments/write",
+    "azure-native:devtestlab:GlobalSchedule": "Microsoft.DevTestLab/schedules/write",
+}
+
+
+def allows(role: str, action: str) -> bool:
+    actions, not_actions = BUILT_IN_ROLES[role]
+    def match(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(action.lower(), pattern.lower())
+    return any(match(a) for a in actions) and not any(match(n) for n in not_actions)
+
+
+def test_the_readmes_permission_statement_covers_every_resource_the_program_creates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each alternative the README gives ("your account needs A, or B plus C") must hold every
+    write action the smoke stack's resources need, and the providers' register action."""
+    p = run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure()))
+    types = {r.type for r in p.resources if r.type.startswith("azure-native:")}
+    assert types <= set(WRITE_ACTION), types - set(WRITE_ACTION)
+    needed = {WRITE_ACTION[t] for t in types} | {"Microsoft.DevTestLab/register/action"}
+    said = re.search(r"your account needs (.+?) on the subscription", " ".join(azure_section().split()))
+    assert said, "the README's Azure prerequisites say no role"
+    for alternative in re.split(r",? or ", said.group(1)):
+        roles = [r.strip(" ,*") for r in re.split(r" plus | and ", alternative)]
+        assert all(r in BUILT_IN_ROLES for r in roles), roles
+        lacking = sorted(a for a in needed if not any(allows(r, a) for r in roles))
+        assert not lacking, f"{' + '.join(roles)} cannot {lacking}"
