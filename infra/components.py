@@ -234,7 +234,7 @@ CLOUD_INIT_WAIT = bounded(T_CLOUD_INIT, "cloud-init status --wait --long; rc=$?;
 INSTALL = bounded(T_INSTALL, f"set -e; rm -rf {REMOTE_ROOT}/src.new; mkdir -p {REMOTE_ROOT}/src.new; tar -xzf {BUNDLE} -C {REMOTE_ROOT}/src.new; "
                   f"rm -rf {REMOTE_ROOT}/src; mv {REMOTE_ROOT}/src.new {REMOTE_ROOT}/src; "
                   f"test -x {REMOTE_ROOT}/.venv/bin/python || python3 -m venv {REMOTE_ROOT}/.venv; "
-                  f"{REMOTE_ROOT}/.venv/bin/pip install -q --disable-pip-version-check {REMOTE_ROOT}/src; {MQTTLAB} --help >/dev/null")
+                  f"{REMOTE_ROOT}/.venv/bin/pip install -q --disable-pip-version-check \"{REMOTE_ROOT}/src[azure]\"; {MQTTLAB} --help >/dev/null")
 
 
 class LabHost(pulumi.ComponentResource):
