@@ -176,3 +176,23 @@ def test_the_vms_install_the_sdk_their_upload_uses() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {d.split(">")[0] for d in extras["azure"]} == {"azure-identity", "azure-storage-blob"}
     assert '/opt/mqttlab/src[azure]"' in INSTALL and "mqttlab[azure]" in extras["infra"]
+
+
+@pytest.mark.lab
+def test_a_lab_runs_results_go_up_as_the_vm_and_come_back_to_the_user_byte_for_byte(blob: Blob, az_login: Path, tmp_path: Path) -> None:
+    """A real lab run's directory: uploaded by the VMs' code (managed identity), fetched by the
+    user's command (az login), identical; only bearer tokens reached the store."""
+    from tests.test_lab import lab_run
+
+    cp = lab_run("-s", "distributed", "--publishers", "4", "--subscribers", "4", "--messages", "40", "--interval-ms", "50", "--quiet",
+                 out=tmp_path / "lab")
+    assert cp.returncode == 0, cp.stderr
+    (run,) = (tmp_path / "lab").iterdir()
+    n = storage.upload_dir(vm(blob), run, "distributed/lab/", skip_manifest=False)
+    cmd = [sys.executable, "-m", "workloads.cli", "results", "fetch", "--url", blob.container_url, "--prefix", "distributed/lab/",
+           "--out", str(tmp_path / "fetched"), "--ca-file", str(blob.ca_file)]
+    got = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert got.returncode == 0, got.stderr
+    kept = {k: v for k, v in digest(run).items() if not k.startswith("pids/") and not k.endswith(".sock")}
+    assert n == len(kept) > 10 and digest(Path(got.stdout.strip())) == kept
+    assert {a for _, _, a in blob.gate.requests} == {"Bearer"} and not any("sig=" in p for _, p, _ in blob.gate.requests)
