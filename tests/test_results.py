@@ -196,3 +196,14 @@ def test_a_lab_runs_results_go_up_as_the_vm_and_come_back_to_the_user_byte_for_b
     kept = {k: v for k, v in digest(run).items() if not k.startswith("pids/") and not k.endswith(".sock")}
     assert n == len(kept) > 10 and digest(Path(got.stdout.strip())) == kept
     assert {a for _, _, a in blob.gate.requests} == {"Bearer"} and not any("sig=" in p for _, p, _ in blob.gate.requests)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--url", "http://127.0.0.1:9/c"], "--url"),
+    (["--url", "https://127.0.0.1:9/c", "--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
+    (["--url", "https://127.0.0.1:9/c", "--ca-file", str(ROOT / "README.md")], "--ca-file"),
+])
+def test_results_fetch_refuses_a_bad_url_or_ca_file_in_one_line(tmp_path: Path, argv: list[str], says: str) -> None:
+    cp = subprocess.run([sys.executable, "-m", "workloads.cli", "results", "fetch", "--prefix", "p/", "--out", str(tmp_path), *argv],
+                        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert cp.returncode == 2 and len(cp.stderr.strip().splitlines()) == 1 and says in cp.stderr, cp.stderr

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from workloads import hostfaults, procs, storage
 from workloads.balancer import ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
 from workloads.cliargs import add_stack_args, load
-from workloads.config import ExperimentConfig
+from workloads.config import ConfigError, ExperimentConfig
 from workloads.lab.netns import LabError
 from workloads.plan import Broker, Plan, build_plan
 from workloads.render import render_files, write_files
@@ -506,6 +507,13 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     """With the user's own ``az login``: Storage Blob Data Reader on the container, which the
     program grants, is all it needs (a user delegation SAS would need a role at account scope)."""
+    if not args.url.startswith("https://"):  # the SDK sends a bearer token over HTTPS only
+        raise ConfigError("--url", args.url, "not an https:// container URL")
+    if args.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=args.ca_file)
+        except (OSError, ssl.SSLError, ValueError):
+            raise ConfigError("--ca-file", args.ca_file, "is not a readable PEM certificate bundle") from None
     dest = storage.fetch(storage.container(args.url, storage.user_credential(), args.ca_file), args.prefix, Path(args.out))
     print(dest)
     return 0
