@@ -28,7 +28,7 @@ BUNDLE = f"{REMOTE_ROOT}/bundle.tar.gz"
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 # Bounds (seconds) on every remote step: pulumi up never hangs on a VM
-T_CLOUD_INIT, T_INSTALL, T_BROKERS, T_BALANCER, T_PROBE, T_COLLECT, T_VERDICT = 1200, 1200, 900, 300, 300, 1800, 600
+T_CLOUD_INIT, T_INSTALL, T_BROKERS, T_BALANCER, T_PROBE, T_COLLECT, T_VERDICT, T_SECURITY = 1200, 1200, 900, 300, 300, 1800, 600, 300
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Ctx:
     private_key_password: pulumi.Input[str] | None = None
     subscription_id: pulumi.Input[str] = ""
     operator_object_id: pulumi.Input[str] = ""
+    operator_principal_type: str = "User"  # of the login running pulumi up (infra.login); Azure refuses a mismatch
     extra: dict[str, Any] = field(default_factory=dict)
     security: Any = None  # infra.security.SecurityMaterial when the stack's security mode is not none
     plan_faults: tuple[Fault, ...] = ()  # mqttlab:faults, checked against the plan
@@ -104,7 +105,8 @@ class LinuxVm(pulumi.ComponentResource):
     """Ubuntu 24.04 VM with a static Standard public IP (administration only), a NIC with the
     plan's private address (plus one secondary address per broker on the broker host, which
     the Azure fabric otherwise drops), SSH key login only, a host key of the program's own, a
-    system-assigned identity (for uploading results), and everything deleted with it.
+    system-assigned identity (for uploading results). The OS disk is deleted with the VM; the NIC
+    and public IP are resources of their own, deleted by Pulumi.
 
     ``customData`` is create-only in Azure (an update is refused with PropertyChangeNotAllowed).
     A change to it (e.g. ``loadGenerator`` switching Docker on for the balancers) therefore
@@ -145,7 +147,9 @@ class LinuxVm(pulumi.ComponentResource):
         }
         storage_profile: Any = {"image_reference": UBUNTU,
                                 "os_disk": {"create_option": "FromImage", "delete_option": "Delete", "managed_disk": {"storage_account_type": "Premium_LRS"}}}
-        network_profile: Any = {"network_interfaces": [{"id": self.nic.id, "primary": True, "delete_option": "Delete"}]}
+        # the NIC is this program's resource: Detach, so a replacement (delete first) finds it again;
+        # Delete would remove it with the old VM (azure-compute-docs virtual-machines/delete.md)
+        network_profile: Any = {"network_interfaces": [{"id": self.nic.id, "primary": True, "delete_option": "Detach"}]}
         identity: Any = {"type": "SystemAssigned"}  # uploads results as itself: no key or SAS on the VM
         self.vm = compute.VirtualMachine(
             f"{name}-vm", resource_group_name=rg, hardware_profile={"vm_size": size},
@@ -156,7 +160,7 @@ class LinuxVm(pulumi.ComponentResource):
         if ctx.az.auto_shutdown:
             devtestlab.GlobalSchedule(
                 f"{name}-shutdown", resource_group_name=rg, name=self.vm.name.apply(lambda n: f"shutdown-computevm-{n}"),
-                status="Enabled", task_type="ComputeVmShutdownTask", daily_recurrence={"time": ctx.az.auto_shutdown},
+                status="Enabled", task_type="ComputeVmShutdownTask", daily_recurrence={"time": ctx.az.auto_shutdown_at},
                 time_zone_id=ctx.az.auto_shutdown_tz, target_resource_id=self.vm.id, tags=ctx.tags, opts=child,
             )
         self.host = host
@@ -196,7 +200,7 @@ class ResultsStore(pulumi.ComponentResource):
                                                container_name="results", public_access=storage.PublicAccess.NONE, opts=self.child)
         self.url = pulumi.Output.concat("https://", self.account.name, ".blob.core.windows.net/", self.container.name)
         self.reader = authorization.RoleAssignment(
-            f"{name}-reader-operator", scope=self.container.id, principal_id=ctx.operator_object_id,
+            f"{name}-reader-operator", scope=self.container.id, principal_id=ctx.operator_object_id, principal_type=ctx.operator_principal_type,
             role_definition_id=role_definition(ctx, BLOB_DATA_READER),
             role_assignment_name=assignment_name(self.container.id, ctx.operator_object_id, BLOB_DATA_READER), opts=self.child)
         self.writers: dict[str, authorization.RoleAssignment] = {}
@@ -230,7 +234,7 @@ CLOUD_INIT_WAIT = bounded(T_CLOUD_INIT, "cloud-init status --wait --long; rc=$?;
 INSTALL = bounded(T_INSTALL, f"set -e; rm -rf {REMOTE_ROOT}/src.new; mkdir -p {REMOTE_ROOT}/src.new; tar -xzf {BUNDLE} -C {REMOTE_ROOT}/src.new; "
                   f"rm -rf {REMOTE_ROOT}/src; mv {REMOTE_ROOT}/src.new {REMOTE_ROOT}/src; "
                   f"test -x {REMOTE_ROOT}/.venv/bin/python || python3 -m venv {REMOTE_ROOT}/.venv; "
-                  f"{REMOTE_ROOT}/.venv/bin/pip install -q --disable-pip-version-check {REMOTE_ROOT}/src; {MQTTLAB} --help >/dev/null")
+                  f"{REMOTE_ROOT}/.venv/bin/pip install -q --disable-pip-version-check \"{REMOTE_ROOT}/src[azure]\"; {MQTTLAB} --help >/dev/null")
 
 
 class LabHost(pulumi.ComponentResource):
@@ -252,7 +256,8 @@ class LabHost(pulumi.ComponentResource):
         self.installed = command.remote.Command(f"{name}-install", connection=self.conn, create=INSTALL, triggers=self.install_triggers,
                                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]))
         if ctx.security is not None:  # secured brokers: every later step waits for this host's secrets
-            self.installed = ctx.security.install(name, self.conn, ctx.stack, f"{REMOTE_ROOT}/src", MQTTLAB, [self.installed])
+            self.installed = ctx.security.install(name, self.conn, ctx.stack, f"{REMOTE_ROOT}/src", MQTTLAB, [self.installed], self.vm.vm_id,
+                                                  T_SECURITY)
         self.host = self.vm.host
 
 

@@ -18,6 +18,7 @@ from pulumi_azure_native import authorization
 
 from infra.bundle import build_bundle
 from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Network, ResultsStore, ssh_commands
+from infra.login import caller_principal_type, require_providers
 from infra.security import SecurityMaterial
 from infra.settings import AzureSettings, parse_azure, private_key_is_encrypted
 from workloads.config import ConfigError, ExperimentConfig, parse_config
@@ -86,6 +87,12 @@ def from_login(field: str, value: str | None) -> str:
     return value
 
 
+def namespaces(az: AzureSettings) -> list[str]:
+    """The resource provider namespaces this program creates resources in, beyond those every
+    subscription has registered (Microsoft.Resources, Microsoft.Authorization)."""
+    return ["Microsoft.Compute", "Microsoft.Network", "Microsoft.Storage", *(["Microsoft.DevTestLab"] if az.auto_shutdown else [])]
+
+
 def build() -> dict[str, Any]:
     project, stack = pulumi.get_project(), pulumi.get_stack()
     try:
@@ -93,6 +100,7 @@ def build() -> dict[str, Any]:
     except ConfigError as exc:
         raise pulumi.RunError(f"configuration error: {exc}") from None
     plan: Plan = build_plan(experiment)
+    require_providers(namespaces(az))  # before the first resource: Azure would refuse part-way
     tags = {"project": project, "stack": stack, "run": az.run_id}
     if az.generate_ssh_key:
         key = tls.PrivateKey("ssh-key", algorithm="ED25519")
@@ -102,12 +110,13 @@ def build() -> dict[str, Any]:
         public_key, private = str(az.ssh_public_key), private_key  # type: ignore[assignment]
     bundle = build_bundle(Path.cwd(), stack, raw)
     client = authorization.get_client_config_output()
+    operator_type = caller_principal_type()  # the operator's role assignment must name it
     net = Network("mqttlab", plan, az, tags)
     sec = SecurityMaterial("security", plan, experiment.security) if experiment.security.enabled else None
     ctx = Ctx(project, stack, plan, az, location=net.resource_group.location, resource_group=net.resource_group.name, bundle=bundle,
               private_key_password=pulumi.Config("mqttlab").get_secret("sshPrivateKeyPassword"),
               subscription_id=client.subscription_id.apply(lambda v: from_login("subscriptionId", v)),
-              operator_object_id=client.object_id.apply(lambda v: from_login("objectId", v)),
+              operator_object_id=client.object_id.apply(lambda v: from_login("objectId", v)), operator_principal_type=operator_type,
               security=sec, plan_faults=experiment.faults)
     store = ResultsStore("results", ctx)
     brokers = BrokerHost("brokers", ctx, net.subnets[plan.host("brokers").subnet], public_key, private)

@@ -72,11 +72,14 @@ class SecurityMaterial(pulumi.ComponentResource):
         self.register_outputs({})
 
     def install(self, name: str, conn: command.remote.ConnectionArgs, stack: str, project_dir: str, mqttlab: str,
-                depends_on: list[pulumi.Resource]) -> command.remote.Command:
-        """A host's copy of the material, piped on stdin; rerun whenever the material changes."""
+                depends_on: list[pulumi.Resource], vm_id: pulumi.Input[str], timeout_s: int = 300) -> command.remote.Command:
+        """A host's copy of the material, piped on stdin; rerun whenever the material or the VM
+        changes. No ``delete``: pulumi-command runs a delete over SSH at destroy (a deallocated VM
+        cannot answer) and, on a change, after the new create, where it would remove what that
+        create just wrote (provider/pkg/provider/remote/commandController.go). The file goes
+        with the VM's disk; a rerun overwrites it."""
         return command.remote.Command(
-            f"{name}-security", connection=conn, stdin=self.json, triggers=[self.json],
-            create=f"sudo {mqttlab} host security-install -s {stack} --project-dir {project_dir}",
-            delete="sudo rm -f /var/lib/mqttlab/security.json",
+            f"{name}-security", connection=conn, stdin=self.json, triggers=[self.json, vm_id],
+            create=f"sudo timeout {timeout_s} {mqttlab} host security-install -s {stack} --project-dir {project_dir}",
             opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )

@@ -13,6 +13,7 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workloads.config import ConfigError
@@ -22,6 +23,14 @@ LOAD_GENERATORS = ("mqttlab", "emqtt-bench")
 OPEN_WORLD = {"*", "0.0.0.0/0", "internet", "any", "::/0"}
 _SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
 _TIME = re.compile(r"^([01]\d|2[0-3])[0-5]\d$")
+_AFTER = re.compile(r"^\+(\d{1,2})h$")
+# what a run may take before its benchmark ends: cloud-init and install (20 minutes each at most,
+# infra.components) before benchTimeoutS; a shutdown sooner than that deallocates the run
+PROVISION_S = 2400
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -33,8 +42,9 @@ class AzureSettings:
     broker_vm_size: str
     balancer_vm_size: str
     spot: bool
-    auto_shutdown: str | None  # "HHMM", daily
+    auto_shutdown: str | None  # "HHMM" daily, or "+Nh": N hours after the latest pulumi up, in UTC
     auto_shutdown_tz: str
+    auto_shutdown_at: str | None  # the schedule's daily HHMM, in auto_shutdown_tz
     mqtt_cidrs: tuple[str, ...]
     load_generator: str
     run_id: str
@@ -42,12 +52,19 @@ class AzureSettings:
 
 
 def _cidr(key: str, value: Any) -> str:
+    """An IPv4 source for the NSGs. The VMs' public addresses are IPv4 (``publicIPAddressVersion``
+    defaults to IPv4; IPv6 needs a dual-stack NIC, Microsoft Learn "Public IP addresses"), so a
+    rule allowing an IPv6 source never matches: every SSH dial would be denied after its retries."""
     if str(value).strip().lower() in OPEN_WORLD:
         raise ConfigError(key, value, "must not open SSH to the whole Internet; give your own address, e.g. 203.0.113.7/32")
     try:
-        return str(ipaddress.ip_network(str(value), strict=False))
+        net = ipaddress.ip_network(str(value), strict=False)
     except ValueError:
         raise ConfigError(key, value, "must be a CIDR such as 203.0.113.7/32") from None
+    if net.version != 4:
+        raise ConfigError(key, value, "must be an IPv4 CIDR: the VMs have IPv4 public addresses only "
+                          "(your IPv4 address: curl -4 -s https://ifconfig.me)")
+    return str(net)
 
 
 def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSettings:
@@ -57,7 +74,7 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
     admin = sec.get("adminCidr")
     if admin is None:
         raise ConfigError(P + "adminCidr", None, "is required: the only source allowed to SSH to the VMs "
-                          "(pulumi config set --path 'mqttlab:azure.adminCidr' \"$(curl -s ifconfig.me)/32\")")
+                          "(pulumi config set --path 'mqttlab:azure.adminCidr' \"$(curl -4 -s https://ifconfig.me)/32\")")
     admins = tuple(_cidr(P + "adminCidr", a) for a in (admin if isinstance(admin, list) else [admin]))
     if any(ipaddress.ip_network(a).prefixlen == 0 for a in admins):
         raise ConfigError(P + "adminCidr", admin, "must not be a /0")
@@ -75,9 +92,15 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
         if not _SIZE.match(v):
             raise ConfigError(P + k, v, "must be an Azure VM size such as Standard_D2s_v5")
         sizes[k] = v
+    spot = bool(sec.get("spot", False))
+    if spot:
+        burstable = [f"{k}={v}" for k, v in sizes.items() if not spot_capable(v)]
+        if burstable:
+            raise ConfigError(P + "spot", True, f"Azure offers no Spot capacity for B-series sizes ({', '.join(burstable)}); "
+                              "use a size such as Standard_D2s_v5 or turn spot off")
     shutdown = sec.get("autoShutdown")
-    if shutdown is not None and not _TIME.match(str(shutdown)):
-        raise ConfigError(P + "autoShutdown", shutdown, "must be a daily time HHMM, e.g. 1900")
+    if shutdown is not None and not (_TIME.match(str(shutdown)) or _AFTER.match(str(shutdown))):
+        raise ConfigError(P + "autoShutdown", shutdown, "must be a daily time HHMM (e.g. 1900) or hours after pulumi up (e.g. +2h)")
     lg = str(sec.get("loadGenerator", "mqttlab"))
     if lg not in LOAD_GENERATORS:
         raise ConfigError(P + "loadGenerator", lg, f"must be one of {', '.join(LOAD_GENERATORS)}")
@@ -90,16 +113,48 @@ def parse_azure(sec: Mapping[str, Any] | None, run_id: str | None) -> AzureSetti
     timeout = sec.get("benchTimeoutS", 3600)
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 60:
         raise ConfigError(P + "benchTimeoutS", timeout, "must be a whole number of seconds >= 60")
+    tz = str(sec.get("autoShutdownTimeZone", "UTC"))
+    shutdown_at, tz = shutdown_schedule(None if shutdown is None else str(shutdown), tz, PROVISION_S + timeout)
     user = str(sec.get("adminUser", "mqttlab"))
     if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user) or user in ("root", "admin"):
         raise ConfigError(P + "adminUser", user, "must be a Linux user name other than root or admin")
     return AzureSettings(
         admin_cidrs=admins, ssh_public_key=str(key) if key else None, generate_ssh_key=generate, admin_user=user,
-        broker_vm_size=sizes["brokerVmSize"], balancer_vm_size=sizes["balancerVmSize"], spot=bool(sec.get("spot", False)),
-        auto_shutdown=str(shutdown) if shutdown is not None else None, auto_shutdown_tz=str(sec.get("autoShutdownTimeZone", "UTC")),
+        broker_vm_size=sizes["brokerVmSize"], balancer_vm_size=sizes["balancerVmSize"], spot=spot,
+        auto_shutdown=str(shutdown) if shutdown is not None else None, auto_shutdown_tz=tz, auto_shutdown_at=shutdown_at,
         mqtt_cidrs=tuple(_cidr(f"{P}mqttCidrs[{i}]", c) for i, c in enumerate(mqtt)), load_generator=lg, run_id=rid,
         bench_timeout_s=timeout,
     )
+
+
+def shutdown_schedule(value: str | None, tz: str, run_s: int) -> tuple[str | None, str]:
+    """The daily auto-shutdown time (HHMM) and its time zone, or None. A DevTest Labs schedule
+    deallocates the VMs at that time whatever runs (Microsoft Learn, "Auto-shutdown a VM"), and
+    every later remote step would dial a deallocated VM; so the time must fall after this run's
+    bound (``run_s``: provisioning plus benchTimeoutS). ``+Nh`` moves it to N hours after each
+    ``pulumi up``, in UTC; a fixed UTC time that comes sooner than the bound is refused (a time in
+    another zone is taken as given: Azure's zone names are Windows ones, unknown here)."""
+    if value is None:
+        return None, tz
+    now = utc_now()
+    after = _AFTER.match(value)
+    if after:
+        if int(after.group(1)) * 3600 < run_s:
+            raise ConfigError(P + "autoShutdown", value, f"is sooner than this run can end ({run_s // 60} minutes: provisioning plus benchTimeoutS)")
+        return (now + timedelta(hours=int(after.group(1)))).strftime("%H%M"), "UTC"
+    if tz == "UTC":
+        at = now.replace(hour=int(value[:2]), minute=int(value[2:]), second=0, microsecond=0)
+        wait = (at - now).total_seconds() % 86400
+        if wait < run_s:
+            raise ConfigError(P + "autoShutdown", value, f"comes in {wait / 60:.0f} minutes (now {now:%H:%M} UTC), before this run can end "
+                              f"({run_s // 60} minutes): the VMs would be deallocated mid-run; use +Nh (hours after pulumi up), e.g. +2h")
+    return value, tz
+
+
+def spot_capable(size: str) -> bool:
+    """Microsoft Learn "Use Azure Spot Virtual Machines" (virtual-machines/spot-vms), Limitations:
+    B-series sizes are not supported as Spot; the VM create is refused after the rest exists."""
+    return not re.match(r"^Standard_B\d", size, re.I)
 
 
 # Azure accepts only SSH-2 RSA keys of at least 2048 bits and Ed25519 keys for Linux VMs

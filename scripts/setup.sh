@@ -36,4 +36,13 @@ extra="analysis"
 echo "== pip install -e .[$extra] into .venv"
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[$extra]"
+if [ "$dev" = 1 ]; then
+  # Azurite, Microsoft's Blob service emulator (npm), for the results store's tests: .tools/azurite
+  if ! command -v npm >/dev/null; then
+    apt-get install -y -q --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "== npm install azurite into .tools/azurite"
+  mkdir -p .tools/azurite
+  npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
+fi
 echo "== ready: $(.venv/bin/mqttlab --help | head -1)"

@@ -45,6 +45,27 @@ Sources (S1..S9 in the table):
 - S12 pulumi-random 4.x ``RandomPasswordArgs.length``: "The minimum value for length is 1 and,
   length must also be >= (min_upper + min_lower + min_numeric + min_special)"; of ``numeric``,
   ``upper``, ``lower``, ``special`` at least one must be true. ``result`` is a secret output.
+- S13 Microsoft Learn, "Resource providers and types" (azure-resource-manager/management/
+  resource-providers-and-types): a resource type can be created only once its namespace is
+  registered for the subscription (else MissingSubscriptionRegistration); a new subscription
+  has only the namespaces "registered by default"; Azure registers others by itself for portal
+  actions and templates only, and azure-native registers none (pulumi/pulumi-azure-native#3479).
+  ARM's Resource Providers - Get reports ``registrationState``.
+- S14 azure-compute-docs virtual-machines/delete.md: ``deleteOption: Delete`` on a VM's NIC
+  reference deletes the NIC with the VM. For a NIC that is a Pulumi resource of its own, the
+  VM's deletion (destroy, or a delete-before-replace) would remove a resource Pulumi still
+  holds, and the replacement VM's request would name a NIC that no longer exists.
+- S15 pulumi-command provider/pkg/provider/remote/commandController.go: ``Delete`` runs the
+  ``delete`` command over SSH at destroy, and on a replacement after the new resource's create.
+  A deallocated (Spot-evicted, auto-shut-down) VM cannot answer, so destroy would hang on it.
+- S16 Azure RBAC REST API, Role Assignments - Create, ``RoleAssignmentProperties.principalType``:
+  taken as ``User`` when absent; a principal of another type is refused with
+  ``UnmatchedPrincipalType``. A managed identity is a ``ServicePrincipal``.
+- S17 Microsoft Learn, "Use Azure Spot Virtual Machines" (virtual-machines/spot-vms),
+  Limitations: "B-series" sizes are not supported as Spot.
+- S18 Microsoft Learn, "Public IP addresses": ``publicIPAddressVersion`` defaults to IPv4, and an
+  IPv6 address needs a dual-stack NIC configuration; this program's VMs have IPv4 addresses
+  only, so an NSG rule allowing an IPv6 source matches no packet that reaches them.
 """
 
 from __future__ import annotations
@@ -55,8 +76,12 @@ import ipaddress
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pulumi
@@ -93,6 +118,16 @@ NAMES: dict[str, Name] = {
 }
 
 
+@dataclass(frozen=True)
+class World:
+    """What a rule may need beyond the resource itself: the subscription and what the program
+    created before it (the mocks fill it in as resources arrive)."""
+
+    registered: frozenset[str] = frozenset()  # S13; empty: every namespace counts as registered
+    nic_ids: frozenset[str] = frozenset()  # S14: ids of the NICs this program created
+    principals: Mapping[str, str] = field(default_factory=dict)  # S16: principal id -> its real type
+
+
 @dataclass
 class Seen:
     """A resource as the contract sees it: type, logical name, plain inputs, physical name."""
@@ -102,6 +137,7 @@ class Seen:
     inputs: dict[str, Any]
     physical: str
     raw: dict[str, Any] = field(default_factory=dict)
+    world: World = field(default_factory=World)
 
 
 @dataclass(frozen=True)
@@ -315,7 +351,68 @@ def _schedule(r: Seen) -> str | None:
     return None if re.match(r"^([01]\d|2[0-3])[0-5]\d$", t) else f"dailyRecurrence.time {t!r} is not HHMM"
 
 
+# S13: the namespace behind each azure-native module this program uses
+NAMESPACE_OF = {"resources": "Microsoft.Resources", "network": "Microsoft.Network", "compute": "Microsoft.Compute", "storage": "Microsoft.Storage",
+                "authorization": "Microsoft.Authorization", "devtestlab": "Microsoft.DevTestLab"}
+
+
+def _registered(r: Seen) -> str | None:
+    module = r.typ.split(":")[1]
+    ns = NAMESPACE_OF.get(module)
+    if ns is None:
+        return f"module {module!r} has no namespace in NAMESPACE_OF: add it, and its registration, to the table"
+    if r.world.registered and ns not in r.world.registered:
+        return f"MissingSubscriptionRegistration: the subscription is not registered to use namespace '{ns}'"
+    return None
+
+
+def _nic_delete(r: Seen) -> str | None:
+    for ref in ((r.inputs.get("networkProfile") or {}).get("networkInterfaces")) or []:
+        if ref.get("id") in r.world.nic_ids and ref.get("deleteOption") == "Delete":
+            return f"NIC {ref['id'].rsplit('/', 1)[-1]!r} is a resource of this program but deleteOption Delete removes it with the VM"
+    return None
+
+
+def _no_delete(r: Seen) -> str | None:
+    if r.inputs.get("delete"):
+        return f"delete {str(r.inputs['delete'])[:60]!r} dials the VM at destroy (and after a replacement's create)"
+    return None
+
+
+def _principal_type(r: Seen) -> str | None:
+    pid = str(r.inputs.get("principalId", ""))
+    given = r.inputs.get("principalType") or "User"
+    real = r.world.principals.get(pid)
+    if real is None:
+        return f"principalId {pid!r} is no principal these mocks know (the caller or a VM's identity)"
+    if given != real:
+        return f"UnmatchedPrincipalType: principal {pid} is a {real}, the assignment says {given}"
+    return None
+
+
+def _spot(r: Seen) -> str | None:
+    size = str((r.inputs.get("hardwareProfile") or {}).get("vmSize", ""))
+    if r.inputs.get("priority") == "Spot" and re.match(r"^Standard_B\d", size, re.I):
+        return f"{size} is a B-series size, which Azure does not offer as Spot"
+    return None
+
+
+def _ipv4_sources(r: Seen) -> str | None:
+    for rule in r.inputs.get("securityRules") or []:
+        if rule.get("access") != "Allow":
+            continue
+        for src in [rule.get("sourceAddressPrefix"), *(rule.get("sourceAddressPrefixes") or [])]:
+            try:
+                net = ipaddress.ip_network(str(src), strict=False)
+            except ValueError:
+                continue  # a service tag (VirtualNetwork, ...) or *
+            if net.version != 4:
+                return f"rule {rule.get('name')!r} allows {src}, an IPv6 source; the VMs have IPv4 public addresses only"
+    return None
+
+
 RULES: tuple[Rule, ...] = (
+    Rule("provider-registered", tuple(NAMES), "S13 resource providers and types", _registered),
     Rule("azure-name", tuple(NAMES), "S1 naming rules, S2 azure-native auto-naming", _name),
     Rule("nsg-priority", ("azure-native:network:NetworkSecurityGroup",), "S5 NSG security rules", _nsg),
     Rule("nic-ip-configurations", ("azure-native:network:NetworkInterface",), "S6 multiple IP addresses", _nic),
@@ -328,6 +425,11 @@ RULES: tuple[Rule, ...] = (
     Rule("tls-private-key", (TLS_KEY,), "S11 pulumi-tls PrivateKey", _tls_key),
     Rule("tls-certificate", (TLS_CA, TLS_CSR, TLS_SIGNED), "S11 pulumi-tls certificates", _tls_cert),
     Rule("random-password", (RANDOM_PASSWORD,), "S12 pulumi-random RandomPassword", _password),
+    Rule("vm-nic-delete-option", ("azure-native:compute:VirtualMachine",), "S14 virtual-machines/delete.md", _nic_delete),
+    Rule("command-no-delete", ("command:remote:Command",), "S15 pulumi-command commandController.go", _no_delete),
+    Rule("role-principal-type", ("azure-native:authorization:RoleAssignment",), "S16 RoleAssignmentProperties.principalType", _principal_type),
+    Rule("vm-spot-size", ("azure-native:compute:VirtualMachine",), "S17 Spot limitations", _spot),
+    Rule("nsg-ipv4-sources", ("azure-native:network:NetworkSecurityGroup",), "S18 public IP address versions", _ipv4_sources),
 )
 # Options the engine sees, not the provider: customData is create-only (S8), so a VM must say
 # what happens when it changes, or the update is refused by Azure.
@@ -354,10 +456,10 @@ def unsecret(v: Any) -> Any:
     return v
 
 
-def violation(typ: str, logical: str, raw_inputs: Mapping[str, Any]) -> str | None:
+def violation(typ: str, logical: str, raw_inputs: Mapping[str, Any], world: World | None = None) -> str | None:
     """The first rule this resource breaks, as "[rule] type 'name': why (source)", or None."""
     inputs = unsecret(dict(raw_inputs))
-    seen = Seen(typ, logical, inputs, autoname(typ, logical, inputs), raw=dict(raw_inputs))
+    seen = Seen(typ, logical, inputs, autoname(typ, logical, inputs), raw=dict(raw_inputs), world=world or World())
     for rule in RULES:
         if typ in rule.types:
             why = rule.check(seen)
@@ -373,11 +475,41 @@ def options_violation(typ: str, logical: str, replace_on_changes: list[str], ign
     return None
 
 
+CALLER_OBJECT_ID = "22222222-2222-2222-2222-222222222222"
+
+
+def caller_token(kind: str) -> str:
+    """An ARM access token shaped as the Microsoft identity platform issues them ("Access token
+    claims reference"): a user's carries ``scp`` and ``idtyp: user``; an app-only token (service
+    principal, managed identity) carries ``roles`` and ``idtyp: app``, and no ``scp``."""
+    claims: dict[str, Any] = {"aud": "https://management.azure.com/", "oid": CALLER_OBJECT_ID, "tid": "33333333-3333-3333-3333-333333333333"}
+    claims |= {"scp": "user_impersonation", "idtyp": "user"} if kind == "User" else {"roles": [], "idtyp": "app"}
+
+    def part(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+# S13: what a new subscription has registered (Microsoft Learn, "Resource providers and types":
+# "Resource providers registered by default"); the others exist but wait for a registration.
+DEFAULT_REGISTERED = frozenset({
+    "Microsoft.Authorization", "Microsoft.Billing", "Microsoft.ClassicSubscription", "Microsoft.Commerce", "Microsoft.Consumption",
+    "Microsoft.CostManagement", "Microsoft.Features", "Microsoft.MarketplaceOrdering", "Microsoft.Portal", "Microsoft.ResourceGraph",
+    "Microsoft.ResourceNotifications", "Microsoft.Resources", "Microsoft.SerialConsole", "microsoft.support"})
+NAMESPACES = DEFAULT_REGISTERED | {"Microsoft.Compute", "Microsoft.Network", "Microsoft.Storage", "Microsoft.DevTestLab"}
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
 class ContractMocks(pulumi.runtime.Mocks):
     """Answers as the providers would (names, ids, addresses, identities, command output), after
     applying ``RULES``; a violation is recorded and raised with its rule named."""
 
-    def __init__(self) -> None:
+    def __init__(self, caller_type: str = "User", registered: frozenset[str] = NAMESPACES) -> None:
+        self.caller_type = caller_type  # what kind of principal runs pulumi up: "User" or "ServicePrincipal"
+        self.registered = registered  # the subscription's registered resource provider namespaces
+        self.nic_ids: set[str] = set()
+        self.principals: dict[str, str] = {CALLER_OBJECT_ID: caller_type}
         self.violations: list[str] = []
         self.calls: list[str] = []
         self.secrets: set[str] = set()  # every private key and password these mocks answered with
@@ -404,7 +536,7 @@ class ContractMocks(pulumi.runtime.Mocks):
         return out
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        why = violation(args.typ, args.name, args.inputs)
+        why = violation(args.typ, args.name, args.inputs, World(self.registered, frozenset(self.nic_ids), dict(self.principals)))
         if why:
             self.violations.append(why)
             raise ContractViolation(why)
@@ -437,12 +569,67 @@ class ContractMocks(pulumi.runtime.Mocks):
             if " host bench-start " in str(args.inputs.get("create", "")):
                 out["stdout"] = f"{MOCK_START:.3f}\n"  # what the real step prints: one epoch time
             out["stderr"] = ""
-        rid = f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/mock/providers/{args.typ}/{name}"
+        rid = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/mock/providers/{args.typ}/{name}"
+        if args.typ == "azure-native:network:NetworkInterface":
+            self.nic_ids.add(rid)
+        if "identity" in out and isinstance(out["identity"], dict) and out["identity"].get("principalId"):
+            self.principals[out["identity"]["principalId"]] = "ServicePrincipal"  # a managed identity
         return rid, out
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> Any:
         self.calls.append(args.token)
         if args.token == "azure-native:authorization:getClientConfig":
-            return {"clientId": "11111111-1111-1111-1111-111111111111", "objectId": "22222222-2222-2222-2222-222222222222",
-                    "subscriptionId": "00000000-0000-0000-0000-000000000000", "tenantId": "33333333-3333-3333-3333-333333333333"}
+            return {"clientId": "11111111-1111-1111-1111-111111111111", "objectId": CALLER_OBJECT_ID,
+                    "subscriptionId": SUBSCRIPTION, "tenantId": "33333333-3333-3333-3333-333333333333"}
+        if args.token == "azure-native:authorization:getClientToken":
+            return {"token": caller_token(self.caller_type)}
         raise ContractViolation(f"the program calls {args.token}, which these mocks do not answer")
+
+
+@contextmanager
+def arm_stand_in(mocks: ContractMocks) -> Iterator[str]:
+    """S13's Resource Providers - Get (``GET /subscriptions/{id}/providers/{namespace}?api-version=``)
+    on loopback, answering from ``mocks.registered``, refusing what ARM refuses: no or another
+    bearer token (401 InvalidAuthenticationToken), no api-version (400
+    MissingApiVersionParameter), another subscription (404 SubscriptionNotFound), a namespace
+    that does not exist (404 InvalidResourceNamespace). Yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def answer(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def refuse(self, status: int, code: str) -> None:
+            self.answer(status, {"error": {"code": code, "message": code}})
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            url = urllib.parse.urlsplit(self.path)
+            m = re.fullmatch(r"/subscriptions/([^/]+)/providers/([^/]+)", url.path)
+            if self.headers.get("Authorization") != f"Bearer {caller_token(mocks.caller_type)}":
+                return self.refuse(401, "InvalidAuthenticationToken")
+            if "api-version" not in urllib.parse.parse_qs(url.query):
+                return self.refuse(400, "MissingApiVersionParameter")
+            if not m or m.group(1) != SUBSCRIPTION:
+                return self.refuse(404, "SubscriptionNotFound")
+            known = {n.lower(): n for n in NAMESPACES}
+            ns = known.get(m.group(2).lower())
+            if ns is None:
+                return self.refuse(404, "InvalidResourceNamespace")
+            state = "Registered" if ns in mocks.registered else "NotRegistered"
+            self.answer(200, {"id": f"/subscriptions/{SUBSCRIPTION}/providers/{ns}", "namespace": ns, "registrationState": state})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,7 +5,8 @@ and refuses what the real CLI refuses (the messages are the CLI's own, from pulu
 pkg/cmd/pulumi: ``stack select`` of an unknown stack, ``up`` without ``--yes`` when
 non-interactive, unknown commands). Its ``up`` does what the mqttlab program does for a benchmark:
 validates the stack's config (the program's own parser), and leaves a run directory in the
-results container (``$FAKE_PULUMI_BLOB_URL``) under ``<stack>/<runId>/``.
+results container (``$FAKE_PULUMI_BLOB_URL``, Azurite: tests/azurite.py) under ``<stack>/<runId>/``, through
+the VMs' own upload code.
 """
 
 from __future__ import annotations
@@ -59,10 +60,9 @@ def _set_path(cfg: dict[str, Any], key: str, value: str, path: bool) -> None:
 def _up(stack: str, cwd: Path) -> dict[str, Any]:
     """The program's benchmark: its config checks, then a complete run uploaded to the container."""
     from infra.settings import parse_azure
-    from tests.test_results import TOKEN
+    from workloads import storage
     from workloads.analysis.synthetic import Truth, write_run
     from workloads.config import parse_config
-    from workloads.hostcmd import BlobAuth, upload_dir
 
     doc = yaml.safe_load((cwd / f"Pulumi.{stack}.yaml").read_text())["config"]
     cfg = parse_config(doc, stack)
@@ -79,8 +79,9 @@ def _up(stack: str, cwd: Path) -> dict[str, Any]:
               latency_ms={s: 2.0 for s in subs}, lost={(0, 0, q) for q in range(lost_n)})
     with tempfile.TemporaryDirectory() as tmp:
         run = write_run(Path(tmp) / run_id, t)
-        # as the VMs do: with their managed identity's token
-        upload_dir(run, os.environ["FAKE_PULUMI_BLOB_URL"], f"{stack}/{run_id}/", BlobAuth(token=TOKEN), skip_manifest=False)
+        # as the VMs do: as their managed identity (the metadata service's stand-in, $AZURE_POD_IDENTITY_AUTHORITY_HOST)
+        c = storage.container(os.environ["FAKE_PULUMI_BLOB_URL"], storage.vm_credential())
+        storage.upload_dir(c, run, f"{stack}/{run_id}/", skip_manifest=False)
     url = os.environ["FAKE_PULUMI_BLOB_URL"]
     return {"topology": cfg.topology, "runId": run_id, "resultsUrl": url, "resultsPrefix": f"{stack}/{run_id}/",
             "storageAccount": "resultssa1a2b3c4d", "benchSummary": f"run {run_id}: complete",

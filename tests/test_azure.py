@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import runpy
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ import yaml
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockMonitor
 
-from tests.azure_contracts import MOCK_START, ContractMocks, ContractViolation, options_violation, unsecret
+import infra.login
+import infra.settings
+from tests.azure_contracts import MOCK_START, NAMESPACES, ContractMocks, ContractViolation, arm_stand_in, options_violation, unsecret
 from tests.conftest import ROOT
 
 AZURE = {"adminCidr": "203.0.113.7/32", "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockKeyForTestsOnly user@host"}
@@ -87,14 +91,23 @@ def stack_config(stack: str, azure: dict[str, Any] | None = None, extra: dict[st
 
 
 def run(stack: str, monkeypatch: pytest.MonkeyPatch, config: dict[str, str] | None = None, allow_violations: bool = False,
-        root: Path = ROOT) -> Program:
-    """The real __main__.py under mocks, resolving every input and output."""
+        root: Path = ROOT, caller: str = "User", registered: frozenset[str] = NAMESPACES) -> Program:
+    """The real __main__.py under mocks, resolving every input and output, run by a login of
+    the kind ``caller`` ("User" or "ServicePrincipal") on a subscription with the ``registered``
+    resource providers (answered by a stand-in for ARM)."""
+    with contextlib.ExitStack() as stack_of:
+        mocks = ContractMocks(caller_type=caller, registered=registered)
+        monkeypatch.setattr(infra.login, "ARM_ENDPOINT", stack_of.enter_context(arm_stand_in(mocks)))
+        return _run(stack, monkeypatch, mocks, config, allow_violations, root)
+
+
+def _run(stack: str, monkeypatch: pytest.MonkeyPatch, mocks: ContractMocks, config: dict[str, str] | None, allow_violations: bool,
+         root: Path) -> Program:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi_settings.ROOT.set(None)
     pulumi_settings.SETTINGS.rpc_manager.clear()  # a program that failed leaves RPCs and output tasks
     pulumi_settings.SETTINGS.outputs.clear()  # of its own (closed) event loop behind
-    mocks = ContractMocks()
     recorded: dict[str, dict[str, Any]] = {}
     raw: dict[str, dict[str, Any]] = {}
     orig = mocks.new_resource
@@ -193,7 +206,7 @@ def test_vms_image_size_keys_delete_options(program: Program) -> None:
         i = vm.inputs
         assert i["storageProfile"]["imageReference"] == {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
         assert i["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
-        assert i["networkProfile"]["networkInterfaces"][0]["deleteOption"] == "Delete"
+        assert i["networkProfile"]["networkInterfaces"][0]["deleteOption"] == "Detach"  # the NIC is a resource of its own
         assert i["hardwareProfile"]["vmSize"] == "Standard_D2s_v5"
         lin = i["osProfile"]["linuxConfiguration"]
         assert lin["disablePasswordAuthentication"] is True and lin["ssh"]["publicKeys"][0]["keyData"] == AZURE["sshPublicKey"]
@@ -327,6 +340,7 @@ def test_outputs_are_the_documented_ones(program: Program) -> None:
 
 
 def test_spot_shutdown_and_generated_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(infra.settings, "utc_now", lambda: datetime(2026, 1, 5, 8, 0, tzinfo=UTC))  # far from 19:00: not refused as too soon
     azure = {"adminCidr": "198.51.100.0/28", "generateSshKey": True, "spot": True, "autoShutdown": "1900", "brokerVmSize": "Standard_D4s_v5"}
     cfg = stack_config("distributed", azure=azure)
     del cfg["mqttlab:sshPrivateKey"]

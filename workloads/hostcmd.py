@@ -10,24 +10,19 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from workloads import hostfaults, procs
+from workloads import hostfaults, procs, storage
 from workloads.balancer import ipvs_apply_steps
 from workloads.bench.rundir import deliveries_on_disk, drain, start_manifest, update_manifest
 from workloads.cliargs import add_stack_args, load
-from workloads.clipaths import out_dir
+from workloads.clipaths import in_file, out_dir
 from workloads.config import ConfigError, ExperimentConfig
 from workloads.lab.netns import LabError
 from workloads.lab.standin import balancing
@@ -467,126 +462,6 @@ def stop_faults(cfg: ExperimentConfig, plan: Plan, rd: Path, host: str) -> None:
 
 # --------------------------------------------------------------------------- results
 
-# The VMs authenticate to Blob storage as themselves: a system-assigned managed identity holding
-# "Storage Blob Data Contributor" on the results container. The token comes from the instance
-# metadata service, lives in memory for one collect, and is never printed or put on a command
-# line. Bearer requests need x-ms-version 2017-11-09 or later.
-IMDS_TOKEN_URL = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://storage.azure.com/"
-BLOB_API_VERSION = "2021-08-06"
-
-
-@dataclass(frozen=True)
-class BlobAuth:
-    """Either a bearer token (VMs, managed identity) or a SAS (a user's short-lived read SAS)."""
-
-    token: str | None = None
-    sas: str | None = None
-
-    def url(self, base: str, query: str = "") -> str:
-        parts = [q for q in (query, (self.sas or "").lstrip("?")) if q]
-        return base + ("?" + "&".join(parts) if parts else "")
-
-    def headers(self) -> dict[str, str]:
-        h = {"x-ms-version": BLOB_API_VERSION}
-        if self.token:
-            h["Authorization"] = f"Bearer {self.token}"
-        return h
-
-
-def imds_token(url: str = IMDS_TOKEN_URL, attempts: int = 10, pause_s: float = 2.0) -> str:
-    """A storage token for this VM's managed identity. IMDS answers 404/429/5xx for a while after
-    boot or when throttling; a bounded number of attempts rides that out."""
-    last = ""
-    for i in range(attempts):
-        try:
-            req = urllib.request.Request(url, headers={"Metadata": "true"})
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - link-local IMDS
-                token = json.loads(resp.read()).get("access_token", "")
-            if token:
-                return str(token)
-            last = "no access_token in the answer"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last = str(getattr(exc, "code", "") or exc)
-        if i + 1 < attempts:
-            time.sleep(pause_s)
-    raise LabError(f"no managed-identity token from the instance metadata service after {attempts} attempts ({last}); "
-                   "is the VM's system-assigned identity enabled?")
-
-
-def put_blob(url: str, data: bytes, auth: BlobAuth, timeout: float = 120, forbidden_retries: int = 0, pause_s: float = 10) -> None:
-    """A 403 right after ``pulumi up`` is usually the role assignment still propagating (Azure
-    documents up to 10 minutes): retried a bounded number of times, then reported."""
-    for i in range(forbidden_retries + 1):
-        req = urllib.request.Request(auth.url(url), data=data, method="PUT",
-                                     headers={"x-ms-blob-type": "BlockBlob", "Content-Length": str(len(data)), **auth.headers()})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - https URL from the stack
-                if resp.status in (200, 201):
-                    return
-                raise LabError(f"upload to {url} answered {resp.status}")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 403 or i == forbidden_retries:
-                raise LabError(f"upload to {url} answered {exc.code} {exc.reason}") from None
-        time.sleep(pause_s)
-
-
-def blob_url(container: str, name: str) -> str:
-    return f"{container.rstrip('/')}/{urllib.parse.quote(name)}"
-
-
-def blob_name(rel: str, host: str | None) -> str:
-    """Where a run-directory file goes in the shared prefix. ``logs/`` holds per-process files
-    with the same names on every host (bench-sub.log, ...), so each host's logs get their own
-    folder; every other path already names its host."""
-    if host and rel.startswith("logs/"):
-        return f"logs/{host}/{rel[len('logs/'):]}"
-    return rel
-
-
-def upload_dir(rd: Path, container: str, prefix: str, auth: BlobAuth, skip_manifest: bool, host: str | None = None,
-               forbidden_retries: int = 0) -> int:
-    n = 0
-    for path in sorted(p for p in rd.rglob("*") if p.is_file()):
-        rel = path.relative_to(rd).as_posix()
-        if rel.startswith("pids/") or (skip_manifest and rel == "manifest.json") or path.suffix == ".sock":
-            continue
-        put_blob(blob_url(container, prefix + blob_name(rel, host)), path.read_bytes(), auth, forbidden_retries=forbidden_retries)
-        n += 1
-    return n
-
-
-def get_blob(container: str, name: str, auth: BlobAuth, timeout: float = 300) -> bytes:
-    req = urllib.request.Request(auth.url(blob_url(container, name)), headers=auth.headers())
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-        return bytes(resp.read())
-
-
-def list_blobs(container: str, prefix: str, auth: BlobAuth) -> list[str]:
-    names: list[str] = []
-    marker = ""
-    while True:
-        q = f"restype=container&comp=list&prefix={urllib.parse.quote(prefix)}" + (f"&marker={urllib.parse.quote(marker)}" if marker else "")
-        req = urllib.request.Request(auth.url(container.rstrip("/"), q), headers=auth.headers())
-        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
-            root = ET.fromstring(resp.read())
-        names += [e.text or "" for e in root.iter("Name")]
-        marker = (root.findtext("NextMarker") or "").strip()
-        if not marker:
-            return names
-
-
-def fetch(container: str, prefix: str, auth: BlobAuth, out: Path) -> Path:
-    names = list_blobs(container, prefix, auth)
-    if not names:
-        raise LabError(f"no results under {container}/{prefix}")
-    dest = out / prefix.strip("/").replace("/", "-")
-    for name in names:
-        target = dest / name[len(prefix):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(get_blob(container, name, auth))
-    return dest
-
-
 def cmd_collect(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
     rd = run_dir(args)
@@ -605,20 +480,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
         (rd / "balancer").mkdir(exist_ok=True)
         (rd / "balancer" / f"{args.host}-connections.txt").write_text(sh(["ipvsadm", "-Lnc"], check=False).stdout)
     prefix = f"{args.stack}/{args.run_id}/"
-    auth = BlobAuth(token=imds_token(args.imds))
-    n = upload_dir(rd, args.url, prefix, auth, skip_manifest=plan.clients[0].host != args.host, host=args.host, forbidden_retries=60)
+    # as the VM's managed identity; a 403 while its role assignment propagates is waited out
+    c = storage.container(args.url, storage.vm_credential(), args.ca_file)
+    n = storage.upload_dir(c, rd, prefix, skip_manifest=plan.clients[0].host != args.host, host=args.host, wait_forbidden_s=storage.PROPAGATION_S)
     print(f"uploaded {n} files from {args.host} to {args.url}/{prefix}")
     return 0
-
-
-def failed_steps(container: str, prefix: str, auth: BlobAuth) -> list[dict[str, Any]]:
-    """Every step outcome the hosts uploaded that is not "ok"."""
-    bad = []
-    for name in list_blobs(container, prefix + "status/", auth):
-        doc = json.loads(get_blob(container, name, auth))
-        if doc.get("status") != "ok":
-            bad.append(doc)
-    return bad
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
@@ -627,11 +493,11 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     _, plan = _cfg(args)
     rd = run_dir(args)
     prefix = f"{args.stack}/{args.run_id}/"
-    auth = BlobAuth(token=imds_token(args.imds))
-    bad = failed_steps(args.url, prefix, auth)
+    c = storage.container(args.url, storage.vm_credential(), args.ca_file)
+    bad = storage.failed_steps(c, prefix)
     if bad and (rd / "manifest.json").exists():
         update_manifest(rd, status="failed", failed_steps=bad)
-        put_blob(blob_url(args.url, prefix + "manifest.json"), (rd / "manifest.json").read_bytes(), auth, forbidden_retries=6)
+        storage.put(c, prefix + "manifest.json", (rd / "manifest.json").read_bytes(), wait_forbidden_s=60)
     summary = {"run": prefix, "failed_steps": bad, "status": "failed" if bad else "complete"}
     print(json.dumps(summary))
     if bad:
@@ -641,20 +507,19 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    sas = sys.stdin.readline().strip() if args.sas == "-" else args.sas  # "-": from a pipe, off the command line
-    if not sas:
-        raise LabError("--sas -: no SAS on standard input")
+    """With the user's own ``az login``: Storage Blob Data Reader on the container, which the
+    program grants, is all it needs (a user delegation SAS would need a role at account scope)."""
     out = out_dir(args.out, "--out")
-    try:
-        dest = fetch(args.url, args.prefix, BlobAuth(sas=sas), out)
-    except urllib.error.HTTPError as exc:
-        raise LabError(f"results fetch: {args.url} answered {exc.code} {exc.reason} (an expired or wrong --sas?)") from None
-    except urllib.error.URLError as exc:
-        raise LabError(f"results fetch: cannot reach {args.url} ({exc.reason})") from None
-    except ET.ParseError as exc:
-        raise LabError(f"results fetch: {args.url} did not answer with a blob listing ({exc})") from None
-    except ValueError:  # urllib: not a URL at all (its message would carry the SAS)
-        raise ConfigError("--url", args.url, "not an https:// container URL") from None
+    if args.ca_file is not None:
+        in_file(args.ca_file, "--ca-file")
+    if not args.url.startswith("https://"):  # the SDK sends a bearer token over HTTPS only
+        raise ConfigError("--url", args.url, "not an https:// container URL")
+    if args.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=args.ca_file)
+        except (OSError, ssl.SSLError, ValueError):
+            raise ConfigError("--ca-file", args.ca_file, "is not a readable PEM certificate bundle") from None
+    dest = storage.fetch(storage.container(args.url, storage.user_credential(), args.ca_file), args.prefix, out)
     print(dest)
     return 0
 
@@ -701,18 +566,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q("bench-finish", cmd_bench_finish, "drain, stop the subscribers", run=True, host=True)
     c = q("collect", cmd_collect, "stop monitors, gather logs and tables, upload the run directory", run=True, host=True)
     c.add_argument("--url", required=True, help="results container URL")
-    c.add_argument("--imds", default=IMDS_TOKEN_URL, help=argparse.SUPPRESS)
+    c.add_argument("--ca-file", help=argparse.SUPPRESS)  # a CA bundle to trust instead of the system's (an emulator)
     v = q("verdict", cmd_verdict, "after every upload: fail if any host recorded a failed step", run=True, host=True)
     v.add_argument("--url", required=True, help="results container URL")
-    v.add_argument("--imds", default=IMDS_TOKEN_URL, help=argparse.SUPPRESS)
+    v.add_argument("--ca-file", help=argparse.SUPPRESS)
 
     r = sub.add_parser("results", help="results in the Azure container")
     rsub = r.add_subparsers(dest="results_cmd", required=True)
-    f = rsub.add_parser("fetch", help="download a run's files into OUT/<stack>-<run-id>/")
+    f = rsub.add_parser("fetch", help="download a run's files into OUT/<stack>-<run-id>/ with your az login")
     f.add_argument("--url", required=True)
     f.add_argument("--prefix", required=True)
-    f.add_argument("--sas", required=True, help="a short-lived read/list SAS, or - to read it from standard input "
-                   "(az storage container generate-sas --as-user --auth-mode login ... -o tsv | mqttlab results fetch ... --sas -)")
     f.add_argument("--out", default="runs")
+    f.add_argument("--ca-file", help="a CA bundle to trust instead of the system's (a TLS-inspecting proxy, an emulator)")
     f.set_defaults(func=cmd_fetch)
 

@@ -9,9 +9,9 @@ output --json``), so the same code is tested here with a stand-in ``pulumi`` on 
 
 The stack exports no credential for the results (the VMs upload with their managed identity):
 each point's files are read with the user's own Azure CLI login, as ``fetchCommand`` does, through
-a storage token asked of ``az`` at fetch time (the program gives the user who ran ``pulumi up``
-Storage Blob Data Reader on the container). The token lives in this process only: never on a
-command line, in a file or in the point's records.
+azure-identity's ``AzureCliCredential`` (:mod:`workloads.storage`; the program gives the user who
+ran ``pulumi up`` Storage Blob Data Reader on the container). The token lives in this process
+only: never on a command line, in a file or in the point's records.
 
 Setting config rewrites ``Pulumi.<stack>.yaml``; the file is put back as it was when the campaign
 ends, however it ends, so a campaign leaves the stack's settings as the user wrote them.
@@ -25,7 +25,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +36,6 @@ from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
 
-STORAGE = "https://storage.azure.com/"  # the resource Azure Storage's OAuth tokens are for
 REQUIRED_OUTPUTS = ("resultsUrl", "resultsPrefix", "runId")
 
 
@@ -68,20 +66,6 @@ def stack_file_kept(project_dir: Path, stack: str) -> Iterator[None]:
             path.write_bytes(before)
 
 
-def user_storage_token(timeout_s: float = 120) -> str:
-    """A Blob storage bearer token of the user's ``az login``, for this fetch only."""
-    cmd = ["az", "account", "get-access-token", "--resource", STORAGE, "--query", "accessToken", "-o", "tsv"]
-    try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PointFailed(f"az account get-access-token: {exc}") from None
-    token = cp.stdout.strip()
-    if cp.returncode != 0 or not token:
-        last = (cp.stderr.strip().splitlines() or ["it printed no token"])[-1]
-        raise PointFailed(f"az account get-access-token failed (is `az login` done?): {last}")
-    return token
-
-
 def azure_runner(campaign: Campaign) -> PointRunner:
     """Checks what an Azure point needs before the first one starts."""
     if shutil.which("pulumi") is None:
@@ -95,7 +79,7 @@ def azure_runner(campaign: Campaign) -> PointRunner:
                             "(https://learn.microsoft.com/cli/azure/install-azure-cli, then az login)")
 
     def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
-        from workloads.hostcmd import BlobAuth, fetch
+        from workloads import storage
 
         run_id = run_id_of(campaign, point)
         log = (point_dir / "pulumi.log").open("a")
@@ -115,9 +99,8 @@ def azure_runner(campaign: Campaign) -> PointRunner:
         if outputs["runId"] != run_id:
             raise PointFailed(f"stack output runId is {outputs['runId']!r}, expected {run_id!r}: the benchmark did not rerun")
         (point_dir / "outputs.json").write_text(json.dumps(outputs, indent=2, default=str))
-        auth = BlobAuth(token=user_storage_token())
-        try:
-            run_dir = fetch(outputs["resultsUrl"], outputs["resultsPrefix"], auth, point_dir / "runs")
+        try:  # with the user's az login, asked at fetch time (azure-identity's AzureCliCredential)
+            run_dir = storage.fetch(storage.container(outputs["resultsUrl"], storage.user_credential()), outputs["resultsPrefix"], point_dir / "runs")
         except (OSError, LabError) as exc:
             raise PointFailed(f"fetching {outputs['resultsPrefix']} failed: {exc}") from None
         s = summarize(run_dir)
