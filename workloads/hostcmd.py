@@ -513,7 +513,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.ca_file is not None:
         in_file(args.ca_file, "--ca-file")
     if not args.url.startswith("https://"):  # the SDK sends a bearer token over HTTPS only
-        raise ConfigError("--url", args.url, "not an https:// container URL")
+        shown = args.url.split("?")[0] + ("?..." if "?" in args.url else "")  # a query may be a SAS: never echoed
+        raise ConfigError("--url", shown, "not an https:// container URL")
     if args.ca_file is not None:
         try:
             ssl.create_default_context(cafile=args.ca_file)
