@@ -196,7 +196,8 @@ AZURE = Key("azure", "object", "Azure only: VM sizes, access, the run's limits (
     Key("brokerVmSize", "string", "the broker VM's size", "Standard_D2s_v5"),
     Key("balancerVmSize", "string", "each balancer/client VM's size", "Standard_D2s_v5"),
     Key("spot", "boolean", "run the VMs as Spot (cheaper, may be evicted)", False),
-    Key("autoShutdown", "string", "a daily time HHMM at which the VMs are deallocated (none: never)", None, nullable=True),
+    Key("autoShutdown", "string", "when the VMs are deallocated: hours after each pulumi up (+2h), or a daily time HHMM; "
+        "never inside the run (none: never)", None, nullable=True),
     Key("autoShutdownTimeZone", "string", "the time zone of autoShutdown (Windows time zone id)", "UTC"),
     Key("mqttCidrs", "array", "sources outside the VNet allowed to reach MQTT", [], items=Key("cidr", "string", "an IPv4 CIDR")),
     _enum("loadGenerator", "mqttlab's engine, or emqtt-bench (the reference's)", "mqttlab", LOAD_GENERATORS),
