@@ -53,6 +53,19 @@ class Monitor(MockMonitor):
         return resp
 
 
+def record_registrations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The type of every resource the program registers, kept even when the program then raises."""
+    seen: list[str] = []
+    register = Monitor.RegisterResource
+
+    def record(self: Monitor, req: Any) -> Any:
+        seen.append(req.type)
+        return register(self, req)
+
+    monkeypatch.setattr(Monitor, "RegisterResource", record)
+    return seen
+
+
 @dataclass
 class Res:
     type: str
@@ -381,14 +394,7 @@ def test_scale_out_follows_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     (AZURE, {"mqttlab:faults": ["broker9:kill@5s"]}, "mqttlab:faults[0]"),
 ])
 def test_bad_configuration_fails_before_any_resource(monkeypatch: pytest.MonkeyPatch, azure: dict[str, Any], extra: dict[str, Any], key: str) -> None:
-    seen: list[str] = []  # every registration, kept even though run() raises
-    register = Monitor.RegisterResource
-
-    def record(self: Monitor, req: Any) -> Any:
-        seen.append(req.type)
-        return register(self, req)
-
-    monkeypatch.setattr(Monitor, "RegisterResource", record)
+    seen = record_registrations(monkeypatch)
     with pytest.raises(pulumi.RunError) as info:
         run("distributed", monkeypatch, stack_config("distributed", azure=azure, extra=extra))
     assert [t for t in seen if t != "pulumi:pulumi:Stack"] == []

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import pulumi
 import pytest
@@ -19,7 +18,7 @@ import yaml
 import infra.settings
 from tests.azure_contracts import CALLER_OBJECT_ID, DEFAULT_REGISTERED, SECRET_SIG
 from tests.conftest import ROOT
-from tests.test_azure import AZURE, Monitor, commands, run, stack_config
+from tests.test_azure import AZURE, commands, record_registrations, run, stack_config
 
 SECURED = ("tls", "mtls", "password")
 
@@ -101,14 +100,7 @@ def test_an_unregistered_resource_provider_stops_the_preview_before_any_resource
     for portal actions and templates, and Microsoft.DevTestLab is not registered by default;
     azure-native registers none (pulumi/pulumi-azure-native#3479). Unchecked, ``pulumi up -s
     smoke`` on a fresh subscription fails with MissingSubscriptionRegistration after the VMs exist."""
-    seen: list[str] = []
-    register = Monitor.RegisterResource
-
-    def record(self: Monitor, req: Any) -> Any:
-        seen.append(req.type)
-        return register(self, req)
-
-    monkeypatch.setattr(Monitor, "RegisterResource", record)
+    seen = record_registrations(monkeypatch)
     fresh = DEFAULT_REGISTERED | {"Microsoft.Compute", "Microsoft.Network", "Microsoft.Storage"}
     with pytest.raises(pulumi.RunError, match=r"Microsoft\.DevTestLab \(NotRegistered\).*az provider register --namespace Microsoft\.DevTestLab --wait$"):
         run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure()), registered=fresh)

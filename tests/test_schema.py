@@ -190,16 +190,9 @@ AZURE = {"adminCidr": "203.0.113.7/32", "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1
 ])
 def test_the_azure_program_refuses_a_misspelling_before_any_resource(monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], key: str,
                                                                      why: str) -> None:
-    from tests.test_azure import Monitor, run, stack_config
+    from tests.test_azure import record_registrations, run, stack_config
 
-    seen: list[str] = []
-    register = Monitor.RegisterResource
-
-    def record(self: Monitor, req: Any) -> Any:
-        seen.append(req.type)
-        return register(self, req)
-
-    monkeypatch.setattr(Monitor, "RegisterResource", record)
+    seen = record_registrations(monkeypatch)
     with pytest.raises(pulumi.RunError) as info:
         run("distributed", monkeypatch, stack_config("distributed", azure=AZURE, extra=extra))
     assert [t for t in seen if t != "pulumi:pulumi:Stack"] == []
