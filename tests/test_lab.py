@@ -171,6 +171,23 @@ def test_ctrl_c_mid_run_tears_everything_down(tmp_path: Path) -> None:
 
 
 @pytest.mark.lab
+def test_a_bench_process_killed_mid_run_fails_the_run_naming_it(tmp_path: Path) -> None:
+    """Its numbers are missing: the run must not pass as complete with what the others wrote."""
+    proc, log = start_long_run(tmp_path)
+    runs = tmp_path / "runs"
+    states = [json.loads(p.read_text()) for p in lab_mod.STATE_DIR.glob("*.json")]
+    mine = next(st for st in states if str(st["run_dir"]).startswith(str(runs)))
+    os.kill(mine["pids"]["bench-pub-ipvs2"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    err = log.read_text()
+    assert proc.returncode == 1, err[-2000:]
+    assert "bench processes were killed: bench-pub-ipvs2 by SIGKILL" in err.splitlines()[-1]
+    manifest = json.loads(next(runs.glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "partial" and "bench-pub-ipvs2 by SIGKILL" in manifest["reason"]
+    assert_nothing_left(tmp_path)
+
+
+@pytest.mark.lab
 def test_kill_9_then_lab_down_leaves_nothing(tmp_path: Path) -> None:
     proc, _log = start_long_run(tmp_path)
     proc.kill()

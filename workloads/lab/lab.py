@@ -335,8 +335,28 @@ class Lab:
         self.say(f"bench: publishers done, draining (until all arrived or {QUIET_S:.0f}s without a delivery, at most {sc.drain_s}s)")
         self.snapshot_connections()
         drain(self.received, sc.expected_deliveries(), sc.drain_s)
+        died = {f"bench-sub-{h}": p.returncode for h, p in subs.items() if p.poll() is not None}  # before we stop them
         for p in subs.values():
             netns.stop(p, timeout=30)
+        died |= {f"bench-pub-{h}": p.returncode for h, p in pubs.items()}
+        self.check_bench_ended(died)
+
+    def check_bench_ended(self, ended: dict[str, int | None]) -> None:
+        """A bench process killed by a signal (not by our stop) or a client host without its counts
+        means the run's numbers are not all there: the run fails, naming it, instead of passing as
+        complete with whatever the others wrote."""
+        killed = {name: code for name, code in ended.items() if code is not None and code < 0}
+        if killed:
+            which = ", ".join(f"{name} by {signal.Signals(-code).name}" for name, code in killed.items())
+            raise LabError(f"bench processes were killed: {which} (see logs/bench-*.log)")
+        from workloads.bench.runner import split_evenly
+
+        sc, n = self.cfg.scenario, len(self.plan.clients)
+        silent = [c.host for i, c in enumerate(self.plan.clients)
+                  if (split_evenly(sc.subscribers, n, i) or split_evenly(sc.publishers, n, i))
+                  and not any((self.run_dir / "bench" / c.host).glob("clients-*.csv"))]
+        if silent:
+            raise LabError(f"no client counts from {', '.join(silent)}: its bench ended without writing them (see logs/bench-*.log)")
 
     def run_emqtt_bench(self) -> dict[str, Any]:
         """The same scenario once more through emqtt-bench (the reference's generator, native), on
