@@ -136,8 +136,8 @@ def test_auto_shutdown_never_falls_inside_the_run_that_pulumi_up_starts(monkeypa
 
 
 def azure_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    return text[text.index("\n## Azure\n"): text.index("\n## ", text.index("\n## Azure\n") + 5)]
+    """The documentation's Azure page, where the prerequisites and the fetch commands are."""
+    return (ROOT / "docs" / "azure.md").read_text()
 
 
 def test_the_readmes_fetch_commands_need_only_the_roles_the_program_grants(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,16 +153,16 @@ def test_the_readmes_fetch_commands_need_only_the_roles_the_program_grants(monke
     commands_shown = " ".join(azure_section().split())
     for m in re.finditer(r"az storage \S+ generate-sas[^`]*", commands_shown):
         if "--as-user" in m.group(0):
-            assert at_account, f"the README's {m.group(0)[:60]!r} needs a role at account scope; the operator holds one at {scopes}"
+            assert at_account, f"the Azure page's {m.group(0)[:60]!r} needs a role at account scope; the operator holds one at {scopes}"
     fetch = re.search(r"`(mqttlab results fetch [^`]*)`", commands_shown)
     assert fetch and "--sas" not in fetch.group(1)
     cp = subprocess.run([sys.executable, "-m", "workloads.cli", "results", "fetch", "--help"], capture_output=True, text=True, cwd=ROOT)
-    for flag in re.findall(r"--[a-z-]+", fetch.group(1)):  # the command the README shows exists as written
+    for flag in re.findall(r"--[a-z-]+", fetch.group(1)):  # the command the Azure page shows exists as written
         assert flag in cp.stdout, flag
 
 
 # Microsoft Learn, "Azure built-in roles" (role-based-access-control/built-in-roles): Actions and
-# NotActions of the roles a README may name.
+# NotActions of the roles the Azure page may name.
 BUILT_IN_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Owner": (("*",), ()),
     "Contributor": (("*",), ("Microsoft.Authorization/*/Delete", "Microsoft.Authorization/*/Write", "Microsoft.Authorization/elevateAccess/Action",
@@ -198,14 +198,14 @@ def allows(role: str, action: str) -> bool:
 
 
 def test_the_readmes_permission_statement_covers_every_resource_the_program_creates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each alternative the README gives ("your account needs A, or B plus C") must hold every
+    """Each alternative the Azure page gives ("your account needs A, or B plus C") must hold every
     write action the smoke stack's resources need, and the providers' register action."""
     p = run("smoke", monkeypatch, stack_config("smoke", azure=smoke_azure()))
     types = {r.type for r in p.resources if r.type.startswith("azure-native:")}
     assert types <= set(WRITE_ACTION), types - set(WRITE_ACTION)
     needed = {WRITE_ACTION[t] for t in types} | {"Microsoft.DevTestLab/register/action"}
     said = re.search(r"your account needs (.+?) on the subscription", " ".join(azure_section().split()))
-    assert said, "the README's Azure prerequisites say no role"
+    assert said, "the Azure page's Azure prerequisites say no role"
     for alternative in re.split(r",? or ", said.group(1)):
         roles = [r.strip(" ,*") for r in re.split(r" plus | and ", alternative)]
         assert all(r in BUILT_IN_ROLES for r in roles), roles

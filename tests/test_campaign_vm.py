@@ -1,7 +1,7 @@
 """A campaign in the micro-VM, without booting it: the wait on the VM kills the VM's session when
 it is cut short (qemu must not outlive the command), shows the guest's progress as it comes, and
 a time budget starts no point that would end after it, leaving the rest to the next invocation.
-The real boot is exercised by benchmarks/calibrate_standins.py (README, "The faithful stand-in")."""
+The real boot is exercised by benchmarks/calibrate_standins.py (docs/stand-in.md)."""
 
 from __future__ import annotations
 

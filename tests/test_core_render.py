@@ -229,7 +229,7 @@ def test_compose_file_caps_each_broker_on_its_own_address() -> None:
                   "mem_limit": "256m", "volumes": ["./broker2/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"],
                   "networks": {"brokernet": {"ipv4_address": "10.2.0.21"}},
                   "logging": {"driver": "json-file", "options": {"max-size": "200m", "max-file": "3"}}}
-    # L3 mode, no gateway: Azure delivers by IP to the NIC, so the parent routes to its children (README "ipvlan on Azure")
+    # L3 mode, no gateway: Azure delivers by IP to the NIC, so the parent routes to its children (docs/azure.md, "ipvlan on Azure")
     assert doc["networks"] == {"brokernet": {"driver": "ipvlan", "driver_opts": {"parent": "ens4", "ipvlan_mode": "l3"},
                                              "ipam": {"config": [{"subnet": "10.2.0.0/24"}]}}}
     assert "name" not in doc and yaml.safe_load(brk_r.compose_file(plan, c))["networks"]["brokernet"]["driver_opts"]["parent"] == "eth0"

@@ -1,4 +1,4 @@
-"""What the README promises about the bench and the lab, each shown with real Mosquitto brokers
+"""What the documentation promises about the bench and the lab, each shown with real Mosquitto brokers
 on loopback or a real (small) lab: several entry points, per-publisher topics,
 messagesPerPublisher, cleanSession and keepalive as the broker saw them, connectRate, the
 default balancer, ``lab up``, ``--keep-addresses``, ``lab run --vm`` and a root namespace that
@@ -102,7 +102,7 @@ def test_connect_rate_paces_connections(tmp_path: Path) -> None:
 
 
 def test_default_balancer_is_ipvs_or_the_closest_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without IPVS the default is nftables kernel NAT for every scheduler (README "The faithful
+    """Without IPVS the default is nftables kernel NAT for every scheduler (docs/stand-in.md, "The faithful
     stand-in"): exact for rr, wrr and sh, round robin for the least-connection schedulers and the
     source hash for mh, and the note and the manifest say which."""
     monkeypatch.setattr(lab_mod, "kernel_has_ipvs", lambda: True)

@@ -539,7 +539,7 @@ def generated_blocks(aliases: Mapping[str, str]) -> dict[tuple[str, str], str]:
     scripts/docs.py`` writes them; a test fails when a file and this table drift apart."""
     short = ", ".join(f"`{a}`" for a in sorted(aliases) if not aliases[a].startswith("scenario."))
     return {
-        ("README.md", "stack-table"): readme_table(),
+        ("docs/configuration.md", "stack-table"): readme_table(),
         ("docs/configuration.md", "stack-reference"): markdown_reference(),
         ("docs/configuration.md", "campaign-reference"): markdown_reference(CAMPAIGN, "")
         + f"\nShort names in `set` and `factors`: every scenario key (`publishers`, `qos`, ...), and {short}.\n",
