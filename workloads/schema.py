@@ -208,7 +208,7 @@ STACK: tuple[Key, ...] = (
     _enum("topology", "distributed (each balancer the entry point of its own clients) or centralized (one balancer for all)", None,
           TOPOLOGIES, default_doc="the stack's name when it is a topology, else distributed", attr="topology"),
     NETWORK, BROKERS, BRIDGE, BALANCER, SCENARIO, SECURITY,
-    Key("faults", "array", "faults to inject, e.g. [broker2:kill@5s] (docs: failures)", [], items=Key("fault", "string", "a fault"),
+    Key("faults", "array", "faults to inject, e.g. [broker2:kill@5s]: the grammar is in the faults page", [], items=Key("fault", "string", "a fault"),
         attr="faults"),
     AZURE,
     Key("runId", "string", "Azure: names the results prefix; a new one reruns the benchmark", "1"),
