@@ -415,7 +415,7 @@ def test_comparison_groups_on_every_key(key: str) -> None:
     rows = [summary(loss_pct=1.0, latency_ms={"p99": 10.0}), summary(loss_pct=3.0, latency_ms={"p99": 30.0}, duplicates=2, fairness=0.5),
             summary(**{key: other, "loss_pct": 50.0})]
     comp = metrics.comparison(rows)
-    assert len(comp) == 2 and list(comp.columns[:7]) == metrics.GROUP_KEYS
+    assert len(comp) == 2 and list(comp.columns[:len(metrics.GROUP_KEYS)]) == metrics.GROUP_KEYS
     same = comp[comp[key] != other].iloc[0]
     assert (same["runs"], same["loss_pct_mean"], same["p99_ms_mean"], same["fairness_mean"], same["duplicates_mean"]) == (2, 2.0, 20.0, 0.75, 1.0)
     assert same["loss_pct_std"] == pytest.approx(2 ** 0.5, abs=1e-3) and same["p99_ms_std"] == pytest.approx(14.142, abs=1e-3)
@@ -515,6 +515,7 @@ def test_every_field_of_the_run_summary(tmp_path: Path) -> None:
     # sub0 189 at 1.1 ms, sub1 199 at 2.2, sub2 199 at 3.3, sub3 194 at 7.7 (numpy's linear percentiles over 781 deliveries)
     assert s == {
         "run_id": "k", "path": str(run), "partial": False, "notes": [], "topology": "distributed", "balancer": "ipvs", "scheduler": "lc",
+        "stands_in_for": "", "requested_balancer": "ipvs", "requested_scheduler": "lc", "balancing": "ipvs-lc",
         "qos": 2, "publishers": 2, "subscribers": 4, "messages": 200, "offered": 200, "expected": 800, "delivered": 781, "lost": 19,
         "loss_pct": 2.375, "duplicates": 1, "out_of_order": 0, "latency_ms": {"p50": 3.3, "p90": 7.7, "p99": 7.7, "max": 7.7},
         "connections_per_broker": {"broker1": 3, "broker2": 2, "broker3": 1},

@@ -134,7 +134,7 @@ def test_lab_run_and_render_refuse_a_misspelling_before_creating_anything(tmp_pa
         assert len(cp.stderr.strip().splitlines()) == 1 and cp.stderr.startswith("mqttlab: config "), cp.stderr
         assert key in cp.stderr and why in cp.stderr and "Traceback" not in cp.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "rendered").exists()
-    assert namespaces() == before
+    assert set(namespaces()) <= set(before)  # none added (another lab of the machine may have ended meanwhile)
 
 
 CAMPAIGN_MISSPELT = [
