@@ -209,7 +209,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _group_commands(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _group_commands(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction[Any]) -> None:
     """List the commands by group in the top-level help instead of argparse's one flat list (whose
     entries are its private choice actions: taken out here, so nothing is listed twice)."""
     helps = {a.dest: a.help or "" for a in sub._choices_actions}
