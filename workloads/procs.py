@@ -165,6 +165,18 @@ def start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def allowed_cpus(pid: int) -> str | None:
+    """The CPUs the kernel lets ``pid`` run on (``Cpus_allowed_list`` of ``/proc/PID/status``),
+    None once it is gone: what a cpuset did to a process, as the scheduler holds it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
 def is_running(pid: int, started: int | None) -> bool:
     """Whether the process ``pid`` that started at ``started`` still runs (not a zombie)."""
     if pid <= 0:
