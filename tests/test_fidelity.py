@@ -3,16 +3,26 @@ latency from the intended send time, on the real lab (real Mosquitto, cgroups, k
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import MQTTLAB, ROOT
+from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_lab import lab_leftovers, lab_run
+from workloads.analysis.load import load_run
+from workloads.analysis.report import write_report
+from workloads.bench import fidelity
+from workloads.bench.rundir import format_summary
 from workloads.lab import cgroups
+from workloads.lab import lab as lab_mod
 from workloads.lab.netns import LabError
 
 TINY = ["-s", "distributed", "--balancer", "nftables", "--scheduler", "rr", "--publishers", "4", "--subscribers", "4", "--messages", "40",
@@ -90,3 +100,168 @@ def test_a_cpu_list_the_host_lacks_stops_before_anything_is_created(tmp_path: Pa
                         text=True, cwd=ROOT)
     assert cp.returncode != 0 and "--broker-cpuset 64: this host's CPUs are" in cp.stderr and "Traceback" not in cp.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# --------------------------------------------------------------------------- the checks on known records
+
+
+def known_run(tmp: Path, *, usage_per_s: float, throttled: bool, psi_share: float, behind_s: float = 0.0,
+              late_last_s: float = 0.0) -> tuple[Path, dict[str, Any]]:
+    """A run directory written by hand: broker1 used ``usage_per_s`` CPU seconds a second for 10 s
+    (throttled each interval, or not), the host's PSI grew ``psi_share`` of each second, one
+    publisher sent 11 messages 100 ms apart (its last ``late_last_s`` late) and was behind
+    schedule for ``behind_s``."""
+    (tmp / "monitor").mkdir(parents=True)
+    (tmp / "bench" / "h").mkdir(parents=True)
+    rows = ["time_s,group,usage_usec,nr_periods,nr_throttled,throttled_usec,wait_usec,psi_some_usec"]
+    for i in range(11):
+        rows.append(f"{1000 + i},broker1,{int(i * usage_per_s * 1e6)},{i * 10},{i * 3 if throttled else 0},{i * 50000 if throttled else 0},0,")
+        rows.append(f"{1000 + i},host,,,,,,{int(i * psi_share * 1e6)}")
+    (tmp / "monitor" / "cgroups.csv").write_text("\n".join(rows) + "\n")
+    (tmp / "bench" / "h" / "publishers-pub0.csv").write_text(
+        "pub,client_id,planned,sent,acked,failed,first_send_s,last_send_s,max_behind_ms,refused\n"
+        f"0,c-pub0,11,11,11,0,1000.0,{1001.0 + late_last_s},0,0\n")
+    clients = [{"client_id": "c-pub0", "role": "pub", "index": 0, "kind": "behind_schedule", "seconds": behind_s, "longest_s": behind_s,
+                "episodes": 1, "first_s": 0, "last_s": 0, "max_behind_ms": behind_s * 1000}] if behind_s else []
+    (tmp / "bench" / "h" / "self-pub0.json").write_text(json.dumps({"clients": clients}))
+    return tmp, {"plan": {"broker_cpus": 0.25}, "scenario": {"interval_ms": 100}}
+
+
+def by_name(f: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in f["checks"]}
+
+
+def test_the_checks_measure_exactly_what_the_records_say(tmp_path: Path) -> None:
+    run, m = known_run(tmp_path / "a", usage_per_s=0.1, throttled=True, psi_share=0.2, behind_s=0.8, late_last_s=0.1)
+    f = fidelity.evaluate(run, m)
+    c = by_name(f)
+    assert c["broker_at_cap:broker1"]["value"] == 40.0 and c["broker_at_cap:broker1"]["passed"] is False  # 0.1 of a 0.25 cap
+    assert "throttled 30 times for 0.50 s" in c["broker_at_cap:broker1"]["detail"]
+    assert c["host_cpu_pressure"]["value"] == 20.0 and c["host_cpu_pressure"]["passed"] is False
+    assert c["offered_rate"]["value"] == pytest.approx(100 * (1 / 1.1 - 1) * -1, abs=1e-3) and c["offered_rate"]["passed"] is False
+    assert c["publishers_on_schedule"]["value"] == 0.8 and c["publishers_on_schedule"]["passed"] is False
+    assert c["subscribers_keep_up"]["passed"] is True
+    assert f["verdict"] == "invalid"
+    assert f["failed"] == ["broker_at_cap:broker1", "offered_rate", "publishers_on_schedule", "host_cpu_pressure"]
+    line = fidelity.verdict_line(f)
+    assert line.startswith("INVALID: broker_at_cap:broker1 40.0 (threshold 90.0)") and "host_cpu_pressure 20.0" in line
+
+
+def test_a_broker_at_its_cap_on_a_quiet_host_on_schedule_is_valid(tmp_path: Path) -> None:
+    run, m = known_run(tmp_path / "b", usage_per_s=0.24, throttled=True, psi_share=0.01)
+    f = fidelity.evaluate(run, m)
+    assert f["verdict"] == "valid" and f["failed"] == [] and f["unmeasured"] == [], f
+    assert by_name(f)["broker_at_cap:broker1"]["value"] == 96.0
+    # an idle broker (no throttling, no drop, no wait) is never busy: it passes, unmeasured by share
+    run, m = known_run(tmp_path / "c", usage_per_s=0.001, throttled=False, psi_share=0.01)
+    c = by_name(fidelity.evaluate(run, m))["broker_at_cap:broker1"]
+    assert c["passed"] is True and c["value"] is None and "never busy" in c["detail"]
+
+
+def test_a_run_without_counters_is_not_measured_rather_than_failed(tmp_path: Path) -> None:
+    (tmp_path / "bench").mkdir()
+    f = fidelity.evaluate(tmp_path, {"scenario": {"interval_ms": 0}})
+    assert f["verdict"] == "valid" and set(f["unmeasured"]) == {"broker_at_cap", "offered_rate", "host_cpu_pressure"}
+    assert "(not measured: broker_at_cap, offered_rate, host_cpu_pressure)" in fidelity.verdict_line(f)
+
+
+# --------------------------------------------------------------------------- the checks on real runs
+
+
+def run_with(tmp_path: Path, args: list[str], during: Any) -> dict[str, Any]:
+    """A real lab run; once it publishes, ``during(lab_id)`` acts on it (its own cgroups and
+    processes only). Returns the summary."""
+    log = tmp_path / "lab.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([*MQTTLAB, "lab", "run", *args, "--json", "--out", str(tmp_path / "runs")], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=err, text=True)
+        try:
+            wait_for(lambda: "bench: publishing" in log.read_text() or proc.poll() is not None, 180, "the run to be publishing")
+            lab_id = re.search(r"\[lab ([0-9a-f]{6})\]", log.read_text())
+            assert lab_id and proc.poll() is None, log.read_text()[-3000:]
+            during(lab_id.group(1))
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    assert proc.returncode in (0, 1), log.read_text()[-3000:]
+    return dict(json.loads(out))
+
+
+LOADED = ["-s", "distributed", "--balancer", "nftables", "--scheduler", "rr", "--publishers", "4", "--subscribers", "4", "--messages", "2400",
+          "--interval-ms", "5", "--drain-s", "5", "--time-limit-s", "60"]
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_a_broker_held_below_its_cap_makes_the_run_invalid_naming_it(tmp_path: Path) -> None:
+    """broker1's quota is cut to a hundredth of a core while the plan says a quarter: it is
+    throttled while it queues, gets a fraction of its cap, and the check names it."""
+    version = cgroups.detect()
+
+    def starve(lab_id: str) -> None:
+        if version == "v2":
+            (cgroups.ROOT / f"mqttlab-{lab_id}" / "broker1" / "cpu.max").write_text("1000 100000")
+        else:
+            (cgroups.ROOT / "cpu" / f"mqttlab-{lab_id}" / "broker1" / "cpu.cfs_quota_us").write_text("1000")
+
+    s = run_with(tmp_path, LOADED, starve)
+    f = s["fidelity"]
+    c = by_name(f)["broker_at_cap:broker1"]
+    assert f["verdict"] == "invalid" and "broker_at_cap:broker1" in f["failed"], f
+    assert c["value"] < 50 and "throttled" in c["detail"]
+    m = json.loads((Path(s["run_dir"]) / "manifest.json").read_text())
+    assert m["fidelity"]["failed"] == f["failed"]  # recorded in the manifest as well
+    text = format_summary(s)
+    assert "  fidelity           INVALID: " in text and "    FAIL broker_at_cap:broker1: % of the CPU cap used while busy" in text
+    page = write_report([load_run(Path(s["run_dir"]))], tmp_path / "report")["html"].read_text()
+    top = page[:page.index("<h1>")]  # the verdict comes first
+    assert "Fidelity: 1 of 1 run(s) INVALID" in top and "broker_at_cap:broker1" in top
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_a_publisher_stopped_mid_run_makes_it_invalid_naming_the_schedule(tmp_path: Path) -> None:
+    """SIGSTOP on one client host's publishers for two seconds: the bench's schedule slips and
+    the check names it, whatever the brokers did."""
+
+    def pause(lab_id: str) -> None:
+        pids = json.loads((lab_mod.STATE_DIR / f"{lab_id}.json").read_text())["pids"]
+        pgid = pids["bench-pub-ipvs1"]  # its own process group: the bench and its workers
+        wait_for(lambda: any(p.stat().st_size for p in tmp_path.glob("runs/*/bench/*/deliveries-*")), 60, "messages to flow")
+        os.killpg(pgid, signal.SIGSTOP)
+        time.sleep(2.0)
+        os.killpg(pgid, signal.SIGCONT)
+
+    f = run_with(tmp_path, [*TINY[:-2], "--messages", "800", "--interval-ms", "20"], pause)["fidelity"]
+    c = by_name(f)["publishers_on_schedule"]
+    assert f["verdict"] == "invalid" and "publishers_on_schedule" in f["failed"], f
+    assert c["value"] >= 1.5 and "pub" in c["detail"]
+
+
+@pytest.mark.lab
+def test_a_healthy_small_run_is_valid_and_each_threshold_can_flip_it(tmp_path: Path) -> None:
+    """Loose thresholds (this machine is shared: its CPU pressure and a broker's wait for a CPU are
+    not ours to control), then each check's threshold moved just past its own measure: the same
+    records turn the run invalid, naming that check, so none of the loose bounds is a pass by
+    construction."""
+    s = json.loads(lab_run(*TINY, out=tmp_path).stdout)
+    run = Path(s["run_dir"])
+    m = json.loads((run / "manifest.json").read_text())
+    loose = fidelity.Thresholds(broker_cap_pct=50.0, busy_wait_pct=50.0, offered_rate_pct=5.0, client_s=2.0, host_psi_pct=95.0)
+    f = fidelity.evaluate(run, m, loose)
+    assert f["verdict"] == "valid" and set(f["unmeasured"]) <= {"host_cpu_pressure"}, f
+    fields = {"offered_rate": "offered_rate_pct", "publishers_on_schedule": "client_s", "subscribers_keep_up": "client_s",
+              "host_cpu_pressure": "host_psi_pct"}
+    flipped = 0
+    for c in f["checks"]:
+        if c["name"] not in fields or not c["value"]:
+            continue
+        tight = dataclasses.replace(loose, **{fields[c["name"]]: c["value"] * 0.9})
+        g = fidelity.evaluate(run, m, tight)
+        assert g["verdict"] == "invalid" and c["name"] in g["failed"], (c, g)
+        flipped += 1
+    assert flipped >= 2  # at least the offered rate and the host pressure had something to measure
+    tight = dataclasses.replace(loose, client_s=0.0)  # no stretch at all is allowed: the schedule checks fail on any record
+    assert {"publishers_on_schedule", "subscribers_keep_up"} <= set(fidelity.evaluate(run, m, tight)["failed"])

@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 from workloads.analysis import availability  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import attribution, comparison, summarize_run, throughput  # noqa: E402
+from workloads.bench.fidelity import evaluate, verdict_line  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -126,6 +127,16 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, border=0, classes="t", na_rep="")
 
 
+def fidelity_html(runs: list[Run]) -> str:
+    """The report's first line: were the runs measuring the system? Each run's verdict, from its
+    own records (old run directories included), failed checks named."""
+    verdicts = [(r.manifest.get("run_id") or r.path.name, evaluate(r.path, r.manifest)) for r in runs]
+    bad = [(rid, f) for rid, f in verdicts if f["verdict"] == "invalid"]
+    head = (f"Fidelity: {len(bad)} of {len(runs)} run(s) INVALID" if bad else f"Fidelity: all {len(runs)} run(s) valid")
+    items = "".join(f"<li>{html.escape(str(rid))}: {html.escape(verdict_line(f))}</li>" for rid, f in verdicts)
+    return f'<p class="verdict {"partial" if bad else ""}"><b>{html.escape(head)}</b></p><ul>{items}</ul>'
+
+
 def write_report(runs: list[Run], out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summaries = [summarize_run(r) for r in runs]
@@ -151,6 +162,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Any]:
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table.t{{border-collapse:collapse;font-size:13px;margin:1em 0}}
 table.t td,table.t th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%;margin:0.5em 0}}
 .partial{{color:#b00}}</style></head><body>
+{fidelity_html(runs)}
 <h1>mqttlab report: {len(runs)} run(s)</h1>
 {f'<ul class="partial">{notes}</ul>' if notes else ''}
 <h2>Runs</h2>{_table(per_run.drop(columns=["path", "partial"], errors="ignore"))}

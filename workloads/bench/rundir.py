@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from workloads.bench.fidelity import evaluate, verdict_line
 from workloads.bench.hist import Histogram
 from workloads.bench.saturation import judge
 from workloads.scenario import QUIET_S, Scenario
@@ -189,6 +190,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "bench_saturated": bool(reasons),
         "saturation_reasons": reasons,
         "saturated_clients": saturated_clients,
+        "fidelity": evaluate(run_dir, manifest),
     }
 
 
@@ -258,4 +260,16 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["bench_saturated"]:
         lines.append("  WARNING bench_saturated: the load generator, not the system, may have been the limit:")
         lines += [f"    {r}" for r in s["saturation_reasons"]]
+    if s.get("fidelity"):
+        lines += format_fidelity(s["fidelity"])
     return "\n".join(lines)
+
+
+def format_fidelity(f: dict[str, Any]) -> list[str]:
+    """The verdict, then each check: result, measure, value against its threshold, and why."""
+    lines = [f"  fidelity           {verdict_line(f)}"]
+    for c in f["checks"]:
+        mark = {True: "pass", False: "FAIL", None: "n/a "}[c["passed"]]
+        value = "-" if c["value"] is None else c["value"]
+        lines.append(f"    {mark} {c['name']}: {c['measure']} {value} (threshold {c['threshold']})" + (f"; {c['detail']}" if c["detail"] else ""))
+    return lines

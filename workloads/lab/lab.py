@@ -156,13 +156,14 @@ class Lab:
         return d / f"{host}.sock"
 
     def spawn(self, key: str, cmd: list[str], host: str, log: Path | None = None, cgroup_procs: tuple[Path, ...] = ()) -> subprocess.Popen[bytes]:
-        """Start a process of the lab: in the lab's cgroup, and (for a run) dying with us."""
+        """Start a process of the lab: in the lab's cgroup, and (for a run) dying with us; in
+        ``host``'s namespace, or (``""``) in ours, for what reads the host's own files."""
         broker = bool(cgroup_procs)
         if self.group is not None and (not broker or self.state.cgroup_version == "v1"):
             cgroup_procs = (*cgroup_procs, self.group)  # on v2 a broker's own group is already inside the lab's
         if self.others_cpuset is not None and not broker:  # v1: off the brokers' CPUs (v2: the lab's group is that cpuset)
             cgroup_procs = (*cgroup_procs, self.others_cpuset)
-        p = netns.spawn(cmd, self.ns(host), log, cgroup_procs=cgroup_procs, die_with_us=self.state.kind == "run")
+        p = netns.spawn(cmd, self.ns(host) if host else None, log, cgroup_procs=cgroup_procs, die_with_us=self.state.kind == "run")
         self.procs[key] = p
         self.state.pids[key] = p.pid
         self.state.save()
@@ -289,6 +290,11 @@ class Lab:
         if self.cfg.security.enabled:
             cmd += ["--security", str(self.files / "brokers" / CLIENT_FILE)]
         self.spawn("monitor-brokers", cmd, "brokers", self.run_dir / "logs" / "monitor-brokers.log")
+        # the caps' kernel counters: from the host's namespace, since `ip netns exec` hides /sys/fs/cgroup
+        cmd = [sys.executable, "-m", "workloads.cli", "monitor", "cgroups", "--interval", str(interval), "--out", str(mon / "cgroups.csv")]
+        for name, cap in self.caps.items():
+            cmd += ["--group", f"{name}={cap.version}:{','.join(str(d) for d in cap.dirs)}" + (f"+{cap.acct}" if cap.acct else "")]
+        self.spawn("monitor-cgroups", cmd, "", self.run_dir / "logs" / "monitor-cgroups.log")
         for bal in self.plan.balancers:
             cmd = [sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
                    "--interval", str(interval), "--out", str(mon / f"balancer-{bal.host}.csv"), "--vip", f"{bal.vip}:{bal.port}"]
@@ -600,6 +606,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
                             connections_per_broker=conns)
             lab.say(f"torn down ({reason or 'done'})")
     summary = summarize(run_dir)
+    update_manifest(run_dir, fidelity=summary["fidelity"])  # the verdict travels with the run directory
     summary.update(standin.balancing_columns(ran) | dict(  # "balancer" stays the record of the balancer hosts, its kind the balancer column
         run_dir=str(run_dir), topology=cfg.topology, connections_per_broker=conns, security=cfg.security.mode,
         balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]}, faults=read_faults(run_dir),
