@@ -106,16 +106,16 @@ def test_a_cpu_list_the_host_lacks_stops_before_anything_is_created(tmp_path: Pa
 
 
 def known_run(tmp: Path, *, usage_per_s: float, throttled: bool, psi_share: float, behind_s: float = 0.0,
-              late_last_s: float = 0.0) -> tuple[Path, dict[str, Any]]:
+              late_last_s: float = 0.0, wait_per_s: float = 0.0) -> tuple[Path, dict[str, Any]]:
     """A run directory written by hand: broker1 used ``usage_per_s`` CPU seconds a second for 10 s
     (throttled each interval, or not), the host's PSI grew ``psi_share`` of each second, one
     publisher sent 11 messages 100 ms apart (its last ``late_last_s`` late) and was behind
-    schedule for ``behind_s``."""
+    schedule for ``behind_s``; the broker's threads waited ``wait_per_s`` a second for a CPU."""
     (tmp / "monitor").mkdir(parents=True)
     (tmp / "bench" / "h").mkdir(parents=True)
     rows = ["time_s,group,usage_usec,nr_periods,nr_throttled,throttled_usec,wait_usec,psi_some_usec"]
     for i in range(11):
-        rows.append(f"{1000 + i},broker1,{int(i * usage_per_s * 1e6)},{i * 10},{i * 3 if throttled else 0},{i * 50000 if throttled else 0},0,")
+        rows.append(f"{1000 + i},broker1,{int(i * usage_per_s * 1e6)},{i * 10},{i * 3 if throttled else 0},{i * 50000 if throttled else 0},{int(i * wait_per_s * 1e6)},")
         rows.append(f"{1000 + i},host,,,,,,{int(i * psi_share * 1e6)}")
     (tmp / "monitor" / "cgroups.csv").write_text("\n".join(rows) + "\n")
     (tmp / "bench" / "h" / "publishers-pub0.csv").write_text(
@@ -152,10 +152,22 @@ def test_a_broker_at_its_cap_on_a_quiet_host_on_schedule_is_valid(tmp_path: Path
     f = fidelity.evaluate(run, m)
     assert f["verdict"] == "valid" and f["failed"] == [] and f["unmeasured"] == [], f
     assert by_name(f)["broker_at_cap:broker1"]["value"] == 96.0
-    # an idle broker (no throttling, no drop, no wait) is never busy: it passes, unmeasured by share
+    # an idle broker (no throttling, no drop, wanting less than its cap) is never busy: it passes, unmeasured by share
     run, m = known_run(tmp_path / "c", usage_per_s=0.001, throttled=False, psi_share=0.01)
     c = by_name(fidelity.evaluate(run, m))["broker_at_cap:broker1"]
     assert c["passed"] is True and c["value"] is None and "never busy" in c["detail"]
+
+
+def test_a_broker_that_wanted_its_cap_and_waited_for_the_host_instead_is_starved(tmp_path: Path) -> None:
+    """No throttling, no drop: 0.1 CPU used and 0.3 s a second waiting for a CPU is a demand above
+    the 0.25 cap that the host did not serve. A broker that used 0.02 and waited 0.04 wanted less
+    than its cap: delayed, not starved."""
+    run, m = known_run(tmp_path / "a", usage_per_s=0.1, throttled=False, psi_share=0.01, wait_per_s=0.3)
+    c = by_name(fidelity.evaluate(run, m))["broker_at_cap:broker1"]
+    assert (c["value"], c["passed"]) == (40.0, False) and "waited for a CPU 3.00 s" in c["detail"]
+    run, m = known_run(tmp_path / "b", usage_per_s=0.02, throttled=False, psi_share=0.01, wait_per_s=0.04)
+    c = by_name(fidelity.evaluate(run, m))["broker_at_cap:broker1"]
+    assert (c["value"], c["passed"]) == (None, True)
 
 
 def test_a_run_without_counters_is_not_measured_rather_than_failed(tmp_path: Path) -> None:
@@ -249,7 +261,7 @@ def test_a_healthy_small_run_is_valid_and_each_threshold_can_flip_it(tmp_path: P
     s = json.loads(lab_run(*TINY, out=tmp_path).stdout)
     run = Path(s["run_dir"])
     m = json.loads((run / "manifest.json").read_text())
-    loose = fidelity.Thresholds(broker_cap_pct=50.0, busy_wait_pct=50.0, offered_rate_pct=5.0, client_s=2.0, host_psi_pct=95.0)
+    loose = fidelity.Thresholds(broker_cap_pct=50.0, offered_rate_pct=5.0, client_s=2.0, host_psi_pct=95.0)
     f = fidelity.evaluate(run, m, loose)
     assert f["verdict"] == "valid" and set(f["unmeasured"]) <= {"host_cpu_pressure"}, f
     fields = {"offered_rate": "offered_rate_pct", "publishers_on_schedule": "client_s", "subscribers_keep_up": "client_s",
