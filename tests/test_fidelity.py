@@ -8,22 +8,26 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_lab import lab_leftovers, lab_run
 from workloads.analysis.load import load_run
 from workloads.analysis.report import write_report
-from workloads.bench import fidelity
-from workloads.bench.rundir import format_summary
+from workloads.bench import fidelity, payload
+from workloads.bench.hist import Histogram
+from workloads.bench.rundir import DELIVERY_DTYPE, INTENDED_DTYPE, format_summary, start_manifest, summarize
 from workloads.lab import cgroups
 from workloads.lab import lab as lab_mod
 from workloads.lab.netns import LabError
+from workloads.scenario import HEADER_BYTES, Scenario
 
 TINY = ["-s", "distributed", "--balancer", "nftables", "--scheduler", "rr", "--publishers", "4", "--subscribers", "4", "--messages", "40",
         "--interval-ms", "50", "--drain-s", "3", "--time-limit-s", "60", "--json", "--quiet"]
@@ -232,24 +236,76 @@ def test_a_broker_held_below_its_cap_makes_the_run_invalid_naming_it(tmp_path: P
     assert "Fidelity: 1 of 1 run(s) INVALID" in top and "broker_at_cap:broker1" in top
 
 
-@pytest.mark.lab
-@pytest.mark.timeout(600)
-def test_a_publisher_stopped_mid_run_makes_it_invalid_naming_the_schedule(tmp_path: Path) -> None:
-    """SIGSTOP on one client host's publishers for two seconds: the bench's schedule slips and
-    the check names it, whatever the brokers did."""
+@pytest.fixture(scope="module")
+def paused_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real run in which one client host's publishers were stopped (SIGSTOP, its own process
+    group: the bench and its workers) for two seconds once messages flowed."""
+    tmp = tmp_path_factory.mktemp("paused")
 
     def pause(lab_id: str) -> None:
-        pids = json.loads((lab_mod.STATE_DIR / f"{lab_id}.json").read_text())["pids"]
-        pgid = pids["bench-pub-ipvs1"]  # its own process group: the bench and its workers
-        wait_for(lambda: any(p.stat().st_size for p in tmp_path.glob("runs/*/bench/*/deliveries-*")), 60, "messages to flow")
+        pgid = json.loads((lab_mod.STATE_DIR / f"{lab_id}.json").read_text())["pids"]["bench-pub-ipvs1"]
+        wait_for(lambda: any(p.stat().st_size for p in tmp.glob("runs/*/bench/*/deliveries-*")), 60, "messages to flow")
         os.killpg(pgid, signal.SIGSTOP)
         time.sleep(2.0)
         os.killpg(pgid, signal.SIGCONT)
 
-    f = run_with(tmp_path, [*TINY[:-2], "--messages", "800", "--interval-ms", "20"], pause)["fidelity"]
+    return run_with(tmp, [*TINY[:-2], "--messages", "800", "--interval-ms", "20"], pause)
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_a_publisher_stopped_mid_run_makes_it_invalid_naming_the_schedule(paused_run: dict[str, Any]) -> None:
+    f = paused_run["fidelity"]
     c = by_name(f)["publishers_on_schedule"]
     assert f["verdict"] == "invalid" and "publishers_on_schedule" in f["failed"], f
     assert c["value"] >= 1.5 and "pub" in c["detail"]
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_behind_schedule_latency_from_the_intended_time_counts_the_wait(paused_run: dict[str, Any]) -> None:
+    """The stopped publishers sent their backlog at once on waking: each message's trip was short,
+    its wait was not. Latency from the actual send hides the wait; from the intended time it shows."""
+    actual, intended = paused_run["latency_ms"], paused_run["latency_intended_ms"]
+    assert intended is not None and intended["max"] >= 1500 and intended["p99"] >= 1000
+    assert actual["max"] < intended["max"] - 1000 and actual["p99"] < intended["p99"]
+    assert all(intended[k] >= actual[k] for k in ("p50", "p90", "p99", "max"))  # never sent before its slot
+    assert "    from intended    p50 " in format_summary(paused_run)
+
+
+def test_latency_from_the_intended_time_equals_the_truth_exactly(tmp_path: Path) -> None:
+    """Ten messages due 100 us apart, all sent at 1000 us (behind) and received 50 us later: from
+    the actual send every latency is 50 us; from the intended time 1050, 950, ... 150 us. Both
+    under 2048 us, where the histogram is exact; from the raw records (a killed run) and from the
+    histograms alike."""
+    d = tmp_path / "bench" / "h"
+    d.mkdir(parents=True)
+    base = 1_000_000_000_000_000
+    rec = np.zeros(10, DELIVERY_DTYPE)
+    rec["seq"] = np.arange(10)
+    rec["send_ns"] = base + 1_000_000
+    rec["recv_ns"] = base + 1_050_000
+    (d / "deliveries-sub0.bin").write_bytes(rec.tobytes())
+    (d / "intended-sub0.bin").write_bytes((base + np.arange(10, dtype=np.int64) * 100_000).astype(INTENDED_DTYPE).tobytes()[:-3])  # torn
+    start_manifest(tmp_path, scenario=Scenario(publishers=1, subscribers=1, messages=10).to_dict())
+    truth = sorted(1050 - 100 * k for k in range(9))  # the torn last record is not counted
+    want = {"p50": truth[4] / 1000, "p90": truth[8] / 1000, "p99": truth[8] / 1000, "max": truth[8] / 1000}
+    s = summarize(tmp_path)  # no histograms yet: rebuilt from the records
+    assert s["latency_intended_ms"] == want and s["latency_ms"] == {"p50": 0.05, "p90": 0.05, "p99": 0.05, "max": 0.05}
+    h, hi = Histogram(), Histogram()
+    h.record(np.full(10, 50))
+    hi.record(np.array([1050 - 100 * k for k in range(10)]))
+    (d / "latency-sub0.json").write_text(json.dumps(h.to_json() | {"intended": hi.to_json()}))
+    assert summarize(tmp_path)["latency_intended_ms"] == {"p50": 0.55, "p90": 0.95, "p99": 1.05, "max": 1.05}
+    (d / "latency-sub0.json").write_text(json.dumps(h.to_json()))  # a run directory from before: no intended time
+    assert summarize(tmp_path)["latency_intended_ms"] is None and "from intended" not in format_summary(summarize(tmp_path))
+
+
+def test_the_payload_carries_both_times_and_the_old_layout_is_foreign() -> None:
+    p = payload.encode(3, 7, 2_000, 0xABC, 64, intended_ns=1_000)
+    assert len(p) == 64 and payload.decode(p) == (3, 7, 2_000, 0xABC, 1_000)
+    assert payload.decode(payload.encode(1, 2, 5, 6, 28))[4] == 5  # no schedule: intended is the send
+    assert len(struct.pack("<IIQI", 3, 7, 2_000, 0xABC)) < payload.HEADER.size == HEADER_BYTES
 
 
 @pytest.mark.lab
