@@ -185,14 +185,15 @@ def test_a_run_without_counters_is_not_measured_rather_than_failed(tmp_path: Pat
 
 
 def run_with(tmp_path: Path, args: list[str], during: Any) -> dict[str, Any]:
-    """A real lab run; once it publishes, ``during(lab_id)`` acts on it (its own cgroups and
-    processes only). Returns the summary."""
+    """A real lab run; once its publishers are started, ``during(lab_id)`` acts on it (its own
+    cgroups and processes only). Returns the summary."""
     log = tmp_path / "lab.log"
     with log.open("w") as err:
         proc = subprocess.Popen([*MQTTLAB, "lab", "run", *args, "--json", "--out", str(tmp_path / "runs")], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=err, text=True)
         try:
-            wait_for(lambda: "bench: publishing" in log.read_text() or proc.poll() is not None, 180, "the run to be publishing")
+            wait_for(lambda: re.search(r"bench: \d+ publishers", log.read_text()) is not None or proc.poll() is not None, 180,
+                     "the publishers to start")
             lab_id = re.search(r"\[lab ([0-9a-f]{6})\]", log.read_text())
             assert lab_id and proc.poll() is None, log.read_text()[-3000:]
             during(lab_id.group(1))
@@ -314,12 +315,14 @@ def test_a_healthy_small_run_is_valid_and_each_threshold_can_flip_it(tmp_path: P
     not ours to control), then each check's threshold moved just past its own measure: the same
     records turn the run invalid, naming that check, so none of the loose bounds is a pass by
     construction."""
-    s = json.loads(lab_run(*TINY, out=tmp_path).stdout)
+    # 40 messages a publisher: one late last send on a busy machine moves a publisher's rate
+    # by its delay over two seconds, not over half of one
+    s = json.loads(lab_run(*TINY, "--messages", "160", out=tmp_path).stdout)  # the last --messages counts
     run = Path(s["run_dir"])
     m = json.loads((run / "manifest.json").read_text())
-    loose = fidelity.Thresholds(broker_cap_pct=50.0, offered_rate_pct=5.0, client_s=2.0, host_psi_pct=95.0)
+    loose = fidelity.Thresholds(broker_cap_pct=50.0, offered_rate_pct=10.0, client_s=2.0, host_psi_pct=95.0)
     f = fidelity.evaluate(run, m, loose)
-    assert f["verdict"] == "valid" and set(f["unmeasured"]) <= {"host_cpu_pressure"}, f
+    assert f["verdict"] == "valid" and set(f["unmeasured"]) <= {"host_cpu_pressure"}, fidelity.verdict_line(f)
     fields = {"offered_rate": "offered_rate_pct", "publishers_on_schedule": "client_s", "subscribers_keep_up": "client_s",
               "host_cpu_pressure": "host_psi_pct"}
     flipped = 0
