@@ -144,7 +144,8 @@ def test_bench_summary_of_a_known_run(known: Path) -> None:
     # 586 deliveries at 1 ms, 195 at 5 ms; a bucket reports its highest value (1000 us exact, 5000 us -> 5003 us)
     assert s["latency_ms"] == {"p50": 1.0, "p90": 5.003, "p99": 5.003, "max": 5.003}
     assert s["bench_saturated"] is False and s["saturation_reasons"] == []
-    text = rundir.format_summary(s)
+    assert rundir.format_summary(s).splitlines()[8].startswith("  fidelity           VALID")  # then its checks (tests/test_fidelity.py)
+    text = rundir.format_summary(s | {"fidelity": None})
     assert text.splitlines() == ["run known: complete", "  clients connected  6/6  (disconnects 0)", "  published          200/200  acked 200",
                                  "  expected deliveries 800", "  delivered          781", "  lost               19  (2.375 %)",
                                  "  duplicates         1   out of order 0", "  latency ms         p50 1.0  p90 5.003  p99 5.003  max 5.003"]
@@ -210,7 +211,7 @@ def test_bench_saturated_both_ways(known: Path, values: dict[str, Any], reasons:
     assert [(c["client_id"], c["lost"]) for c in s["saturated_clients"]] == clients
     for c in s["saturated_clients"]:  # the client's own record, whole, and what it lost
         assert c == next(x for x in values["clients"] if x["client_id"] == c["client_id"]) | {"lost": c["lost"]}
-    text = rundir.format_summary(s).splitlines()
+    text = rundir.format_summary(s | {"fidelity": None}).splitlines()
     if reasons:
         assert text[8:] == ["  WARNING bench_saturated: the load generator, not the system, may have been the limit:", *[f"    {r}" for r in reasons]]
     else:
@@ -488,7 +489,7 @@ def test_bench_summary_numbers_at_their_edges(known: Path, tmp_path: Path) -> No
     assert s["sent"] == 210 and (s["expected"], s["delivered"], s["lost"]) == (800 + 40, 781, 59) and s["loss_pct"] == 7.024
     assert s["clients_connected"] == 7 and s["latency_ms"] == {"p50": 0.05, "p90": 0.09, "p99": 0.099, "max": 0.1}
     write_self(known, "ipvs1", 1, cpu_busy_pct=95.0, loop_lag_p99_ms=60.0)
-    s = rundir.summarize(known) | {"partial": True}
+    s = rundir.summarize(known) | {"partial": True, "fidelity": None}
     assert rundir.format_summary(s).splitlines()[0] == "run known: PARTIAL"
     assert rundir.format_summary(s).endswith("may have been the limit:\n    worker 1 cpu_busy_pct=95.0 >= 90.0\n    worker 1 loop_lag_p99_ms=60.0 >= 50.0")
     t = reference_truth()
@@ -680,7 +681,7 @@ def test_bridge_loss_evidence_names_every_bridge_client_logged(tmp_path: Path) -
 
 
 def test_the_bench_summary_lists_what_brokers_refused(known: Path) -> None:
-    s = rundir.summarize(known)
+    s = rundir.summarize(known) | {"fidelity": None}
     assert "refused" not in rundir.format_summary(s)
     text = rundir.format_summary(s | {"clients_refused": 0, "publishes_refused": 3, "refusal_reasons": {"publish_refused 135 not authorized": 3}})
     assert text.splitlines()[0] == "run known: complete"

@@ -438,17 +438,17 @@ def test_scenario_round_trips_through_cli_options_and_manifests() -> None:
 
 
 def test_scenario_edges() -> None:
-    ok = {"publishers": 1, "subscribers": 0, "messages": 1, "intervalMs": 0, "payloadBytes": 20, "connectRate": 1, "keepalive": 5,
+    ok = {"publishers": 1, "subscribers": 0, "messages": 1, "intervalMs": 0, "payloadBytes": 28, "connectRate": 1, "keepalive": 5,
           "drainS": 0, "timeLimitS": 0.5, "mqttVersion": 5.0}
     s = scenario_from_mapping(ok, "p.")
-    assert (s.publishers, s.subscribers, s.payload_bytes, s.keepalive, s.mqtt_version, s.drain_s, s.time_limit_s) == (1, 0, 20, 5, "5", 0.0, 0.5)
+    assert (s.publishers, s.subscribers, s.payload_bytes, s.keepalive, s.mqtt_version, s.drain_s, s.time_limit_s) == (1, 0, 28, 5, "5", 0.0, 0.5)
     assert isinstance(s.drain_s, float) and isinstance(scenario_from_mapping({"timeLimitS": 9}, "p.").time_limit_s, float)
     assert scenario_from_mapping({"mqttVersion": "5.0", "keepalive": 65535, "publishers": 100_000, "messages": 100_000,
                                   "intervalMs": 3_600_000}, "p.").mqtt_version == "5"
     assert scenario_from_mapping({"qos": None}, "p.").qos == 1
     bad: list[tuple[dict[str, Any], str, str]] = [({"publishers": 100_001}, "p.publishers", "between 1 and 100000"), ({"subscribers": -1}, "p.subscribers", "between 0 and 100000"),
            ({"messages": 0}, "p.messages", ">= 1"), ({"intervalMs": 3_600_001}, "p.intervalMs", "between"),
-           ({"payloadBytes": 19}, "p.payloadBytes", "between 20"), ({"connectRate": 0}, "p.connectRate", ">= 1"),
+           ({"payloadBytes": 27}, "p.payloadBytes", "between 28"), ({"connectRate": 0}, "p.connectRate", ">= 1"),
            ({"keepalive": 4}, "p.keepalive", "between 5 and 65535"), ({"keepalive": 65536}, "p.keepalive", "between 5"),
            ({"qos": True}, "p.qos", "0, 1 or 2"), ({"publishers": 2.0}, "p.publishers", "whole number"),
            ({"topicLayout": "tree"}, "p.topicLayout", "shared or per-publisher"), ({"topic": ""}, "p.topic", "without wildcards"),
@@ -524,7 +524,7 @@ def test_each_refusal_names_key_value_and_rule_exactly(tmp_path: Path) -> None:
         (lambda: scenario_from_mapping({"cleanSession": "no"}, "p."), "config p.cleanSession='no' is invalid: must be true or false", "no"),
         (lambda: scenario_from_mapping({"drainS": -2}, "p."), "config p.drainS=-2.0 is invalid: must be a number of seconds >= 0", -2.0),
         (lambda: scenario_from_mapping({"payloadBytes": 256 * 1024 * 1024 + 1}, "p."),
-         "config p.payloadBytes=268435457 is invalid: must be between 20 and 268435456", 268435457),
+         "config p.payloadBytes=268435457 is invalid: must be between 28 and 268435456", 268435457),
         # security
         (lambda: parse_config(raw(security={"mode": "tls1"}), "d"),
          "config mqttlab:security.mode='tls1' is invalid: must be one of none, password, tls, mtls", "tls1"),

@@ -30,7 +30,7 @@ def lab_run(*args: str, out: Path, timeout: float = 300, env: dict[str, str] | N
 def lab_leftovers(mine: Path | None = None) -> dict[str, list[str]]:
     """What any lab (not the test suite's own namespaces) has left on this machine; processes
     only those whose command line names ``mine`` (a test's own folder) when given."""
-    cg = [str(p) for base in (Path("/sys/fs/cgroup"), *(Path("/sys/fs/cgroup") / h for h in ("cpu", "memory", "pids")))
+    cg = [str(p) for base in (Path("/sys/fs/cgroup"), *(Path("/sys/fs/cgroup") / h for h in ("cpu", "cpuacct", "cpuset", "memory", "pids")))
           for p in base.glob("mqttlab-*")]
     procs = subprocess.run(["pgrep", "-af", "rendered/brokers|workloads.cli (bench|monitor)|haproxy-lab.cfg"], capture_output=True,
                            text=True).stdout.splitlines()

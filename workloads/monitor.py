@@ -28,6 +28,7 @@ BROKER_COLUMNS = [
     "time_s", "broker", "cpu_pct", "mem_bytes", "clients_connected", "msgs_received",
     "msgs_sent", "msgs_dropped", "net_rx_bytes", "net_tx_bytes",
 ]
+CGROUP_COLUMNS = ["time_s", "group", "usage_usec", "nr_periods", "nr_throttled", "throttled_usec", "wait_usec", "psi_some_usec"]
 BALANCER_COLUMNS = [
     "time_s", "host", "kind", "virtual", "real", "active_conns", "inactive_conns",
     "total_conns", "packets_in", "packets_out", "bytes_in", "bytes_out", "status",
@@ -190,6 +191,64 @@ def run_broker_monitor(targets: list[BrokerTarget], out: Path, interval: float, 
     return rows
 
 
+# --------------------------------------------------------------------------- cgroups and host pressure
+
+
+@dataclass
+class CgroupTarget:
+    """A broker's cap group: ``dirs`` its folders (the ``cpu`` one first), ``acct`` its v1
+    ``cpuacct`` folder where that controller is mounted apart."""
+
+    name: str
+    version: str
+    dirs: tuple[Path, ...]
+    acct: Path | None = None
+
+
+def cgroup_row(t: CgroupTarget, now: float) -> dict[str, object]:
+    """The kernel's counters of one group: its CPU use and throttling (``cpu.stat``) and how long
+    its processes waited for a CPU (their schedstat). Blank once the group is gone."""
+    from workloads.lab.cgroups import Cap
+
+    cap = Cap(t.version, t.dirs, acct=t.acct)
+    row: dict[str, object] = {"time_s": f"{now:.3f}", "group": t.name}
+    if not t.dirs[0].is_dir():
+        return row
+    row |= cap.cpu_stat()
+    row["wait_usec"] = sum(procs.run_queue_wait_ns(pid) for pid in cap.pids()) // 1000
+    return row
+
+
+def run_cgroup_monitor(targets: list[CgroupTarget], out: Path, interval: float, stopper: procs.StopFlag, duration: float | None = None) -> int:
+    """A row per group per interval, and one for the host (its CPU pressure, where it has PSI)."""
+
+    def rows_at(now: float) -> list[dict[str, object]]:
+        psi = procs.cpu_pressure_us()
+        return [*(cgroup_row(t, now) for t in targets), {"time_s": f"{now:.3f}", "group": "host", "psi_some_usec": "" if psi is None else psi}]
+
+    return _sample_every(out, CGROUP_COLUMNS, rows_at, interval, stopper, duration)
+
+
+def _sample_every(out: Path, columns: list[str], rows_at: Callable[[float], list[dict[str, object]]], interval: float, stopper: procs.StopFlag,
+                  duration: float | None) -> int:
+    """Append ``rows_at(now)`` to the CSV ``out`` every ``interval`` (a first row at once) until
+    stopped or ``duration`` passed, flushing each time; returns the rows written."""
+    fh, w = _open_csv(out, columns)
+    rows = 0
+    end = time.time() + duration if duration else None
+    try:
+        while True:
+            for r in rows_at(time.time()):
+                w.writerow(r)
+                rows += 1
+            fh.flush()
+            if stopper.wait(interval) or (end and time.time() >= end):
+                break
+    finally:
+        fh.close()
+    return rows
+
+
 # --------------------------------------------------------------------------- balancers
 
 _IPVS_LINE = re.compile(r"^\s*(TCP|UDP)\s+(\S+)\s+(\S+)?")
@@ -281,24 +340,14 @@ def sample_conntrack(vip: str, port: int) -> list[dict[str, object]]:
 
 def run_balancer_monitor(host: str, kind: str, sampler: Callable[[], list[dict[str, object]]], out: Path, interval: float,
                          stopper: procs.StopFlag, duration: float | None = None) -> int:
-    fh, w = _open_csv(out, BALANCER_COLUMNS)
-    rows = 0
-    end = time.time() + duration if duration else None
-    try:
-        while True:
-            now = time.time()
-            try:
-                for r in sampler():
-                    w.writerow({c: "" for c in BALANCER_COLUMNS} | r | {"time_s": f"{now:.3f}", "host": host, "kind": kind})
-                    rows += 1
-            except (subprocess.SubprocessError, OSError) as exc:
-                print(f"monitor: {kind} sample failed: {exc}", flush=True)
-            fh.flush()
-            if stopper.wait(interval) or (end and time.time() >= end):
-                break
-    finally:
-        fh.close()
-    return rows
+    def rows_at(now: float) -> list[dict[str, object]]:
+        try:
+            return [{c: "" for c in BALANCER_COLUMNS} | r | {"time_s": f"{now:.3f}", "host": host, "kind": kind} for r in sampler()]
+        except (subprocess.SubprocessError, OSError) as exc:
+            print(f"monitor: {kind} sample failed: {exc}", flush=True)
+            return []
+
+    return _sample_every(out, BALANCER_COLUMNS, rows_at, interval, stopper, duration)
 
 
 def connection_table(kind: str) -> str:
@@ -334,6 +383,27 @@ def cmd_brokers(args: argparse.Namespace) -> int:
     stopper.install((signal.SIGTERM, signal.SIGINT))
     rows = run_broker_monitor(args.broker, out, args.interval, stopper, args.duration)
     print(f"monitor brokers: {rows} rows in {args.out}")
+    return 0
+
+
+def _cgroup_arg(text: str) -> CgroupTarget:
+    """``name=v1|v2:DIR[,DIR...][+ACCT]``"""
+    try:
+        name, rest = text.split("=", 1)
+        version, dirs = rest.split(":", 1)
+        dirs, _, acct = dirs.partition("+")
+        if version not in ("v1", "v2") or not dirs:
+            raise ValueError
+        return CgroupTarget(name, version, tuple(Path(d) for d in dirs.split(",")), Path(acct) if acct else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected name=v1|v2:DIR[,DIR...][+ACCTDIR], got {text!r}") from None
+
+
+def cmd_cgroups(args: argparse.Namespace) -> int:
+    stopper = procs.StopFlag()
+    stopper.install((signal.SIGTERM, signal.SIGINT))
+    rows = run_cgroup_monitor(args.group, Path(args.out), args.interval, stopper, args.duration)
+    print(f"monitor cgroups: {rows} rows in {args.out}")
     return 0
 
 
@@ -376,6 +446,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     b.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
     b.add_argument("--security", help="a rendered brokers/security/client.json (secured brokers)")
     b.set_defaults(func=cmd_brokers)
+    g = msub.add_parser("cgroups", help="per-group CPU use, throttling and CPU wait (kernel counters), and the host's CPU pressure")
+    g.add_argument("--group", action="append", type=_cgroup_arg, required=True, help="name=v1|v2:DIR[,DIR...][+ACCTDIR], repeatable")
+    g.add_argument("--out", required=True)
+    g.add_argument("--interval", type=float, default=0.5, help="seconds between rows (default 0.5)")
+    g.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    g.set_defaults(func=cmd_cgroups)
     c = msub.add_parser("balancer", help="per-real-server connections and traffic")
     c.add_argument("--kind", choices=("ipvs", "haproxy", "nftables"), default="ipvs", help="the balancer to read (default ipvs)")
     c.add_argument("--host", default=socket.gethostname(), help="this balancer host's name in the CSV (default: the host name)")

@@ -165,6 +165,48 @@ def start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def allowed_cpus(pid: int) -> str | None:
+    """The CPUs the kernel lets ``pid`` run on (``Cpus_allowed_list`` of ``/proc/PID/status``),
+    None once it is gone: what a cpuset did to a process, as the scheduler holds it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def run_queue_wait_ns(pid: int) -> int:
+    """Nanoseconds the threads of ``pid`` spent runnable but waiting for a CPU
+    (``/proc/PID/task/*/schedstat``, its second field); 0 once it is gone. A process that waits
+    while below its CPU quota was held back by the host, not by its cap."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            total += int((t / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def cpu_pressure_us() -> int | None:
+    """The host's CPU pressure so far: microseconds during which some runnable task waited for a
+    CPU (``some total`` of ``/proc/pressure/cpu``, PSI); None where the kernel has no PSI."""
+    try:
+        text = Path("/proc/pressure/cpu").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("some "):
+            return int(line.rsplit("total=", 1)[1])
+    return None
+
+
 def is_running(pid: int, started: int | None) -> bool:
     """Whether the process ``pid`` that started at ``started`` still runs (not a zombie)."""
     if pid <= 0:

@@ -14,7 +14,7 @@ from typing import Any
 from workloads.errors import ConfigError
 
 QUIET_S = 3.0  # a drain ends early once no delivery arrived for this long (or all did)
-HEADER_BYTES = 20  # publisher id u32, sequence u32, send time ns u64, run tag u32
+HEADER_BYTES = 28  # publisher id u32, sequence u32, send time ns u64, run tag u32, intended send time ns u64
 QOS_LEVELS = (0, 1, 2)
 MQTT_VERSIONS = ("3.1.1", "5")
 TOPIC_LAYOUTS = ("shared", "per-publisher")

@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 from workloads.analysis import availability  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import attribution, comparison, summarize_run, throughput  # noqa: E402
+from workloads.bench.fidelity import evaluate, verdict_line  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -126,9 +127,21 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, border=0, classes="t", na_rep="")
 
 
+def fidelity_html(verdicts: list[tuple[str, dict[str, Any]]]) -> str:
+    """The report's first line: were the runs measuring the system? Each run's verdict, failed
+    checks named."""
+    bad = [(rid, f) for rid, f in verdicts if f["verdict"] == "invalid"]
+    head = (f"Fidelity: {len(bad)} of {len(verdicts)} run(s) INVALID" if bad else f"Fidelity: all {len(verdicts)} run(s) valid")
+    items = "".join(f"<li>{html.escape(str(rid))}: {html.escape(verdict_line(f))}</li>" for rid, f in verdicts)
+    return f'<p class="verdict {"partial" if bad else ""}"><b>{html.escape(head)}</b></p><ul>{items}</ul>'
+
+
 def write_report(runs: list[Run], out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summaries = [summarize_run(r) for r in runs]
+    for r, s in zip(runs, summaries, strict=True):  # from each run's own records (old run directories included)
+        s["fidelity"] = evaluate(r.path, r.manifest)
+        s["verdict"] = s["fidelity"]["verdict"]
     per_run = pd.DataFrame([{k: v for k, v in s.items() if not isinstance(v, (dict, list))} | {f"latency_{k}_ms": v for k, v in s["latency_ms"].items()}
                             for s in summaries])
     per_run.to_csv(out / "runs.csv", index=False)
@@ -151,6 +164,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Any]:
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table.t{{border-collapse:collapse;font-size:13px;margin:1em 0}}
 table.t td,table.t th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%;margin:0.5em 0}}
 .partial{{color:#b00}}</style></head><body>
+{fidelity_html([(str(s["run_id"] or s["path"]), s["fidelity"]) for s in summaries])}
 <h1>mqttlab report: {len(runs)} run(s)</h1>
 {f'<ul class="partial">{notes}</ul>' if notes else ''}
 <h2>Runs</h2>{_table(per_run.drop(columns=["path", "partial"], errors="ignore"))}

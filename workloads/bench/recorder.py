@@ -18,7 +18,7 @@ import numpy as np
 
 from workloads.bench.hist import Histogram
 from workloads.bench.payload import HEADER
-from workloads.bench.rundir import DELIVERY_DTYPE
+from workloads.bench.rundir import DELIVERY_DTYPE, INTENDED_DTYPE
 from workloads.bench.state import ClientState
 from workloads.scenario import Scenario
 
@@ -38,6 +38,7 @@ class Recorder:
         self.events: IO[str] = (out / f"events-{label}.csv").open("a")
         self.timeline: IO[str] = (out / f"timeline-{label}.csv").open("a")
         self.deliveries: IO[bytes] = (out / f"deliveries-{label}.bin").open("ab")
+        self.intended: IO[bytes] = (out / f"intended-{label}.bin").open("ab")
         if self.events.tell() == 0:
             self.events.write("time_s,client_id,event,detail\n")
         if self.timeline.tell() == 0:
@@ -48,7 +49,9 @@ class Recorder:
         self.rec_dup = array.array("I")
         self.rec_send = array.array("q")
         self.rec_recv = array.array("q")
+        self.rec_intended = array.array("q")
         self.hist = Histogram()
+        self.hist_intended = Histogram()
         self.sec_counts: dict[int, list[int]] = {}
         self.flushed = 0
         self.outages: list[str] = []  # client_id,role,lost_at,back_at,attempts,local_before,local_after
@@ -77,10 +80,10 @@ class Recorder:
     def payload(self, st: ClientState, buf: bytes | bytearray, start: int, end: int) -> None:
         """One delivery to subscriber ``st``: the payload is ``buf[start:end]``."""
         now = time.time_ns()
-        if end - start < 20:
+        if end - start < HEADER.size:
             st.foreign += 1
             return
-        pub, seq, send_ns, tag = _unpack(buf, start)
+        pub, seq, send_ns, tag, intended_ns = _unpack(buf, start)
         if tag != self.tag:
             st.foreign += 1
             return
@@ -108,6 +111,7 @@ class Recorder:
         self.rec_seq.append(seq)
         self.rec_dup.append(dup)
         self.rec_send.append(send_ns)
+        self.rec_intended.append(intended_ns)
         self.rec_recv.append(now)  # counted per second at the next flush, not here: the hot path
 
     def flush(self, final: bool = False) -> None:
@@ -121,19 +125,22 @@ class Recorder:
             rec["dup"] = np.frombuffer(self.rec_dup, dtype=np.uint32)
             rec["send_ns"] = np.frombuffer(self.rec_send, dtype=np.int64)
             rec["recv_ns"] = np.frombuffer(self.rec_recv, dtype=np.int64)
+            intended = np.frombuffer(self.rec_intended, dtype=np.int64).copy()  # a copy: the column is emptied below
             self.deliveries.write(rec.tobytes())
+            self.intended.write(intended.astype(INTENDED_DTYPE).tobytes())
             self.hist.record((rec["recv_ns"] - rec["send_ns"]) // 1000)
+            self.hist_intended.record((rec["recv_ns"] - intended) // 1000)
             secs, counts = np.unique(rec["recv_ns"] // 1_000_000_000, return_counts=True)
             for sec, k in zip(secs.tolist(), counts.tolist(), strict=True):
                 self.count_at(int(sec), 2, int(k))
             self.flushed += n
-            for a in (self.rec_sub, self.rec_pub, self.rec_seq, self.rec_dup, self.rec_send, self.rec_recv):
+            for a in (self.rec_sub, self.rec_pub, self.rec_seq, self.rec_dup, self.rec_send, self.rec_recv, self.rec_intended):
                 del a[:]
         now = int(time.time()) + (1 if final else 0)
         for sec in sorted(s for s in self.sec_counts if s < now):
             c = self.sec_counts.pop(sec)
             self.timeline.write(f"{sec},{self.worker},{c[0]},{c[1]},{c[2]}\n")
-        for fh in (self.deliveries, self.timeline, self.events):
+        for fh in (self.deliveries, self.intended, self.timeline, self.events):
             fh.flush()
 
     def finish(self, states: list[ClientState], self_check: dict[str, Any]) -> None:
@@ -141,7 +148,7 @@ class Recorder:
         self.flush(final=True)
         label, out, sc = self.label, self.out, self.sc
         (out / f"self-{label}.json").write_text(json.dumps(self_check, indent=1))
-        (out / f"latency-{label}.json").write_text(json.dumps(self.hist.to_json()))
+        (out / f"latency-{label}.json").write_text(json.dumps(self.hist.to_json() | {"intended": self.hist_intended.to_json()}))
         with (out / f"clients-{label}.csv").open("w") as fh:
             fh.write("client_id,role,index,worker,entry_point,local_addr,connected_at,disconnects,connect_ms\n")
             for st in states:
@@ -174,3 +181,4 @@ class Recorder:
         self.events.close()
         self.timeline.close()
         self.deliveries.close()
+        self.intended.close()

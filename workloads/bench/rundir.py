@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from workloads.bench.fidelity import evaluate, verdict_line
 from workloads.bench.hist import Histogram
 from workloads.bench.saturation import judge
 from workloads.scenario import QUIET_S, Scenario
@@ -23,6 +24,9 @@ from workloads.scenario import QUIET_S, Scenario
 FORMAT_VERSION = 1
 # one record per delivery in bench/<host>/deliveries-*.bin (docs/run-format.md)
 DELIVERY_DTYPE = np.dtype([("sub", "<u4"), ("pub", "<u4"), ("seq", "<u4"), ("dup", "<u4"), ("send_ns", "<i8"), ("recv_ns", "<i8")])
+# beside it, bench/<host>/intended-*.bin: each delivery's intended send time, record for record
+# (a file of its own, so run directories written before it load unchanged)
+INTENDED_DTYPE = np.dtype("<i8")
 
 
 class RunDirError(ValueError):
@@ -146,23 +150,25 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             connected += 1 if float(r["connected_at"] or 0) > 0 else 0
             disconnects += int(r["disconnects"])
     refusals = refusal_reasons(bench)
-    hist = Histogram()
+    hist, hist_intended = Histogram(), Histogram()
     for p in sorted(bench.glob("*/latency-*.json")):
         try:
-            hist.merge(Histogram.from_json(json.loads(p.read_text())))
-        except (json.JSONDecodeError, ValueError) as exc:
+            doc = json.loads(p.read_text())
+            hist.merge(Histogram.from_json(doc))
+            if "intended" in doc:  # written since the payload carries the intended send time
+                hist_intended.merge(Histogram.from_json(doc["intended"]))
+        except (json.JSONDecodeError, ValueError, AttributeError) as exc:
             raise RunDirError(f"{p}: malformed latency histogram ({exc})") from None
     if not hist.total:  # killed before the end: rebuild from the raw records
         for p in sorted(bench.glob("*/deliveries-*.bin")):
             rec = read_deliveries(p)
             hist.record((rec["recv_ns"] - rec["send_ns"]) // 1000)
+            intended = read_intended(p, len(rec))
+            if intended is not None:
+                hist_intended.record((rec["recv_ns"][: len(intended)] - intended) // 1000)
     selfs = [json.loads(p.read_text()) for p in sorted(bench.glob("*/self-*.json"))]
     reasons, saturated_clients = judge(selfs, lost_by_sub)
     lost = max(0, expected - delivered)
-
-    def ms(v: float | None) -> float | None:
-        return None if v is None else round(v / 1000.0, 3)
-
     return {
         "run_id": manifest.get("run_id"),
         "status": manifest.get("status"),
@@ -185,10 +191,14 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "clients_refused": len(refusals["clients"]),
         "publishes_refused": pub_refused,
         "refusal_reasons": refusals["reasons"],
-        "latency_ms": {"p50": ms(hist.percentile(50)), "p90": ms(hist.percentile(90)), "p99": ms(hist.percentile(99)), "max": ms(hist.max())},
+        "latency_ms": latency_of(hist),
+        # from the intended send time: what a message waited because its publisher was behind counts
+        # (None for runs whose payload did not carry it)
+        "latency_intended_ms": latency_of(hist_intended) if hist_intended.total else None,
         "bench_saturated": bool(reasons),
         "saturation_reasons": reasons,
         "saturated_clients": saturated_clients,
+        "fidelity": evaluate(run_dir, manifest),
     }
 
 
@@ -207,6 +217,26 @@ def refusal_reasons(bench: Path) -> dict[str, Any]:
                 turned.setdefault(f"{r['event']}: {r['detail']}", set()).add(r["client_id"])
     clients = {c for key, ids in turned.items() if not key.startswith(("publish_refused", "suback_error")) for c in ids} - connected
     return {"clients": clients, "reasons": {k: len(v) for k, v in sorted(turned.items())}}
+
+
+def latency_of(hist: Histogram) -> dict[str, float | None]:
+    """p50, p90, p99 and max in milliseconds."""
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v / 1000.0, 3)
+
+    return {"p50": ms(hist.percentile(50)), "p90": ms(hist.percentile(90)), "p99": ms(hist.percentile(99)), "max": ms(hist.max())}
+
+
+def read_intended(deliveries: Path, records: int) -> np.ndarray | None:
+    """The intended send times beside a deliveries file, at most ``records`` of them (the two
+    files are written together; a crash may tear either); None when the run did not write them."""
+    path = deliveries.with_name(deliveries.name.replace("deliveries-", "intended-", 1))
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    n = min(records, len(raw) // INTENDED_DTYPE.itemsize)
+    return np.frombuffer(raw[: n * INTENDED_DTYPE.itemsize], dtype=INTENDED_DTYPE)
 
 
 def read_deliveries(path: Path) -> np.ndarray:
@@ -252,10 +282,25 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  duplicates         {s['duplicates']}   out of order {s['out_of_order']}",
         f"  latency ms         p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
     ]
+    li = s.get("latency_intended_ms")
+    if li:
+        lines.append(f"    from intended    p50 {li['p50']}  p90 {li['p90']}  p99 {li['p99']}  max {li['max']}  (the schedule's send time)")
     if s.get("clients_refused") or s.get("publishes_refused"):
         lines.append(f"  refused by brokers clients {s['clients_refused']}  publishes {s['publishes_refused']} (not counted as lost)")
         lines += [f"    {n} x {why}" for why, n in s.get("refusal_reasons", {}).items()]
     if s["bench_saturated"]:
         lines.append("  WARNING bench_saturated: the load generator, not the system, may have been the limit:")
         lines += [f"    {r}" for r in s["saturation_reasons"]]
+    if s.get("fidelity"):
+        lines += format_fidelity(s["fidelity"])
     return "\n".join(lines)
+
+
+def format_fidelity(f: dict[str, Any]) -> list[str]:
+    """The verdict, then each check: result, measure, value against its threshold, and why."""
+    lines = [f"  fidelity           {verdict_line(f)}"]
+    for c in f["checks"]:
+        mark = {True: "pass", False: "FAIL", None: "n/a "}[c["passed"]]
+        value = "-" if c["value"] is None else c["value"]
+        lines.append(f"    {mark} {c['name']}: {c['measure']} {value} (threshold {c['threshold']})" + (f"; {c['detail']}" if c["detail"] else ""))
+    return lines

@@ -305,7 +305,11 @@ class Worker:
                 st.max_behind = behind
             st.late.observe(due, now)
             seq = st.sent
-            payload = encode(st.spec.index, seq, time.time_ns(), self.spec.tag, sc.payload_bytes)
+            # the intended time is the message's slot in the fixed schedule, whatever slipped before it
+            # (a reconnect, a full socket): its wait counts (interval 0 has no schedule: sent is intended)
+            sent_ns = time.time_ns()
+            intended = round((self.t0 + schedule.offset(st.spec.index) + seq * schedule.interval) * 1e9) if schedule.interval else sent_ns
+            payload = encode(st.spec.index, seq, sent_ns, self.spec.tag, sc.payload_bytes, intended)
             if sc.qos == 0:
                 if c.fast_publish_qos0(sc.topic_of(st.spec.index).encode(), payload):
                     st.acked += 1  # at QoS 0, "acknowledged" means written

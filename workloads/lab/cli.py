@@ -148,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         lab.preflight(cfg, balancer)  # a missing precondition is its one line, before the size line
         announce(cfg, False)
     with procs.stop_signals_raise():  # SIGTERM and SIGHUP tear down as Ctrl-C does
-        summary = lab.run(cfg, out, args.balancer, progress=not args.quiet, load_generator=args.load_generator)
+        summary = lab.run(cfg, out, args.balancer, progress=not args.quiet, load_generator=args.load_generator,
+                          broker_cpuset=args.broker_cpuset)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
     return 0 if not summary["partial"] else 1
 
@@ -252,6 +253,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="inject a fault, repeatable: broker2:kill@5s, broker2:pause@5s+3s, broker2:restart@5s[+2s], "
                         "bridge:broker1-broker3:cut@5s+4s, director:ipvs1:kill@5s[+10s] (times after publishing starts)")
     q.add_argument("--vm-timeout", type=float, default=1800, metavar="S", help="the micro-VM run's time bound; past it the run goes on while the guest works, up to three times it (default 1800)")
+    q.add_argument("--broker-cpuset", default="auto", metavar="CPUS",
+                   help="CPUs reserved for the brokers (cpuset), the lab's other processes on the rest: auto (the last CPU), off, or a list "
+                        "such as 1 or 2-3 (default auto; the manifest records what the kernel applied, or why none)")
     q.add_argument("--load-generator", choices=("mqttlab", "emqtt-bench"), default="mqttlab",
                    help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -118,8 +118,10 @@ def ns_name(lab_id: str, host: str) -> str:
 
 
 class Lab:
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, balancer: str, note: str = "", progress: bool = True, kind: str = "run") -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, balancer: str, note: str = "", progress: bool = True, kind: str = "run",
+                 broker_cpuset: str = "auto") -> None:
         self.cfg = cfg
+        self.broker_cpuset = broker_cpuset
         self.plan: Plan = build_plan(cfg)
         self.run_dir = run_dir
         self.balancer = balancer
@@ -129,6 +131,7 @@ class Lab:
         self.state = LabState(self.lab_id, str(run_dir), kind=kind, balancer=balancer, plan=self.plan.to_dict(), supervisor_pid=os.getpid(),
                               supervisor_start=procs.start_time(os.getpid()))
         self.group: Path | None = None  # the lab's cgroup (procs file), once the cgroup version is known
+        self.others_cpuset: Path | None = None  # v1: the cpuset (procs file) of every process but the brokers
         self.guard: subprocess.Popen[bytes] | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.caps: dict[str, cgroups.Cap] = {}
@@ -153,10 +156,14 @@ class Lab:
         return d / f"{host}.sock"
 
     def spawn(self, key: str, cmd: list[str], host: str, log: Path | None = None, cgroup_procs: tuple[Path, ...] = ()) -> subprocess.Popen[bytes]:
-        """Start a process of the lab: in the lab's cgroup, and (for a run) dying with us."""
-        if self.group is not None and (not cgroup_procs or self.state.cgroup_version == "v1"):
+        """Start a process of the lab: in the lab's cgroup, and (for a run) dying with us; in
+        ``host``'s namespace, or (``""``) in ours, for what reads the host's own files."""
+        broker = bool(cgroup_procs)
+        if self.group is not None and (not broker or self.state.cgroup_version == "v1"):
             cgroup_procs = (*cgroup_procs, self.group)  # on v2 a broker's own group is already inside the lab's
-        p = netns.spawn(cmd, self.ns(host), log, cgroup_procs=cgroup_procs, die_with_us=self.state.kind == "run")
+        if self.others_cpuset is not None and not broker:  # v1: off the brokers' CPUs (v2: the lab's group is that cpuset)
+            cgroup_procs = (*cgroup_procs, self.others_cpuset)
+        p = netns.spawn(cmd, self.ns(host) if host else None, log, cgroup_procs=cgroup_procs, die_with_us=self.state.kind == "run")
         self.procs[key] = p
         self.state.pids[key] = p.pid
         self.state.save()
@@ -208,10 +215,12 @@ class Lab:
         # first attempt is refused (a TLS listener not up yet) waits out Mosquitto's restart
         # timeout, and messages published meanwhile never cross it
         hubs = {link.local for link in self.plan.bridges}
+        for b in self.plan.brokers:
+            self.caps[b.name] = cgroups.create(version, self.lab_id, b.name, self.plan.broker_cpus, self.plan.broker_memory_mb)
+        cpuset = self.set_cpus(version)
         for wave in ([b for b in self.plan.brokers if b.name not in hubs], [b for b in self.plan.brokers if b.name in hubs]):
             for b in wave:
-                cap = cgroups.create(version, self.lab_id, b.name, self.plan.broker_cpus, self.plan.broker_memory_mb)
-                self.caps[b.name] = cap
+                cap = self.caps[b.name]
                 conf = self.files / "brokers" / b.name / "mosquitto.conf"
                 self.spawn(b.name, broker_command(conf), host, logs / f"{b.name}.log", cap.procs_files)
             for b in wave:
@@ -223,7 +232,26 @@ class Lab:
             caps[b.name] = cap.read_back() | {"pids": cap.pids(), "broker_pid": self.procs[b.name].pid}
             if self.procs[b.name].pid not in caps[b.name]["pids"]:
                 raise LabError(f"{b.name} is not inside its cgroup {cap.dirs[0]}")
-        update_manifest(self.run_dir, cgroup_version=version, broker_caps=caps)
+            if cap.cpuset is not None or (version == "v2" and cpuset.get("enabled")):
+                caps[b.name]["cpuset"] = cgroups.cpuset_read_back(cap.cpuset or cap.dirs[0])
+            caps[b.name]["broker_cpus_allowed"] = procs.allowed_cpus(self.procs[b.name].pid)
+        update_manifest(self.run_dir, cgroup_version=version, broker_caps=caps, cpuset=cpuset)
+
+    def set_cpus(self, version: str) -> dict[str, Any]:
+        """Set the brokers' CPUs apart (see workloads/lab/cgroups.py); the manifest's record of
+        it, from the kernel's files, or why there is none."""
+        split, why = cgroups.plan_split(self.broker_cpuset, version)
+        if split is None:
+            self.say(f"cpuset: none ({why}); brokers share every CPU with the load generator")
+            return {"enabled": False, "requested": self.broker_cpuset, "reason": why}
+        assert self.group is not None
+        dirs = cgroups.apply_split(version, self.lab_id, split, self.caps, self.group)
+        if version == "v1":
+            self.caps = {n: dataclasses.replace(c, cpuset=dirs[n]) for n, c in self.caps.items()}
+            self.others_cpuset = dirs["others"] / "cgroup.procs"
+        brokers, others = cgroups.cpuset_read_back(next(iter(dirs.values()))), cgroups.cpuset_read_back(dirs["others"])
+        self.say(f"cpuset: brokers on CPU {brokers.get('effective_cpus')}, the rest of the lab on CPU {others.get('effective_cpus')}")
+        return {"enabled": True, "requested": self.broker_cpuset, "brokers": brokers, "others": others}
 
     def apply_balancers(self) -> None:
         for bal in self.plan.balancers:
@@ -262,6 +290,11 @@ class Lab:
         if self.cfg.security.enabled:
             cmd += ["--security", str(self.files / "brokers" / CLIENT_FILE)]
         self.spawn("monitor-brokers", cmd, "brokers", self.run_dir / "logs" / "monitor-brokers.log")
+        # the caps' kernel counters: from the host's namespace, since `ip netns exec` hides /sys/fs/cgroup
+        cmd = [sys.executable, "-m", "workloads.cli", "monitor", "cgroups", "--interval", str(interval), "--out", str(mon / "cgroups.csv")]
+        for name, cap in self.caps.items():
+            cmd += ["--group", f"{name}={cap.version}:{','.join(str(d) for d in cap.dirs)}" + (f"+{cap.acct}" if cap.acct else "")]
+        self.spawn("monitor-cgroups", cmd, "", self.run_dir / "logs" / "monitor-cgroups.log")
         for bal in self.plan.balancers:
             cmd = [sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
                    "--interval", str(interval), "--out", str(mon / f"balancer-{bal.host}.csv"), "--vip", f"{bal.vip}:{bal.port}"]
@@ -334,6 +367,8 @@ class Lab:
             time.sleep(0.2)
         self.say(f"bench: publishers done, draining (until all arrived or {QUIET_S:.0f}s without a delivery, at most {sc.drain_s}s)")
         self.snapshot_connections()
+        # where each process still running could run, as the scheduler holds it: the cpusets at work
+        update_manifest(self.run_dir, cpus_allowed={k: procs.allowed_cpus(p.pid) for k, p in self.procs.items() if p.poll() is None})
         drain(self.received, sc.expected_deliveries(), sc.drain_s)
         died = {f"bench-sub-{h}": p.returncode for h, p in subs.items() if p.poll() is not None}  # before we stop them
         for p in subs.values():
@@ -518,9 +553,10 @@ def preflight(cfg: ExperimentConfig, balancer: str) -> None:
 
 
 def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progress: bool = True,
-        load_generator: str = "mqttlab") -> dict[str, Any]:
+        load_generator: str = "mqttlab", broker_cpuset: str = "auto") -> dict[str, Any]:
     balancer, note = choose_balancer(balancer_req, cfg.balancer.scheduler)
     preflight(cfg, balancer)
+    cgroups.plan_split(broker_cpuset, cgroups.detect() or "v1")  # a CPU list this host lacks is refused before anything exists
     if load_generator == "emqtt-bench":
         from workloads.bench import emqtt
 
@@ -530,7 +566,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.topology}-{ran.slug}"
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
-    lab = Lab(cfg, run_dir, balancer, note, progress)
+    lab = Lab(cfg, run_dir, balancer, note, progress, broker_cpuset=broker_cpuset)
     warn_orphans()
     tag = secrets.randbits(32)
     plan = lab.plan
@@ -570,6 +606,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
                             connections_per_broker=conns)
             lab.say(f"torn down ({reason or 'done'})")
     summary = summarize(run_dir)
+    update_manifest(run_dir, fidelity=summary["fidelity"])  # the verdict travels with the run directory
     summary.update(standin.balancing_columns(ran) | dict(  # "balancer" stays the record of the balancer hosts, its kind the balancer column
         run_dir=str(run_dir), topology=cfg.topology, connections_per_broker=conns, security=cfg.security.mode,
         balancer={"kind": balancer, "note": note, "hosts": [b.host for b in plan.balancers]}, faults=read_faults(run_dir),
