@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -146,6 +147,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from workloads.campaign.report import write_campaign_report
 
     rep = write_campaign_report(in_dir(args.dir, "DIR"), out_dir(args.out, "--out") if args.out else None)
+    if args.json:
+        print(json.dumps(rep, indent=2, default=str, allow_nan=False))
+        return 0
     print("\n".join(rep["comparisons"]))
     print(f"report: {rep['html']}")
     return 0
@@ -180,4 +184,5 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q = csub.add_parser("report", help="(re)write a campaign directory's report")
     q.add_argument("dir", help="a campaign directory, as campaign run --out made it")
     q.add_argument("--out", help="default DIR/report")
+    q.add_argument("--json", action="store_true", help="print what the report found (comparisons, files) as JSON")
     q.set_defaults(func=main_guard(cmd_report))
