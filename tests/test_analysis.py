@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,12 +25,12 @@ def known(tmp_path: Path) -> Path:
 
 def test_every_summary_number(known: Path) -> None:
     s = summarize_run(load_run(known))
-    assert (s["offered"], s["expected"], s["delivered"], s["lost"]) == (200, 800, 781, 19)
+    assert (s["sent"], s["expected"], s["delivered"], s["lost"]) == (200, 800, 781, 19)
     assert s["loss_pct"] == round(100 * 19 / 800, 3) and s["duplicates"] == 1 and s["out_of_order"] == 0
     # 3 subscribers at 1 ms, broker3's subscriber at 5 ms: 195 of 781 deliveries
     assert s["latency_ms"] == {"p50": 1.0, "p90": 5.0, "p99": 5.0, "max": 5.0}
     assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
-    assert s["fairness"] == pytest.approx(36 / (3 * 14))
+    assert s["fairness"] == round(36 / (3 * 14), 3)  # what Jain's index carries: 3 decimals
     assert s["connections_per_balancer"] == {"ipvs1": {"broker1": 2, "broker2": 1, "broker3": 0},
                                              "ipvs2": {"broker1": 1, "broker2": 1, "broker3": 1}}
     assert s["fairness_per_balancer"]["ipvs2"] == pytest.approx(1.0)
@@ -240,3 +241,25 @@ def test_a_message_the_hub_had_but_did_not_pass_on_was_not_lost_across_the_cut(t
     assert f["bridge_lost_messages"] == truth["bridge_lost_messages"] == {"into broker2": 20, "out of broker2": 10}
     assert f["bridge_dropped_sys"] == truth["bridge_dropped_sys"] == {"broker1": 21, "broker2": 10}
     assert f["lost_inside"] + f["lost_outside"] == 20 + 20 + 5 + 1
+
+
+def _strict_json(path: Path) -> Any:
+    """Parse as a strict JSON parser does: ``NaN`` and ``Infinity`` are not JSON."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path}: {token} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_summary_json_is_strict_json_with_null_for_missing_values(tmp_path: Path) -> None:
+    # no deliveries at all: no latency, no fairness, nothing to average: each must be null, not NaN
+    t = reference_truth()
+    run = write_run(tmp_path / "empty", t)
+    for p in run.glob("bench/*/deliveries-*.bin"):
+        p.write_bytes(b"")
+    for p in run.glob("bench/*/latency-*.json"):
+        p.unlink()
+    result = write_report([load_run(run), load_run(write_run(tmp_path / "full", reference_truth()))], tmp_path / "rep")
+    doc = _strict_json(tmp_path / "rep" / "summary.json")
+    assert doc["runs"][0]["latency_ms"]["p99"] is None
+    assert any(v is None for row in doc["comparison"] for v in row.values())  # a one-run group has no standard deviation
+    assert result["summaries"][1]["latency_ms"]["p99"] is not None

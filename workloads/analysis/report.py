@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pandas as pd  # noqa: E402
 from workloads.analysis import availability  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import attribution, comparison, summarize_run, throughput  # noqa: E402
+from workloads.numbers import dumps  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -143,7 +143,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Any]:
     att = pd.concat(attributions, ignore_index=True) if attributions else pd.DataFrame()
     att.to_csv(out / "attribution.csv", index=False)
     faults_html = availability.report_section(runs, summaries, out)
-    (out / "summary.json").write_text(json.dumps({"runs": summaries, "comparison": comp.to_dict("records")}, indent=2, default=str))
+    (out / "summary.json").write_text(dumps({"runs": summaries, "comparison": comp.to_dict("records")}))
     plots = [plot_loss(summaries, out / "loss.png"), plot_latency(runs, out / "latency.png"),
              plot_connections(summaries, out / "connections.png"), plot_timeseries(runs, out / "timeseries.png")]
     notes = "".join(f"<li>{html.escape(s['run_id'] or '')}: {html.escape(n)}</li>" for s in summaries for n in s["notes"])

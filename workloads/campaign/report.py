@@ -25,6 +25,7 @@ from workloads.analysis.report import _img, _save  # noqa: E402
 from workloads.analysis.stats import Estimate, compare_sentence, mean_ci, welch  # noqa: E402
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
 from workloads.lab.standin import Balancing, balancing_columns, from_manifest  # noqa: E402
+from workloads.numbers import dumps  # noqa: E402
 
 METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
 CLIP_HIGH = {"loss_pct": 100.0}
@@ -320,5 +321,5 @@ over repetitions (loss intervals clipped at 0); differences use Welch's t-test.<
     summary = {"points": len(results), "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "bench_saturated": r.saturated,
                                                              **{k: vars(getattr(r, k)) for k, *_ in METRICS}} for r in conf],
                "comparisons": sentences, "capacity": capacities}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.json").write_text(dumps(summary))
     return summary | {"html": out / "report.html"}
