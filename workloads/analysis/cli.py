@@ -26,7 +26,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         for s in result["summaries"]:
             flag = " PARTIAL" if s["partial"] else ""
-            print(f"{s['run_id']}{flag}: loss {s['loss_pct']} % ({s['lost']}/{s['expected']}), dup {s['duplicates']}, "
+            print(f"{s['run_id']}{flag}: loss {shown(s['loss_pct'], 'pct')} % ({s['lost']}/{s['expected']}), dup {s['duplicates']}, "
                   f"p99 {shown(s['latency_ms']['p99'], 'latency_ms')} ms, fairness {shown(s['fairness'], 'fairness')}"
                   + (" (load generator saturated)" if s.get("bench_saturated") else ""))
         print(f"report: {result['html']}")
