@@ -434,7 +434,7 @@ def test_comparisons_are_holm_adjusted_and_a_confounded_p99_gets_no_verdict(tmp_
     tests = rep["comparison_tests"]
     raw = [t["loss_pct"]["p"] for t in tests]
     assert [t["loss_pct_p_holm"] for t in tests] == pytest.approx(holm(raw))
-    assert all("Holm over 3 tests" in s for s in rep["comparisons"] if "loss than" in s and "significant" in s)
+    assert all("(Holm-adjusted over 3 tests)" in s for s in rep["comparisons"] if "loss than" in s and "significant" in s)
     # loss differs at 4 and 8 publishers: there p99 covers only what arrived, so no verdict; at 2 nothing was lost
     p99 = {t["at"]: t for t in tests}
     assert p99["publishers 8"]["p99_ms_confounded"].startswith("messages were lost")

@@ -92,8 +92,10 @@ def compare_sentence(name_a: str, name_b: str, metric: str, unit: str, a: Sequen
     the test is one of a family; ``no_verdict`` says why a difference gets no verdict at all
     (a confounded metric): the interval is shown, the significance is not."""
     dif = welch(a, b)
+    note = ""
     if p_adjusted is not None and dif.p is not None:
-        dif = Difference(dif.diff, dif.lo, dif.hi, p_adjusted, dif.n_a, dif.n_b, f"{dif.test}, {adjustment}-adjusted")
+        dif = Difference(dif.diff, dif.lo, dif.hi, p_adjusted, dif.n_a, dif.n_b, dif.test)
+        note = f" ({adjustment})"
     n = f"n = {dif.n_a} and {dif.n_b}"
     if dif.n_a == 0 or dif.n_b == 0:
         return f"{name_a} vs {name_b}: no complete runs to compare ({n})."
@@ -101,7 +103,7 @@ def compare_sentence(name_a: str, name_b: str, metric: str, unit: str, a: Sequen
         return f"{name_a} had {metric} {abs(dif.diff):.{digits}f}{unit} {more if dif.diff > 0 else less} than {name_b} ({n}: too few runs for an interval or a test)."
     if dif.diff == 0 and dif.lo == dif.hi:
         return f"{name_a} and {name_b} had the same {metric} in every run ({np.mean(a):.{digits}f}{unit if level_unit is None else level_unit}; {n})."
-    ci = f"95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}"
+    ci = f"95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}{note}"
     if round(abs(dif.diff), digits) == 0:
         return f"{name_a} and {name_b} had the same mean {metric}, {np.mean(a):.{digits}f}{unit if level_unit is None else level_unit} ({ci}; {n})."
     direction = more if dif.diff > 0 else less
@@ -111,7 +113,7 @@ def compare_sentence(name_a: str, name_b: str, metric: str, unit: str, a: Sequen
     sig = dif.p is not None and dif.p < 1 - CONFIDENCE
     verdict = "a significant difference" if sig else "not a significant difference"
     return (f"{name_a} had {abs(dif.diff):.{digits}f}{unit} {direction} {metric} than {name_b} "
-            f"(95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}, {verdict} at 5 %; {n}).")
+            f"(95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}{note}, {verdict} at 5 %; {n}).")
 
 
 def _p(p: float | None) -> str:

@@ -167,7 +167,7 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
             no_verdict = row["p99_ms_confounded"] if key == "p99_ms" else ""
             row[f"{key}_sentence"] = f"At {row['at']}: " + compare_sentence(
                 row["a_name"], row["b_name"], name, unit, va, vb, level_unit=" %" if key == "loss_pct" else None,
-                p_adjusted=row[f"{key}_p_holm"], adjustment=f"Holm over {len(family)} tests", no_verdict=no_verdict)
+                p_adjusted=row[f"{key}_p_holm"], adjustment=f"Holm-adjusted over {len(family)} tests", no_verdict=no_verdict)
     for row in out:
         del row["_a"], row["_b"]
     return out
@@ -371,7 +371,7 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     table = pd.DataFrame([{"Configuration": _label(r.levels, r.levels), "Balancer (ran)": r.ran, "Runs (n)": r.n,
                            "Offered (msg/s)": shown(r.offered_rate, "rate"),
                            "Loss (%) mean [95 % CI]": _fmt(r.loss_pct, "pct"), "p99 latency (ms) mean [95 % CI]": _fmt(r.p99_ms, "latency_ms"),
-                           "Deliveries (1/s) mean [95 % CI]": _fmt(r.throughput, "rate"),
+                           "Deliveries per second mean [95 % CI]": _fmt(r.throughput, "rate"),
                            "Load generator saturated (runs)": r.saturated} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
     runs_table(results).to_csv(out / "runs.csv", index=False)
