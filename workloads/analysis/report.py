@@ -217,7 +217,7 @@ ATTRIBUTION_NAMES = {"run_id": "Run", "broker": "Broker", "where": "Where lost",
 
 CSS = """body{font-family:sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;line-height:1.4;box-sizing:border-box}
 table{border-collapse:collapse;font-size:13px;margin:1em 0;max-width:100%}
-td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top} td{overflow-wrap:anywhere}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top} td:first-child{overflow-wrap:anywhere}
 th{background:#f4f4f4} td:first-child{text-align:left} caption{text-align:left;font-weight:bold;padding:0.3em 0}
 table.methods th{text-align:left;width:11em} table.methods td{text-align:left}
 img{max-width:100%;height:auto;margin:0.5em 0} figure{margin:1em 0} p.fig{font-size:12px;color:#444;margin:0}

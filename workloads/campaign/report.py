@@ -165,6 +165,9 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
             va = [r[key] for r in row["_a"] if r.get(key) is not None]
             vb = [r[key] for r in row["_b"] if r.get(key) is not None]
             no_verdict = row["p99_ms_confounded"] if key == "p99_ms" else ""
+            if not va and not vb:  # a metric these runs did not record (throughput of replayed points): no sentence
+                row[f"{key}_sentence"] = None
+                continue
             row[f"{key}_sentence"] = f"At {row['at']}: " + compare_sentence(
                 row["a_name"], row["b_name"], name, unit, va, vb, level_unit=" %" if key == "loss_pct" else None,
                 p_adjusted=row[f"{key}_p_holm"], adjustment=f"Holm-adjusted over {len(family)} tests", no_verdict=no_verdict)
@@ -375,7 +378,7 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
                            "Load generator saturated (runs)": r.saturated} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
     runs_table(results).to_csv(out / "runs.csv", index=False)
-    sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS]
+    sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS if c[f"{k}_sentence"]]
     (out / "comparisons.txt").write_text("\n".join(sentences) + ("\n" if sentences else ""))
     one_rate = len({r.offered_rate for r in conf}) == 1 and not capacities
     plots = [plot_loss_by_configuration(conf, out / "loss-by-configuration.png") if one_rate
