@@ -14,7 +14,7 @@ from tests.test_campaign import BASE, FakeSystem, write
 from workloads.analysis.browser import WIDTH, chromium, measure, screenshot
 from workloads.analysis.load import load_run
 from workloads.analysis.report import write_report
-from workloads.analysis.synthetic import reference_truth, write_run
+from workloads.analysis.synthetic import reference_truth, write_fault_run, write_run
 from workloads.campaign.run import CampaignDir, execute_points
 from workloads.campaign.spec import load_campaign
 
@@ -48,7 +48,9 @@ def test_run_report_fits_1280_px_with_many_runs_and_long_names(tmp_path: Path) -
         m["fidelity"] = {"verdict": "invalid", "failed": ["stand-in scheduler"]} if i == 0 else {"verdict": "valid", "failed": []}
         (run / "manifest.json").write_text(json.dumps(m))
         runs.append(load_run(run))
-    res = write_report(runs, tmp_path / "rep")
+    fault_run, _truth = write_fault_run(tmp_path / "fault")  # and a run with a fault: the availability section's table
+    res = write_report([*runs, load_run(fault_run)], tmp_path / "rep")
+    assert "Availability under faults" in res["html"].read_text()
     _fits(res["html"], tmp_path / "run-report.png")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import textwrap
 from pathlib import Path
@@ -17,22 +16,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from workloads.analysis import availability, methods  # noqa: E402
+from workloads.analysis.figures import _img, _save  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import GROUP_KEYS, attribution, comparison, summarize_run, throughput  # noqa: E402
 from workloads.analysis.stats import mean_ci  # noqa: E402
 from workloads.numbers import dumps, shown  # noqa: E402
-
-DPI = 200  # print resolution; the SVG beside each PNG is the one to put in a paper
-
-
-def _save(fig: Any, path: Path) -> Path:
-    """The figure as PNG (for the HTML report) and as SVG beside it (vector, for print)."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    fig.savefig(path.with_suffix(".svg"))
-    plt.close(fig)
-    return path
-
 
 JAIN = "Jain's fairness index J over the brokers' client counts: 1 = clients spread equally, 1/n = all on one of n brokers"
 
@@ -148,15 +136,6 @@ def plot_timeseries(runs: list[Run], path: Path) -> Path:
             ax.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     a_lb.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
-
-
-def _img(path: Path, alt: str = "") -> str:
-    """The PNG inline (the report stays one file), with a link to its SVG for print."""
-    svg = path.with_suffix(".svg")
-    link = f'<p class="fig">Figure: {html.escape(alt or path.stem)}. <a href="{svg.name}">SVG for print</a></p>' if svg.is_file() else ""
-    width_px = int.from_bytes(path.read_bytes()[16:20], "big")  # the PNG header's width, drawn at 96 px per inch
-    return (f'<figure><img alt="{html.escape(alt or path.stem)}" width="{round(width_px * 96 / DPI)}" '
-            f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">{link}</figure>')
 
 
 def _table(df: pd.DataFrame, caption: str = "") -> str:
