@@ -445,3 +445,30 @@ def test_comparisons_are_holm_adjusted_and_a_confounded_p99_gets_no_verdict(tmp_
     top = page[page.index("<h1>"):page.index("<h2>Methods</h2>")]
     assert "SATURATED" not in top and "<th scope=\"row\">Fixed settings</th><td>intervalMs 10; subscribers 4; messages 40;" in page
     json.loads((cdir.path / "report" / "summary.json").read_text(), parse_constant=lambda t: pytest.fail(f"{t} in summary.json"))
+
+
+def test_campaign_methods_read_the_runs_manifests_and_an_invalid_run_is_named_at_the_top(tmp_path: Path) -> None:
+    from workloads.analysis.synthetic import reference_truth, write_run
+    from workloads.campaign.report import write_campaign_report
+
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    fake = FakeSystem(capacity=1000)
+
+    def with_runs(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        summary = fake(point, cfg, point_dir)
+        run = write_run(Path(summary["run_dir"]), reference_truth())
+        m = json.loads((run / "manifest.json").read_text())
+        m |= {"machine": {"cpus": 16, "memory_bytes": 64 * 2**30, "machine": "x86_64"}, "versions": {"kernel": "6.1.0-test"},
+              "mosquitto": "2.0.18", "fidelity": {"verdict": "invalid" if point.point_id.endswith("publishers=8-r2") else "valid", "failed": []}}
+        (run / "manifest.json").write_text(json.dumps(m))
+        return summary
+
+    execute_points(cdir, c, cdir.open(c, c.order()), with_runs, progress=False)
+    page = write_campaign_report(cdir.path)["html"].read_text()
+    methods = page[page.index("<h2>Methods</h2>"):page.index("<h2>Configurations</h2>")]
+    for row in ("<th scope=\"row\">Machine</th><td>16 CPUs, 64.0 GiB memory (x86_64)</td>", "<th scope=\"row\">Kernel</th><td>6.1.0-test</td>",
+                "<th scope=\"row\">Mosquitto</th><td>2.0.18</td>", "<th scope=\"row\">Fidelity</th><td>18 of 18 runs checked, 2 invalid</td>"):
+        assert row in methods, row
+    top = page[page.index("<h1>"):page.index('<p class="answer">')]
+    assert "2 run(s) are INVALID" in top and top.count("publishers=8-r2") == 2
