@@ -18,7 +18,7 @@ import numpy as np
 
 from workloads.bench.hist import Histogram
 from workloads.bench.saturation import judge
-from workloads.numbers import rounded
+from workloads.numbers import dumps, rounded
 from workloads.scenario import QUIET_S, Scenario
 
 FORMAT_VERSION = 1
@@ -49,7 +49,7 @@ def machine() -> dict[str, Any]:
 def write_json_atomic(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.write_text(dumps(doc))  # strict JSON: a NaN or infinity becomes null
     os.replace(tmp, path)
 
 
