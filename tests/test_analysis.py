@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,12 +25,12 @@ def known(tmp_path: Path) -> Path:
 
 def test_every_summary_number(known: Path) -> None:
     s = summarize_run(load_run(known))
-    assert (s["offered"], s["expected"], s["delivered"], s["lost"]) == (200, 800, 781, 19)
+    assert (s["sent"], s["expected"], s["delivered"], s["lost"]) == (200, 800, 781, 19)
     assert s["loss_pct"] == round(100 * 19 / 800, 3) and s["duplicates"] == 1 and s["out_of_order"] == 0
     # 3 subscribers at 1 ms, broker3's subscriber at 5 ms: 195 of 781 deliveries
     assert s["latency_ms"] == {"p50": 1.0, "p90": 5.0, "p99": 5.0, "max": 5.0}
     assert s["connections_per_broker"] == {"broker1": 3, "broker2": 2, "broker3": 1}
-    assert s["fairness"] == pytest.approx(36 / (3 * 14))
+    assert s["fairness"] == round(36 / (3 * 14), 3)  # what Jain's index carries: 3 decimals
     assert s["connections_per_balancer"] == {"ipvs1": {"broker1": 2, "broker2": 1, "broker3": 0},
                                              "ipvs2": {"broker1": 1, "broker2": 1, "broker3": 1}}
     assert s["fairness_per_balancer"]["ipvs2"] == pytest.approx(1.0)
@@ -240,3 +241,82 @@ def test_a_message_the_hub_had_but_did_not_pass_on_was_not_lost_across_the_cut(t
     assert f["bridge_lost_messages"] == truth["bridge_lost_messages"] == {"into broker2": 20, "out of broker2": 10}
     assert f["bridge_dropped_sys"] == truth["bridge_dropped_sys"] == {"broker1": 21, "broker2": 10}
     assert f["lost_inside"] + f["lost_outside"] == 20 + 20 + 5 + 1
+
+
+def _strict_json(path: Path) -> Any:
+    """Parse as a strict JSON parser does: ``NaN`` and ``Infinity`` are not JSON."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path}: {token} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_summary_json_is_strict_json_with_null_for_missing_values(tmp_path: Path) -> None:
+    # no deliveries at all: no latency, no fairness, nothing to average: each must be null, not NaN
+    t = reference_truth()
+    run = write_run(tmp_path / "empty", t)
+    for p in run.glob("bench/*/deliveries-*.bin"):
+        p.write_bytes(b"")
+    for p in run.glob("bench/*/latency-*.json"):
+        p.unlink()
+    result = write_report([load_run(run), load_run(write_run(tmp_path / "full", reference_truth()))], tmp_path / "rep")
+    doc = _strict_json(tmp_path / "rep" / "summary.json")
+    assert doc["runs"][0]["latency_ms"]["p99"] is None
+    assert any(v is None for row in doc["comparison"] for v in row.values())  # a one-run group has no standard deviation
+    assert result["summaries"][1]["latency_ms"]["p99"] is not None
+
+
+def _top_of_report(html_text: str) -> str:
+    """What a reader sees before the first table: the title, the warnings and nothing after Methods."""
+    return html_text[html_text.index("<h1>"):html_text.index("<h2>Methods</h2>")]
+
+
+def test_a_saturated_run_says_so_at_the_top_of_its_report(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "sat", reference_truth())
+    host = next(p.name for p in (run / "bench").iterdir() if p.is_dir())
+    (run / "bench" / host / "self-run0.json").write_text(json.dumps({"worker": 0, "cpu_busy_pct": 97.5, "loop_lag_p99_ms": 3.0}))
+    res = write_report([load_run(run)], tmp_path / "rep")
+    top = _top_of_report(res["html"].read_text())
+    assert "load generator was SATURATED" in top and "cpu_busy_pct=97.5" in top
+    assert "SATURATED" in res["html"].read_text().split("<h2>Methods</h2>")[1].split("</table>")[0]  # and in the methods' load generator row
+    assert _strict_json(tmp_path / "rep" / "summary.json")["runs"][0]["bench_saturated"] is True
+    # the same run without the self-check's alarm: the top says nothing was saturated
+    (run / "bench" / host / "self-run0.json").write_text(json.dumps({"worker": 0, "cpu_busy_pct": 12.0, "loop_lag_p99_ms": 3.0}))
+    top = _top_of_report(write_report([load_run(run)], tmp_path / "rep2")["html"].read_text())
+    assert "SATURATED" not in top and "no load generator was saturated" in top
+
+
+def test_an_invalid_run_says_so_at_the_top_and_an_unchecked_one_says_not_checked(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "inv", reference_truth())
+    plain = write_report([load_run(run)], tmp_path / "plain")["html"].read_text()
+    assert "INVALID" not in _top_of_report(plain) and "<th scope=\"row\">Fidelity</th><td>not checked</td>" in plain
+    m = json.loads((run / "manifest.json").read_text())
+    m["fidelity"] = {"verdict": "invalid", "failed": ["stand-in scheduler", "broker cap"]}
+    (run / "manifest.json").write_text(json.dumps(m))
+    doc = write_report([load_run(run)], tmp_path / "rep")["html"].read_text()
+    top = _top_of_report(doc)
+    assert "is INVALID" in top and "stand-in scheduler, broker cap" in top
+    assert "<th scope=\"row\">Fidelity</th><td>invalid (failed: stand-in scheduler, broker cap)</td>" in doc
+
+
+def test_every_figure_is_written_for_print_as_svg_and_200_dpi_png(known: Path, tmp_path: Path) -> None:
+    import struct
+    import xml.etree.ElementTree as ET
+
+    res = write_report([load_run(known)], tmp_path / "r")
+    for png in res["plots"]:
+        raw = png.read_bytes()
+        at = raw.index(b"pHYs")  # pixels per metre, as matplotlib records the dpi it drew at
+        ppm_x, ppm_y, unit = struct.unpack(">IIB", raw[at + 4:at + 13])
+        assert unit == 1 and min(ppm_x, ppm_y) * 0.0254 >= 199.9, png
+        svg = ET.parse(png.with_suffix(".svg")).getroot()
+        assert svg.tag.endswith("svg") and len(list(svg.iter())) > 50, png
+    html_text = res["html"].read_text()
+    assert html_text.count('SVG for print</a>') == len(res["plots"])
+    # the time series names brokers, not their addresses: a run whose balancer monitor lists real servers by IP
+    from workloads.analysis.synthetic import write_fault_run
+
+    fault_run, _truth = write_fault_run(tmp_path / "f")
+    assert "10.2.0.21:1883" in (fault_run / "monitor" / "balancer-ipvs1.csv").read_text()
+    write_report([load_run(fault_run)], tmp_path / "rf")
+    svg_text = (tmp_path / "rf" / "timeseries.svg").read_text()
+    assert "10.2.0." not in svg_text and "ipvs1 to broker2" in svg_text

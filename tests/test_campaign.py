@@ -201,7 +201,7 @@ def test_report_opens_with_the_answer_and_states_n_and_intervals(tmp_path: Path)
     page = (cdir.path / "report" / "report.html").read_text()
     answer = page.split('<p class="answer">')[1].split("</p>")[0]
     # 2, 4, 8 publishers at 100 msg/s each: distributed (capacity 500) loses only at 800, centralized (300) at 400 and 800
-    assert answer.startswith("distributed lost least: less loss at 2 of the 3 settings compared (2 of them significant at 5 %), "
+    assert answer.startswith("distributed lost least: less loss at 2 of the 3 settings compared (2 of them significant at 5 % after Holm's adjustment), "
                              "the same loss at 1.")
     assert "Largest difference: At publishers 4: centralized had 25.01 percentage points more loss than distributed" in answer
     assert len(rep["comparisons"]) == 3 * 3  # topology compared at 3 loads, for loss, p99 and throughput
@@ -211,7 +211,7 @@ def test_report_opens_with_the_answer_and_states_n_and_intervals(tmp_path: Path)
     zero = conf["topology=distributed-publishers=2"]["loss_pct"]
     assert zero["mean"] == 0 and zero["lo"] == 0 and zero["hi"] == 0 and zero["n"] == 3
     assert (cdir.path / "report" / "loss-vs-load.png").stat().st_size > 10000
-    assert "runs (n)" in page and "loss % mean [95 % CI]" in page
+    assert "Runs (n)" in page and "Loss (%) mean [95 % CI]" in page
     json.loads((cdir.path / "report" / "summary.json").read_text())
 
 
@@ -340,11 +340,14 @@ def test_a_campaign_at_one_offered_rate_is_plotted_by_configuration_not_against_
     rep = write_campaign_report(cdir.path)
     assert {x["n"] for x in rep["configurations"]} == {3} and len(rep["configurations"]) == 4
     assert {x["levels"]["qos"]: x["bench_saturated"] for x in rep["configurations"]} == {1: 0, 2: 3}  # named in the table too
-    assert "load generator saturated (runs)" in (cdir.path / "report" / "configurations.csv").read_text()
+    assert "Load generator saturated (runs)" in (cdir.path / "report" / "configurations.csv").read_text()
     png = cdir.path / "report" / "loss-by-configuration.png"
     assert not (cdir.path / "report" / "loss-vs-load.png").exists()
     assert image.imread(png).shape[1] > image.imread(png).shape[0]  # a real, landscape image
-    assert 'alt="loss-by-configuration"' in (cdir.path / "report" / "report.html").read_text()
+    page = (cdir.path / "report" / "report.html").read_text()
+    assert 'alt="loss by configuration"' in page
+    # said before anything else, in words: half the runs (QoS 2) had a saturated load generator
+    assert "The load generator was SATURATED in 6 of 12 runs" in page[page.index("<h1>"):page.index('<p class="answer">')]
 
 
 def test_list_levels_read_as_written_in_the_table_and_the_sentences(tmp_path: Path) -> None:
@@ -413,8 +416,59 @@ def test_campaign_tables_legends_and_sentences_name_what_ran_for_each_scheduler(
         assert (row["balancer"], row["scheduler"], row["stands_in_for"], row["requested_balancer"], row["requested_scheduler"]) == (
             "nftables", "rr", f"ipvs-{asked}", "ipvs", asked)
     conf = list(csv.DictReader((cdir.path / "report" / "configurations.csv").open()))
-    assert sorted({r["balancer that ran"] for r in conf}) == ["nftables-rr standing in for ipvs-lc", "nftables-rr standing in for ipvs-rr"]
+    assert sorted({r["Balancer (ran)"] for r in conf}) == ["nftables-rr standing in for ipvs-lc", "nftables-rr standing in for ipvs-rr"]
     assert sorted(legends) == sorted(f"scheduler {s}, topology {t}: nftables-rr standing in for ipvs-{s} (n = 2)"  # one rate: one tick each
                                      for t in ("distributed", "centralized") for s in ("lc", "rr"))
     loss = [s for s in rep["comparisons"] if "loss" in s and "latency" not in s and "throughput" not in s]
     assert len(loss) == 2 and all("nftables-rr standing in for ipvs-lc" in s and "nftables-rr standing in for ipvs-rr" in s for s in loss), loss
+
+
+def test_comparisons_are_holm_adjusted_and_a_confounded_p99_gets_no_verdict(tmp_path: Path) -> None:
+    from workloads.analysis.stats import holm
+    from workloads.campaign.report import write_campaign_report
+
+    c = load_campaign(write(tmp_path, BASE.replace("set: {", "set: {intervalMs: 10, ").replace(", intervalMs: 20}", "}")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    execute_points(cdir, c, cdir.open(c, c.order()), FakeSystem(capacity=500, topology_penalty=0.4), progress=False)
+    rep = write_campaign_report(cdir.path)
+    tests = rep["comparison_tests"]
+    raw = [t["loss_pct"]["p"] for t in tests]
+    assert [t["loss_pct_p_holm"] for t in tests] == pytest.approx(holm(raw))
+    assert all("(Holm-adjusted over 3 tests)" in s for s in rep["comparisons"] if "loss than" in s and "significant" in s)
+    # loss differs at 4 and 8 publishers: there p99 covers only what arrived, so no verdict; at 2 nothing was lost
+    p99 = {t["at"]: t for t in tests}
+    assert p99["publishers 8"]["p99_ms_confounded"].startswith("messages were lost")
+    lat_sentences = [s for s in rep["comparisons"] if "p99 latency than" in s]
+    assert sum("no significance verdict: messages were lost" in s for s in lat_sentences) == 2
+    assert all("significant difference" not in s for s in lat_sentences if "publishers 8" in s)
+    page = (cdir.path / "report" / "report.html").read_text()
+    top = page[page.index("<h1>"):page.index("<h2>Methods</h2>")]
+    assert "SATURATED" not in top and "<th scope=\"row\">Fixed settings</th><td>intervalMs 10; subscribers 4; messages 40;" in page
+    json.loads((cdir.path / "report" / "summary.json").read_text(), parse_constant=lambda t: pytest.fail(f"{t} in summary.json"))
+
+
+def test_campaign_methods_read_the_runs_manifests_and_an_invalid_run_is_named_at_the_top(tmp_path: Path) -> None:
+    from workloads.analysis.synthetic import reference_truth, write_run
+    from workloads.campaign.report import write_campaign_report
+
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    fake = FakeSystem(capacity=1000)
+
+    def with_runs(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        summary = fake(point, cfg, point_dir)
+        run = write_run(Path(summary["run_dir"]), reference_truth())
+        m = json.loads((run / "manifest.json").read_text())
+        m |= {"machine": {"cpus": 16, "memory_bytes": 64 * 2**30, "machine": "x86_64"}, "versions": {"kernel": "6.1.0-test"},
+              "mosquitto": "2.0.18", "fidelity": {"verdict": "invalid" if point.point_id.endswith("publishers=8-r2") else "valid", "failed": []}}
+        (run / "manifest.json").write_text(json.dumps(m))
+        return summary
+
+    execute_points(cdir, c, cdir.open(c, c.order()), with_runs, progress=False)
+    page = write_campaign_report(cdir.path)["html"].read_text()
+    methods = page[page.index("<h2>Methods</h2>"):page.index("<h2>Configurations</h2>")]
+    for row in ("<th scope=\"row\">Machine</th><td>16 CPUs, 64.0 GiB memory (x86_64)</td>", "<th scope=\"row\">Kernel</th><td>6.1.0-test</td>",
+                "<th scope=\"row\">Mosquitto</th><td>2.0.18</td>", "<th scope=\"row\">Fidelity</th><td>18 of 18 runs checked, 2 invalid</td>"):
+        assert row in methods, row
+    top = page[page.index("<h1>"):page.index('<p class="answer">')]
+    assert "2 run(s) are INVALID" in top and top.count("publishers=8-r2") == 2

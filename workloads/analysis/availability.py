@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from workloads.analysis.figures import _img, _save  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
 from workloads.bench.rundir import RunDirError  # noqa: E402
@@ -345,10 +346,17 @@ def plot_fault_timeline(runs: list[Run], path: Path) -> Path | None:
         for ax in (a1, a2):
             if ax.lines:
                 ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+FAULT_FIELDS = {"run_id": "Run", "kind": "Kind", "target": "Target", "window_s": "Fault window (s)",
+                "balancer_out_after_s": "Balancer stopped using the broker after (s)", "sent_to_failed_broker": "Connections still sent there",
+                "affected_clients": "Clients that lost their connection", "affected_by_host": "... per client host",
+                "never_back": "Clients never back", "reconnect_p50_s": "Reconnect time p50 (s)", "reconnect_p99_s": "Reconnect time p99 (s)",
+                "reconnect_max_s": "Reconnect time max (s)", "attempts": "Reconnect attempts", "back_on": "Clients back on (broker: count)",
+                "lost_inside": "Deliveries lost, sent inside the window", "lost_outside": "Deliveries lost, sent outside it",
+                "dup_inside": "Duplicates, inside the window", "dup_outside": "Duplicates, outside it",
+                "bridge_lost_messages": "Messages lost across the bridge", "bridge_dropped_sys": "Bridge ends' drop counters ($SYS)"}
 
 
 def report_section(runs: list[Run], summaries: list[dict[str, Any]], out: Path) -> str:
@@ -366,12 +374,10 @@ def report_section(runs: list[Run], summaries: list[dict[str, Any]], out: Path) 
     table = pd.concat([t for t in tables if len(t)], ignore_index=True)
     table.to_csv(out / "availability.csv", index=False)
     plot = plot_fault_timeline(runs, out / "availability.png")
-    shown = table.drop(columns=["affected", "started_at", "ended_at"]).astype(str)
-    img = ""
-    if plot is not None:
-        import base64
-
-        img = f'<img alt="availability" src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">'
+    # one column per fault, one row per quantity: twenty quantities side by side would not fit a page
+    shown = (table.drop(columns=["affected", "started_at", "ended_at"]).astype(str).set_index("spec").T
+             .rename(index=FAULT_FIELDS).rename_axis("Fault").reset_index())
+    img = _img(plot, "throughput and connected clients per broker with the fault windows shaded") if plot is not None else ""
     return (f"<h2>Availability under faults</h2><p>Per injected fault: when each balancer stopped using the broker (from its monitor), "
             f"connections it still sent there, clients that lost their connection and how long until they were back, where they went, "
             f"deliveries lost or duplicated for messages sent inside the fault window versus outside it, and for a bridge cut the "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from workloads.analysis.load import load_run
     from workloads.analysis.report import write_report
     from workloads.bench.rundir import RunDirError
+    from workloads.numbers import dumps, shown
 
     try:
         runs = [load_run(Path(p)) for p in args.run_dirs]
@@ -20,14 +20,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     result = write_report(runs, Path(args.out))
     fields = ("run_id", "partial", "topology", "balancer", "scheduler", "stands_in_for", "requested_balancer", "requested_scheduler", "qos",
-              "expected", "delivered", "lost", "loss_pct", "duplicates", "out_of_order", "latency_ms", "connections_per_broker", "fairness", "loss_by_broker")
+              "sent", "offered_rate", "expected", "delivered", "lost", "loss_pct", "duplicates", "out_of_order", "latency_ms", "connections_per_broker", "fairness", "loss_by_broker")
     if args.json:
-        print(json.dumps([{k: s[k] for k in fields} for s in result["summaries"]], indent=2, default=str))
+        print(dumps([{k: s[k] for k in fields} for s in result["summaries"]]), end="")
     else:
         for s in result["summaries"]:
             flag = " PARTIAL" if s["partial"] else ""
-            print(f"{s['run_id']}{flag}: loss {s['loss_pct']} % ({s['lost']}/{s['expected']}), dup {s['duplicates']}, "
-                  f"p99 {s['latency_ms']['p99']} ms, fairness {s['fairness']}")
+            print(f"{s['run_id']}{flag}: loss {shown(s['loss_pct'], 'pct')} % ({s['lost']}/{s['expected']}), dup {s['duplicates']}, "
+                  f"p99 {shown(s['latency_ms']['p99'], 'latency_ms')} ms, fairness {shown(s['fairness'], 'fairness')}"
+                  + (" (load generator saturated)" if s.get("bench_saturated") else ""))
         print(f"report: {result['html']}")
     return 0
 

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from workloads.analysis.load import Run
+from workloads.bench import rundir
 from workloads.lab.standin import balancing_columns
+from workloads.numbers import rounded
 from workloads.scenario import Scenario
 
 GROUP_KEYS = ["topology", "balancer", "scheduler", "stands_in_for", "qos", "publishers", "subscribers", "messages"]
@@ -83,14 +85,24 @@ def client_brokers(run: Run) -> pd.DataFrame:
     return out.rename(columns={"source": "host"})
 
 
+def offered_rate(run: Run) -> float | None:
+    """What the scenario offered, in messages per second over all publishers (``publishers`` each
+    sending one message every ``interval_ms``): a rate everywhere, never a count."""
+    sc = run.manifest.get("scenario") or {}
+    pubs, interval = sc.get("publishers"), sc.get("interval_ms")
+    if not pubs or not interval:
+        return None
+    return rounded(pubs * 1000.0 / interval, "rate")
+
+
 def summarize_run(run: Run) -> dict[str, Any]:
     pairs = pair_table(run)
     expected = int(pairs["expected"].sum())
     delivered = int(pairs["received"].sum())
     lost = int(pairs["lost"].sum())
-    d = run.deliveries
-    lat = ((d.loc[~d["dup"], "recv_ns"] - d.loc[~d["dup"], "send_ns"]) / 1e6).to_numpy()
-    pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: None)
+    # latency and the load generator's verdict from the bench's own summary: one percentile
+    # definition (the histogram's, nearest rank over its buckets) for bench summary and the reports
+    bench = rundir.summarize(run.path)
     cb = client_brokers(run)
     brokers = [b["name"] for b in run.manifest.get("plan", {}).get("brokers", [])] or sorted(cb["broker"].dropna().unique())
     per_broker = {b: int(n) for b, n in cb.groupby("broker")["client_id"].nunique().reindex(brokers, fill_value=0).items()}
@@ -107,13 +119,15 @@ def summarize_run(run: Run) -> dict[str, Any]:
         "run_id": run.manifest.get("run_id"), "path": str(run.path), "partial": run.partial, "notes": run.notes,
         "topology": run.manifest.get("topology"), **balancing_columns(run.balancing),
         "qos": sc.get("qos"), "publishers": sc.get("publishers"), "subscribers": sc.get("subscribers"), "messages": sc.get("messages"),
-        "offered": int(sent_per_pub(run).sum()), "expected": expected, "delivered": delivered, "lost": lost,
-        "loss_pct": round(100.0 * lost / expected, 3) if expected else 0.0,
+        "sent": int(sent_per_pub(run).sum()), "offered_rate": offered_rate(run), "expected": expected, "delivered": delivered, "lost": lost,
+        "loss_pct": rounded(100.0 * lost / expected, "pct") if expected else 0.0,
         "duplicates": int(pairs["duplicates"].sum()), "out_of_order": int(pairs["out_of_order"].sum()),
-        "latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": round(float(lat.max()), 3) if len(lat) else None},
+        "latency_ms": bench["latency_ms"],
+        "bench_saturated": bench["bench_saturated"], "saturation_reasons": bench["saturation_reasons"],
+        "fidelity": run.manifest.get("fidelity"),
         "connections_per_broker": per_broker, "connections_per_balancer": per_bal,
-        "fairness": jain(list(per_broker.values())),
-        "fairness_per_balancer": {k: jain(list(v.values())) for k, v in per_bal.items()},
+        "fairness": rounded(jain(list(per_broker.values())), "fairness"),
+        "fairness_per_balancer": {k: rounded(jain(list(v.values())), "fairness") for k, v in per_bal.items()},
         "loss_by_broker": {str(k): int(v) for k, v in loss_by_broker.items()},
     }
 

@@ -84,10 +84,18 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
 
 
 def compare_sentence(name_a: str, name_b: str, metric: str, unit: str, a: Sequence[float], b: Sequence[float],
-                     more: str = "more", less: str = "less", digits: int = 2, level_unit: str | None = None) -> str:
+                     more: str = "more", less: str = "less", digits: int = 2, level_unit: str | None = None,
+                     p_adjusted: float | None = None, adjustment: str = "", no_verdict: str = "") -> str:
     """One plain sentence: which one is higher, by how much, with the interval, the test and n.
-    ``unit`` is the difference's (loss differs in percentage points), ``level_unit`` a value's."""
+    ``unit`` is the difference's (loss differs in percentage points), ``level_unit`` a value's.
+    ``p_adjusted`` (with ``adjustment`` naming how) replaces the test's own p in the verdict, when
+    the test is one of a family; ``no_verdict`` says why a difference gets no verdict at all
+    (a confounded metric): the interval is shown, the significance is not."""
     dif = welch(a, b)
+    note = ""
+    if p_adjusted is not None and dif.p is not None:
+        dif = Difference(dif.diff, dif.lo, dif.hi, p_adjusted, dif.n_a, dif.n_b, dif.test)
+        note = f" ({adjustment})"
     n = f"n = {dif.n_a} and {dif.n_b}"
     if dif.n_a == 0 or dif.n_b == 0:
         return f"{name_a} vs {name_b}: no complete runs to compare ({n})."
@@ -95,17 +103,38 @@ def compare_sentence(name_a: str, name_b: str, metric: str, unit: str, a: Sequen
         return f"{name_a} had {metric} {abs(dif.diff):.{digits}f}{unit} {more if dif.diff > 0 else less} than {name_b} ({n}: too few runs for an interval or a test)."
     if dif.diff == 0 and dif.lo == dif.hi:
         return f"{name_a} and {name_b} had the same {metric} in every run ({np.mean(a):.{digits}f}{unit if level_unit is None else level_unit}; {n})."
-    ci = f"95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}"
+    ci = f"95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}{note}"
     if round(abs(dif.diff), digits) == 0:
         return f"{name_a} and {name_b} had the same mean {metric}, {np.mean(a):.{digits}f}{unit if level_unit is None else level_unit} ({ci}; {n})."
+    direction = more if dif.diff > 0 else less
+    if no_verdict:
+        return (f"{name_a} had {abs(dif.diff):.{digits}f}{unit} {direction} {metric} than {name_b} "
+                f"(95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {n}); no significance verdict: {no_verdict}.")
     sig = dif.p is not None and dif.p < 1 - CONFIDENCE
     verdict = "a significant difference" if sig else "not a significant difference"
-    direction = more if dif.diff > 0 else less
     return (f"{name_a} had {abs(dif.diff):.{digits}f}{unit} {direction} {metric} than {name_b} "
-            f"(95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}, {verdict} at 5 %; {n}).")
+            f"(95 % CI of the difference {dif.lo:.{digits}f} to {dif.hi:.{digits}f}{unit}; {dif.test} {_p(dif.p)}{note}, {verdict} at 5 %; {n}).")
 
 
 def _p(p: float | None) -> str:
     if p is None:
         return "p n/a"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None stays None, and is not counted).
+
+    A campaign makes one test per pair of configurations and metric; at 5 % each, some of many
+    would come out "significant" by chance alone. Holm keeps the chance of any false verdict in
+    the family at 5 % without assuming the tests independent, and is never less powerful than
+    Bonferroni. scipy has no Holm, and statsmodels is not a dependency for these few lines.
+    """
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(present)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))  # monotone: never below an earlier adjusted p
+        out[i] = running
+    return out

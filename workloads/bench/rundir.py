@@ -19,6 +19,7 @@ import numpy as np
 from workloads.bench.fidelity import evaluate, verdict_line
 from workloads.bench.hist import Histogram
 from workloads.bench.saturation import judge
+from workloads.numbers import dumps, rounded
 from workloads.scenario import QUIET_S, Scenario
 
 FORMAT_VERSION = 1
@@ -39,10 +40,20 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "paho_mqtt": paho.mqtt.__version__, "kernel": platform.release()}
 
 
+def machine() -> dict[str, Any]:
+    """The host the run used, for a methods section: the CPU count and memory bound what a run can
+    offer, so a figure without them cannot be compared with another machine's."""
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    return {"cpus": os.cpu_count(), "memory_bytes": mem, "hostname": platform.node(), "machine": platform.machine()}
+
+
 def write_json_atomic(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.write_text(dumps(doc))  # strict JSON: a NaN or infinity becomes null
     os.replace(tmp, path)
 
 
@@ -50,7 +61,7 @@ def start_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Written before anything runs, with status "running": a crash leaves it so, which loaders
     report as partial."""
     doc = {"format_version": FORMAT_VERSION, "run_id": run_dir.name, "status": "running", "started_at": time.time(),
-           "ended_at": None, "versions": versions()} | fields
+           "ended_at": None, "versions": versions(), "machine": machine()} | fields
     write_json_atomic(run_dir / "manifest.json", doc)
     return doc
 
@@ -180,7 +191,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "expected": expected,
         "delivered": delivered,
         "lost": lost,
-        "loss_pct": round(100.0 * lost / expected, 3) if expected else 0.0,
+        "loss_pct": rounded(100.0 * lost / expected, "pct") if expected else 0.0,
         "duplicates": duplicates,
         "out_of_order": ooo,
         "foreign": foreign,
@@ -223,7 +234,7 @@ def latency_of(hist: Histogram) -> dict[str, float | None]:
     """p50, p90, p99 and max in milliseconds."""
 
     def ms(v: float | None) -> float | None:
-        return None if v is None else round(v / 1000.0, 3)
+        return None if v is None else rounded(v / 1000.0, "latency_ms")
 
     return {"p50": ms(hist.percentile(50)), "p90": ms(hist.percentile(90)), "p99": ms(hist.percentile(99)), "max": ms(hist.max())}
 

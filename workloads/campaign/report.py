@@ -21,10 +21,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from workloads.analysis.report import _img, _save  # noqa: E402
-from workloads.analysis.stats import Estimate, compare_sentence, mean_ci, welch  # noqa: E402
+from workloads.analysis import methods  # noqa: E402
+from workloads.analysis.report import CSS, _img, _save, _table  # noqa: E402
+from workloads.analysis.stats import Difference, Estimate, compare_sentence, holm, mean_ci, welch  # noqa: E402
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
 from workloads.lab.standin import Balancing, balancing_columns, from_manifest  # noqa: E402
+from workloads.numbers import dumps, shown  # noqa: E402
 
 METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
 CLIP_HIGH = {"loss_pct": 100.0}
@@ -110,8 +112,29 @@ def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
                                       c.offered_rate))
 
 
+def p99_confounder(rs_a: list[dict[str, Any]], rs_b: list[dict[str, Any]], factor: str) -> str:
+    """Why a p99 difference between two configurations cannot be read as the factor's effect, or ''.
+
+    p99 is taken over the messages that arrived, at the load each configuration was offered: when
+    the offered loads differ, or one side lost messages (its slowest ones are missing from its
+    percentile), or its load generator was saturated (the latency is partly the generator's), the
+    difference mixes the factor with load, loss or the tool. The interval is still shown."""
+    rates = {float(r["offered_rate"]) for r in rs_a + rs_b if r.get("offered_rate") is not None}
+    if factor in LOAD_KEYS or len(rates) > 1:
+        return "the two were offered different loads, and p99 latency grows with the load"
+    if any((r.get("loss_pct") or 0) > 0 for r in rs_a + rs_b):
+        return "messages were lost, so each p99 covers only the messages that arrived"
+    if any(r.get("bench_saturated") for r in rs_a + rs_b):
+        return "the load generator was saturated in some of these runs, so part of the latency is its own"
+    return ""
+
+
 def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[str, Any]]:
-    """Each pair of configurations that differ only in a compared factor, at the same other levels."""
+    """Each pair of configurations that differ only in a compared factor, at the same other levels.
+
+    Every metric's tests form one family, adjusted by Holm's method: the verdicts then hold for
+    the campaign as a whole, not one pair at a time. p99 latency gets no verdict where it is
+    confounded (:func:`p99_confounder`)."""
     by = _group(results)
     out = []
     ids = list(by)
@@ -127,23 +150,89 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
             name_a, name_b = ((ran_text(by[a][0]) or _level(la[k]), ran_text(by[b][0]) or _level(lb[k])) if k in ("balancer", "scheduler")
                               else (_level(la[k]), _level(lb[k])))
             row: dict[str, Any] = {"factor": k, "a": la[k], "b": lb[k], "a_name": name_a, "b_name": name_b, "at": rest,
-                                   "config_a": by[a][0]["config_id"], "config_b": by[b][0]["config_id"]}
-            for key, name, unit, _low in METRICS:
+                                   "config_a": by[a][0]["config_id"], "config_b": by[b][0]["config_id"], "_a": by[a], "_b": by[b]}
+            for key, _name, _unit, _low in METRICS:
                 va = [r[key] for r in by[a] if r.get(key) is not None]
                 vb = [r[key] for r in by[b] if r.get(key) is not None]
                 row[key] = welch(va, vb) if va and vb else None
-                row[f"{key}_sentence"] = f"At {rest}: " + compare_sentence(name_a, name_b, name, unit, va, vb,
-                                                                   level_unit=" %" if key == "loss_pct" else None)
+            row["p99_ms_confounded"] = p99_confounder(by[a], by[b], k)
             out.append(row)
+    for key, name, unit, _low in METRICS:
+        family = [i for i, row in enumerate(out) if row[key] is not None and not (key == "p99_ms" and row["p99_ms_confounded"])]
+        adjusted = holm([out[i][key].p for i in family])
+        for i, row in enumerate(out):
+            row[f"{key}_p_holm"] = adjusted[family.index(i)] if i in family else None
+            va = [r[key] for r in row["_a"] if r.get(key) is not None]
+            vb = [r[key] for r in row["_b"] if r.get(key) is not None]
+            no_verdict = row["p99_ms_confounded"] if key == "p99_ms" else ""
+            if not va and not vb:  # a metric these runs did not record (throughput of replayed points): no sentence
+                row[f"{key}_sentence"] = None
+                continue
+            row[f"{key}_sentence"] = f"At {row['at']}: " + compare_sentence(
+                row["a_name"], row["b_name"], name, unit, va, vb, level_unit=" %" if key == "loss_pct" else None,
+                p_adjusted=row[f"{key}_p_holm"], adjustment=f"Holm-adjusted over {len(family)} tests", no_verdict=no_verdict)
+    for row in out:
+        del row["_a"], row["_b"]
     return out
 
 
-def _fmt(e: Estimate, digits: int = 3) -> str:
+def _fmt(e: Estimate, quantity: str = "pct") -> str:
+    """Mean [95 % CI], rounded by the one function every report uses (workloads/numbers.py)."""
     if e.n == 0:
         return ""
     if e.lo is None or e.hi is None:
-        return f"{e.mean:.{digits}f}"
-    return f"{e.mean:.{digits}f} [{e.lo:.{digits}f}, {e.hi:.{digits}f}]"
+        return f"{shown(e.mean, quantity)} (n = 1)"
+    return f"{shown(e.mean, quantity)} [{shown(e.lo, quantity)}, {shown(e.hi, quantity)}]"
+
+
+def _manifest_of(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's manifest, when its run directory is still beside the campaign."""
+    from workloads.bench.rundir import RunDirError, read_manifest
+
+    run_dir = result.get("run_dir")
+    if not run_dir or not (Path(run_dir) / "manifest.json").is_file():
+        return None
+    try:
+        return read_manifest(Path(run_dir))
+    except RunDirError:
+        return None
+
+
+def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status: str) -> tuple[str, list[str]]:
+    """The campaign's methods (what was fixed, what varied, how it was run and tested) and, from
+    the runs' own manifests where they are on disk, the machine and software; with the warnings
+    for the top of the report: saturated load generators and invalid runs, counted."""
+    fixed = camp.get("set") or {}
+    rows = [("Campaign", f"{camp['name']}: stack {camp['stack']} ({camp['place']}), {status}, {camp.get('repetitions', '?')} repetitions "
+                         f"per configuration, run in a randomized order (seed {camp['seed']})"),
+            ("Fixed settings", "; ".join(f"{k} {_level(v)}" for k, v in fixed.items()) or "none beyond the stack's own"),
+            ("Factors", "; ".join(f"{k}: {', '.join(map(_level, v))}" for k, v in camp["factors"].items())),
+            ("Statistics", "Student's t 95 % confidence intervals over repetitions (loss clipped to 0-100 %); differences by Welch's t-test, "
+                           "each metric's tests adjusted together by Holm's method; p99 latency without a verdict where it is confounded "
+                           "(different offered loads, lost messages or a saturated load generator)")]
+    manifests = [(r, m) for r in results if (m := _manifest_of(r)) is not None]
+    if manifests:
+        first_r, first_m = manifests[0]
+        starts = [m["started_at"] for _r, m in manifests if isinstance(m.get("started_at"), (int, float))]
+        keep = {"Machine", "Kernel", "Mosquitto", "Broker caps", "Topology", "Security", "Faults"}
+        rows += [(k, v) for k, v in methods.methods_rows(first_m, first_r) if k in keep]
+        if starts:
+            rows.insert(1, ("Dates", f"{methods._when(min(starts))} to {methods._when(max(starts))} ({len(manifests)} run manifests read)"))
+    else:
+        rows.append(("Machine and software", "not recorded here: the points' run directories are not beside this campaign"))
+    sat = sum(1 for r in results if r.get("bench_saturated"))
+    rows.append(("Load generator", f"saturated in {sat} of {len(results)} runs" if results else "no runs"))
+    invalid = [r["point_id"] for r, m in manifests if (m.get("fidelity") or {}).get("verdict") == "invalid"]
+    checked = sum(1 for _r, m in manifests if m.get("fidelity"))
+    rows.append(("Fidelity", f"{checked} of {len(results)} runs checked, {len(invalid)} invalid" if checked else "not checked"))
+    top = []
+    if sat:
+        top.append(f"The load generator was SATURATED in {sat} of {len(results)} runs: in those the load generator, not the system, "
+                   "may have been the limit; read their loss and latency as bounds.")
+    if invalid:
+        top.append(f"{len(invalid)} run(s) are INVALID (fidelity checks failed): {', '.join(invalid)}.")
+    body = "".join(f"<tr><th scope=\"row\">{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f'<h2>Methods</h2><table class="methods">{body}</table>', top
 
 
 def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
@@ -167,12 +256,12 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
                 continue
             w = c["b_name"] if d.diff > 0 else c["a_name"]
             wins[w] = wins.get(w, 0) + 1
-            if d.p is not None and d.p < 0.05:
+            if c["loss_pct_p_holm"] is not None and c["loss_pct_p_holm"] < 0.05:
                 sig[w] = sig.get(w, 0) + 1
         if wins:
             best = max(wins, key=lambda k: (wins[k], sig.get(k, 0)))
             parts.append(f"{html.escape(best)} lost least: less loss at {wins[best]} of the {len(loss_comps)} settings compared "
-                         f"({sig.get(best, 0)} of them significant at 5 %)" + (f", the same loss at {ties}" if ties else "") + ".")
+                         f"({sig.get(best, 0)} of them significant at 5 % after Holm's adjustment)" + (f", the same loss at {ties}" if ties else "") + ".")
         biggest = max(loss_comps, key=lambda c: abs(c["loss_pct"].diff))
         parts.append("Largest difference: " + html.escape(biggest["loss_pct_sentence"]))
     best_cfg = min(conf, key=lambda r: (r.loss_pct.mean, -r.offered_rate))
@@ -282,13 +371,14 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     capacities = json.loads((campaign_dir / "capacity.json").read_text())["configurations"] if (campaign_dir / "capacity.json").is_file() else {}
     conf = configurations(results)
     comps = comparisons(results, compare)
-    table = pd.DataFrame([{"configuration": _label(r.levels, r.levels), "balancer that ran": r.ran, "runs (n)": r.n, "offered (msg/s)": round(r.offered_rate, 1),
-                           "loss % mean [95 % CI]": _fmt(r.loss_pct), "p99 latency ms mean [95 % CI]": _fmt(r.p99_ms, 1),
-                           "delivered per second mean [95 % CI]": _fmt(r.throughput, 0),
-                           "load generator saturated (runs)": r.saturated} for r in conf])
+    table = pd.DataFrame([{"Configuration": _label(r.levels, r.levels), "Balancer (ran)": r.ran, "Runs (n)": r.n,
+                           "Offered (msg/s)": shown(r.offered_rate, "rate"),
+                           "Loss (%) mean [95 % CI]": _fmt(r.loss_pct, "pct"), "p99 latency (ms) mean [95 % CI]": _fmt(r.p99_ms, "latency_ms"),
+                           "Deliveries per second mean [95 % CI]": _fmt(r.throughput, "rate"),
+                           "Load generator saturated (runs)": r.saturated} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
     runs_table(results).to_csv(out / "runs.csv", index=False)
-    sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS]
+    sentences = [c[f"{k}_sentence"] for c in comps for k, *_ in METRICS if c[f"{k}_sentence"]]
     (out / "comparisons.txt").write_text("\n".join(sentences) + ("\n" if sentences else ""))
     one_rate = len({r.offered_rate for r in conf}) == 1 and not capacities
     plots = [plot_loss_by_configuration(conf, out / "loss-by-configuration.png") if one_rate
@@ -298,27 +388,29 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
         plots.append(plot_capacity(capacities, out / "capacity.png"))
     expected = len(spec["order"]) if spec.get("kind") == "matrix" else len(results)
     status = f"{len(results)} of {expected} points complete" if spec.get("kind") == "matrix" else f"{len(results)} runs"
+    methods_html, top = methods_section(camp, results, status)
     cap_rows = "".join(f"<tr><td>{html.escape(cid)}</td><td>{html.escape(c['text'])}</td><td>{len(c['steps'])}</td></tr>"
                        for cid, c in capacities.items())
     comp_html = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>mqttlab campaign {html.escape(camp['name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px;line-height:1.4}} table{{border-collapse:collapse;font-size:13px;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#f4f4f4}} td:first-child{{text-align:left}}
-img{{max-width:100%;margin:0.5em 0}} .answer{{font-size:1.15em;background:#eef6ee;padding:0.8em;border-left:4px solid #2a7}}</style></head><body>
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>mqttlab campaign {html.escape(camp['name'])}</title>
+<style>{CSS} .answer{{font-size:1.15em;background:#eef6ee;padding:0.8em;border-left:4px solid #2a7}}</style></head><body>
 <h1>Campaign {html.escape(camp['name'])}</h1>
+{methods.warnings_html(top) if top else ''}
 <p class="answer">{answer(conf, comps)}</p>
-<p>Stack {html.escape(camp['stack'])} ({html.escape(camp['place'])}); {status}; randomized order, seed {camp['seed']};
-factors: {html.escape('; '.join(f"{k} {', '.join(map(str, v))}" for k, v in camp['factors'].items()))}. Intervals are Student's t 95 % confidence intervals
-over repetitions (loss intervals clipped at 0); differences use Welch's t-test.</p>
-<h2>Configurations</h2>{table.to_html(index=False, border=0, na_rep="")}
-<h2>Comparisons</h2><ul>{comp_html or '<li>No pair of configurations differs in exactly one compared factor.</li>'}</ul>
-{f'<h2>Capacity</h2><table><tr><th>configuration</th><th>capacity (loss at most the threshold)</th><th>steps</th></tr>{cap_rows}</table>' if capacities else ''}
-<h2>Plots</h2>{''.join(_img(p) for p in plots)}
+{methods_html}
+<h2>Configurations</h2>{_table(table, "Per configuration and offered rate")}
+<h2>Comparisons</h2><p>Each pair of configurations that differ in one compared factor. Verdicts use Holm-adjusted p-values per metric;
+p99 latency is given with its interval but no verdict where it is confounded, with the reason.</p>
+<ul>{comp_html or '<li>No pair of configurations differs in exactly one compared factor.</li>'}</ul>
+{f'<h2>Capacity</h2><table><tr><th>Configuration</th><th>Capacity (loss at most the threshold)</th><th>Steps</th></tr>{cap_rows}</table>' if capacities else ''}
+<h2>Figures</h2>{''.join(_img(p, p.stem.replace("-", " ")) for p in plots)}
 <p>Each point is a normal run directory (see <code>points/*/result.json</code>); <code>mqttlab report</code> on it gives the run's details.</p>
 </body></html>"""
     (out / "report.html").write_text(doc)
-    summary = {"points": len(results), "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "bench_saturated": r.saturated,
+    summary = {"points": len(results), "warnings": top, "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "bench_saturated": r.saturated,
                                                              **{k: vars(getattr(r, k)) for k, *_ in METRICS}} for r in conf],
-               "comparisons": sentences, "capacity": capacities}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+               "comparisons": sentences, "comparison_tests": [{k: (vars(v) if isinstance(v, Difference) else v) for k, v in c.items()} for c in comps],
+               "capacity": capacities}
+    (out / "summary.json").write_text(dumps(summary))
     return summary | {"html": out / "report.html"}
