@@ -226,41 +226,46 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("lab", help="the experiment on this machine, in network namespaces")
     lsub = p.add_subparsers(dest="lab", required=True)
 
-    def knobs(q: argparse.ArgumentParser) -> None:
+    def knobs(q: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup, argparse._ArgumentGroup]:
+        """The options of run and up, in the groups their help shows: what the experiment is
+        (topology, balancer, brokers), what the clients do (scenario), where results go (output)."""
         add_stack_args(q)
-        q.add_argument("--out", default="runs", help="runs folder (default ./runs)")
-        q.add_argument("--keep-addresses", action="store_true", help="use the stack's addresses instead of 198.18.0.0/15")
-        q.add_argument("--topology", choices=TOPOLOGIES, help="distributed: each balancer the entry point of its own clients; "
+        t = q.add_argument_group("topology", "the system under test; unset options take the stack file's values")
+        t.add_argument("--topology", choices=TOPOLOGIES, help="distributed: each balancer the entry point of its own clients; "
                        "centralized: one balancer for all (default: the stack's mqttlab:topology)")
-        q.add_argument("--balancer", choices=lab.BALANCERS, help="default: ipvs where the kernel has it, else the closest stand-in")
-        q.add_argument("--scheduler", choices=SCHEDULERS, help=f"the IPVS scheduler (default: the stack's, {default('balancer.scheduler')} "
+        t.add_argument("--balancer", choices=lab.BALANCERS, help="default: ipvs where the kernel has it, else the closest stand-in")
+        t.add_argument("--scheduler", choices=SCHEDULERS, help=f"the IPVS scheduler (default: the stack's, {default('balancer.scheduler')} "
                        "without one)")
-        q.add_argument("--broker-cpus", type=float, metavar="CORES",
+        t.add_argument("--broker-cpus", type=float, metavar="CORES",
                        help=f"each broker's CPU cap (default: the stack's, {default('brokers.cpus')} without one)")
-        q.add_argument("--broker-memory-mb", type=int, metavar="MIB",
+        t.add_argument("--broker-memory-mb", type=int, metavar="MIB",
                        help=f"each broker's memory cap (default: the stack's, {default('brokers.memoryMb')} without one)")
-        q.add_argument("--health-check", choices=("none", "mqtt", "tcp"), help="balancer health checks (keepalived with IPVS, HAProxy's own)")
-        q.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
-        q.add_argument("--health-retries", type=int, metavar="N", help="failed checks before a broker is taken out")
-        q.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
-        q.add_argument("--security", choices=("none", "password", "tls", "mtls"), help="default: the stack's mqttlab:security.mode")
+        t.add_argument("--health-check", choices=("none", "mqtt", "tcp"), help="balancer health checks (keepalived with IPVS, HAProxy's own)")
+        t.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
+        t.add_argument("--health-retries", type=int, metavar="N", help="failed checks before a broker is taken out")
+        t.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
+        t.add_argument("--security", choices=("none", "password", "tls", "mtls"), help="default: the stack's mqttlab:security.mode")
+        t.add_argument("--keep-addresses", action="store_true", help="use the stack's addresses instead of 198.18.0.0/15")
         add_scenario_args(q)
+        o = q.add_argument_group("output")
+        o.add_argument("--out", default="runs", help="runs folder (default ./runs)")
+        return t, o
 
     q = lsub.add_parser("run", help="bring the lab up, run the benchmark, tear down, summarize")
-    knobs(q)
-    q.add_argument("--vm", action="store_true", help="run inside the micro-VM (real IPVS on kernels without it)")
-    q.add_argument("--fault", action="append", metavar="SPEC",
+    t, o = knobs(q)
+    t.add_argument("--vm", action="store_true", help="run inside the micro-VM (real IPVS on kernels without it)")
+    t.add_argument("--fault", action="append", metavar="SPEC",
                    help="inject a fault, repeatable: broker2:kill@5s, broker2:pause@5s+3s, broker2:restart@5s[+2s], "
                         "bridge:broker1-broker3:cut@5s+4s, director:ipvs1:kill@5s[+10s] (times after publishing starts)")
-    q.add_argument("--vm-timeout", type=float, default=1800, metavar="S", help="the micro-VM run's time bound; past it the run goes on while the guest works, up to three times it (default 1800)")
-    q.add_argument("--broker-cpuset", default="auto", metavar="CPUS",
+    t.add_argument("--vm-timeout", type=float, default=1800, metavar="S", help="the micro-VM run's time bound; past it the run goes on while the guest works, up to three times it (default 1800)")
+    t.add_argument("--broker-cpuset", default="auto", metavar="CPUS",
                    help="CPUs reserved for the brokers (cpuset), the lab's other processes on the rest: auto (the last CPU), off, or a list "
                         "such as 1 or 2-3 (default auto; the manifest records what the kernel applied, or why none)")
-    q.add_argument("--load-generator", choices=("mqttlab", "emqtt-bench"), default="mqttlab",
+    t.add_argument("--load-generator", choices=("mqttlab", "emqtt-bench"), default="mqttlab",
                    help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
-    q.add_argument("--json", action="store_true", help="print the summary as JSON")
-    q.add_argument("--quiet", action="store_true", help="no progress lines")
-    q.add_argument("--dry-run", action="store_true",
+    o.add_argument("--json", action="store_true", help="print the summary as JSON")
+    o.add_argument("--quiet", action="store_true", help="no progress lines")
+    o.add_argument("--dry-run", action="store_true",
                    help="check the configuration and the balancer choice, print the plan, expected deliveries, time and disk; "
                         "create nothing, boot nothing (root, tools and cgroups are reported, not required)")
     q.set_defaults(func=cmd_run)
