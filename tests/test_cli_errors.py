@@ -60,6 +60,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str]]] = {
     ("monitor brokers", "--out"): ("out_file", ["monitor", "brokers", "--broker", "b=127.0.0.1:9", "--duration", "0.1", "--out", P]),
     ("monitor brokers", "--security"): ("json_file", ["monitor", "brokers", "--broker", "b=127.0.0.1:9", "--duration", "0.1",
                                                       "--out", f"{OK_OUT}/m.csv", "--security", P]),
+    ("monitor cgroups", "--out"): ("out_file", ["monitor", "cgroups", "--group", "b=v1:/sys/fs/cgroup/cpu", "--duration", "0.1", "--out", P]),
     ("monitor balancer", "--out"): ("out_file", ["monitor", "balancer", "--kind", "nftables", "--vip", "127.0.0.1:9", "--duration", "0.1",
                                                  "--out", P]),
     ("monitor balancer", "--conn-table"): ("out_file", ["monitor", "balancer", "--kind", "nftables", "--vip", "127.0.0.1:9",

@@ -448,7 +448,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     b.set_defaults(func=cmd_brokers)
     g = msub.add_parser("cgroups", help="per-group CPU use, throttling and CPU wait (kernel counters), and the host's CPU pressure")
     g.add_argument("--group", action="append", type=_cgroup_arg, required=True, help="name=v1|v2:DIR[,DIR...][+ACCTDIR], repeatable")
-    g.add_argument("--out", required=True)
+    g.add_argument("--out", required=True, help="the CSV file samples are appended to")
     g.add_argument("--interval", type=float, default=0.5, help="seconds between rows (default 0.5)")
     g.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
     g.set_defaults(func=cmd_cgroups)
