@@ -509,6 +509,8 @@ class Lab:
 
 def teardown(lab_id: str) -> list[str]:
     """Remove everything of lab ``lab_id`` (or of every lab, with ``""``): idempotent."""
+    if not re.fullmatch(r"[0-9a-f]*", lab_id):  # the id is a pattern over folders that get removed: never a path
+        raise LabError(f"lab id {lab_id!r}: hex digits only")
     done = []
     for path in sorted(STATE_DIR.glob(f"{lab_id}*.json")) if STATE_DIR.is_dir() else []:
         try:
