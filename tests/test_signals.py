@@ -82,7 +82,8 @@ def lab_tree(proc: subprocess.Popen[str]) -> dict[int, tuple[int | None, str]]:
     """The lab's processes once both bench roles and their workers run."""
     def complete() -> bool:
         k = kinds(descendants(proc.pid))
-        return k["mosquitto"] == 3 and k["haproxy"] >= 4 and k["monitor"] == 3 and k["bench"] >= 8
+        # monitors: the brokers', the caps' kernel counters (cgroups) and one per balancer host
+        return k["mosquitto"] == 3 and k["haproxy"] >= 4 and k["monitor"] == 4 and k["bench"] >= 8
     wait_for(complete, 120, "every lab process to be running")
     tree = descendants(proc.pid)
     return tree
