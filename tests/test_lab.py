@@ -300,8 +300,8 @@ def bare_lc(text: str) -> list[str]:
 
 
 def saved_labels(monkeypatch: pytest.MonkeyPatch, *modules: Any) -> dict[str, list[str]]:
-    """The legend entries and tick labels of every plot the modules save, by file name, read from
-    the figures as they are written."""
+    """The legend entries, tick labels and figure title of every plot the modules save, by file
+    name, read from the figures as they are written."""
     seen: dict[str, list[str]] = {}
     for module in modules:
         save = module._save
@@ -309,6 +309,7 @@ def saved_labels(monkeypatch: pytest.MonkeyPatch, *modules: Any) -> dict[str, li
         def capture(fig: Any, path: Path, save: Any = save) -> Path:
             seen[path.name] = [t.get_text() for ax in fig.axes for t in (*(ax.get_legend().get_texts() if ax.get_legend() else ()),
                                                                              *ax.get_xticklabels())]
+            seen[path.name] += [fig._suptitle.get_text()] if fig._suptitle is not None else []
             return Path(save(fig, path))
         monkeypatch.setattr(module, "_save", capture)
     return seen

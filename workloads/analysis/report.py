@@ -136,6 +136,8 @@ def plot_timeseries(runs: list[Run], path: Path) -> Path:
         if ax.lines:  # beside the plot, so it never covers the data
             ax.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     a_lb.yaxis.set_major_locator(MaxNLocator(integer=True))
+    # which run: one run's legends name only its series, so the figure says whose they are
+    fig.suptitle(runs[0].label if len(runs) == 1 else f"{len(runs)} runs (legends name each)", fontsize=11)
     return _save(fig, path)
 
 

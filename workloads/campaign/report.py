@@ -32,6 +32,17 @@ METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 late
 CLIP_HIGH = {"loss_pct": 100.0}
 
 
+SCHEDULER_KEYS = ("scheduler", "balancer.scheduler")
+
+
+def _asked(key: str, value: Any) -> str:
+    """A setting as the campaign file asked it; a scheduler is an IPVS one (``ipvs-lc``), which a
+    stand-in may have carried out by another (the Balancer row says what ran)."""
+    if key in SCHEDULER_KEYS:
+        return f"ipvs-{_level(value)} asked"
+    return _level(value)
+
+
 def _level(v: Any) -> str:
     """A factor's level as a reader writes it: a list level (log types) as ``a/b/c``, not a repr."""
     if isinstance(v, (list, tuple)):
@@ -205,8 +216,8 @@ def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status:
     fixed = camp.get("set") or {}
     rows = [("Campaign", f"{camp['name']}: stack {camp['stack']} ({camp['place']}), {status}, {camp.get('repetitions', '?')} repetitions "
                          f"per configuration, run in a randomized order (seed {camp['seed']})"),
-            ("Fixed settings", "; ".join(f"{k} {_level(v)}" for k, v in fixed.items()) or "none beyond the stack's own"),
-            ("Factors", "; ".join(f"{k}: {', '.join(map(_level, v))}" for k, v in camp["factors"].items())),
+            ("Fixed settings", "; ".join(f"{k} {_asked(k, v)}" for k, v in fixed.items()) or "none beyond the stack's own"),
+            ("Factors", "; ".join(f"{k}: {', '.join(_asked(k, x) for x in v)}" for k, v in camp["factors"].items())),
             ("Statistics", "Student's t 95 % confidence intervals over repetitions (loss clipped to 0-100 %); differences by Welch's t-test, "
                            "each metric's tests adjusted together by Holm's method; p99 latency without a verdict where it is confounded "
                            "(different offered loads, lost messages or a saturated load generator)")]
