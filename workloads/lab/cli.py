@@ -18,7 +18,7 @@ from workloads.clipaths import out_dir
 from workloads.config import ConfigError
 from workloads.lab import cgroups, lab, netns, standin, vm
 from workloads.lab.netns import LabError
-from workloads.schema import SCHEDULERS, TOPOLOGIES, leaf_paths
+from workloads.schema import HEALTH_CHECKS, SCHEDULERS, SECURITY_MODES, TOPOLOGIES, leaf_paths
 
 OVERRIDES = {  # option dest -> config key
     "topology": "topology",
@@ -240,11 +240,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        help=f"each broker's CPU cap (default: the stack's, {default('brokers.cpus')} without one)")
         t.add_argument("--broker-memory-mb", type=int, metavar="MIB",
                        help=f"each broker's memory cap (default: the stack's, {default('brokers.memoryMb')} without one)")
-        t.add_argument("--health-check", choices=("none", "mqtt", "tcp"), help="balancer health checks (keepalived with IPVS, HAProxy's own)")
+        t.add_argument("--health-check", choices=HEALTH_CHECKS, help="balancer health checks (keepalived with IPVS, HAProxy's own)")
         t.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
         t.add_argument("--health-retries", type=int, metavar="N", help="failed checks before a broker is taken out")
         t.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
-        t.add_argument("--security", choices=("none", "password", "tls", "mtls"), help="default: the stack's mqttlab:security.mode")
+        t.add_argument("--security", choices=SECURITY_MODES, help="default: the stack's mqttlab:security.mode")
         t.add_argument("--keep-addresses", action="store_true", help="use the stack's addresses instead of 198.18.0.0/15")
         add_scenario_args(q)
         o = q.add_argument_group("output")
