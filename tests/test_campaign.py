@@ -468,7 +468,62 @@ def test_campaign_methods_read_the_runs_manifests_and_an_invalid_run_is_named_at
     page = write_campaign_report(cdir.path)["html"].read_text()
     methods = page[page.index("<h2>Methods</h2>"):page.index("<h2>Configurations</h2>")]
     for row in ("<th scope=\"row\">Machine</th><td>16 CPUs, 64.0 GiB memory (x86_64)</td>", "<th scope=\"row\">Kernel</th><td>6.1.0-test</td>",
-                "<th scope=\"row\">Mosquitto</th><td>2.0.18</td>", "<th scope=\"row\">Fidelity</th><td>18 of 18 runs checked, 2 invalid</td>"):
+                "<th scope=\"row\">Mosquitto</th><td>2.0.18</td>", "<th scope=\"row\">Fidelity</th><td>18 of 18 runs checked, 16 valid, 2 invalid "):
         assert row in methods, row
     top = page[page.index("<h1>"):page.index('<p class="answer">')]
     assert "2 run(s) are INVALID" in top and top.count("publishers=8-r2") == 2
+
+
+def judged(verdict_of: Any) -> Any:
+    """A FakeSystem whose summaries carry a fidelity verdict: ``verdict_of(point)`` gives it; an
+    invalid run's loss is 90 % so that counting it would move every estimate."""
+    fake = FakeSystem(capacity=1000)
+
+    def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        s = fake(point, cfg, point_dir)
+        verdict = verdict_of(point)
+        if verdict == "invalid":
+            s["loss_pct"] = 90.0
+        s["fidelity"] = {"verdict": verdict, "failed": ["broker_at_cap:broker1"] if verdict == "invalid" else [],
+                         "checks": [{"name": "broker_at_cap:broker1", "value": 40.0 if verdict == "invalid" else 99.0, "threshold": 90.0,
+                                     "passed": verdict != "invalid"}]}
+        return s
+    run.calls = fake.calls  # type: ignore[attr-defined]
+    return run
+
+
+def test_invalid_runs_are_counted_left_out_of_every_estimate_and_can_be_retaken(tmp_path: Path) -> None:
+    from workloads.campaign.report import configurations, write_campaign_report
+    from workloads.campaign.run import retake_invalid
+
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    order = cdir.open(c, c.order())
+    bad = {p.point_id for p in order if p.point_id.endswith("-r1")}  # one repetition of each configuration
+    first = judged(lambda p: "invalid" if p.point_id in bad else "valid")
+    execute_points(cdir, c, order, first, progress=False)
+    rec = cdir.result(sorted(bad)[0])
+    assert rec and rec["verdict"] == "invalid" and rec["failed_checks"] == ["broker_at_cap:broker1"]
+    assert rec["checks"]["broker_at_cap:broker1"] == {"value": 40.0, "threshold": 90.0, "passed": False}
+    conf = configurations(cdir.results())
+    assert len(conf) == 6 and all(x.n == 2 and x.invalid == 1 and x.runs == "2 (1 invalid left out)" for x in conf)
+    assert all(x.loss_pct.mean < 1 for x in conf)  # the 90 % of the invalid runs is in none of them
+    rep = write_campaign_report(cdir.path)
+    assert all(x["n"] == 2 and x["invalid"] == 1 for x in rep["configurations"])
+    page = rep["html"].read_text()
+    assert "6 run(s) are INVALID (fidelity checks failed) and left out of the estimates" in page and "--retake-invalid" in page
+    assert not any("90" in s.split("loss")[0] for s in rep["comparisons"])
+    runs = (cdir.path / "report" / "runs.csv").read_text()
+    assert runs.count(",invalid,broker_at_cap:broker1") == 6 and runs.count(",valid,") == 12
+
+    # retaken: the invalid points run again (now valid), their old records kept beside, nothing else reruns
+    again = retake_invalid(cdir, order)
+    assert sorted(again) == sorted(bad)
+    kept = list((cdir.point_dir(sorted(bad)[0]) / "invalid").glob("*/result.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["verdict"] == "invalid"
+    second = judged(lambda p: "valid")
+    out = execute_points(cdir, c, order, second, progress=False)
+    assert sorted(second.calls) == sorted(bad) and len(out.done) == 12
+    assert all(x.n == 3 and x.invalid == 0 for x in configurations(cdir.results()))
+    assert [e["event"] for e in cdir.events()].count("retake") == 6
+    assert retake_invalid(cdir, order) == []  # nothing left to retake: a second call changes nothing

@@ -31,7 +31,7 @@ def _runner(campaign: Campaign, args: argparse.Namespace):  # type: ignore[no-un
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workloads.campaign.run import CampaignDir, execute_points, fmt_s
+    from workloads.campaign.run import CampaignDir, execute_points, fmt_s, retake_invalid
     from workloads.campaign.spec import VM_BOOT_S
     from workloads.lab import vm
 
@@ -66,6 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LabError(f"vm: true needs the micro-VM: missing {reason}")
     cdir = CampaignDir(out)
     order = cdir.open(campaign, order)
+    if getattr(args, "retake_invalid", False) and (again := retake_invalid(cdir, order)):
+        print(f"[campaign {campaign.name}] retaking {len(again)} invalid point(s): {', '.join(again)} "
+              "(their records are kept under points/<id>/invalid/)", file=sys.stderr, flush=True)
     # SIGTERM and SIGHUP (timeout, a scheduler) stop the point as Ctrl-C does: main_guard
     if boot_once and not vm.in_guest():
         rc = in_vm(args, campaign, cdir, order)
@@ -180,6 +183,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         if name == "run":
             q.add_argument("--time-budget", type=float, metavar="MIN",
                            help="start no point that would end after MIN minutes; the next invocation resumes with the rest")
+            q.add_argument("--retake-invalid", action="store_true",
+                           help="run again every point whose fidelity verdict was invalid (the old record is kept beside)")
         q.set_defaults(func=main_guard(func))
     q = csub.add_parser("report", help="(re)write a campaign directory's report")
     q.add_argument("dir", help="a campaign directory, as campaign run --out made it")

@@ -78,7 +78,8 @@ def runs_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per complete point: which configuration and repetition, what balanced it (the
     balancer and scheduler that ran, what they stood in for, what was asked, each a column), its numbers."""
     return pd.DataFrame([{"point_id": r["point_id"], "config_id": r["config_id"], "configuration": _label(r["levels"], r["levels"]),
-                          "rep": r["rep"], **balancing_columns(ran_of(r)), **{k: r.get(k) for k in RUN_FIELDS}} for r in results])
+                          "rep": r["rep"], **balancing_columns(ran_of(r)), **{k: r.get(k) for k in RUN_FIELDS},
+                          "verdict": r.get("verdict"), "failed_checks": "; ".join(r.get("failed_checks") or [])} for r in results])
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,15 @@ class ConfigStats:
     throughput: Estimate
     saturated: int = 0  # runs whose load generator said it was the limit: their loss may be the generator's
     ran: str = ""  # what balanced its runs (one name; several if its runs differ)
+    invalid: int = 0  # runs whose fidelity checks failed: counted, never in the estimates
+    unjudged: int = 0  # runs recorded without a verdict (made before the checks existed): in the estimates, counted
+
+    @property
+    def runs(self) -> str:
+        """How many runs the estimates use, and what was left out or not judged."""
+        extra = [f"{self.invalid} invalid left out"] if self.invalid else []
+        extra += [f"{self.unjudged} not judged"] if self.unjudged else []
+        return f"{self.n}" + (f" ({', '.join(extra)})" if extra else "")
 
     def name(self, keys: Iterable[str]) -> str:
         """Its levels of ``keys`` and what balanced it: a level ``scheduler lc`` alone would claim lc ran."""
@@ -110,15 +120,25 @@ def _group(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return by
 
 
+def counted(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs the estimates and comparisons use: all but those judged invalid. A run recorded
+    without a verdict (before the checks existed) is used and counted as not judged."""
+    return [r for r in results if r.get("verdict") != "invalid"]
+
+
 def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
-    """One entry per configuration: n, and mean with 95 % CI for each metric."""
+    """One entry per configuration: n (its valid or unjudged runs), mean with 95 % CI for each
+    metric over those, and how many runs were invalid and left out."""
     by = _group(results)
     out = []
-    for rs in by.values():
+    for every in by.values():
+        rs = counted(every)
         est = {key: mean_ci([r[key] for r in rs if r.get(key) is not None], clip_low=low, clip_high=CLIP_HIGH.get(key))
                for key, _n, _u, low in METRICS}
-        out.append(ConfigStats(rs[0]["config_id"], rs[0]["levels"], len(rs), float(rs[0]["offered_rate"]), est["loss_pct"], est["p99_ms"], est["throughput"],
-                               sum(1 for r in rs if r.get("bench_saturated")), "; ".join(sorted({ran_text(r) for r in rs} - {""}))))
+        out.append(ConfigStats(every[0]["config_id"], every[0]["levels"], len(rs), float(every[0]["offered_rate"]), est["loss_pct"], est["p99_ms"],
+                               est["throughput"], sum(1 for r in rs if r.get("bench_saturated")),
+                               "; ".join(sorted({ran_text(r) for r in every} - {""})), len(every) - len(rs),
+                               sum(1 for r in rs if r.get("verdict") is None)))
     return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
                                       c.offered_rate))
 
@@ -233,15 +253,19 @@ def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status:
         rows.append(("Machine and software", "not recorded here: the points' run directories are not beside this campaign"))
     sat = sum(1 for r in results if r.get("bench_saturated"))
     rows.append(("Load generator", f"saturated in {sat} of {len(results)} runs" if results else "no runs"))
-    invalid = [r["point_id"] for r, m in manifests if (m.get("fidelity") or {}).get("verdict") == "invalid"]
-    checked = sum(1 for _r, m in manifests if m.get("fidelity"))
-    rows.append(("Fidelity", f"{checked} of {len(results)} runs checked, {len(invalid)} invalid" if checked else "not checked"))
+    verdicts = {r["point_id"]: r.get("verdict") or (m.get("fidelity") or {}).get("verdict") for r, m in
+                [(r, _manifest_of(r) or {}) for r in results]}
+    invalid = sorted(p for p, v in verdicts.items() if v == "invalid")
+    checked = sum(1 for v in verdicts.values() if v)
+    rows.append(("Fidelity", f"{checked} of {len(results)} runs checked, {checked - len(invalid)} valid, {len(invalid)} invalid "
+                             "(invalid runs are counted but left out of every estimate and comparison)" if checked else "not checked"))
     top = []
     if sat:
         top.append(f"The load generator was SATURATED in {sat} of {len(results)} runs: in those the load generator, not the system, "
                    "may have been the limit; read their loss and latency as bounds.")
     if invalid:
-        top.append(f"{len(invalid)} run(s) are INVALID (fidelity checks failed): {', '.join(invalid)}.")
+        top.append(f"{len(invalid)} run(s) are INVALID (fidelity checks failed) and left out of the estimates: {', '.join(invalid)}; "
+                   "`mqttlab campaign run FILE --out DIR --retake-invalid` runs them again.")
     body = "".join(f"<tr><th scope=\"row\">{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f'<h2>Methods</h2><table class="methods">{body}</table>', top
 
@@ -381,8 +405,8 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     compare = camp.get("compare") or factors[:1]
     capacities = json.loads((campaign_dir / "capacity.json").read_text())["configurations"] if (campaign_dir / "capacity.json").is_file() else {}
     conf = configurations(results)
-    comps = comparisons(results, compare)
-    table = pd.DataFrame([{"Configuration": _label(r.levels, r.levels), "Balancer (ran)": r.ran, "Runs (n)": r.n,
+    comps = comparisons(counted(results), compare)
+    table = pd.DataFrame([{"Configuration": _label(r.levels, r.levels), "Balancer (ran)": r.ran, "Runs (n)": r.runs,
                            "Offered (msg/s)": shown(r.offered_rate, "rate"),
                            "Loss (%) mean [95 % CI]": _fmt(r.loss_pct, "pct"), "p99 latency (ms) mean [95 % CI]": _fmt(r.p99_ms, "latency_ms"),
                            "Deliveries per second mean [95 % CI]": _fmt(r.throughput, "rate"),
@@ -419,7 +443,8 @@ p99 latency is given with its interval but no verdict where it is confounded, wi
 <p>Each point is a normal run directory (see <code>points/*/result.json</code>); <code>mqttlab report</code> on it gives the run's details.</p>
 </body></html>"""
     (out / "report.html").write_text(doc)
-    summary = {"points": len(results), "warnings": top, "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "bench_saturated": r.saturated,
+    summary = {"points": len(results), "warnings": top, "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "invalid": r.invalid,
+                                                             "unjudged": r.unjudged, "bench_saturated": r.saturated,
                                                              **{k: vars(getattr(r, k)) for k, *_ in METRICS}} for r in conf],
                "comparisons": sentences, "comparison_tests": [{k: (vars(v) if isinstance(v, Difference) else v) for k, v in c.items()} for c in comps],
                "capacity": capacities}

@@ -87,8 +87,18 @@ def point_record(point: Point, cfg: ExperimentConfig, run_dir: Path, summary: di
         "loss_pct": summary.get("loss_pct"), "p99_ms": (summary.get("latency_ms") or {}).get("p99"),
         "throughput": summary.get("throughput", delivery_throughput(run_dir) if run_dir.is_dir() else None),
         "balancer_kind": (summary.get("balancer") or {}).get("kind"), "balancer_note": (summary.get("balancer") or {}).get("note"),
-        "bench_saturated": summary.get("bench_saturated"),
+        "bench_saturated": summary.get("bench_saturated"), **fidelity_fields(summary.get("fidelity")),
     }
+
+
+def fidelity_fields(f: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's verdict as the campaign keeps it: ``verdict`` (valid, invalid, or None for a run
+    that was not checked), the failed checks, and each check's measure against its threshold, so
+    that a campaign directory without its run directories still says why a run did not count."""
+    if not f:
+        return {"verdict": None, "failed_checks": [], "checks": {}}
+    return {"verdict": f.get("verdict"), "failed_checks": list(f.get("failed") or []),
+            "checks": {c["name"]: {"value": c.get("value"), "threshold": c.get("threshold"), "passed": c.get("passed")} for c in f.get("checks") or []}}
 
 
 # --------------------------------------------------------------------------- lab points
@@ -218,6 +228,25 @@ class CampaignDir:
         return order
 
 
+def retake_invalid(cdir: CampaignDir, order: list[Point]) -> list[str]:
+    """Make every point whose run was judged invalid due again: its record and run directory are
+    kept, set aside under ``points/<id>/invalid/<time>/``, and the point runs anew. Returns them."""
+    out = []
+    for p in order:
+        rec = cdir.result(p.point_id)
+        if rec is None or rec.get("verdict") != "invalid":
+            continue
+        pdir = cdir.point_dir(p.point_id)
+        dest = pdir / "invalid" / time.strftime("%Y%m%d-%H%M%S")
+        dest.mkdir(parents=True, exist_ok=True)
+        if (pdir / "runs").is_dir():
+            (pdir / "runs").rename(dest / "runs")
+        (pdir / "result.json").rename(dest / "result.json")
+        cdir.event("retake", p.point_id, failed=rec.get("failed_checks"), kept=str(dest))
+        out.append(p.point_id)
+    return out
+
+
 def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], runner: PointRunner, progress: bool = True,
                    on_point: Callable[[dict[str, Any]], None] | None = None, deadline: float | None = None,
                    own_boot: bool = True) -> Outcome:
@@ -279,7 +308,8 @@ def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], ru
         left = todo[i + 1:]
         eta = sum(est[q.point_id] for q in left) * (spent / estimated if estimated else 1.0)
         finish = time.strftime("%H:%M", time.localtime(time.time() + eta))
-        say(f"{n}/{len(order)} {p.point_id} done in {fmt_s(dt)}: loss {rec['loss_pct']} %, p99 {rec['p99_ms']} ms; "
+        verdict = f", {rec['verdict']}" + (f" ({', '.join(rec['failed_checks'])})" if rec["failed_checks"] else "") if rec["verdict"] else ""
+        say(f"{n}/{len(order)} {p.point_id} done in {fmt_s(dt)}: loss {rec['loss_pct']} %, p99 {rec['p99_ms']} ms{verdict}; "
             f"{len(left)} left, ETA {fmt_s(eta)} (about {finish})")
     return out
 
