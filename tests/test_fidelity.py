@@ -10,6 +10,7 @@ import re
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ def test_brokers_run_on_cpus_of_their_own_and_the_manifest_says_which_from_the_k
     for key, cpus in allowed.items():
         want = [online[-1]] if key.startswith("broker") else online[:-1]
         assert cgroups.parse_cpulist(cpus) == want, (key, cpus)
+    mask = format(sum(1 << c for c in online[:-1]), "x")  # what the brokers send is received on the others' CPUs
+    assert set(cs["steering"]) == {"sw:p0:rx-0", "brokers:lo:rx-0"} and {int(v, 16) for v in cs["steering"].values()} == {int(mask, 16)}, cs
     assert_lab_gone(m)
 
 
@@ -129,6 +132,39 @@ def known_run(tmp: Path, *, usage_per_s: float, throttled: bool, psi_share: floa
                 "episodes": 1, "first_s": 0, "last_s": 0, "max_behind_ms": behind_s * 1000}] if behind_s else []
     (tmp / "bench" / "h" / "self-pub0.json").write_text(json.dumps({"clients": clients}))
     return tmp, {"plan": {"broker_cpus": 0.25}, "scenario": {"interval_ms": 100}}
+
+
+def with_split(run: Path, m: dict[str, Any], broker_cpus: str, busy_per_s: float) -> dict[str, Any]:
+    """The known run with the brokers on ``broker_cpus`` of their own, those CPUs busy
+    ``busy_per_s`` CPU seconds a second in all (the broker's own usage included)."""
+    rows = (run / "monitor" / "cgroups.csv").read_text().splitlines()
+    head, body = rows[0] + ",cpus_busy_usec", rows[1:]
+    out = [head]
+    for r in body:
+        t = float(r.split(",")[0]) - 1000
+        out.append(r + ("," + str(int(t * busy_per_s * 1e6)) if ",host," in r else ","))
+    (run / "monitor" / "cgroups.csv").write_text("\n".join(out) + "\n")
+    return m | {"cpuset": {"enabled": True, "brokers": {"effective_cpus": broker_cpus}}}
+
+
+def test_with_cpus_of_their_own_the_host_check_is_what_else_used_them(tmp_path: Path) -> None:
+    """1 CPU busy 0.30 s a second while the broker used 0.24: 6 % foreign, valid, and the host's
+    20 % PSI is reported, not decisive; busy 0.40 on it: 16 % foreign, invalid; on two CPUs the
+    same 0.40 is (0.40 - 0.24) / 2 = 8 % of their time."""
+    run, m = known_run(tmp_path / "a", usage_per_s=0.24, throttled=True, psi_share=0.2)
+    f = fidelity.evaluate(run, with_split(run, m, "1", 0.30))
+    c = by_name(f)["broker_cpus_foreign_use"]
+    assert "host_cpu_pressure" not in by_name(f) and f["verdict"] == "valid", f
+    assert c["value"] == 6.0 and c["passed"] is True and "host CPU pressure 20.0 % (not decisive with a split)" in c["detail"]
+    run, m = known_run(tmp_path / "b", usage_per_s=0.24, throttled=True, psi_share=0.01)
+    f = fidelity.evaluate(run, with_split(run, m, "1", 0.40))
+    assert by_name(f)["broker_cpus_foreign_use"]["value"] == 16.0 and f["failed"] == ["broker_cpus_foreign_use"]
+    run, m = known_run(tmp_path / "c", usage_per_s=0.24, throttled=True, psi_share=0.01)
+    assert by_name(fidelity.evaluate(run, with_split(run, m, "2-3", 0.40)))["broker_cpus_foreign_use"]["value"] == 8.0
+    # a split without the CPUs' samples (a run directory from before) is not measured rather than passed
+    run, m = known_run(tmp_path / "d", usage_per_s=0.24, throttled=True, psi_share=0.01)
+    f = fidelity.evaluate(run, m | {"cpuset": {"enabled": True, "brokers": {"effective_cpus": "1"}}})
+    assert f["unmeasured"] == ["broker_cpus_foreign_use"] and by_name(f)["broker_cpus_foreign_use"]["passed"] is None
 
 
 def by_name(f: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -237,6 +273,31 @@ def test_a_broker_held_below_its_cap_makes_the_run_invalid_naming_it(tmp_path: P
     assert "Fidelity: 1 of 1 run(s) INVALID" in top and "broker_at_cap:broker1" in top
 
 
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_a_process_on_the_brokers_cpu_makes_the_run_invalid_naming_the_host(tmp_path: Path) -> None:
+    """A busy loop that the lab did not start, pinned to the brokers' own CPU for the run: the
+    host took that CPU, and the check says so with its measure."""
+    version = cgroups.detect()
+    base = cgroups.cpuset_base(version or "v1")
+    if base is None or len(cgroups.parse_cpulist(cgroups._effective(base))) < 2:
+        pytest.skip("needs the cpuset controller and two CPUs")
+    cpu = cgroups.parse_cpulist(cgroups._effective(base))[-1]
+    hogs: list[subprocess.Popen[bytes]] = []
+
+    def hog(_lab_id: str) -> None:
+        hogs.append(subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"]))
+
+    try:
+        s = run_with(tmp_path, LOADED, hog)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait(10)
+    c = by_name(s["fidelity"])["broker_cpus_foreign_use"]
+    assert c["passed"] is False and c["value"] > 20 and "broker_cpus_foreign_use" in s["fidelity"]["failed"], c
+
+
 @pytest.fixture(scope="module")
 def paused_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real run in which one client host's publishers were stopped (SIGSTOP, its own process
@@ -320,11 +381,13 @@ def test_a_healthy_small_run_is_valid_and_each_threshold_can_flip_it(tmp_path: P
     s = json.loads(lab_run(*TINY, "--messages", "160", out=tmp_path).stdout)  # the last --messages counts
     run = Path(s["run_dir"])
     m = json.loads((run / "manifest.json").read_text())
-    loose = fidelity.Thresholds(broker_cap_pct=50.0, offered_rate_pct=10.0, client_s=2.0, host_psi_pct=95.0)
+    loose = fidelity.Thresholds(broker_cap_pct=50.0, offered_rate_pct=10.0, client_s=2.0, host_psi_pct=95.0, foreign_pct=95.0)
     f = fidelity.evaluate(run, m, loose)
+    host = "broker_cpus_foreign_use" if m["cpuset"]["enabled"] else "host_cpu_pressure"  # the split decides which host check applies
+    assert host in [c["name"] for c in f["checks"]], f
     assert f["verdict"] == "valid" and set(f["unmeasured"]) <= {"host_cpu_pressure"}, fidelity.verdict_line(f)
     fields = {"offered_rate": "offered_rate_pct", "publishers_on_schedule": "client_s", "subscribers_keep_up": "client_s",
-              "host_cpu_pressure": "host_psi_pct"}
+              "host_cpu_pressure": "host_psi_pct", "broker_cpus_foreign_use": "foreign_pct"}
     flipped = 0
     for c in f["checks"]:
         if c["name"] not in fields or not c["value"]:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,7 +28,8 @@ BROKER_COLUMNS = [
     "time_s", "broker", "cpu_pct", "mem_bytes", "clients_connected", "msgs_received",
     "msgs_sent", "msgs_dropped", "net_rx_bytes", "net_tx_bytes",
 ]
-CGROUP_COLUMNS = ["time_s", "group", "usage_usec", "nr_periods", "nr_throttled", "throttled_usec", "wait_usec", "psi_some_usec"]
+CGROUP_COLUMNS = ["time_s", "group", "usage_usec", "nr_periods", "nr_throttled", "throttled_usec", "wait_usec", "psi_some_usec",
+                  "cpus_busy_usec"]
 BALANCER_COLUMNS = [
     "time_s", "host", "kind", "virtual", "real", "active_conns", "inactive_conns",
     "total_conns", "packets_in", "packets_out", "bytes_in", "bytes_out", "status",
@@ -219,12 +220,16 @@ def cgroup_row(t: CgroupTarget, now: float) -> dict[str, object]:
     return row
 
 
-def run_cgroup_monitor(targets: list[CgroupTarget], out: Path, interval: float, stopper: procs.StopFlag, duration: float | None = None) -> int:
-    """A row per group per interval, and one for the host (its CPU pressure, where it has PSI)."""
+def run_cgroup_monitor(targets: list[CgroupTarget], out: Path, interval: float, stopper: procs.StopFlag, duration: float | None = None,
+                       cpus: Sequence[int] = ()) -> int:
+    """A row per group per interval, and one for the host: its CPU pressure (where it has PSI)
+    and, with ``cpus`` (the brokers' own), the CPU time anything spent on those CPUs."""
 
     def rows_at(now: float) -> list[dict[str, object]]:
         psi = procs.cpu_pressure_us()
-        return [*(cgroup_row(t, now) for t in targets), {"time_s": f"{now:.3f}", "group": "host", "psi_some_usec": "" if psi is None else psi}]
+        busy = procs.cpus_busy_us(cpus) if cpus else None
+        host: dict[str, object] = {"time_s": f"{now:.3f}", "group": "host", "psi_some_usec": "" if psi is None else psi, "cpus_busy_usec": "" if busy is None else busy}
+        return [*(cgroup_row(t, now) for t in targets), host]
 
     return _sample_every(out, CGROUP_COLUMNS, rows_at, interval, stopper, duration)
 
@@ -386,6 +391,16 @@ def cmd_brokers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_list(text: str) -> tuple[int, ...]:
+    """``1``, ``0,2`` or ``2-3``: a CPU list as the kernel writes one."""
+    from workloads.lab.cgroups import parse_cpulist
+
+    try:
+        return tuple(parse_cpulist(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a CPU list such as 1 or 2-3, got {text!r}") from None
+
+
 def _cgroup_arg(text: str) -> CgroupTarget:
     """``name=v1|v2:DIR[,DIR...][+ACCT]``"""
     try:
@@ -402,7 +417,7 @@ def _cgroup_arg(text: str) -> CgroupTarget:
 def cmd_cgroups(args: argparse.Namespace) -> int:
     stopper = procs.StopFlag()
     stopper.install((signal.SIGTERM, signal.SIGINT))
-    rows = run_cgroup_monitor(args.group, Path(args.out), args.interval, stopper, args.duration)
+    rows = run_cgroup_monitor(args.group, Path(args.out), args.interval, stopper, args.duration, args.cpus)
     print(f"monitor cgroups: {rows} rows in {args.out}")
     return 0
 
@@ -451,6 +466,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument("--out", required=True, help="the CSV file samples are appended to")
     g.add_argument("--interval", type=float, default=0.5, help="seconds between rows (default 0.5)")
     g.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    g.add_argument("--cpus", type=_cpu_list, default=(), metavar="LIST",
+                   help="the brokers' own CPUs (e.g. 1 or 2-3): the host's row adds the CPU time anything spent on them")
     g.set_defaults(func=cmd_cgroups)
     c = msub.add_parser("balancer", help="per-real-server connections and traffic")
     c.add_argument("--kind", choices=("ipvs", "haproxy", "nftables"), default="ipvs", help="the balancer to read (default ipvs)")

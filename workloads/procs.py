@@ -14,7 +14,7 @@ import ctypes.util
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -205,6 +205,27 @@ def cpu_pressure_us() -> int | None:
         if line.startswith("some "):
             return int(line.rsplit("total=", 1)[1])
     return None
+
+
+def cpus_busy_us(cpus: Sequence[int]) -> int | None:
+    """CPU time spent so far on the CPUs ``cpus`` by anything at all (user, system, interrupts,
+    softirqs, steal; not idle or iowait), in microseconds, from their lines in ``/proc/stat``;
+    None where they are not there. Beside the brokers' own usage it gives what else ran on their
+    CPUs: the kernel's network work, interrupts, processes the lab did not place."""
+    want = {f"cpu{c}" for c in cpus}
+    hz = os.sysconf("SC_CLK_TCK")
+    total, seen = 0, set()
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name in want:
+            f = [int(x) for x in rest.split()]
+            total += sum(f[:8]) - f[3] - f[4]  # user nice system idle iowait irq softirq steal
+            seen.add(name)
+    return total * 1_000_000 // hz if seen == want and want else None
 
 
 def is_running(pid: int, started: int | None) -> bool:

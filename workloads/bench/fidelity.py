@@ -15,9 +15,14 @@ the run, and each can be seen in the run directory:
   in its socket for ``client_s`` or longer (the bench's own episodes,
   :mod:`workloads.bench.saturation`). Otherwise the offered load, or the reading of it, was not
   the scenario's.
-- **host CPU pressure**: the share of the run during which some task on the host waited for a
-  CPU (``/proc/pressure/cpu``, PSI), below ``host_psi_pct``: a busy host makes every figure of
-  the run depend on what else ran.
+- **the host left the brokers alone**: with CPUs of their own (a cpuset split), the share of
+  those CPUs' time that anything but the brokers used (``/proc/stat`` beside the brokers'
+  cgroup usage: the kernel's network work, interrupts, processes the lab did not place), below
+  ``foreign_pct``. Without a split, the host's CPU pressure (``/proc/pressure/cpu``, PSI: the
+  share of the run some task waited for a CPU) below ``host_psi_pct``, since then every task's
+  wait can be a broker's. With a split the host's PSI is reported beside but does not decide:
+  it counts the load generator's threads waiting for each other on the generator's own CPUs,
+  whose effect the generator's checks measure directly.
 
 A check that could not be measured (no cgroup counters in an Azure run, no PSI in the kernel)
 says so and does not fail the run; the verdict names it. Only the standard library: this runs
@@ -43,7 +48,8 @@ class Thresholds:
     offered_rate_pct: float = 1.0  # each publisher's rate within this of the scenario's
     client_s: float = CLIENT_LIMIT_S  # no client behind schedule or with unread data this long
     client_bytes: int = 0  # unread data above this counts (0: any)
-    host_psi_pct: float = 10.0  # host CPU pressure (some) over the run, in %
+    host_psi_pct: float = 10.0  # host CPU pressure (some) over the run, in % (brokers without CPUs of their own)
+    foreign_pct: float = 10.0  # the brokers' CPUs' time used by anything but the brokers, in %
 
 
 def _check(name: str, measure: str, value: float | None, threshold: float, passed: bool | None, detail: str = "") -> dict[str, Any]:
@@ -168,14 +174,49 @@ def generator_checks(run_dir: Path, scenario: dict[str, Any], th: Thresholds) ->
     return out
 
 
-def host_check(run_dir: Path, th: Thresholds) -> dict[str, Any]:
-    psi = _series(_csv(run_dir / "monitor" / "cgroups.csv"), "group", "host", "psi_some_usec")
+def _host_psi(rows: list[dict[str, str]]) -> tuple[float, float] | None:
+    """The host's CPU pressure over the monitored span, in %, and the span in seconds."""
+    psi = _series(rows, "group", "host", "psi_some_usec")
     if len(psi) < 2 or psi[-1][0] <= psi[0][0]:
+        return None
+    return 100.0 * (psi[-1][1] - psi[0][1]) / 1e6 / (psi[-1][0] - psi[0][0]), psi[-1][0] - psi[0][0]
+
+
+def _broker_cpus(manifest: dict[str, Any]) -> int:
+    """How many CPUs the brokers had to themselves, as the kernel held the cpuset (0: no split)."""
+    cs = manifest.get("cpuset") or {}
+    text = str((cs.get("brokers") or {}).get("effective_cpus") or "") if cs.get("enabled") else ""
+    n = 0
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def host_check(run_dir: Path, th: Thresholds, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """With a cpuset split, what else used the brokers' CPUs; without, the host's CPU pressure."""
+    rows = _csv(run_dir / "monitor" / "cgroups.csv")
+    psi = _host_psi(rows)
+    ncpus = _broker_cpus(manifest or {})
+    if ncpus:
+        measure = "% of the brokers' CPUs' time used by anything else"
+        busy = _series(rows, "group", "host", "cpus_busy_usec")
+        usage = {g: dict(_series(rows, "group", g, "usage_usec")) for g in sorted({r["group"] for r in rows if r.get("group") not in (None, "", "host")})}
+        span = [(t, v) for t, v in busy if all(t in u for u in usage.values())] if usage else []
+        if len(span) < 2 or span[-1][0] <= span[0][0]:
+            return _check("broker_cpus_foreign_use", measure, None, th.foreign_pct, None,
+                          "not measured: no samples of the brokers' CPUs beside their usage (monitor/cgroups.csv)")
+        (t0, b0), (t1, b1) = span[0], span[-1]
+        mine = sum(u[t1] - u[t0] for u in usage.values())
+        pct = max(0.0, 100.0 * (b1 - b0 - mine) / (ncpus * (t1 - t0) * 1e6))
+        host = f"; host CPU pressure {psi[0]:.1f} % (not decisive with a split)" if psi else ""
+        return _check("broker_cpus_foreign_use", measure, pct, th.foreign_pct, pct < th.foreign_pct,
+                      f"over {t1 - t0:.1f} s on {ncpus} CPU(s): busy {(b1 - b0) / 1e6:.2f} CPU s, the brokers {mine / 1e6:.2f}{host}")
+    if psi is None:
         return _check("host_cpu_pressure", "% of the run some task waited for a CPU (PSI)", None, th.host_psi_pct, None,
                       "not measured: no CPU pressure samples (a kernel without PSI, or no host monitor)")
-    pct = 100.0 * (psi[-1][1] - psi[0][1]) / 1e6 / (psi[-1][0] - psi[0][0])
-    return _check("host_cpu_pressure", "% of the run some task waited for a CPU (PSI)", pct, th.host_psi_pct, pct < th.host_psi_pct,
-                  f"over {psi[-1][0] - psi[0][0]:.1f} s")
+    return _check("host_cpu_pressure", "% of the run some task waited for a CPU (PSI)", psi[0], th.host_psi_pct, psi[0] < th.host_psi_pct,
+                  f"over {psi[1]:.1f} s")
 
 
 def evaluate(run_dir: Path, manifest: dict[str, Any], th: Thresholds | None = None) -> dict[str, Any]:
@@ -183,7 +224,7 @@ def evaluate(run_dir: Path, manifest: dict[str, Any], th: Thresholds | None = No
     ``failed``), else ``valid``; ``unmeasured`` names what could not be checked."""
     th = th or Thresholds()
     checks = [*broker_checks(run_dir, (manifest.get("plan") or {}).get("broker_cpus"), th),
-              *generator_checks(run_dir, manifest.get("scenario") or {}, th), host_check(run_dir, th)]
+              *generator_checks(run_dir, manifest.get("scenario") or {}, th), host_check(run_dir, th, manifest)]
     failed = [c["name"] for c in checks if c["passed"] is False]
     return {"verdict": "invalid" if failed else "valid", "failed": failed, "unmeasured": [c["name"] for c in checks if c["passed"] is None],
             "checks": checks, "thresholds": asdict(th)}

@@ -132,6 +132,7 @@ class Lab:
                               supervisor_start=procs.start_time(os.getpid()))
         self.group: Path | None = None  # the lab's cgroup (procs file), once the cgroup version is known
         self.others_cpuset: Path | None = None  # v1: the cpuset (procs file) of every process but the brokers
+        self.broker_cpu_list: list[int] = []  # the brokers' own CPUs, when they have some
         self.guard: subprocess.Popen[bytes] | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.caps: dict[str, cgroups.Cap] = {}
@@ -250,8 +251,29 @@ class Lab:
             self.caps = {n: dataclasses.replace(c, cpuset=dirs[n]) for n, c in self.caps.items()}
             self.others_cpuset = dirs["others"] / "cgroup.procs"
         brokers, others = cgroups.cpuset_read_back(next(iter(dirs.values()))), cgroups.cpuset_read_back(dirs["others"])
+        self.broker_cpu_list = split.brokers
         self.say(f"cpuset: brokers on CPU {brokers.get('effective_cpus')}, the rest of the lab on CPU {others.get('effective_cpus')}")
-        return {"enabled": True, "requested": self.broker_cpuset, "brokers": brokers, "others": others}
+        return {"enabled": True, "requested": self.broker_cpuset, "brokers": brokers, "others": others, "steering": self.steer_receive(split.others)}
+
+    def steer_receive(self, cpus: list[int]) -> dict[str, str]:
+        """Process what the brokers send on the other CPUs. A packet a broker writes to its veth is
+        received by the switch's end in a softirq on the broker's own CPU, and with it every hop
+        to the client's socket (bridge, routing, the balancer's NAT, TCP): kernel work no cgroup
+        is charged for, taking the CPU the brokers were given. Receive packet steering on the
+        switch's port of the broker host hands it to ``cpus`` instead; so does the same on the
+        broker host's loopback for the bridges between brokers (on Azure the broker VM's kernel
+        does this work outside the containers' caps, on CPU the caps leave free). Read back per
+        queue."""
+        mask = format(sum(1 << c for c in cpus), "x")
+        j, host = next((i, h) for i, h in enumerate(self.plan.hosts) if h.role == "brokers")
+        out = {}
+        for ns, dev in ((self.ns("sw"), f"p{j}"), (self.ns(host.name), "lo")):
+            for q in netns.run(["ls", f"/sys/class/net/{dev}/queues"], ns=ns).stdout.split():
+                if q.startswith("rx-"):
+                    f = f"/sys/class/net/{dev}/queues/{q}/rps_cpus"
+                    netns.run(["sh", "-c", f"echo {mask} > {f}"], ns=ns)
+                    out[f"{ns.removeprefix(self.ns(''))}:{dev}:{q}"] = netns.run(["cat", f], ns=ns).stdout.strip()
+        return out
 
     def apply_balancers(self) -> None:
         for bal in self.plan.balancers:
@@ -294,6 +316,8 @@ class Lab:
         cmd = [sys.executable, "-m", "workloads.cli", "monitor", "cgroups", "--interval", str(interval), "--out", str(mon / "cgroups.csv")]
         for name, cap in self.caps.items():
             cmd += ["--group", f"{name}={cap.version}:{','.join(str(d) for d in cap.dirs)}" + (f"+{cap.acct}" if cap.acct else "")]
+        if self.broker_cpu_list:
+            cmd += ["--cpus", cgroups.format_cpulist(self.broker_cpu_list)]
         self.spawn("monitor-cgroups", cmd, "", self.run_dir / "logs" / "monitor-cgroups.log")
         for bal in self.plan.balancers:
             cmd = [sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
