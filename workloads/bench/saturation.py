@@ -7,9 +7,10 @@ looks exactly like a broker or balancer limit. So every worker records, per clie
 - **receive backlog** (subscribers): how long unread data waited in the socket's kernel receive
   queue. The queue is sampled with ``ioctl(SIOCINQ)`` right after the worker read the socket (at
   most every ``SAMPLE_S`` per socket, and after every read that filled the whole read buffer), so
-  the cost is bounded by the sampling period, not by the message rate. A reader that keeps up
-  finds the queue empty after its read; a reader that falls behind finds it non-empty, read after
-  read. Data that waited while the worker could not run at all (stopped, starved of CPU, a long
+  the cost is bounded by the sampling period, not by the message rate. A read that did not fill
+  its buffer took all that had arrived before it (what the sample finds came during the read),
+  so only a full read can leave old data behind: a reader that falls behind fills its reads,
+  read after read, or stops looking for a while. Data that waited while the worker could not run at all (stopped, starved of CPU, a long
   loop turn) is caught too: after a loop *stall* every subscriber that had data is charged the
   stall, since that data arrived while nobody was reading.
 - **behind schedule** (publishers): how long a publisher's sends were later than its schedule

@@ -65,9 +65,14 @@ class BufferedSocket:
             # A stamp taken once processed would date "empty" after a stop or a CPU starvation
             # that fell in the processing, and the data that waited through it would be charged
             # from after it (beside a busy loop, 1.2 s of SIGSTOP was counted as 0.03 s that way)
+            # A read that did not fill its chunk took everything that had arrived before it: bytes
+            # found after it arrived during it (on a busy CPU, the softirq that queues them can
+            # run between the read and the measure), so the reader had caught up. Only a full
+            # read can leave older data behind; a reader that falls behind without filling its
+            # chunk does so by not looking for a while, which the loop's stall check charges.
             self.probe = False
             self.queued_at = time.time()
-            self.queued = queued_bytes(self._sock.fileno())
+            self.queued = queued_bytes(self._sock.fileno()) if self.full else 0
         return rest + data if rest else data
 
     def buffered(self) -> bool:
