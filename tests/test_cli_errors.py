@@ -72,6 +72,8 @@ CASES: dict[tuple[str, str], tuple[str, list[str]]] = {
     ("bench emqtt", "--project-dir"): ("project_dir", ["bench", "emqtt", "--target", "127.0.0.1:9", "-s", "smoke", "--project-dir", P]),
     ("lab run", "--out"): ("out_dir", ["lab", "run", "-s", "smoke", "--out", P]),
     ("lab run", "--project-dir"): ("project_dir", ["lab", "run", "-s", "smoke", "--project-dir", P, "--out", OK_OUT]),
+    ("lab calibrate", "--out"): ("out_dir", ["lab", "calibrate", "-s", "smoke", "--out", P]),
+    ("lab calibrate", "--project-dir"): ("project_dir", ["lab", "calibrate", "-s", "smoke", "--project-dir", P, "--out", OK_OUT]),
     ("lab up", "--out"): ("out_dir", ["lab", "up", "-s", "smoke", "--out", P]),
     ("lab up", "--project-dir"): ("project_dir", ["lab", "up", "-s", "smoke", "--project-dir", P, "--out", OK_OUT]),
     ("results fetch", "--out"): ("out_dir", ["results", "fetch", "--url", "https://127.0.0.1:9/c", "--prefix", "p/", "--out", P]),

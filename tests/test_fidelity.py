@@ -235,9 +235,13 @@ def run_with(tmp_path: Path, args: list[str], during: Any) -> dict[str, Any]:
             during(lab_id.group(1))
             out, _ = proc.communicate(timeout=300)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(30)
+            if proc.poll() is None:  # stopped as a user would (it tears its lab down), killed only if that hangs
+                proc.terminate()
+                try:
+                    proc.wait(120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
     assert proc.returncode in (0, 1), log.read_text()[-3000:]
     return dict(json.loads(out))
 

@@ -210,6 +210,9 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "saturation_reasons": reasons,
         "saturated_clients": saturated_clients,
         "fidelity": evaluate(run_dir, manifest),
+        # the load against one capped broker's calibrated capacity on this host (lab run --calibrate)
+        "overload_ratio": manifest.get("overload_ratio"),
+        "calibration": manifest.get("calibration"),
     }
 
 
@@ -302,6 +305,10 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["bench_saturated"]:
         lines.append("  WARNING bench_saturated: the load generator, not the system, may have been the limit:")
         lines += [f"    {r}" for r in s["saturation_reasons"]]
+    cal = s.get("calibration")
+    if cal and s.get("overload_ratio") is not None:
+        lines.append(f"  overload ratio     {s['overload_ratio']}  (offered per broker over one capped broker's capacity on this host, "
+                     f"{cal['capacity']:.0f} deliveries/s at {cal['broker_cpus']} CPU)")
     if s.get("fidelity"):
         lines += format_fidelity(s["fidelity"])
     return "\n".join(lines)

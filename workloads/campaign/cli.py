@@ -27,7 +27,7 @@ def _runner(campaign: Campaign, args: argparse.Namespace):  # type: ignore[no-un
         return azure_runner(campaign)
     from workloads.campaign.run import lab_runner
 
-    return lab_runner(campaign, progress=args.verbose)
+    return lab_runner(campaign, progress=args.verbose, calibrate=getattr(args, "calibrate", False))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,6 +183,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         if name == "run":
             q.add_argument("--time-budget", type=float, metavar="MIN",
                            help="start no point that would end after MIN minutes; the next invocation resumes with the rest")
+            q.add_argument("--calibrate", action="store_true",
+                           help="measure each configuration's broker capacity once (calibration.json) and state every point's load "
+                                "as its overload ratio")
             q.add_argument("--retake-invalid", action="store_true",
                            help="run again every point whose fidelity verdict was invalid (the old record is kept beside)")
         q.set_defaults(func=main_guard(func))

@@ -71,7 +71,7 @@ def ran_text(result: dict[str, Any]) -> str:
     return ran.text if ran else ""
 
 
-RUN_FIELDS = ("offered_rate", "expected", "delivered", "lost", "loss_pct", "p99_ms", "throughput", "bench_saturated", "duration_s", "run_dir")
+RUN_FIELDS = ("offered_rate", "overload_ratio", "capacity", "expected", "delivered", "lost", "loss_pct", "p99_ms", "throughput", "bench_saturated", "duration_s", "run_dir")
 
 
 def runs_table(results: list[dict[str, Any]]) -> pd.DataFrame:
@@ -97,6 +97,7 @@ class ConfigStats:
     ran: str = ""  # what balanced its runs (one name; several if its runs differ)
     invalid: int = 0  # runs whose fidelity checks failed: counted, never in the estimates
     unjudged: int = 0  # runs recorded without a verdict (made before the checks existed): in the estimates, counted
+    overload_ratio: float | None = None  # offered per broker over the calibrated capacity (campaign run --calibrate)
 
     @property
     def runs(self) -> str:
@@ -126,6 +127,12 @@ def counted(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if r.get("verdict") != "invalid"]
 
 
+def _ratio(rs: list[dict[str, Any]]) -> float | None:
+    """The configuration's overload ratio: one calibration serves all its runs, so one value."""
+    vals = [float(r["overload_ratio"]) for r in rs if r.get("overload_ratio") is not None]
+    return round(sum(vals) / len(vals), 3) if vals else None
+
+
 def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
     """One entry per configuration: n (its valid or unjudged runs), mean with 95 % CI for each
     metric over those, and how many runs were invalid and left out."""
@@ -138,7 +145,7 @@ def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
         out.append(ConfigStats(every[0]["config_id"], every[0]["levels"], len(rs), float(every[0]["offered_rate"]), est["loss_pct"], est["p99_ms"],
                                est["throughput"], sum(1 for r in rs if r.get("bench_saturated")),
                                "; ".join(sorted({ran_text(r) for r in every} - {""})), len(every) - len(rs),
-                               sum(1 for r in rs if r.get("verdict") is None)))
+                               sum(1 for r in rs if r.get("verdict") is None), _ratio(every)))
     return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
                                       c.offered_rate))
 
@@ -408,6 +415,7 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
     comps = comparisons(counted(results), compare)
     table = pd.DataFrame([{"Configuration": _label(r.levels, r.levels), "Balancer (ran)": r.ran, "Runs (n)": r.runs,
                            "Offered (msg/s)": shown(r.offered_rate, "rate"),
+                           **({"Overload ratio": "" if r.overload_ratio is None else f"{r.overload_ratio:.2f}"} if any(c.overload_ratio for c in conf) else {}),
                            "Loss (%) mean [95 % CI]": _fmt(r.loss_pct, "pct"), "p99 latency (ms) mean [95 % CI]": _fmt(r.p99_ms, "latency_ms"),
                            "Deliveries per second mean [95 % CI]": _fmt(r.throughput, "rate"),
                            "Load generator saturated (runs)": r.saturated} for r in conf])
@@ -443,7 +451,7 @@ p99 latency is given with its interval but no verdict where it is confounded, wi
 <p>Each point is a normal run directory (see <code>points/*/result.json</code>); <code>mqttlab report</code> on it gives the run's details.</p>
 </body></html>"""
     (out / "report.html").write_text(doc)
-    summary = {"points": len(results), "warnings": top, "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "invalid": r.invalid,
+    summary = {"points": len(results), "warnings": top, "configurations": [{"config_id": r.config_id, "levels": r.levels, "n": r.n, "invalid": r.invalid, "overload_ratio": r.overload_ratio,
                                                              "unjudged": r.unjudged, "bench_saturated": r.saturated,
                                                              **{k: vars(getattr(r, k)) for k, *_ in METRICS}} for r in conf],
                "comparisons": sentences, "comparison_tests": [{k: (vars(v) if isinstance(v, Difference) else v) for k, v in c.items()} for c in comps],

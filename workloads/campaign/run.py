@@ -88,6 +88,7 @@ def point_record(point: Point, cfg: ExperimentConfig, run_dir: Path, summary: di
         "throughput": summary.get("throughput", delivery_throughput(run_dir) if run_dir.is_dir() else None),
         "balancer_kind": (summary.get("balancer") or {}).get("kind"), "balancer_note": (summary.get("balancer") or {}).get("note"),
         "bench_saturated": summary.get("bench_saturated"), **fidelity_fields(summary.get("fidelity")),
+        "overload_ratio": summary.get("overload_ratio"), "capacity": (summary.get("calibration") or {}).get("capacity"),
     }
 
 
@@ -114,12 +115,47 @@ def write_point_stack(cfg: ExperimentConfig, point_dir: Path) -> Path:
     return path
 
 
-def lab_runner(campaign: Campaign, progress: bool = False) -> PointRunner:
+def calibration_key(cfg: ExperimentConfig) -> str:
+    """What one broker's calibrated capacity depends on: its cap, the QoS, payload and protocol,
+    its share of the subscribers and publishers, their rate, the topic layout and security."""
+    from workloads.lab.calibrate import fanout
+
+    sc = cfg.scenario
+    return (f"cpus={cfg.brokers.cpus}-qos={sc.qos}-payload={sc.payload_bytes}-mqtt={sc.mqtt_version}-fanout={fanout(cfg)}"
+            f"-publishers={-(-sc.publishers // cfg.brokers.count)}-interval={sc.interval_ms}-topics={sc.topic_layout}-security={cfg.security.mode}")
+
+
+def calibration_for(cdir_path: Path, cfg: ExperimentConfig, point_dir: Path, progress: bool) -> Path:
+    """The campaign's calibration of this point's broker (``calibration.json`` beside the points,
+    one per :func:`calibration_key`), taken now by ``lab calibrate`` when it has none; returns a
+    file holding it, for ``lab run --calibration``."""
+    book_path = cdir_path / "calibration.json"
+    book = json.loads(book_path.read_text()) if book_path.is_file() else {}
+    key = calibration_key(cfg)
+    if key not in book:
+        cmd = [sys.executable, "-m", "workloads.cli", "lab", "calibrate", "-s", cfg.stack, "--project-dir", str(point_dir),
+               "--out", str(cdir_path), "--json"] + ([] if progress else ["--quiet"])
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[2])
+        if cp.returncode != 0:
+            tail = cp.stderr.strip().splitlines()[-2:]
+            raise PointFailed(f"calibration failed ({cp.returncode}): {' | '.join(tail) or 'no output'}")
+        book[key] = json.loads(cp.stdout[cp.stdout.index("{"):])
+        write_json_atomic(book_path, book)
+    path = point_dir / "calibration.json"
+    write_json_atomic(path, book[key])
+    return path
+
+
+def lab_runner(campaign: Campaign, progress: bool = False, calibrate: bool = False) -> PointRunner:
+    """Each point a ``lab run`` of its own stack file; with ``calibrate``, its load stated against
+    the campaign's calibration of its broker (:func:`calibration_for`)."""
     def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
         write_point_stack(cfg, point_dir)
         runs = point_dir / "runs"
         cmd = [sys.executable, "-m", "workloads.cli", "lab", "run", "-s", cfg.stack, "--project-dir", str(point_dir), "--out", str(runs),
                "--json"]
+        if calibrate:
+            cmd += ["--calibration", str(calibration_for(point_dir.parent.parent, cfg, point_dir, progress))]
         cmd += ["--balancer", point.balancer] if point.balancer else []
         cmd += ["--vm"] if campaign.vm else []
         cmd += [] if progress else ["--quiet"]

@@ -148,10 +148,50 @@ def cmd_run(args: argparse.Namespace) -> int:
         lab.preflight(cfg, balancer)  # a missing precondition is its one line, before the size line
         announce(cfg, False)
     with procs.stop_signals_raise():  # SIGTERM and SIGHUP tear down as Ctrl-C does
+        cal = read_calibration(args.calibration, cfg) if args.calibration else None
+        if args.calibrate:
+            from workloads.lab.calibrate import calibrate
+
+            cal = calibrate(cfg, out, args.balancer, progress=not args.quiet, broker_cpuset=args.broker_cpuset).to_dict()
         summary = lab.run(cfg, out, args.balancer, progress=not args.quiet, load_generator=args.load_generator,
-                          broker_cpuset=args.broker_cpuset)
+                          broker_cpuset=args.broker_cpuset, calibration=cal)
     print(json.dumps(summary, indent=2) if args.json else format_lab_summary(summary))
     return 0 if not summary["partial"] else 1
+
+
+def read_calibration(path: str, cfg: Any) -> dict[str, Any]:
+    """A calibration file, refused in one line when it is not one or was made for another broker."""
+    from workloads.lab.calibrate import fanout
+
+    try:
+        doc = json.loads(Path(path).read_text())
+        capacity = float(doc["capacity"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError("--calibration", path, f"is not a calibration made by lab calibrate --json ({type(exc).__name__})") from None
+    want = {"broker_cpus": cfg.brokers.cpus, "qos": cfg.scenario.qos, "payload_bytes": cfg.scenario.payload_bytes, "fanout": fanout(cfg)}
+    off = [f"{k} {doc.get(k)} (this run: {v})" for k, v in want.items() if doc.get(k) != v]
+    if off or capacity <= 0:
+        raise ConfigError("--calibration", path, "was made for another broker: " + ("; ".join(off) or "no capacity"))
+    return dict(doc)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from workloads.lab.calibrate import calibrate, offered_per_broker, overload_ratio
+
+    out = out_dir(args.out, "--out")
+    cfg = _config(args)
+    with procs.stop_signals_raise():
+        cal = calibrate(cfg, out, args.balancer, progress=not args.quiet, broker_cpuset=args.broker_cpuset)
+    doc = cal.to_dict() | {"offered_per_broker": offered_per_broker(cfg), "overload_ratio": overload_ratio(cfg, cal)}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"capacity {cal.capacity:.0f} deliveries/s for one broker at {cal.broker_cpus} CPU, QoS {cal.qos}, {cal.fanout} subscribers "
+              f"({cal.at_cap_s} s at its cap; {cal.run_dir})")
+        offered = doc["offered_per_broker"]
+        if offered is not None:
+            print(f"the scenario offers {offered:.0f} deliveries/s per broker: overload ratio {doc['overload_ratio']}")
+    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -261,6 +301,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     t.add_argument("--broker-cpuset", default="auto", metavar="CPUS",
                    help="CPUs reserved for the brokers (cpuset), the lab's other processes on the rest: auto (the last CPU), off, or a list "
                         "such as 1 or 2-3 (default auto; the manifest records what the kernel applied, or why none)")
+    t.add_argument("--calibrate", action="store_true",
+                   help="first measure one capped broker's capacity on this host (a short flood, kept under OUT/calibration/); "
+                        "the run then states its load as the overload ratio")
+    t.add_argument("--calibration", metavar="FILE", help="a calibration made before (lab calibrate --json), for this cap, QoS and fan-out")
     t.add_argument("--load-generator", choices=("mqttlab", "emqtt-bench"), default="mqttlab",
                    help="emqtt-bench: after the engine's run, the same scenario through emqtt-bench (EMQTT_BENCH or PATH), totals side by side")
     o.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -269,6 +313,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="check the configuration and the balancer choice, print the plan, expected deliveries, time and disk; "
                         "create nothing, boot nothing (root, tools and cgroups are reported, not required)")
     q.set_defaults(func=cmd_run)
+
+    q = lsub.add_parser("calibrate", help="measure one capped broker's capacity on this host, and the scenario's overload ratio")
+    t, o = knobs(q)
+    t.add_argument("--broker-cpuset", default="auto", metavar="CPUS", help="as for lab run (default auto)")
+    o.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    o.add_argument("--quiet", action="store_true", help="no progress lines")
+    q.set_defaults(func=cmd_calibrate)
 
     q = lsub.add_parser("up", help="bring the lab up and leave it running")
     knobs(q)

@@ -579,7 +579,7 @@ def preflight(cfg: ExperimentConfig, balancer: str) -> None:
 
 
 def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progress: bool = True,
-        load_generator: str = "mqttlab", broker_cpuset: str = "auto") -> dict[str, Any]:
+        load_generator: str = "mqttlab", broker_cpuset: str = "auto", calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     balancer, note = choose_balancer(balancer_req, cfg.balancer.scheduler)
     preflight(cfg, balancer)
     cgroups.plan_split(broker_cpuset, cgroups.detect() or "v1")  # a CPU list this host lacks is refused before anything exists
@@ -600,6 +600,10 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
                    scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=tag, lab_id=lab.lab_id,
                    mosquitto=mosquitto_version(), faults=[f.spec for f in cfg.faults],
                    health_check=dataclasses.asdict(cfg.balancer.health_check), security=cfg.security.mode)
+    if calibration:
+        from workloads.lab.calibrate import offered_per_broker, overload_ratio
+
+        update_manifest(run_dir, calibration=calibration, offered_per_broker=offered_per_broker(cfg), overload_ratio=overload_ratio(cfg, calibration))
     status, reason = "complete", ""
     t0 = time.time()
     try:
