@@ -174,7 +174,8 @@ def pub_client(index: int, longest_s: float) -> dict[str, Any]:
 
 
 # worker limits: cpu 90 %, loop lag p99 50 ms, loop idle under 5 % over at least 1 s; one client waiting 0.5 s in one
-# stretch, or 0.1 s for a subscriber that lost messages (sub0 of the known run lost pub0 10-19 and pub1's last: 11)
+# stretch, or 0.1 s for a subscriber that lost messages with 64 KiB waiting (sub0 of the known run lost pub0 10-19 and
+# pub1's last: 11)
 SATURATION_CASES: list[tuple[dict[str, Any], list[str], list[tuple[str, int]]]] = [
     ({}, [], []),
     ({"cpu_busy_pct": 90.0, "loop_lag_p99_ms": 1.0}, ["worker 3 cpu_busy_pct=90.0 >= 90.0"], []),
@@ -187,10 +188,13 @@ SATURATION_CASES: list[tuple[dict[str, Any], list[str], list[tuple[str, int]]]] 
     ({"loop_idle_pct": 0.0}, [], []),  # how long it measured unknown: nothing to tell
     ({"host": "ipvs2", "label": "w3", "loop_idle_pct": 0.0, "measured_wall_s": 30.0},
      ["worker ipvs2/w3 loop idle 0.0 % < 5.0 % (never waited for work)"], []),
-    # a subscriber that lost messages: 0.1 s is enough, 0.099 s is not
-    ({"clients": [sub_client(0, 0.1)]},
-     ["sub0 left data unread in its socket for 0.1 s (0.75 s in 3 stretches, up to 4096 bytes; lost 11)"], [("sub0", 11)]),
-    ({"clients": [sub_client(0, 0.099)]}, [], []),
+    # a subscriber that lost messages with 64 KiB unread: 0.1 s is enough, 0.099 s is not; with less unread it needs 0.5 s
+    ({"clients": [sub_client(0, 0.1, max_queued_bytes=65536)]},
+     ["sub0 left data unread in its socket for 0.1 s (0.75 s in 3 stretches, up to 65536 bytes; lost 11)"], [("sub0", 11)]),
+    ({"clients": [sub_client(0, 0.099, max_queued_bytes=65536)]}, [], []),
+    ({"clients": [sub_client(0, 0.499, max_queued_bytes=65535)]}, [], []),
+    ({"clients": [sub_client(0, 0.5, max_queued_bytes=65535)]},
+     ["sub0 left data unread in its socket for 0.5 s (0.75 s in 3 stretches, up to 65535 bytes; lost 11)"], [("sub0", 11)]),
     # a subscriber with nothing lost (index 9 has no counts) and a publisher need 0.5 s
     ({"clients": [sub_client(9, 0.499), pub_client(1, 0.499)]}, [], []),
     ({"clients": [sub_client(0, 0.099), pub_client(1, 0.5)]},  # a client under its limit does not hide the next one
@@ -714,7 +718,7 @@ def test_publishes_a_broker_refused_are_not_expected_and_refused_clients_are_nam
     assert s["publishes_refused"] == 16
     # each subscriber's loss is against its publishers' own accepted counts: only sub1 (2 short of pub0) and sub2
     # (1 short of pub1) lost any, so only they are judged by the lossy clients' shorter limit
-    write_self(known, "ipvs2", 3, clients=[sub_client(i, 0.1) for i in range(4)])
+    write_self(known, "ipvs2", 3, clients=[sub_client(i, 0.1, max_queued_bytes=65536) for i in range(4)])
     assert [(c["client_id"], c["lost"]) for c in rundir.summarize(known)["saturated_clients"]] == [("sub1", 2), ("sub2", 1)]
     # x and y never got in; z and r did later; p, q and w were refused a publish or a subscription, not the connection
     assert s["clients_refused"] == 2
