@@ -5,6 +5,7 @@ injected (the real one, a ``mqttlab lab run`` per point, is exercised in test_ca
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -527,3 +528,41 @@ def test_invalid_runs_are_counted_left_out_of_every_estimate_and_can_be_retaken(
     assert all(x.n == 3 and x.invalid == 0 for x in configurations(cdir.results()))
     assert [e["event"] for e in cdir.events()].count("retake") == 6
     assert retake_invalid(cdir, order) == []  # nothing left to retake: a second call changes nothing
+
+
+def test_kept_records_re_derive_the_report_without_the_run_directories(tmp_path: Path) -> None:
+    """campaign keep copies results, stacks, manifests and counters; with the campaign and its
+    runs gone, campaign report on the kept folder writes the same tables and reads the methods
+    from the kept manifests. No raw deliveries are kept."""
+    from workloads.analysis.synthetic import reference_truth, write_run
+    from workloads.campaign.report import write_campaign_report
+    from workloads.campaign.run import keep_records
+
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    src = tmp_path / "camp"
+    cdir = CampaignDir(src)
+    fake = FakeSystem(capacity=300, topology_penalty=0.3)
+
+    def with_runs(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        summary = fake(point, cfg, point_dir)
+        run = write_run(Path(summary["run_dir"]), reference_truth())
+        m = json.loads((run / "manifest.json").read_text()) | {"versions": {"kernel": "6.1.0-kept"}, "mosquitto": "2.0.18"}
+        (run / "manifest.json").write_text(json.dumps(m))
+        (point_dir / f"Pulumi.{cfg.stack}.yaml").write_text("config: {}\n")
+        return summary | {"fidelity": {"verdict": "valid", "failed": [], "checks": []}}
+
+    execute_points(cdir, c, cdir.open(c, c.order()), with_runs, progress=False)
+    before = write_campaign_report(src, tmp_path / "before")
+    kept = tmp_path / "docs" / "kept"
+    assert keep_records(src, kept) == {"points": 18, "runs": 18}
+    shutil.rmtree(src)
+    assert not list(kept.rglob("*.bin")) and not list(kept.rglob("latency-*.json"))  # the raw deliveries and histograms stay behind
+    rec = json.loads(next(kept.glob("points/*/result.json")).read_text())
+    assert not Path(rec["run_dir"]).is_absolute() and (kept / rec["run_dir"] / "manifest.json").is_file()
+    after = write_campaign_report(kept, tmp_path / "after")
+    for name in ("configurations.csv", "comparisons.txt"):
+        assert (tmp_path / "after" / name).read_text() == (tmp_path / "before" / name).read_text(), name
+    assert after["configurations"] == before["configurations"]
+    assert "<th scope=\"row\">Kernel</th><td>6.1.0-kept</td>" in after["html"].read_text()
+    with pytest.raises(CampaignError, match="not a campaign directory"):
+        keep_records(tmp_path / "docs", tmp_path / "x")

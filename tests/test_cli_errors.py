@@ -82,6 +82,8 @@ CASES: dict[tuple[str, str], tuple[str, list[str]]] = {
     ("report", "run_dirs"): ("run_dir", ["report", P, "--out", OK_OUT]),
     ("report", "--out"): ("out_dir", ["report", RUN, "--out", P]),
     ("campaign report", "dir"): ("campaign_dir", ["campaign", "report", P]),
+    ("campaign keep", "dir"): ("campaign_dir", ["campaign", "keep", P, "--to", OK_OUT]),
+    ("campaign keep", "--to"): ("out_dir", ["campaign", "keep", RUN, "--to", P]),
     ("campaign report", "--out"): ("out_dir", ["campaign", "report", RUN, "--out", P]),
 }
 for _cmd in ("run", "sub", "pub"):

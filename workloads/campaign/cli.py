@@ -158,6 +158,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keep(args: argparse.Namespace) -> int:
+    from workloads.campaign.run import keep_records
+
+    src = in_dir(args.dir, "DIR")
+    n = keep_records(src, out_dir(args.to, "--to"))
+    print(f"kept {n['points']} points ({n['runs']} with their run's manifest and counters) in {args.to}; "
+          f"mqttlab campaign report {args.to} re-derives the report")
+    return 0
+
+
 def main_guard(func):  # type: ignore[no-untyped-def]
     """SIGTERM and SIGHUP (``timeout``, a closed terminal)
     unwind like Ctrl-C, so the running point is stopped and tears its lab down instead of being
@@ -189,6 +199,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             q.add_argument("--retake-invalid", action="store_true",
                            help="run again every point whose fidelity verdict was invalid (the old record is kept beside)")
         q.set_defaults(func=main_guard(func))
+    q = csub.add_parser("keep", help="copy a campaign's records (results, manifests, counters; no raw deliveries) where its report "
+                                     "can be re-derived, e.g. into the repository")
+    q.add_argument("dir", help="a campaign directory, as campaign run --out made it")
+    q.add_argument("--to", required=True, help="the folder the records go to (created; files of the same name are replaced)")
+    q.set_defaults(func=main_guard(cmd_keep))
     q = csub.add_parser("report", help="(re)write a campaign directory's report")
     q.add_argument("dir", help="a campaign directory, as campaign run --out made it")
     q.add_argument("--out", help="default DIR/report")

@@ -223,11 +223,14 @@ def _fmt(e: Estimate, quantity: str = "pct") -> str:
     return f"{shown(e.mean, quantity)} [{shown(e.lo, quantity)}, {shown(e.hi, quantity)}]"
 
 
-def _manifest_of(result: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's manifest, when its run directory is still beside the campaign."""
+def _manifest_of(result: dict[str, Any], base: Path | None = None) -> dict[str, Any] | None:
+    """The run's manifest, when its run directory is still beside the campaign (a relative
+    ``run_dir``, as kept records have it, is inside the campaign directory ``base``)."""
     from workloads.bench.rundir import RunDirError, read_manifest
 
     run_dir = result.get("run_dir")
+    if run_dir and base is not None and not Path(run_dir).is_absolute():
+        run_dir = str(base / run_dir)
     if not run_dir or not (Path(run_dir) / "manifest.json").is_file():
         return None
     try:
@@ -236,7 +239,7 @@ def _manifest_of(result: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status: str) -> tuple[str, list[str]]:
+def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status: str, base: Path | None = None) -> tuple[str, list[str]]:
     """The campaign's methods (what was fixed, what varied, how it was run and tested) and, from
     the runs' own manifests where they are on disk, the machine and software; with the warnings
     for the top of the report: saturated load generators and invalid runs, counted."""
@@ -248,7 +251,7 @@ def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status:
             ("Statistics", "Student's t 95 % confidence intervals over repetitions (loss clipped to 0-100 %); differences by Welch's t-test, "
                            "each metric's tests adjusted together by Holm's method; p99 latency without a verdict where it is confounded "
                            "(different offered loads, lost messages or a saturated load generator)")]
-    manifests = [(r, m) for r in results if (m := _manifest_of(r)) is not None]
+    manifests = [(r, m) for r in results if (m := _manifest_of(r, base)) is not None]
     if manifests:
         first_r, first_m = manifests[0]
         starts = [m["started_at"] for _r, m in manifests if isinstance(m.get("started_at"), (int, float))]
@@ -261,7 +264,7 @@ def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status:
     sat = sum(1 for r in results if r.get("bench_saturated"))
     rows.append(("Load generator", f"saturated in {sat} of {len(results)} runs" if results else "no runs"))
     verdicts = {r["point_id"]: r.get("verdict") or (m.get("fidelity") or {}).get("verdict") for r, m in
-                [(r, _manifest_of(r) or {}) for r in results]}
+                [(r, _manifest_of(r, base) or {}) for r in results]}
     invalid = sorted(p for p, v in verdicts.items() if v == "invalid")
     checked = sum(1 for v in verdicts.values() if v)
     rows.append(("Fidelity", f"{checked} of {len(results)} runs checked, {checked - len(invalid)} valid, {len(invalid)} invalid "
@@ -431,7 +434,7 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
         plots.append(plot_capacity(capacities, out / "capacity.png"))
     expected = len(spec["order"]) if spec.get("kind") == "matrix" else len(results)
     status = f"{len(results)} of {expected} points complete" if spec.get("kind") == "matrix" else f"{len(results)} runs"
-    methods_html, top = methods_section(camp, results, status)
+    methods_html, top = methods_section(camp, results, status, campaign_dir)
     cap_rows = "".join(f"<tr><td>{html.escape(cid)}</td><td>{html.escape(c['text'])}</td><td>{len(c['steps'])}</td></tr>"
                        for cid, c in capacities.items())
     comp_html = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)

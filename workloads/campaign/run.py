@@ -350,6 +350,45 @@ def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], ru
     return out
 
 
+KEPT_CAMPAIGN_FILES = ("campaign.json", "campaign.yaml", "events.jsonl", "calibration.json", "capacity.json")
+KEPT_RUN_FILES = ("manifest.json", "monitor/cgroups.csv", "monitor/brokers.csv")
+
+
+def keep_records(src: Path, dest: Path) -> dict[str, int]:
+    """The records a campaign's figures come from, without the raw deliveries: the campaign's
+    own files, each point's ``result.json`` and stack file, and of its run the manifest (the
+    verdict, caps, machine) and the kernel and broker counters the checks read. Each point's
+    ``run_dir`` is made relative to ``dest``, so ``campaign report DEST`` re-derives the tables
+    and the methods from the records alone, wherever the repository is. Returns the counts."""
+    cdir = CampaignDir(src)
+    cdir.spec  # noqa: B018  (refuses a folder that is not a campaign directory, or whose record is not JSON)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_CAMPAIGN_FILES:
+        if (src / name).is_file():
+            (dest / name).write_bytes((src / name).read_bytes())
+    points = runs = 0
+    for pdir in sorted((src / "points").glob("*")) if (src / "points").is_dir() else []:
+        rec = cdir.result(pdir.name)
+        if rec is None:
+            continue
+        out = dest / "points" / pdir.name
+        out.mkdir(parents=True, exist_ok=True)
+        for stack in pdir.glob("Pulumi.*.yaml"):
+            (out / stack.name).write_bytes(stack.read_bytes())
+        run_dir = Path(rec.get("run_dir") or "")
+        if run_dir.is_dir():
+            kept = out / "runs" / run_dir.name
+            for name in KEPT_RUN_FILES:
+                if (run_dir / name).is_file():
+                    (kept / name).parent.mkdir(parents=True, exist_ok=True)
+                    (kept / name).write_bytes((run_dir / name).read_bytes())
+            rec = rec | {"run_dir": str(kept.relative_to(dest))}
+            runs += 1
+        write_json_atomic(out / "result.json", rec)
+        points += 1
+    return {"points": points, "runs": runs}
+
+
 def _set_aside(point_dir: Path) -> None:
     """What an interrupted or failed attempt left is kept for diagnosis, out of the analysis's way."""
     runs = point_dir / "runs"
