@@ -332,8 +332,11 @@ def test_a_run_asked_for_lc_without_ipvs_is_named_nftables_rr_standing_in_for_ip
                  "set: {scheduler: lc, publishers: 2, subscribers: 2, messages: 20, messagesPerPublisher: true, intervalMs: 20, drainS: 2, "
                  "timeLimitS: 60}\nfactors: {topology: [distributed]}\n")
     out = tmp_path / "camp"
-    cp = subprocess.run([*MQTTLAB, "campaign", "run", str(f), "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cp = subprocess.run([*MQTTLAB, "campaign", "run", str(f), "--out", str(out), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr[-3000:]
+    outcome = json.loads(cp.stdout)  # --json: the outcome alone on stdout
+    assert (outcome["points"], outcome["complete"], outcome["failed"]) == (1, 1, {}) and outcome["report"].endswith("report.html")
+    assert outcome["valid"] + len(outcome["invalid"]) == 1, outcome
     assert_nothing_left(tmp_path)
     [result] = [json.loads(p.read_text()) for p in out.glob("points/*/result.json")]
     run_dir = Path(result["run_dir"])

@@ -79,6 +79,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         deadline = time.time() + args.time_budget * 60 - (VM_BOOT_S if vm.in_guest() else 0.0)
     outcome = execute_points(cdir, campaign, order, runner, progress=not args.quiet, deadline=deadline, own_boot=not boot_once)
     complete = len(outcome.done) + len(outcome.ran)
+    if args.json:
+        report = write_report(cdir.path) if not vm.in_guest() else None
+        results = [r for p in order if (r := cdir.result(p.point_id))]
+        print(json.dumps({"campaign": campaign.name, "dir": str(cdir.path), "points": len(order), "complete": complete, "ran": outcome.ran,
+                          "done_before": outcome.done, "failed": outcome.failed, "skipped": outcome.skipped,
+                          "valid": sum(1 for r in results if r.get("verdict") == "valid"),
+                          "invalid": sorted(r["point_id"] for r in results if r.get("verdict") == "invalid"), "report": report},
+                         indent=2, allow_nan=False))
+        return 1 if outcome.failed else 0
     print(f"campaign {campaign.name}: {complete} of {len(order)} points complete "
           f"({len(outcome.ran)} run now, {len(outcome.done)} before), {len(outcome.failed)} failed"
           + (f", {len(outcome.skipped)} left for the next invocation (time budget)" if outcome.skipped else ""))
@@ -140,6 +149,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from workloads.campaign.report import write_campaign_report
 
     rep = write_campaign_report(out)
+    if args.json:
+        print(json.dumps({"campaign": campaign.name, "dir": str(out), "capacity": results, "report": str(rep["html"])}, indent=2,
+                         default=str, allow_nan=False))
+        return 0
     for cid, r in results.items():
         print(f"{cid}: capacity {r['text']}")
     print(f"report: {rep['html']}")
@@ -190,6 +203,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         q.add_argument("--dry-run", action="store_true", help="print the matrix and the estimated time; run nothing")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
         q.add_argument("--verbose", action="store_true", help="each point's own lab progress too")
+        q.add_argument("--json", action="store_true", help="print the outcome (points, verdicts, report) as JSON on stdout")
         if name == "run":
             q.add_argument("--time-budget", type=float, metavar="MIN",
                            help="start no point that would end after MIN minutes; the next invocation resumes with the rest")
