@@ -552,11 +552,18 @@ def test_kept_records_re_derive_the_report_without_the_run_directories(tmp_path:
         return summary | {"fidelity": {"verdict": "valid", "failed": [], "checks": []}}
 
     execute_points(cdir, c, cdir.open(c, c.order()), with_runs, progress=False)
+    flood = tmp_path / "flood-run"  # a calibration's flood, as campaign run --calibrate records it
+    (flood / "monitor").mkdir(parents=True)
+    (flood / "manifest.json").write_text("{}")
+    (flood / "monitor" / "cgroups.csv").write_text("time_s,group\n")
+    (src / "calibration.json").write_text(json.dumps({"key": {"capacity": 1000.0, "run_dir": str(flood)}}))
     before = write_campaign_report(src, tmp_path / "before")
     kept = tmp_path / "docs" / "kept"
     assert keep_records(src, kept) == {"points": 18, "runs": 18}
     shutil.rmtree(src)
     assert not list(kept.rglob("*.bin")) and not list(kept.rglob("latency-*.json"))  # the raw deliveries and histograms stay behind
+    book = json.loads((kept / "calibration.json").read_text())
+    assert book["key"]["run_dir"] == "calibration/flood-run" and (kept / "calibration" / "flood-run" / "monitor" / "cgroups.csv").is_file()
     rec = json.loads(next(kept.glob("points/*/result.json")).read_text())
     assert not Path(rec["run_dir"]).is_absolute() and (kept / rec["run_dir"] / "manifest.json").is_file()
     after = write_campaign_report(kept, tmp_path / "after")

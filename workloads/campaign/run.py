@@ -366,6 +366,21 @@ def keep_records(src: Path, dest: Path) -> dict[str, int]:
     for name in KEPT_CAMPAIGN_FILES:
         if (src / name).is_file():
             (dest / name).write_bytes((src / name).read_bytes())
+
+    def keep_run(run_dir: Path, into: Path) -> str:
+        for name in KEPT_RUN_FILES:
+            if (run_dir / name).is_file():
+                (into / name).parent.mkdir(parents=True, exist_ok=True)
+                (into / name).write_bytes((run_dir / name).read_bytes())
+        return str(into.relative_to(dest))
+
+    if (dest / "calibration.json").is_file():  # the floods the capacities come from, kept the same way
+        book = json.loads((dest / "calibration.json").read_text())
+        for cal in book.values():
+            flood = Path(cal.get("run_dir") or "")
+            if flood.is_absolute() and flood.is_dir():
+                cal["run_dir"] = keep_run(flood, dest / "calibration" / flood.name)
+        write_json_atomic(dest / "calibration.json", book)
     points = runs = 0
     for pdir in sorted((src / "points").glob("*")) if (src / "points").is_dir() else []:
         rec = cdir.result(pdir.name)
@@ -376,13 +391,8 @@ def keep_records(src: Path, dest: Path) -> dict[str, int]:
         for stack in pdir.glob("Pulumi.*.yaml"):
             (out / stack.name).write_bytes(stack.read_bytes())
         run_dir = Path(rec.get("run_dir") or "")
-        if run_dir.is_dir():
-            kept = out / "runs" / run_dir.name
-            for name in KEPT_RUN_FILES:
-                if (run_dir / name).is_file():
-                    (kept / name).parent.mkdir(parents=True, exist_ok=True)
-                    (kept / name).write_bytes((run_dir / name).read_bytes())
-            rec = rec | {"run_dir": str(kept.relative_to(dest))}
+        if run_dir.is_absolute() and run_dir.is_dir():
+            rec = rec | {"run_dir": keep_run(run_dir, out / "runs" / run_dir.name)}
             runs += 1
         write_json_atomic(out / "result.json", rec)
         points += 1
