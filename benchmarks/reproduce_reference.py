@@ -6,7 +6,7 @@ messages per burst, QoS 1 and 2, both topologies, the reference's broker caps (0
 
 The balancer is the lab's default: IPVS where the kernel has it, otherwise the stand-in the
 summary names (the kernel NAT, nftables DNAT). Needs root. The reproduction in the README (and in
-``docs/reproduction/``) is the campaign ``campaigns/reproduction.yaml``, with repetitions in a
+``docs/reproduction/``) is the campaign ``campaigns/reproduction-scaled.yaml``, with repetitions in a
 randomized order and intervals; this script stays for the per-run attribution tables and the
 ``lab up``/``lab down`` timings.
 """

@@ -1,13 +1,14 @@
 """Write docs/report/: the run report and a campaign report as a 1,280 px browser shows them, and
 one figure in SVG.
 
-    python scripts/report_examples.py RUN_DIR
+    python scripts/report_examples.py RUN_DIR [CAMPAIGN_DIR]
 
-RUN_DIR is a lab run directory (``mqttlab lab run ... --out DIR``). The campaign is rebuilt from
-recorded per-point results, docs/calibration/points.csv (campaigns/calibration-vm.yaml, run in
-the micro-VM): each point's numbers are replayed as its run's summary, through the same
-``execute_points`` and ``point_record`` a campaign uses, so the report reads what a real
-campaign directory holds (the points' run directories themselves were not kept).
+RUN_DIR is a lab run directory (``mqttlab lab run ... --out DIR``). CAMPAIGN_DIR is a campaign
+directory or kept records (``mqttlab campaign keep``), by default docs/reproduction, whose
+report is written in a scratch copy. ``--replay`` instead rebuilds the calibration campaign
+from docs/calibration/points.csv (campaigns/calibration-vm.yaml, run in the micro-VM): each
+point's numbers replayed as its run's summary through the same ``execute_points`` and
+``point_record`` a campaign uses.
 """
 
 from __future__ import annotations
@@ -50,16 +51,22 @@ def recorded_campaign(where: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if len(argv) not in (1, 2):
         print(__doc__, file=sys.stderr)
         return 2
+    camp_src = None if argv[1:] == ["--replay"] else Path(argv[1] if len(argv) == 2 else ROOT / "docs" / "reproduction")
     out = ROOT / "docs" / "report"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         run_rep = write_report([load_run(Path(argv[0]))], Path(tmp) / "run")
         print("run report:", screenshot(run_rep["html"], out / "run-report.png"))
         shutil.copy(Path(tmp) / "run" / "timeseries.svg", out / "timeseries.svg")
-        camp_rep = write_campaign_report(recorded_campaign(Path(tmp)))
+        if camp_src is None:
+            camp_dir = recorded_campaign(Path(tmp))
+        else:  # a scratch copy, so that the report is not written beside the records
+            camp_dir = Path(tmp) / "campaign"
+            shutil.copytree(camp_src, camp_dir, ignore=shutil.ignore_patterns("report"))
+        camp_rep = write_campaign_report(camp_dir)
         print("campaign report:", screenshot(camp_rep["html"], out / "campaign-report.png"))
     return 0
 
