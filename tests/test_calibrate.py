@@ -94,3 +94,18 @@ def test_a_calibration_made_for_another_broker_is_refused_before_anything_exists
     cp = subprocess.run([*MQTTLAB, "lab", "run", *SMALL, "--calibration", str(f), "--out", str(out)], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
     assert cp.returncode == 2 and "is not a calibration made by lab calibrate --json" in cp.stderr, cp.stderr
+
+
+def test_the_run_report_states_the_load_as_the_overload_ratio() -> None:
+    from workloads.analysis.methods import methods_rows
+
+    m = {"calibration": {"capacity": 12800.0, "broker_cpus": 0.085, "at_cap_s": 8.1}, "offered_per_broker": 38400.0, "overload_ratio": 3.0}
+    rows = dict(methods_rows(m, {}))
+    assert rows["Load"].startswith("overload ratio 3.0: 38,400 deliveries/s offered per broker against 12,800 deliveries/s"), rows["Load"]
+    assert "0.085 CPU" in rows["Load"]
+    assert dict(methods_rows({}, {}))["Load"].startswith("not calibrated")
+
+
+def test_lab_down_json_lists_what_it_removed() -> None:
+    cp = subprocess.run([*MQTTLAB, "lab", "down", "--id", "fffff0", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0 and json.loads(cp.stdout) == {"removed": []}, cp.stderr

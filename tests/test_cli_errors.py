@@ -170,7 +170,7 @@ def make_bad(kind: str, base: Path) -> Path:
     elif kind == "list":
         p.write_text("[1, 2]\n")
     elif kind == "not_campaign":
-        return ROOT / "docs" / "reproduction"  # a report's folder, not a campaign directory
+        return ROOT / "docs" / "host-bound"  # a report's outputs alone, not a campaign directory
     elif kind in ("binary_counts", "counts_not_numbers"):  # a sound manifest over damaged per-client counts
         write_run(p, reference_truth(sent=20))
         counts = sorted(p.glob("bench/*/subscribers-*.csv"))[0]
@@ -239,7 +239,7 @@ def test_a_bad_path_is_one_line_naming_it_and_exit_status_2(command: str, argv: 
 @pytest.mark.parametrize("argv", [
     ["render", "-s", "distributed", "--out", "{file}"],
     ["campaign", "report", "{missing}"],
-    ["campaign", "report", str(ROOT / "docs" / "reproduction")],
+    ["campaign", "report", str(ROOT / "docs" / "host-bound")],
     ["bench", "summary", "{file}"],
 ], ids=["render into a file", "campaign report on a missing folder", "campaign report on a report folder", "bench summary on a file"])
 def test_the_installed_command_prints_one_line_and_no_traceback(argv: list[str], tmp_path: Path) -> None:

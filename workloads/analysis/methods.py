@@ -64,6 +64,16 @@ def saturation_text(summary: dict[str, Any]) -> str:
     return "SATURATED: the load generator, not the system, may have been the limit: " + "; ".join(map(str, reasons))
 
 
+def load_text(manifest: dict[str, Any]) -> str:
+    """The load against the capped brokers' capacity on this machine (lab run --calibrate)."""
+    cal, ratio = manifest.get("calibration"), manifest.get("overload_ratio")
+    if not cal or ratio is None:
+        return "not calibrated (lab run --calibrate states the overload ratio)"
+    return (f"overload ratio {ratio}: {float(manifest.get('offered_per_broker') or 0):,.0f} deliveries/s offered per broker against "
+            f"{float(cal.get('capacity') or 0):,.0f} deliveries/s that one broker at {cal.get('broker_cpus')} CPU carried at its cap "
+            f"on this machine (calibration {cal.get('at_cap_s')} s at the cap)")
+
+
 def fidelity_text(manifest: dict[str, Any]) -> str:
     f = manifest.get("fidelity")
     if not f:
@@ -93,6 +103,7 @@ def methods_rows(manifest: dict[str, Any], summary: dict[str, Any]) -> list[tupl
         ("Balancer", (ran.text + (f". {m['balancer_note']}" if m.get("balancer_note") else "")) if ran else "none (the bench dialled the brokers)"),
         ("Security", str(m.get("security") or "none")),
         ("Faults", "; ".join(map(str, faults)) if faults else "none"),
+        ("Load", load_text(m)),
         ("Load generator", f"{gen}: {saturation_text(summary)}"),
         ("Fidelity", fidelity_text(m)),
     ]

@@ -258,6 +258,9 @@ def lab_id(text: str) -> str:
 def cmd_down(args: argparse.Namespace) -> int:
     netns.require_root()
     done = lab.teardown(args.id or "")
+    if args.json:
+        print(json.dumps({"removed": done}, indent=2))
+        return 0
     print("\n".join(done) if done else "nothing to remove")
     return 0
 
@@ -331,4 +334,5 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     q = lsub.add_parser("down", help="remove a lab (or all labs), including what a killed run left; idempotent")
     q.add_argument("--id", type=lab_id, help="lab id (default: every lab)")
+    q.add_argument("--json", action="store_true", help="print what was removed as JSON")
     q.set_defaults(func=cmd_down)
