@@ -253,10 +253,15 @@ def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status:
                            "(different offered loads, lost messages or a saturated load generator)")]
     manifests = [(r, m) for r in results if (m := _manifest_of(r, base)) is not None]
     if manifests:
-        first_r, first_m = manifests[0]
         starts = [m["started_at"] for _r, m in manifests if isinstance(m.get("started_at"), (int, float))]
         keep = {"Machine", "Kernel", "Mosquitto", "Broker caps", "Topology", "Security", "Faults"}
-        rows += [(k, v) for k, v in methods.methods_rows(first_m, first_r) if k in keep]
+        # every distinct value the runs recorded: a factor (topology, caps) makes them differ
+        seen: dict[str, list[str]] = {}
+        for r, m in manifests:
+            for k, v in methods.methods_rows(m, r):
+                if k in keep and v not in seen.setdefault(k, []):
+                    seen[k].append(v)
+        rows += [(k, "; ".join(vs) if len(vs) == 1 else "varies by run: " + "; ".join(vs)) for k, vs in seen.items()]
         if starts:
             rows.insert(1, ("Dates", f"{methods._when(min(starts))} to {methods._when(max(starts))} ({len(manifests)} run manifests read)"))
     else:
