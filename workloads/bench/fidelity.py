@@ -57,7 +57,8 @@ def _check(name: str, measure: str, value: float | None, threshold: float, passe
             "passed": passed, "detail": detail}
 
 
-def _csv(path: Path) -> list[dict[str, str]]:
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A monitor CSV as dicts; none when the file is absent (a check without its records)."""
     if not path.is_file():
         return []
     with path.open(newline="") as fh:
@@ -96,12 +97,12 @@ def broker_checks(run_dir: Path, cap_cpus: float | None, th: Thresholds) -> list
     it was busy: messages dropped, CPU throttled, or a demand of at least its cap (CPU used plus
     time waiting for a CPU). A broker that waited a little while using little wanted less than
     its cap: the host delayed it but did not take its cap away."""
-    groups = _csv(run_dir / "monitor" / "cgroups.csv")
+    groups = read_rows(run_dir / "monitor" / "cgroups.csv")
     brokers = sorted({r["group"] for r in groups if r.get("group") and r["group"] != "host"})
     if not brokers or not cap_cpus:
         return [_check("broker_at_cap", "% of the CPU cap used while busy", None, th.broker_cap_pct, None,
                        "not measured: no cgroup counters in this run (monitor/cgroups.csv)")]
-    drops = _csv(run_dir / "monitor" / "brokers.csv")
+    drops = read_rows(run_dir / "monitor" / "brokers.csv")
     out = []
     for b in brokers:
         usage = _series(groups, "group", b, "usage_usec")
@@ -143,7 +144,7 @@ def generator_checks(run_dir: Path, scenario: dict[str, Any], th: Thresholds) ->
     interval = float(scenario.get("interval_ms") or 0) / 1000.0
     worst: tuple[float, str] | None = None
     for p in sorted((run_dir / "bench").glob("*/publishers-*.csv")):
-        for r in _csv(p):
+        for r in read_rows(p):
             sent, first, last = int(r.get("sent") or 0), _num(r.get("first_send_s")) or 0.0, _num(r.get("last_send_s")) or 0.0
             if sent < 2 or not interval or last <= first:
                 continue
@@ -195,7 +196,7 @@ def _broker_cpus(manifest: dict[str, Any]) -> int:
 
 def host_check(run_dir: Path, th: Thresholds, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """With a cpuset split, what else used the brokers' CPUs; without, the host's CPU pressure."""
-    rows = _csv(run_dir / "monitor" / "cgroups.csv")
+    rows = read_rows(run_dir / "monitor" / "cgroups.csv")
     psi = _host_psi(rows)
     ncpus = _broker_cpus(manifest or {})
     if ncpus:

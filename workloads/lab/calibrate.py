@@ -20,12 +20,12 @@ flood did not throttle the broker for long enough, with four times the rate, up 
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from workloads.bench.fidelity import read_rows
 from workloads.config import ExperimentConfig
 from workloads.lab.netns import LabError
 
@@ -100,19 +100,12 @@ def flood_config(cfg: ExperimentConfig, factor: float) -> ExperimentConfig:
     return flood
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def measure(run_dir: Path, broker: str = "broker1") -> tuple[float, float]:
     """The broker's PUBLISH packets sent per second over the longest stretch in which its cgroup
     was throttled in at least half of the quota periods (100 ms) of every monitor interval, and
     how long that stretch lasted. The rate is read from the broker's own ``$SYS`` counter at the
     first and last samples inside the stretch (Mosquitto updates it every ``sysInterval``)."""
-    thr = sorted((float(r["time_s"]), float(r["nr_throttled"])) for r in _rows(run_dir / "monitor" / "cgroups.csv")
+    thr = sorted((float(r["time_s"]), float(r["nr_throttled"])) for r in read_rows(run_dir / "monitor" / "cgroups.csv")
                  if r.get("group") == broker and r.get("nr_throttled") not in (None, ""))
     best, start = (0.0, 0.0, 0.0), None
     for (t0, n0), (t1, n1) in zip(thr, thr[1:], strict=False):
@@ -125,7 +118,7 @@ def measure(run_dir: Path, broker: str = "broker1") -> tuple[float, float]:
                 best = (end - start, start, end)
             start = None
     span, ta, tb = best
-    sent = sorted((float(r["time_s"]), float(r["msgs_sent"])) for r in _rows(run_dir / "monitor" / "brokers.csv")
+    sent = sorted((float(r["time_s"]), float(r["msgs_sent"])) for r in read_rows(run_dir / "monitor" / "brokers.csv")
                   if r.get("broker") == broker and r.get("msgs_sent") not in (None, "") and ta <= float(r["time_s"]) <= tb)
     if span <= 0 or len(sent) < 2 or sent[-1][0] <= sent[0][0]:
         return 0.0, 0.0
