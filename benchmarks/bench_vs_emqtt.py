@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workloads.bench import emqtt  # noqa: E402
-from workloads.bench.rundir import deliveries_on_disk, summarize  # noqa: E402
+from workloads.rundir.records import deliveries_on_disk, summarize  # noqa: E402
 
 QUIET_S = 3.0  # the subscriber's count has not grown for this long: everything that will arrive did
 PAYLOAD = 64

@@ -38,7 +38,7 @@ from workloads.bench.recorder import Recorder  # noqa: E402
 from workloads.bench.state import ClientSpec, ClientState, WorkerSpec  # noqa: E402
 from workloads.bench.transport import BufferedSocket  # noqa: E402
 from workloads.bench.worker import Worker  # noqa: E402
-from workloads.scenario import Scenario  # noqa: E402
+from workloads.describe.scenario import Scenario  # noqa: E402
 
 TAG = 0x77
 

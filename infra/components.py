@@ -15,9 +15,9 @@ from pulumi_azure_native import authorization, compute, devtestlab, network, res
 from infra.bundle import Bundle
 from infra.cloudinit import cloud_config, custom_data
 from infra.settings import AzureSettings
-from workloads.faults import Fault
-from workloads.hostfaults import LEAD_S, hosts_with_faults, start_epoch
-from workloads.plan import Host, Plan
+from workloads.describe.faults import Fault
+from workloads.describe.plan import Host, Plan
+from workloads.hosts.azure.faults import LEAD_S, hosts_with_faults, start_epoch
 
 REMOTE_ROOT = "/opt/mqttlab"
 RUNS = "/var/lib/mqttlab/runs"

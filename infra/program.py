@@ -21,9 +21,9 @@ from infra.components import BalancerHost, BenchmarkRun, BrokerHost, Ctx, Networ
 from infra.login import caller_principal_type, require_providers
 from infra.security import SecurityMaterial
 from infra.settings import AzureSettings, parse_azure, private_key_is_encrypted
-from workloads.config import ConfigError, ExperimentConfig, parse_config
-from workloads.plan import Plan, build_plan
-from workloads.schema import check_config
+from workloads.describe.config import ConfigError, ExperimentConfig, parse_config
+from workloads.describe.plan import Plan, build_plan
+from workloads.describe.schema import check_config
 
 SECTIONS = ("network", "brokers", "bridge", "balancer", "scenario", "security")
 

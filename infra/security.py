@@ -1,6 +1,6 @@
 """Secured brokers on Azure: the CA, certificates and passwords as Pulumi resources.
 
-The same material the lab makes with ``cryptography`` (:mod:`workloads.security`), made here
+The same material the lab makes with ``cryptography`` (:mod:`workloads.render.security`), made here
 with ``pulumi-tls`` and ``pulumi-random`` so it lives in the stack's state, where Pulumi encrypts
 secrets: private keys and passwords are secret outputs, reach each VM only on a remote command's
 stdin (``mqttlab host security-install``), and never appear in a command line, a tag, an output or
@@ -17,9 +17,9 @@ import pulumi_command as command
 import pulumi_random as random
 import pulumi_tls as tls
 
-from workloads import security
-from workloads.config import SecurityConfig
-from workloads.plan import Plan
+from workloads.describe.config import SecurityConfig
+from workloads.describe.plan import Plan
+from workloads.render import security
 
 
 def _key(name: str, opts: pulumi.ResourceOptions) -> tls.PrivateKey:
@@ -32,7 +32,7 @@ def _secret(value: pulumi.Output[str]) -> pulumi.Output[str]:
 
 
 class SecurityMaterial(pulumi.ComponentResource):
-    """Everything :func:`workloads.security.material_from_json` expects, as one secret JSON."""
+    """Everything :func:`workloads.render.security.material_from_json` expects, as one secret JSON."""
 
     def __init__(self, name: str, plan: Plan, sec: SecurityConfig, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mqttlab:azure:SecurityMaterial", name, None, opts)

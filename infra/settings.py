@@ -1,7 +1,7 @@
 """Azure-only settings (``mqttlab:azure``), read once and validated before any resource exists.
 
 The experiment itself (topology, brokers, balancer, scenario) comes from the same stack file
-through ``workloads.config``, the code the local lab uses, so it is never described twice.
+through ``workloads.describe.config``, the code the local lab uses, so it is never described twice.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from workloads.config import ConfigError
+from workloads.describe.config import ConfigError
 
 P = "mqttlab:azure."
 LOAD_GENERATORS = ("mqttlab", "emqtt-bench")

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workloads.campaign.spec import ALIASES  # noqa: E402
-from workloads.schema import generated_blocks, splice  # noqa: E402
+from workloads.describe.schema import generated_blocks, splice  # noqa: E402
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ from workloads.analysis.report import write_report  # noqa: E402
 from workloads.campaign.report import write_campaign_report  # noqa: E402
 from workloads.campaign.run import CampaignDir, execute_points  # noqa: E402
 from workloads.campaign.spec import Point, load_campaign  # noqa: E402
-from workloads.config import ExperimentConfig  # noqa: E402
+from workloads.describe.config import ExperimentConfig  # noqa: E402
 
 
 def recorded_campaign(where: Path) -> Path:

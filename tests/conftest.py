@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from workloads.config import ExperimentConfig, load_stack
-from workloads.lab import netns
-from workloads.plan import Plan, build_plan, renumber
-from workloads.render import render_files, write_files
-from workloads.security import Material, generate
+from workloads.describe.config import ExperimentConfig, load_stack
+from workloads.describe.plan import Plan, build_plan, renumber
+from workloads.hosts.lab import netns
+from workloads.render.files import render_files, write_files
+from workloads.render.security import Material, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -60,9 +60,9 @@ def _set_path(cfg: dict[str, Any], key: str, value: str, path: bool) -> None:
 def _up(stack: str, cwd: Path) -> dict[str, Any]:
     """The program's benchmark: its config checks, then a complete run uploaded to the container."""
     from infra.settings import parse_azure
-    from workloads import storage
     from workloads.analysis.synthetic import Truth, write_run
-    from workloads.config import parse_config
+    from workloads.describe.config import parse_config
+    from workloads.storage import blob as storage
 
     doc = yaml.safe_load((cwd / f"Pulumi.{stack}.yaml").read_text())["config"]
     cfg = parse_config(doc, stack)

@@ -15,7 +15,7 @@ from workloads.analysis.load import load_run
 from workloads.analysis.metrics import attribution, comparison, summarize_run
 from workloads.analysis.report import write_report
 from workloads.analysis.synthetic import reference_truth, write_run
-from workloads.bench.rundir import RunDirError, summarize
+from workloads.rundir.records import RunDirError, summarize
 
 
 @pytest.fixture

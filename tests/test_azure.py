@@ -286,9 +286,9 @@ def test_remote_command_graph(program: Program) -> None:
 
 
 def test_centralized_snat_lives_in_the_rendered_files_the_command_applies(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workloads.config import load_stack
-    from workloads.plan import build_plan
-    from workloads.render import render_files
+    from workloads.describe.config import load_stack
+    from workloads.describe.plan import build_plan
+    from workloads.render.files import render_files
 
     cfg = load_stack("centralized", ROOT)
     files = render_files(build_plan(cfg), cfg)

@@ -59,7 +59,7 @@ def test_1_bundle_is_one_path_based_file_asset(monkeypatch: pytest.MonkeyPatch) 
     for c in p.of("command:remote:CopyToRemote"):
         assert isinstance(c.raw["source"], pulumi.FileAsset) and not isinstance(c.raw["source"], pulumi.AssetArchive)
     path, files = bundle_of(p)
-    assert path.is_file() and "workloads/hostcmd.py" in files and "pyproject.toml" in files and "Pulumi.distributed.yaml" in files
+    assert path.is_file() and "workloads/hosts/azure/cli.py" in files and "pyproject.toml" in files and "Pulumi.distributed.yaml" in files
     assert not any("__pycache__" in n for n in files)
 
 
@@ -104,7 +104,7 @@ def test_5_a_source_or_config_change_reinstalls_and_nothing_else_does(monkeypatc
         assert ca[step].inputs["triggers"] == cagain[step].inputs["triggers"]  # reproducible: no change, no reinstall
         assert ca[step].inputs["triggers"] != cb[step].inputs["triggers"], step
     _, files = bundle_of(b)
-    assert files["workloads/hostcmd.py"].endswith(b"# edited\n")
+    assert files["workloads/hosts/azure/cli.py"].endswith(b"# edited\n")
     c = run("distributed", monkeypatch, stack_config("distributed", extra={"mqttlab:scenario": {"publishers": 10, "subscribers": 10}}), root=root)
     assert commands(c)["brokers-install"].inputs["triggers"] != cb["brokers-install"].inputs["triggers"]  # config is in the bundle too
 
@@ -157,9 +157,9 @@ def test_9_every_remote_step_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None
 
 # 10 -----------------------------------------------------------------------------------------
 def test_10_ipvlan_l3_secondary_ips_left_to_the_containers_and_brokers_probed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from workloads.config import load_stack
-    from workloads.plan import build_plan
-    from workloads.render import render_files
+    from workloads.describe.config import load_stack
+    from workloads.describe.plan import build_plan
+    from workloads.render.files import render_files
 
     cfg = load_stack("distributed", ROOT)
     compose = yaml.safe_load(render_files(build_plan(cfg), cfg)["brokers/docker-compose.yml"])

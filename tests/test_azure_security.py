@@ -17,10 +17,10 @@ from tests.azure_contracts import MOCK_SECRET, SECRET_SIG
 from tests.conftest import ROOT
 from tests.test_azure import SECRET, Program, stack_config
 from tests.test_azure import run as run_program
-from workloads import security
-from workloads.config import load_stack
-from workloads.plan import build_plan
-from workloads.render import render_files
+from workloads.describe.config import load_stack
+from workloads.describe.plan import build_plan
+from workloads.render import security
+from workloads.render.files import render_files
 
 
 class Run:

@@ -18,8 +18,8 @@ import pytest
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from workloads.bench import emqtt
 from workloads.bench.payload import encode
-from workloads.bench.rundir import deliveries_on_disk, read_deliveries, summarize
-from workloads.lab import netns
+from workloads.hosts.lab import netns
+from workloads.rundir.records import deliveries_on_disk, read_deliveries, summarize
 
 
 def free_port() -> int:
@@ -216,7 +216,7 @@ Connection closed: tcp_closed
 
 
 def test_emqtt_adapter_commands_and_estimated_summary() -> None:
-    from workloads.scenario import Scenario
+    from workloads.describe.scenario import Scenario
 
     sc = Scenario(publishers=10, subscribers=10, messages=50, qos=1, interval_ms=500, payload_bytes=64)
     cmds = emqtt.commands(sc, ["10.3.0.10:1883"], publishers=10, subscribers=10, messages=50)
@@ -380,7 +380,7 @@ def test_a_paused_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path)
 def test_a_cpu_capped_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path) -> None:
     """The subscriber worker under a 1 % CPU cap (cgroup) while 8000 deliveries a second arrive:
     its sockets' receive queues stay full, and the summary names both subscribers."""
-    from workloads.lab import cgroups
+    from workloads.hosts.lab import cgroups
 
     version = cgroups.detect()
     if version is None:

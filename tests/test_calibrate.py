@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import MQTTLAB, ROOT
 from tests.test_lab import lab_leftovers
-from workloads.config import load_stack
-from workloads.lab import calibrate
+from workloads.describe.config import load_stack
+from workloads.hosts.lab import calibrate
 
 
 def records(tmp: Path, throttled_from: float, throttled_to: float, sent_per_s: float) -> Path:

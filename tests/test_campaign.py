@@ -18,7 +18,7 @@ from tests.conftest import MQTTLAB, ROOT
 from workloads.campaign.capacity import rate_overrides, run_capacity, search
 from workloads.campaign.run import CampaignDir, PointFailed, execute_points, offered_rate
 from workloads.campaign.spec import CampaignError, Point, load_campaign
-from workloads.config import ExperimentConfig
+from workloads.describe.config import ExperimentConfig
 
 BASE = """
 name: t
@@ -291,7 +291,7 @@ import sys
 from pathlib import Path
 from workloads.campaign.cli import main_guard
 from workloads.campaign.run import run_child
-from workloads.procs import exit_status
+from workloads.base.procs import exit_status
 d = Path(sys.argv[2])
 try:  # as workloads.cli.main does
     sys.exit(main_guard(lambda _args: run_child([sys.executable, sys.argv[1], str(d), "hang"], d, d / "runs", bound_s=60))(None))

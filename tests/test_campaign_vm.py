@@ -21,9 +21,9 @@ from tests.test_campaign import BASE, FakeSystem, write
 from workloads.campaign import run as run_mod
 from workloads.campaign.run import CampaignDir, execute_points
 from workloads.campaign.spec import Point, load_campaign
-from workloads.config import ExperimentConfig
-from workloads.lab import vm
-from workloads.lab.netns import LabError
+from workloads.describe.config import ExperimentConfig
+from workloads.hosts.lab import vm
+from workloads.hosts.lab.netns import LabError
 
 
 def _gone(pgid: int) -> bool:

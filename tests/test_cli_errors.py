@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import MQTTLAB, ROOT
 from workloads import cli
 from workloads.analysis.synthetic import reference_truth, write_run
-from workloads.config import ConfigError
-from workloads.lab.netns import LabError, RunFailed
+from workloads.describe.config import ConfigError
+from workloads.hosts.lab.netns import LabError, RunFailed
 
 # a command's argument is about a path when its name or its help says so
 PATH_DEST = re.compile(r"(^|_)(out|dir|dirs|file|path|socket|table|runs|security)($|_)")
@@ -112,7 +112,7 @@ for _cmd, _extra in (("monitors-start", ["--role", "brokers"]), ("bench-subs", [
     CASES[(f"host {_cmd}", "--runs")] = ("out_dir", ["host", _cmd, *HOST_RUN, *_extra, "--runs", P])
 
 RECORDED = ("a recorded step: whatever fails is written to its run directory and it exits 0, so the collection after it still "
-            "happens (workloads/hostcmd.py recorded); --runs is covered")
+            "happens (workloads/hosts/azure/cli.py recorded); --runs is covered")
 EXEMPT = {
     ("monitor balancer", "--haproxy-socket"): "a live socket, sampled every interval: a missing one is a failed sample, logged, and the "
                                               "monitor goes on (a restarting HAProxy comes back)",
@@ -312,7 +312,7 @@ def test_a_bad_value_is_one_line_and_exit_status_2(argv: list[str], tmp_path: Pa
 
 def test_lab_down_refuses_an_id_that_would_reach_outside_its_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from workloads.lab import lab
+    from workloads.hosts.lab import lab
 
     (tmp_path / "state").mkdir()
     (tmp_path / "victim.json").write_text("{}")
@@ -325,7 +325,7 @@ def test_lab_down_refuses_an_id_that_would_reach_outside_its_state(tmp_path: Pat
 def test_a_lab_run_that_fails_after_it_started_exits_1_and_names_its_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """The lab's own checks pass and its run directory exists; then bringing it up fails."""
-    from workloads.lab import lab
+    from workloads.hosts.lab import lab
 
     def up_fails(self: lab.Lab) -> None:
         raise LabError("command failed (1): ip netns add x\nCannot create namespace file")

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from workloads.config import ConfigError, load_stack, parse_config
-from workloads.errors import UnknownKeyError
-from workloads.plan import build_plan, renumber
+from workloads.base.errors import UnknownKeyError
+from workloads.describe.config import ConfigError, load_stack, parse_config
+from workloads.describe.plan import build_plan, renumber
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,11 +18,12 @@ import pytest
 from workloads.analysis import metrics
 from workloads.analysis.load import load_run
 from workloads.analysis.synthetic import reference_truth, write_run
-from workloads.bench import rundir, saturation
-from workloads.bench.hist import LINEAR, SUB, Histogram, bucket_index, bucket_value
-from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError
 from workloads.bench.transport import BufferedSocket
-from workloads.scenario import QUIET_S
+from workloads.describe.scenario import QUIET_S
+from workloads.rundir import records as rundir
+from workloads.rundir import saturation
+from workloads.rundir.hist import LINEAR, SUB, Histogram, bucket_index, bucket_value
+from workloads.rundir.records import DELIVERY_DTYPE, RunDirError
 
 # --------------------------------------------------------------------------- histogram
 

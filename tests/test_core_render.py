@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from workloads import balancer as bal_r
-from workloads import brokers as brk_r
-from workloads import security
-from workloads.config import ConfigError, ExperimentConfig, load_stack, parse_config, stack_file
-from workloads.plan import build_plan, renumber
-from workloads.render import render_files
-from workloads.scenario import CLI_NAMES, Scenario, scenario_from_mapping
+from workloads.describe.config import ConfigError, ExperimentConfig, load_stack, parse_config, stack_file
+from workloads.describe.plan import build_plan, renumber
+from workloads.describe.scenario import CLI_NAMES, Scenario, scenario_from_mapping
+from workloads.render import balancer as bal_r
+from workloads.render import brokers as brk_r
+from workloads.render import security
+from workloads.render.files import render_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -100,7 +100,7 @@ def test_the_versions_the_docs_name_are_the_programs() -> None:
     """The emqtt-bench image the docs name is the one `mqttlab bench emqtt` prints, and the broker
     image the one the stack files and the schema pin."""
     from workloads.bench.emqtt import IMAGE
-    from workloads.schema import leaf_paths
+    from workloads.describe.schema import leaf_paths
 
     text = "\n".join(p.read_text() for p in DOCS)
     assert set(re.findall(r"emqx/emqtt-bench:[\w.]+", text)) == {IMAGE}

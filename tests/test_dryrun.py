@@ -8,10 +8,10 @@ from pathlib import Path
 
 from tests.conftest import MQTTLAB, ROOT
 from workloads.campaign.spec import VM_BOOT_S, VM_SLOWDOWN, estimate_bench_s, estimate_point_s
-from workloads.cliargs import REPO_ROOT
-from workloads.config import load_stack
-from workloads.runsize import fmt_s
-from workloads.scenario import Scenario
+from workloads.describe.cliargs import REPO_ROOT
+from workloads.describe.config import load_stack
+from workloads.describe.runsize import fmt_s
+from workloads.describe.scenario import Scenario
 
 
 def mqttlab(*args: str) -> subprocess.CompletedProcess[str]:

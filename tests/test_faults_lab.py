@@ -16,8 +16,8 @@ from tests.test_lab import lab_run
 from workloads.analysis.availability import fault_table
 from workloads.analysis.load import load_run
 from workloads.analysis.metrics import classify_losses, client_brokers
-from workloads.lab import lab as lab_mod
-from workloads.lab import netns
+from workloads.hosts.lab import lab as lab_mod
+from workloads.hosts.lab import netns
 
 LOAD = ["--publishers", "6", "--subscribers", "6", "--messages", "600", "--interval-ms", "50", "--qos", "1", "--drain-s", "5",
         "--reconnect-min-ms", "100", "--reconnect-max-ms", "1000", "--balancer", "haproxy", "--fault", "broker2:kill@2s"]

@@ -22,13 +22,14 @@ from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_lab import lab_leftovers, lab_run
 from workloads.analysis.load import load_run
 from workloads.analysis.report import write_report
-from workloads.bench import fidelity, payload
-from workloads.bench.hist import Histogram
-from workloads.bench.rundir import DELIVERY_DTYPE, INTENDED_DTYPE, format_summary, start_manifest, summarize
-from workloads.lab import cgroups
-from workloads.lab import lab as lab_mod
-from workloads.lab.netns import LabError
-from workloads.scenario import HEADER_BYTES, Scenario
+from workloads.bench import payload
+from workloads.describe.scenario import HEADER_BYTES, Scenario
+from workloads.hosts.lab import cgroups
+from workloads.hosts.lab import lab as lab_mod
+from workloads.hosts.lab.netns import LabError
+from workloads.rundir import fidelity
+from workloads.rundir.hist import Histogram
+from workloads.rundir.records import DELIVERY_DTYPE, INTENDED_DTYPE, format_summary, start_manifest, summarize
 
 TINY = ["-s", "distributed", "--balancer", "nftables", "--scheduler", "rr", "--publishers", "4", "--subscribers", "4", "--messages", "40",
         "--interval-ms", "50", "--drain-s", "3", "--time-limit-s", "60", "--json", "--quiet"]

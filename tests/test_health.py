@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, Cluster, wait_for
-from workloads import keepalived
-from workloads.balancer import haproxy_cfg, ipvs_apply_steps
-from workloads.config import ConfigError, load_stack
-from workloads.lab import netns
-from workloads.monitor import sample_haproxy
-from workloads.plan import build_plan
-from workloads.render import render_files
+from workloads.describe.config import ConfigError, load_stack
+from workloads.describe.plan import build_plan
+from workloads.hosts.lab import netns
+from workloads.hosts.monitor import sample_haproxy
+from workloads.render import keepalived
+from workloads.render.balancer import haproxy_cfg, ipvs_apply_steps
+from workloads.render.files import render_files
 
 HC = {"type": "mqtt", "interval": 1, "retries": 2, "timeout": 0.5}
 
@@ -188,9 +188,9 @@ def _one_connection(answer: bytes | None) -> tuple[subprocess.CompletedProcess[s
 
 
 def test_probe_sh_sends_the_connect_haproxy_sends_and_judges_the_answer() -> None:
-    """The shell probe's bytes are the CONNECT of :mod:`workloads.probe` (the one HAProxy's check
+    """The shell probe's bytes are the CONNECT of :mod:`workloads.render.probe` (the one HAProxy's check
     sends), any CONNACK passes, anything else or nothing fails."""
-    from workloads.probe import DISCONNECT, connect_packet
+    from workloads.render.probe import DISCONNECT, connect_packet
 
     cp, got = _one_connection(bytes((0x20, 0x02, 0x00, 0x00)))
     cid = got[got.index(b"mqttlab-probe-"):][:21].decode()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from workloads import hostcmd
-from workloads.hostcmd import LabError, probe_brokers, stray_addresses
+from workloads.hosts.azure import cli as hostcmd
+from workloads.hosts.azure.cli import LabError, probe_brokers, stray_addresses
 
 
 def args_for(tmp: Path, host: str = "ipvs1") -> argparse.Namespace:

@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from workloads import hostcmd, hostfaults
-from workloads.cliargs import load
-from workloads.plan import build_plan
+from workloads.describe.cliargs import load
+from workloads.describe.plan import build_plan
+from workloads.hosts.azure import cli as hostcmd
+from workloads.hosts.azure import faults as hostfaults
 
 BROKERS = ("broker1", "broker2", "broker3")
 # the agreed start, ahead of now: `faults-start` refuses to arm once its first fault's time has

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from workloads.config import SCHEDULERS, load_stack
-from workloads.lab import vm
-from workloads.plan import build_plan
-from workloads.render import render_files
+from workloads.describe.config import SCHEDULERS, load_stack
+from workloads.describe.plan import build_plan
+from workloads.hosts.lab import vm
+from workloads.render.files import render_files
 
 
 def host_has_ipvs() -> bool:

@@ -15,15 +15,16 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_ipvs_vm import host_has_ipvs
-from workloads.lab import vm
+from workloads.hosts.lab import vm
 
 GUEST = textwrap.dedent('''
     import json, subprocess, sys, time
     from pathlib import Path
-    from workloads import keepalived, procs
-    from workloads.config import load_stack
-    from workloads.plan import build_plan
-    from workloads.render import render_files, write_files
+    from workloads.render import keepalived
+    from workloads.base import procs
+    from workloads.describe.config import load_stack
+    from workloads.describe.plan import build_plan
+    from workloads.render.files import render_files, write_files
 
     work = Path(sys.argv[1])
     # under CPU emulation every program start is slow and a busy broker can be slow to answer,

@@ -14,7 +14,7 @@ import numpy as np
 
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_bench import Broker
-from workloads.bench.rundir import deliveries_on_disk, read_deliveries
+from workloads.rundir.records import deliveries_on_disk, read_deliveries
 
 PUBS, SUBS, MSGS = 2, 3, 3000  # 9000 planned deliveries, sent over about 7 s
 

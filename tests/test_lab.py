@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import MQTTLAB, ROOT, wait_for
-from workloads.lab import lab as lab_mod
-from workloads.lab import netns, standin, vm
+from workloads.describe import standin
+from workloads.hosts.lab import lab as lab_mod
+from workloads.hosts.lab import netns, vm
 
 SMALL = ["--publishers", "6", "--subscribers", "6", "--messages", "300", "--interval-ms", "20", "--drain-s", "3", "--time-limit-s", "120"]
 
@@ -275,7 +276,7 @@ def test_lab_with_emqtt_bench_sets_its_totals_beside_the_engines(tmp_path: Path)
     """--load-generator emqtt-bench: the engine's exact run, then the same scenario through the
     real emqtt-bench on the same lab; the summary carries both."""
     from workloads.bench import emqtt
-    from workloads.lab.cli import format_lab_summary
+    from workloads.hosts.lab.cli import format_lab_summary
 
     if emqtt.find_native() is None:
         pytest.skip(emqtt.missing_native())

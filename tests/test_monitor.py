@@ -11,8 +11,8 @@ import paho.mqtt.client as mqtt
 
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_bench import Broker
-from workloads.lab import netns
-from workloads.monitor import BALANCER_COLUMNS, BROKER_COLUMNS, parse_conntrack, parse_haproxy_stat, parse_ipvs
+from workloads.hosts.lab import netns
+from workloads.hosts.monitor import BALANCER_COLUMNS, BROKER_COLUMNS, parse_conntrack, parse_haproxy_stat, parse_ipvs
 
 
 def start_monitor(b: Broker, out: Path) -> subprocess.Popen[str]:
@@ -121,7 +121,7 @@ def test_haproxy_and_conntrack_parsers() -> None:
 def test_a_broker_started_again_is_sampled_again(tmp_path: Path) -> None:
     """A restart fault gives the broker a new process: the rows go blank while it is dead, then
     carry the new process's memory and CPU (found by its listening socket), not the old pid's."""
-    from workloads.monitor import listener_pid
+    from workloads.hosts.monitor import listener_pid
 
     b = Broker(tmp_path)
     assert listener_pid("127.0.0.1", b.port) == b.proc.pid

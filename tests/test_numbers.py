@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workloads.bench.rundir import write_json_atomic
-from workloads.numbers import dumps, rounded, shown
+from workloads.base.numbers import dumps, rounded, shown
+from workloads.rundir.records import write_json_atomic
 
 
 @pytest.mark.parametrize(("value", "quantity", "want", "text"), [

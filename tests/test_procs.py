@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from workloads import procs
+from workloads.base import procs
 
 BUSY = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"  # CPU seconds, however busy the machine
 
@@ -66,7 +66,7 @@ def test_a_wait_goes_past_its_limit_while_progress_grows_and_stops_when_it_stall
 LANDING = """
 import signal, sys, threading
 sys.path.insert(0, {root!r})
-from workloads.procs import StopFlag
+from workloads.base.procs import StopFlag
 
 def run(land_at):
     flag = {make}
@@ -126,7 +126,7 @@ def test_a_stop_signal_landing_anywhere_in_a_wait_is_taken() -> None:
 def test_a_stop_flag_reports_the_first_signal_and_puts_the_old_handlers_back() -> None:
     code = ("import os, signal, sys, time\n"
             f"sys.path.insert(0, {str(ROOT)!r})\n"
-            "from workloads.procs import StopFlag\n"
+            "from workloads.base.procs import StopFlag\n"
             "before = signal.getsignal(signal.SIGTERM)\n"
             "flag = StopFlag()\nrestore = flag.install()\n"
             "t0 = time.monotonic()\nassert not flag.wait(0.2) and time.monotonic() - t0 >= 0.2\n"

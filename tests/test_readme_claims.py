@@ -17,8 +17,9 @@ import pytest
 
 from tests.conftest import MQTTLAB, ROOT
 from tests.test_bench import Broker
-from workloads.lab import lab as lab_mod
-from workloads.lab import standin, vm
+from workloads.describe import standin
+from workloads.hosts.lab import lab as lab_mod
+from workloads.hosts.lab import vm
 
 
 def bench_run(tmp_path: Path, target: str, *args: str) -> tuple[dict[str, Any], Path]:

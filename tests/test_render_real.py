@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MQTTLAB, ROOT, Cluster, wait_for
-from workloads.config import load_stack
-from workloads.lab import netns
-from workloads.plan import build_plan
-from workloads.render import render_files
+from workloads.describe.config import load_stack
+from workloads.describe.plan import build_plan
+from workloads.hosts.lab import netns
+from workloads.render.files import render_files
 
 
 def bridge_states(cl: Cluster) -> dict[str, str]:

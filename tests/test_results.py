@@ -21,11 +21,11 @@ from azure.core.credentials import AccessToken
 
 from tests.azurite import USER_OID, USER_TOKEN, VM_OID, Blob, blob_service, token
 from tests.conftest import ROOT
-from workloads import storage
 from workloads.analysis.synthetic import reference_truth, write_run
-from workloads.bench.rundir import summarize
-from workloads.hostcmd import cmd_verdict, record_step
-from workloads.lab.netns import LabError
+from workloads.hosts.azure.cli import cmd_verdict, record_step
+from workloads.hosts.lab.netns import LabError
+from workloads.rundir.records import summarize
+from workloads.storage import blob as storage
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import MQTTLAB, ROOT
 from tests.test_bench import Broker
-from workloads import runsize
-from workloads.bench.rundir import DELIVERY_DTYPE
-from workloads.scenario import Scenario
+from workloads.describe import runsize
+from workloads.describe.scenario import Scenario
+from workloads.rundir.records import DELIVERY_DTYPE
 
 
 def test_the_delivery_record_size_is_the_recorders() -> None:

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from tests.conftest import MQTTLAB, ROOT
-from workloads import schema
+from workloads.base.errors import UnknownKeyError
 from workloads.campaign.spec import ALIASES, CampaignError, load_campaign
-from workloads.config import ConfigError, load_stack, parse_config
-from workloads.errors import UnknownKeyError
-from workloads.lab import netns
+from workloads.describe import schema
+from workloads.describe.config import ConfigError, load_stack, parse_config
+from workloads.hosts.lab import netns
 
 REFERENCE = yaml.safe_load((ROOT / "Pulumi.distributed.yaml").read_text())["config"]
 

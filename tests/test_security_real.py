@@ -18,17 +18,17 @@ import pytest
 
 from tests.conftest import MQTTLAB, ROOT, Cluster, wait_for
 from workloads.bench import emqtt
-from workloads.bench.rundir import summarize
-from workloads.config import ExperimentConfig
-from workloads.lab import netns
-from workloads.plan import Broker, Plan
-from workloads.scenario import Scenario
-from workloads.security import CertificateAuthority, Material, generate, load_client, server_names
+from workloads.describe.config import ExperimentConfig
+from workloads.describe.plan import Broker, Plan
+from workloads.describe.scenario import Scenario
+from workloads.hosts.lab import netns
+from workloads.render.security import CertificateAuthority, Material, generate, load_client, server_names
+from workloads.rundir.records import summarize
 
 BRIDGE_STATE = """
 import json, sys, time
 import paho.mqtt.client as mqtt
-from workloads.security import load_client
+from workloads.render.security import load_client
 got = {}
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="check-bridges")
 load_client(sys.argv[1], "monitor").apply(c)

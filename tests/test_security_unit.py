@@ -11,11 +11,11 @@ import pytest
 
 from tests.conftest import ROOT
 from workloads.bench import emqtt
-from workloads.config import ConfigError, load_stack
-from workloads.plan import build_plan
-from workloads.render import render_files, write_files
-from workloads.scenario import Scenario
-from workloads.security import ClientSecurity, generate, load_client, password_line
+from workloads.describe.config import ConfigError, load_stack
+from workloads.describe.plan import build_plan
+from workloads.describe.scenario import Scenario
+from workloads.render.files import render_files, write_files
+from workloads.render.security import ClientSecurity, generate, load_client, password_line
 
 
 def test_password_line_matches_mosquitto_passwd(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_bench import Broker
 from tests.test_lab import SMALL, assert_nothing_left, lab_leftovers, lab_run
-from workloads import procs
-from workloads.lab import lab as lab_mod
+from workloads.base import procs
+from workloads.hosts.lab import lab as lab_mod
 
 # publishing lasts minutes (4 publishers x 20000 messages at 20 ms), so any stop lands mid-run
 LONG = ["-s", "distributed", "--balancer", "haproxy", "--scheduler", "lc", "--publishers", "4", "--subscribers", "4", "--messages", "80000",

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, Cluster
-from workloads.balancer import haproxy_cfg, nft_balancer
-from workloads.config import ConfigError, load_stack
-from workloads.lab import lab, netns, standin
-from workloads.plan import build_plan
-from workloads.render import render_files
+from workloads.describe import standin
+from workloads.describe.config import ConfigError, load_stack
+from workloads.describe.plan import build_plan
+from workloads.hosts.lab import lab, netns
+from workloads.render.balancer import haproxy_cfg, nft_balancer
+from workloads.render.files import render_files
 
 
 @pytest.mark.parametrize("scheduler", ["rr", "wrr", "lc", "wlc", "sh", "mh"])

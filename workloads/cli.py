@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from workloads import procs
-from workloads.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
-from workloads.clipaths import out_dir
+from workloads.base import procs
+from workloads.base.clipaths import out_dir
+from workloads.describe.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
 
 # the top-level help, for the people who run experiments; each command's own --help says more
 DESCRIPTION = """MQTT broker clusters behind Linux L4 load balancers (IPVS): the experiment on this machine, in
@@ -39,8 +39,8 @@ COMMAND_GROUPS = (
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from workloads.plan import build_plan, renumber
-    from workloads.render import render_files, write_files
+    from workloads.describe.plan import build_plan, renumber
+    from workloads.render.files import render_files, write_files
 
     cfg = load(args)
     if args.lab_addresses:
@@ -58,7 +58,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from workloads.plan import build_plan
+    from workloads.describe.plan import build_plan
 
     print(json.dumps(build_plan(load(args)).to_dict(), indent=2))
     return 0
@@ -72,8 +72,8 @@ def _set_value(text: str) -> tuple[str, Any]:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from workloads.plan import renumber
-    from workloads.schema import effective
+    from workloads.describe.plan import renumber
+    from workloads.describe.schema import effective
 
     overrides = dict(args.set or []) | scenario_overrides(args)
     cfg = load(args, overrides)
@@ -87,8 +87,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from workloads import schema
     from workloads.campaign.spec import ALIASES
+    from workloads.describe import schema
 
     if args.markdown:
         print(schema.markdown_reference(schema.CAMPAIGN, "") if args.campaign else schema.markdown_reference())
@@ -111,13 +111,13 @@ errors are one line on stderr, starting with "mqttlab"."""
 # error types by qualified name -> exit status, most specific first; named rather than imported so
 # that a bench process does not load the lab, cryptography or yaml just to know its exit codes
 EXIT_CODES = (
-    ("workloads.lab.netns.RunFailed", 1),
-    ("workloads.errors.ConfigError", 2),
+    ("workloads.hosts.lab.netns.RunFailed", 1),
+    ("workloads.base.errors.ConfigError", 2),
     ("workloads.campaign.spec.CampaignError", 2),
-    ("workloads.bench.rundir.RunDirError", 2),
-    ("workloads.security.SecurityFileError", 2),
-    ("workloads.faults.FaultError", 2),
-    ("workloads.lab.netns.LabError", 3),
+    ("workloads.rundir.records.RunDirError", 2),
+    ("workloads.render.security.SecurityFileError", 2),
+    ("workloads.describe.faults.FaultError", 2),
+    ("workloads.hosts.lab.netns.LabError", 3),
 )
 
 # OSErrors about a path that the user named or that a command was about to create there
@@ -161,8 +161,8 @@ COMMANDS = {"monitor": "monitor", "bench": "bench", "lab": "lab", "host": "hostc
             "campaign": "campaign"}
 
 
-SUBCOMMAND_MODULES = (("monitor", "workloads.monitor"), ("bench", "workloads.bench.cli"), ("lab", "workloads.lab.cli"),
-                      ("hostcmd", "workloads.hostcmd"), ("analysis", "workloads.analysis.cli"), ("campaign", "workloads.campaign.cli"))
+SUBCOMMAND_MODULES = (("monitor", "workloads.hosts.monitor"), ("bench", "workloads.bench.cli"), ("lab", "workloads.hosts.lab.cli"),
+                      ("hostcmd", "workloads.hosts.azure.cli"), ("analysis", "workloads.analysis.cli"), ("campaign", "workloads.campaign.cli"))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -238,7 +238,7 @@ def version_text() -> str:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from workloads.lab.lab import kernel_could_load_ipvs, mosquitto_version
+    from workloads.hosts.lab.lab import kernel_could_load_ipvs, mosquitto_version
 
     try:
         own = version("mqttlab")

@@ -37,7 +37,7 @@ import pandas as pd  # noqa: E402
 from workloads.analysis.figures import _img, _save  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
-from workloads.bench.rundir import RunDirError  # noqa: E402
+from workloads.rundir.records import RunDirError  # noqa: E402
 
 OUTAGE_COLUMNS = ["client_id", "role", "lost_at", "back_at", "attempts", "local_before", "local_after"]
 BROKER_LOG_TIME = "%Y-%m-%dT%H:%M:%S"  # log_timestamp_format in the rendered mosquitto.conf (local time)

@@ -10,8 +10,8 @@ from pathlib import Path
 def cmd_report(args: argparse.Namespace) -> int:
     from workloads.analysis.load import load_run
     from workloads.analysis.report import write_report
-    from workloads.bench.rundir import RunDirError
-    from workloads.numbers import dumps, shown
+    from workloads.base.numbers import dumps, shown
+    from workloads.rundir.records import RunDirError
 
     try:
         runs = [load_run(Path(p)) for p in args.run_dirs]

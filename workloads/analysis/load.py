@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workloads.bench.rundir import DELIVERY_DTYPE, RunDirError, read_deliveries, read_manifest
-from workloads.lab.standin import Balancing, from_manifest
+from workloads.describe.standin import Balancing, from_manifest
+from workloads.rundir.records import DELIVERY_DTYPE, RunDirError, read_deliveries, read_manifest
 
 CONNECT = re.compile(r"^(\S+): New client connected from (\S+?):(\d+) as (\S+)", re.M)
 DROPPING = re.compile(r"^(\S+): Outgoing messages are being dropped for client (\S+?)\.?$", re.M)

@@ -13,8 +13,8 @@ import html
 import time
 from typing import Any
 
-from workloads.lab.standin import from_manifest
-from workloads.numbers import shown
+from workloads.base.numbers import shown
+from workloads.describe.standin import from_manifest
 
 
 def _when(t: Any) -> str:

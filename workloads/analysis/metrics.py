@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from workloads.analysis.load import Run
-from workloads.bench import rundir
-from workloads.lab.standin import balancing_columns
-from workloads.numbers import rounded
-from workloads.scenario import Scenario
+from workloads.base.numbers import rounded
+from workloads.describe.scenario import Scenario
+from workloads.describe.standin import balancing_columns
+from workloads.rundir import records as rundir
 
 GROUP_KEYS = ["topology", "balancer", "scheduler", "stands_in_for", "qos", "publishers", "subscribers", "messages"]
 

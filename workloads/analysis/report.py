@@ -20,8 +20,8 @@ from workloads.analysis.figures import _img, _save  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import GROUP_KEYS, attribution, comparison, summarize_run, throughput  # noqa: E402
 from workloads.analysis.stats import mean_ci  # noqa: E402
-from workloads.bench.fidelity import evaluate, verdict_line  # noqa: E402
-from workloads.numbers import dumps, shown  # noqa: E402
+from workloads.base.numbers import dumps, shown  # noqa: E402
+from workloads.rundir.fidelity import evaluate, verdict_line  # noqa: E402
 
 JAIN = "Jain's fairness index J over the brokers' client counts: 1 = clients spread equally, 1/n = all on one of n brokers"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from workloads.bench.hist import Histogram
-from workloads.bench.rundir import DELIVERY_DTYPE
+from workloads.rundir.hist import Histogram
+from workloads.rundir.records import DELIVERY_DTYPE
 
 T0 = 1_800_000_000.0
 

@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workloads import runsize
+from workloads.base.clipaths import out_dir, out_file, read_text
+from workloads.base.procs import StopFlag
 from workloads.bench import emqtt
-from workloads.bench.rundir import format_summary, read_manifest, summarize
 from workloads.bench.runner import HostShare, run_host, split_evenly
-from workloads.cliargs import add_scenario_args, project_dir
-from workloads.clipaths import out_dir, out_file, read_text
-from workloads.config import ConfigError, load_stack
-from workloads.procs import StopFlag
-from workloads.scenario import FIELDS, Scenario, scenario_from_mapping
+from workloads.describe import runsize
+from workloads.describe.cliargs import add_scenario_args, project_dir
+from workloads.describe.config import ConfigError, load_stack
+from workloads.describe.scenario import FIELDS, Scenario, scenario_from_mapping
+from workloads.rundir.records import format_summary, read_manifest, summarize
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
@@ -58,7 +58,7 @@ def _share(args: argparse.Namespace, sc: Scenario, pubs: bool, subs: bool) -> Ho
 def client_security(path: str | None, roles: tuple[str, ...] = ("pub", "sub")) -> dict[str, Any]:
     """The publishers' and subscribers' credentials from a rendered client.json (never options:
     secrets on a command line are visible to every process on the host)."""
-    from workloads.security import SecurityFileError, load_client
+    from workloads.render.security import SecurityFileError, load_client
 
     if path is None:
         return {}
@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
         raise ConfigError("--workers", args.workers, "must be at least 1")
     security = client_security(args.security, ("pub",) * pubs + ("sub",) * subs)
     if getattr(args, "dry_run", False):
-        from workloads.dryrun import bench_plan, format_plan
+        from workloads.bench.dryrun import bench_plan, format_plan
 
         doc = bench_plan(share, sc, out, args.workers)
         print(json.dumps(doc, indent=2) if args.json else format_plan(doc))
@@ -128,7 +128,7 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     cmds = emqtt.commands(sc, share.targets, len(pubs), len(subs), msgs, docker=not args.native,
                           security=client_security(args.security))
     if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
-        from workloads.lab.netns import LabError
+        from workloads.hosts.lab.netns import LabError
 
         raise LabError(emqtt.missing_native())  # a tool missing: status 3
     if args.parse_pub or args.parse_sub:

@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workloads.scenario import Scenario
+from workloads.describe.scenario import Scenario
 
 if TYPE_CHECKING:  # only a type here; importing it loads cryptography, which a bench process never needs
-    from workloads.security import ClientSecurity
+    from workloads.render.security import ClientSecurity
 
 IMAGE = "emqx/emqtt-bench:0.4.25"
 _COUNTER = re.compile(r"^\s*(\d+(?:\.\d+)?)(?:s|ms)?\s+([A-Za-z_]+)\s+total=(\d+)\s+rate=([\d.]+)(?:/sec)?")

@@ -16,11 +16,11 @@ from typing import IO, Any
 
 import numpy as np
 
-from workloads.bench.hist import Histogram
 from workloads.bench.payload import HEADER
-from workloads.bench.rundir import DELIVERY_DTYPE, INTENDED_DTYPE
 from workloads.bench.state import ClientState
-from workloads.scenario import Scenario
+from workloads.describe.scenario import Scenario
+from workloads.rundir.hist import Histogram
+from workloads.rundir.records import DELIVERY_DTYPE, INTENDED_DTYPE
 
 _unpack = HEADER.unpack_from
 

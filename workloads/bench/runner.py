@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads import runsize
-from workloads.bench.rundir import start_manifest, update_manifest
+from workloads.base.procs import StopFlag, die_with_parent
 from workloads.bench.worker import ClientSpec, WorkerSpec, cpu_count, worker_main
-from workloads.procs import StopFlag, die_with_parent
-from workloads.scenario import QUIET_S, Scenario
+from workloads.describe import runsize
+from workloads.describe.scenario import QUIET_S, Scenario
+from workloads.rundir.records import start_manifest, update_manifest
 
 
 @dataclass
@@ -86,7 +86,7 @@ def run_host(
     manifest_fields: dict[str, Any] | None = None,
     security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``security``: role ("pub", "sub") -> :class:`workloads.security.ClientSecurity`."""
+    """``security``: role ("pub", "sub") -> :class:`workloads.render.security.ClientSecurity`."""
     """Run this host's clients to the end and return the workers' final totals."""
     stop = stop or StopFlag()
     tag = tag if tag is not None else random.getrandbits(32)

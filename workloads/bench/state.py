@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workloads.bench.client import BenchClient
-from workloads.bench.saturation import Lateness, ReceiveBacklog
-from workloads.scenario import Scenario
+from workloads.describe.scenario import Scenario
+from workloads.rundir.saturation import Lateness, ReceiveBacklog
 
 
 @dataclass
@@ -28,7 +28,7 @@ class WorkerSpec:
     clients: list[ClientSpec]
     connect_rate: float  # per second, this worker's share
     role: str = "run"  # run, sub or pub: several bench processes may share a host's folder
-    security: dict[str, Any] = field(default_factory=dict)  # role -> workloads.security.ClientSecurity
+    security: dict[str, Any] = field(default_factory=dict)  # role -> workloads.render.security.ClientSecurity
 
     @property
     def label(self) -> str:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import ssl
 
-from workloads.bench.saturation import queued_bytes
 from workloads.bench.transport import BufferedSocket
+from workloads.rundir.saturation import queued_bytes
 
 CHUNK = 262144
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)

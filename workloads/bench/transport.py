@@ -11,7 +11,7 @@ import socket
 import time
 from typing import Any
 
-from workloads.bench.saturation import queued_bytes
+from workloads.rundir.saturation import queued_bytes
 
 CHUNK = 262144  # bytes per kernel read
 

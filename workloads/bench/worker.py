@@ -30,10 +30,10 @@ from workloads.bench import backoff
 from workloads.bench.client import BenchClient
 from workloads.bench.payload import encode
 from workloads.bench.recorder import Recorder
-from workloads.bench.saturation import SAMPLE_S, STALL_S, client_record, queued_bytes
 from workloads.bench.schedule import PublishSchedule
 from workloads.bench.state import ClientSpec, ClientState, WorkerSpec
 from workloads.bench.transport import BufferedSocket
+from workloads.rundir.saturation import SAMPLE_S, STALL_S, client_record, queued_bytes
 
 __all__ = ["ClientSpec", "WorkerSpec", "Worker", "worker_main", "cpu_count"]
 

@@ -9,7 +9,7 @@ output --json``), so the same code is tested here with a stand-in ``pulumi`` on 
 
 The stack exports no credential for the results (the VMs upload with their managed identity):
 each point's files are read with the user's own Azure CLI login, as ``fetchCommand`` does, through
-azure-identity's ``AzureCliCredential`` (:mod:`workloads.storage`; the program gives the user who
+azure-identity's ``AzureCliCredential`` (:mod:`workloads.storage.blob`; the program gives the user who
 ran ``pulumi up`` Storage Blob Data Reader on the container). The token lives in this process
 only: never on a command line, in a file or in the point's records.
 
@@ -30,11 +30,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from workloads.bench.rundir import summarize
 from workloads.campaign.run import PointFailed, PointRunner
 from workloads.campaign.spec import Campaign, CampaignError, Point
-from workloads.config import ExperimentConfig
-from workloads.lab.netns import LabError
+from workloads.describe.config import ExperimentConfig
+from workloads.hosts.lab.netns import LabError
+from workloads.rundir.records import summarize
 
 REQUIRED_OUTPUTS = ("resultsUrl", "resultsPrefix", "runId")
 
@@ -79,7 +79,7 @@ def azure_runner(campaign: Campaign) -> PointRunner:
                             "(https://learn.microsoft.com/cli/azure/install-azure-cli, then az login)")
 
     def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
-        from workloads import storage
+        from workloads.storage import blob as storage
 
         run_id = run_id_of(campaign, point)
         log = (point_dir / "pulumi.log").open("a")

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.bench.rundir import write_json_atomic
 from workloads.campaign.run import CampaignDir, PointFailed, PointRunner, _set_aside, fmt_s, point_record
 from workloads.campaign.spec import Campaign, CampaignError, Point, config_id
-from workloads.schema import CAPACITY, hint
+from workloads.describe.schema import CAPACITY, hint
+from workloads.rundir.records import write_json_atomic
 
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in CAPACITY.keys}
 

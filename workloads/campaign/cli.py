@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from workloads import procs
+from workloads.base import procs
+from workloads.base.clipaths import in_dir, out_dir
 from workloads.campaign.run import CampaignDir
 from workloads.campaign.spec import Campaign, CampaignError, Point, load_campaign
-from workloads.cliargs import project_dir
-from workloads.clipaths import in_dir, out_dir
-from workloads.lab.netns import LabError
+from workloads.describe.cliargs import project_dir
+from workloads.hosts.lab.netns import LabError
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -33,7 +33,7 @@ def _runner(campaign: Campaign, args: argparse.Namespace):  # type: ignore[no-un
 def cmd_run(args: argparse.Namespace) -> int:
     from workloads.campaign.run import CampaignDir, execute_points, fmt_s, retake_invalid
     from workloads.campaign.spec import VM_BOOT_S
-    from workloads.lab import vm
+    from workloads.hosts.lab import vm
 
     campaign = _load(args)
     out = out_dir(args.out, "--out")
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for p in order:  # every point refused now rather than half-way (and before a VM boots)
         campaign.validate_point(p.overrides, f"point {p.point_id}")
     if campaign.place == "lab":
-        from workloads.lab import netns
+        from workloads.hosts.lab import netns
 
         netns.require_root()
     runner = _runner(campaign, args)  # refuses a missing prerequisite before the directory exists
@@ -113,7 +113,7 @@ def in_vm(args: argparse.Namespace, campaign: Campaign, cdir: CampaignDir, order
     shown here as it comes."""
     from workloads.campaign.run import fmt_s
     from workloads.campaign.spec import VM_BOOT_S
-    from workloads.lab import vm
+    from workloads.hosts.lab import vm
 
     left = [p for p in order if cdir.result(p.point_id) is None]
     est = VM_BOOT_S + sum(campaign.estimate_s(campaign.validate_point(p.overrides, p.point_id), own_boot=False) for p in left)
@@ -141,7 +141,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
               f"{s['durationS']} s of publishing per step, stop at {s['resolution'] * 100:.0f} % bracket width or {s['maxSteps']} steps")
         return 0
     if campaign.place == "lab":
-        from workloads.lab import netns
+        from workloads.hosts.lab import netns
 
         netns.require_root()
     runner = _runner(campaign, args)

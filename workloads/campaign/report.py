@@ -24,9 +24,9 @@ import pandas as pd  # noqa: E402
 from workloads.analysis import methods  # noqa: E402
 from workloads.analysis.report import CSS, _img, _save, _table  # noqa: E402
 from workloads.analysis.stats import Difference, Estimate, compare_sentence, holm, mean_ci, welch  # noqa: E402
+from workloads.base.numbers import dumps, shown  # noqa: E402
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
-from workloads.lab.standin import Balancing, balancing_columns, from_manifest  # noqa: E402
-from workloads.numbers import dumps, shown  # noqa: E402
+from workloads.describe.standin import Balancing, balancing_columns, from_manifest  # noqa: E402
 
 METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
 CLIP_HIGH = {"loss_pct": 100.0}
@@ -215,7 +215,7 @@ def comparisons(results: list[dict[str, Any]], compare: list[str]) -> list[dict[
 
 
 def _fmt(e: Estimate, quantity: str = "pct") -> str:
-    """Mean [95 % CI], rounded by the one function every report uses (workloads/numbers.py)."""
+    """Mean [95 % CI], rounded by the one function every report uses (workloads/base/numbers.py)."""
     if e.n == 0:
         return ""
     if e.lo is None or e.hi is None:
@@ -226,7 +226,7 @@ def _fmt(e: Estimate, quantity: str = "pct") -> str:
 def _manifest_of(result: dict[str, Any], base: Path | None = None) -> dict[str, Any] | None:
     """The run's manifest, when its run directory is still beside the campaign (a relative
     ``run_dir``, as kept records have it, is inside the campaign directory ``base``)."""
-    from workloads.bench.rundir import RunDirError, read_manifest
+    from workloads.rundir.records import RunDirError, read_manifest
 
     run_dir = result.get("run_dir")
     if run_dir and base is not None and not Path(run_dir).is_absolute():

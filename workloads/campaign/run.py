@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
-from workloads.bench.rundir import read_deliveries, read_manifest, write_json_atomic
 from workloads.campaign.spec import Campaign, CampaignError, Point
-from workloads.config import ExperimentConfig
-from workloads.lab.standin import balancing, balancing_columns
-from workloads.runsize import fmt_s
+from workloads.describe.config import ExperimentConfig
+from workloads.describe.runsize import fmt_s
+from workloads.describe.standin import balancing, balancing_columns
+from workloads.rundir.records import read_deliveries, read_manifest, write_json_atomic
 
 STOP_GRACE_S = 120.0  # how long a point gets to tear its lab down after SIGINT
 
@@ -118,7 +118,7 @@ def write_point_stack(cfg: ExperimentConfig, point_dir: Path) -> Path:
 def calibration_key(cfg: ExperimentConfig) -> str:
     """What one broker's calibrated capacity depends on: its cap, the QoS, payload and protocol,
     its share of the subscribers and publishers, their rate, the topic layout and security."""
-    from workloads.lab.calibrate import fanout
+    from workloads.hosts.lab.calibrate import fanout
 
     sc = cfg.scenario
     return (f"cpus={cfg.brokers.cpus}-qos={sc.qos}-payload={sc.payload_bytes}-mqtt={sc.mqtt_version}-fanout={fanout(cfg)}"

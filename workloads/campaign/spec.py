@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from workloads.config import ConfigError, ExperimentConfig, load_stack
-from workloads.errors import UnknownKeyError
-from workloads.scenario import FIELDS, QUIET_S, Scenario
-from workloads.schema import CAMPAIGN, check_path, hint, nearest
+from workloads.base.errors import UnknownKeyError
+from workloads.describe.config import ConfigError, ExperimentConfig, load_stack
+from workloads.describe.scenario import FIELDS, QUIET_S, Scenario
+from workloads.describe.schema import CAMPAIGN, check_path, hint, nearest
 
 PLACES = ("lab", "azure")
 LAB_BALANCERS = ("ipvs", "nftables", "haproxy")
