@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from workloads.describe.config import ExperimentConfig, load_stack
-from workloads.describe.plan import Plan, build_plan, renumber
+from workloads.describe.config import ExperimentConfig, load_stack, renumber
+from workloads.describe.plan import Plan, build_plan
 from workloads.hosts.lab import netns
 from workloads.render.files import render_files, write_files
 from workloads.render.security import Material, generate

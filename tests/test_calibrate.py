@@ -13,6 +13,7 @@ from tests.conftest import MQTTLAB, ROOT
 from tests.test_lab import lab_leftovers
 from workloads.describe.config import load_stack
 from workloads.hosts.lab import calibrate
+from workloads.rundir import calibration
 
 
 def records(tmp: Path, throttled_from: float, throttled_to: float, sent_per_s: float) -> Path:
@@ -39,17 +40,17 @@ def records(tmp: Path, throttled_from: float, throttled_to: float, sent_per_s: f
 
 
 def test_the_capacity_is_the_rate_while_throttled_over_the_longest_stretch(tmp_path: Path) -> None:
-    rate, at_cap = calibrate.measure(records(tmp_path / "a", 4, 14, 3000.0))
+    rate, at_cap = calibration.measure(records(tmp_path / "a", 4, 14, 3000.0))
     assert at_cap == pytest.approx(10.0) and rate == pytest.approx(3000.0)
-    rate, at_cap = calibrate.measure(records(tmp_path / "b", 30, 40, 3000.0))  # never throttled: no capacity
+    rate, at_cap = calibration.measure(records(tmp_path / "b", 30, 40, 3000.0))  # never throttled: no capacity
     assert (rate, at_cap) == (0.0, 0.0)
 
 
 def test_the_overload_ratio_is_offered_per_broker_over_the_capacity() -> None:
     cfg = load_stack("distributed", ROOT)  # 240 publishers every 500 ms, 240 subscribers, 3 brokers
-    assert calibrate.fanout(cfg) == 80 and calibrate.offered_per_broker(cfg) == 480 * 80
-    assert calibrate.overload_ratio(cfg, {"capacity": 12800.0}) == 3.0
-    assert calibrate.overload_ratio(cfg, None) is None and calibrate.overload_ratio(cfg, {"capacity": 0}) is None
+    assert calibration.fanout(cfg) == 80 and calibration.offered_per_broker(cfg) == 480 * 80
+    assert calibration.overload_ratio(cfg, {"capacity": 12800.0}) == 3.0
+    assert calibration.overload_ratio(cfg, None) is None and calibration.overload_ratio(cfg, {"capacity": 0}) is None
     flood = calibrate.flood_config(cfg, 4.0)
     assert (flood.brokers.count, flood.scenario.subscribers, flood.scenario.publishers, flood.scenario.interval_ms) == (1, 80, 80, 125)
     assert flood.brokers.cpus == cfg.brokers.cpus and flood.scenario.qos == cfg.scenario.qos and not flood.faults

@@ -18,12 +18,12 @@ import pytest
 
 from tests.conftest import MQTTLAB, ROOT
 from tests.test_campaign import BASE, FakeSystem, write
+from workloads.base.errors import LabError
 from workloads.campaign import run as run_mod
 from workloads.campaign.run import CampaignDir, execute_points
 from workloads.campaign.spec import Point, load_campaign
 from workloads.describe.config import ExperimentConfig
 from workloads.hosts.lab import vm
-from workloads.hosts.lab.netns import LabError
 
 
 def _gone(pgid: int) -> bool:
@@ -210,7 +210,7 @@ def test_a_bad_time_budget_is_refused_before_anything_is_created(tmp_path: Path)
 
 
 def test_dry_run_of_a_vm_campaign_counts_one_boot_not_one_per_point(tmp_path: Path) -> None:
-    from workloads.campaign.spec import VM_BOOT_S
+    from workloads.describe.runsize import VM_BOOT_S
 
     f = write(tmp_path, BASE + "vm: true\n")
     cp = subprocess.run([*MQTTLAB, "campaign", "run", str(f), "--out", str(tmp_path / "o"), "--dry-run"],

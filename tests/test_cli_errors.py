@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import MQTTLAB, ROOT
 from workloads import cli
 from workloads.analysis.synthetic import reference_truth, write_run
+from workloads.base.errors import LabError, RunFailed
 from workloads.describe.config import ConfigError
-from workloads.hosts.lab.netns import LabError, RunFailed
 
 # a command's argument is about a path when its name or its help says so
 PATH_DEST = re.compile(r"(^|_)(out|dir|dirs|file|path|socket|table|runs|security)($|_)")

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from workloads.base.errors import UnknownKeyError
-from workloads.describe.config import ConfigError, load_stack, parse_config
-from workloads.describe.plan import build_plan, renumber
+from workloads.describe.config import ConfigError, load_stack, parse_config, renumber
+from workloads.describe.plan import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 

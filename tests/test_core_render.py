@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from workloads.describe.config import ConfigError, ExperimentConfig, load_stack, parse_config, stack_file
-from workloads.describe.plan import build_plan, renumber
+from workloads.describe.config import ConfigError, ExperimentConfig, load_stack, parse_config, renumber, stack_file
+from workloads.describe.plan import build_plan
 from workloads.describe.scenario import CLI_NAMES, Scenario, scenario_from_mapping
 from workloads.render import balancer as bal_r
 from workloads.render import brokers as brk_r

@@ -7,10 +7,9 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import MQTTLAB, ROOT
-from workloads.campaign.spec import VM_BOOT_S, VM_SLOWDOWN, estimate_bench_s, estimate_point_s
 from workloads.describe.cliargs import REPO_ROOT
 from workloads.describe.config import load_stack
-from workloads.describe.runsize import fmt_s
+from workloads.describe.runsize import VM_BOOT_S, VM_SLOWDOWN, estimate_bench_s, estimate_point_s, fmt_s
 from workloads.describe.scenario import Scenario
 
 

@@ -22,11 +22,11 @@ from tests.conftest import MQTTLAB, ROOT, wait_for
 from tests.test_lab import lab_leftovers, lab_run
 from workloads.analysis.load import load_run
 from workloads.analysis.report import write_report
+from workloads.base.errors import LabError
 from workloads.bench import payload
 from workloads.describe.scenario import HEADER_BYTES, Scenario
 from workloads.hosts.lab import cgroups
 from workloads.hosts.lab import lab as lab_mod
-from workloads.hosts.lab.netns import LabError
 from workloads.rundir import fidelity
 from workloads.rundir.hist import Histogram
 from workloads.rundir.records import DELIVERY_DTYPE, INTENDED_DTYPE, format_summary, start_manifest, summarize

@@ -22,8 +22,8 @@ from azure.core.credentials import AccessToken
 from tests.azurite import USER_OID, USER_TOKEN, VM_OID, Blob, blob_service, token
 from tests.conftest import ROOT
 from workloads.analysis.synthetic import reference_truth, write_run
+from workloads.base.errors import LabError
 from workloads.hosts.azure.cli import cmd_verdict, record_step
-from workloads.hosts.lab.netns import LabError
 from workloads.rundir.records import summarize
 from workloads.storage import blob as storage
 

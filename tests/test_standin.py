@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, Cluster
+from workloads.base.errors import LabError
 from workloads.describe import standin
 from workloads.describe.config import ConfigError, load_stack
 from workloads.describe.plan import build_plan
@@ -26,7 +27,7 @@ def test_the_default_stand_in_is_the_kernel_nat_for_every_scheduler(scheduler: s
     assert rec["kind"] == "kernel NAT" and rec["exact"] is (scheduler in ("rr", "wrr", "sh"))
     if scheduler in ("lc", "wlc"):
         assert "nftables has no least-connection scheduler" in note and "round robin" in rec["scheduler"]
-    with pytest.raises(netns.LabError, match="--vm"):
+    with pytest.raises(LabError, match="--vm"):
         lab.choose_balancer("ipvs", scheduler)
 
 

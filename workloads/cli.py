@@ -39,7 +39,8 @@ COMMAND_GROUPS = (
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from workloads.describe.plan import build_plan, renumber
+    from workloads.describe.config import renumber
+    from workloads.describe.plan import build_plan
     from workloads.render.files import render_files, write_files
 
     cfg = load(args)
@@ -72,7 +73,7 @@ def _set_value(text: str) -> tuple[str, Any]:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from workloads.describe.plan import renumber
+    from workloads.describe.config import renumber
     from workloads.describe.schema import effective
 
     overrides = dict(args.set or []) | scenario_overrides(args)
@@ -111,13 +112,13 @@ errors are one line on stderr, starting with "mqttlab"."""
 # error types by qualified name -> exit status, most specific first; named rather than imported so
 # that a bench process does not load the lab, cryptography or yaml just to know its exit codes
 EXIT_CODES = (
-    ("workloads.hosts.lab.netns.RunFailed", 1),
+    ("workloads.base.errors.RunFailed", 1),
     ("workloads.base.errors.ConfigError", 2),
     ("workloads.campaign.spec.CampaignError", 2),
     ("workloads.rundir.records.RunDirError", 2),
     ("workloads.render.security.SecurityFileError", 2),
     ("workloads.describe.faults.FaultError", 2),
-    ("workloads.hosts.lab.netns.LabError", 3),
+    ("workloads.base.errors.LabError", 3),
 )
 
 # OSErrors about a path that the user named or that a command was about to create there

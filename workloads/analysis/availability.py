@@ -37,6 +37,7 @@ import pandas as pd  # noqa: E402
 from workloads.analysis.figures import _img, _save  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
+from workloads.describe.names import client_prefix
 from workloads.rundir.records import RunDirError  # noqa: E402
 
 OUTAGE_COLUMNS = ["client_id", "role", "lost_at", "back_at", "attempts", "local_before", "local_after"]
@@ -274,7 +275,7 @@ def fault_table(run: Run) -> pd.DataFrame:
     dup_s = (d.loc[d["dup"], "send_ns"] / 1e9).to_numpy()
     connects = _broker_times(run)
     if tag is not None and not connects.empty:
-        connects = connects[connects["client_id"].str.startswith(f"mqttlab-{int(tag):08x}-")]
+        connects = connects[connects["client_id"].str.startswith(client_prefix(tag))]
     rows = []
     for f in faults:
         if f.get("started_at") is None:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from workloads.analysis.load import Run
 from workloads.base.numbers import rounded
+from workloads.describe.names import client_prefix
 from workloads.describe.scenario import Scenario
 from workloads.describe.standin import balancing_columns
 from workloads.rundir import records as rundir
@@ -77,7 +78,7 @@ def client_brokers(run: Run) -> pd.DataFrame:
     tag = run.manifest.get("tag")
     c = run.connects
     if tag is not None:
-        c = c[c["client_id"].str.startswith(f"mqttlab-{int(tag):08x}-")]
+        c = c[c["client_id"].str.startswith(client_prefix(tag))]
     # a client that reconnected is where it connected last in time (the logs are read broker by broker)
     c = c.sort_values("time", kind="stable").drop_duplicates("client_id", keep="last")
     out = run.clients[["client_id", "role", "index", "source", "entry_point", "local_addr"]].merge(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from workloads.describe.names import client_id
 from workloads.rundir.hist import Histogram
 from workloads.rundir.records import DELIVERY_DTYPE
 
@@ -35,7 +36,7 @@ class Truth:
     tag: int = 0x1234ABCD
 
     def cid(self, role: str, i: int) -> str:
-        return f"mqttlab-{self.tag:08x}-{role}{i}"
+        return client_id(self.tag, role, i)
 
 
 def write_run(path: Path, t: Truth, chunk: int = 5_000_000) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workloads.describe.config import ConfigError
+from workloads.base.errors import ConfigError
 
 
 def _blocker(path: Path) -> Path | None:

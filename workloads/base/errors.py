@@ -23,3 +23,12 @@ class UnknownKeyError(ConfigError):
     def message(self) -> str:
         shown = "" if self.value is None or isinstance(self.value, (dict, list)) else f"={self.value!r}"
         return f"config {self.key}{shown} is not a known setting: {self.allowed}"
+
+
+class LabError(RuntimeError):
+    """Something the lab needs is missing or failed; the message says what to do."""
+
+
+class RunFailed(LabError):
+    """A run that had started failed (its run directory says how far it got): exit status 1, where
+    a ``LabError`` before anything started is a missing precondition (3)."""

@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace, pubs: bool, subs: bool) -> int:
         print(json.dumps(doc, indent=2) if args.json else format_plan(doc))
         return 0
     if not args.quiet:
-        from workloads.campaign.spec import estimate_bench_s
+        from workloads.describe.runsize import estimate_bench_s
 
         announce_size(sc, share.subscribers, share.publishers, estimate_bench_s(sc))
     stop = StopFlag()
@@ -128,7 +128,7 @@ def cmd_emqtt(args: argparse.Namespace) -> int:
     cmds = emqtt.commands(sc, share.targets, len(pubs), len(subs), msgs, docker=not args.native,
                           security=client_security(args.security))
     if args.native and not (args.parse_pub or args.parse_sub) and emqtt.find_native() is None:
-        from workloads.hosts.lab.netns import LabError
+        from workloads.base.errors import LabError
 
         raise LabError(emqtt.missing_native())  # a tool missing: status 3
     if args.parse_pub or args.parse_sub:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from workloads.bench.runner import HostShare, split_evenly
-from workloads.campaign.spec import estimate_bench_s, estimate_run_s
 from workloads.describe import runsize
 from workloads.describe.config import ExperimentConfig
+from workloads.describe.runsize import estimate_bench_s, estimate_run_s
 from workloads.describe.scenario import Scenario
 
 

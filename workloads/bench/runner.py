@@ -20,6 +20,7 @@ from typing import Any
 from workloads.base.procs import StopFlag, die_with_parent
 from workloads.bench.worker import ClientSpec, WorkerSpec, cpu_count, worker_main
 from workloads.describe import runsize
+from workloads.describe.names import client_id
 from workloads.describe.scenario import QUIET_S, Scenario
 from workloads.rundir.records import start_manifest, update_manifest
 
@@ -43,9 +44,9 @@ def make_clients(share: HostShare, tag: int) -> list[ClientSpec]:
     out: list[ClientSpec] = []
     t = share.targets
     for n, i in enumerate(share.subscribers):
-        out.append(ClientSpec("sub", i, f"mqttlab-{tag:08x}-sub{i}", t[n % len(t)]))
+        out.append(ClientSpec("sub", i, client_id(tag, "sub", i), t[n % len(t)]))
     for n, i in enumerate(share.publishers):
-        out.append(ClientSpec("pub", i, f"mqttlab-{tag:08x}-pub{i}", t[n % len(t)]))
+        out.append(ClientSpec("pub", i, client_id(tag, "pub", i), t[n % len(t)]))
     return out
 
 

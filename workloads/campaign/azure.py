@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from workloads.base.errors import LabError
 from workloads.campaign.run import PointFailed, PointRunner
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.describe.config import ExperimentConfig
-from workloads.hosts.lab.netns import LabError
 from workloads.rundir.records import summarize
 
 REQUIRED_OUTPUTS = ("resultsUrl", "resultsPrefix", "runId")

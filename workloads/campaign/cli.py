@@ -10,10 +10,10 @@ from pathlib import Path
 
 from workloads.base import procs
 from workloads.base.clipaths import in_dir, out_dir
+from workloads.base.errors import LabError
 from workloads.campaign.run import CampaignDir
 from workloads.campaign.spec import Campaign, CampaignError, Point, load_campaign
 from workloads.describe.cliargs import project_dir
-from workloads.hosts.lab.netns import LabError
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -32,7 +32,7 @@ def _runner(campaign: Campaign, args: argparse.Namespace):  # type: ignore[no-un
 
 def cmd_run(args: argparse.Namespace) -> int:
     from workloads.campaign.run import CampaignDir, execute_points, fmt_s, retake_invalid
-    from workloads.campaign.spec import VM_BOOT_S
+    from workloads.describe.runsize import VM_BOOT_S
     from workloads.hosts.lab import vm
 
     campaign = _load(args)
@@ -112,7 +112,7 @@ def in_vm(args: argparse.Namespace, campaign: Campaign, cdir: CampaignDir, order
     through, so resume, results and report are the same as on the host; the guest's progress is
     shown here as it comes."""
     from workloads.campaign.run import fmt_s
-    from workloads.campaign.spec import VM_BOOT_S
+    from workloads.describe.runsize import VM_BOOT_S
     from workloads.hosts.lab import vm
 
     left = [p for p in order if cdir.result(p.point_id) is None]

@@ -118,7 +118,7 @@ def write_point_stack(cfg: ExperimentConfig, point_dir: Path) -> Path:
 def calibration_key(cfg: ExperimentConfig) -> str:
     """What one broker's calibrated capacity depends on: its cap, the QoS, payload and protocol,
     its share of the subscribers and publishers, their rate, the topic layout and security."""
-    from workloads.hosts.lab.calibrate import fanout
+    from workloads.rundir.calibration import fanout
 
     sc = cfg.scenario
     return (f"cpus={cfg.brokers.cpus}-qos={sc.qos}-payload={sc.payload_bytes}-mqtt={sc.mqtt_version}-fanout={fanout(cfg)}"

@@ -20,7 +20,8 @@ import yaml
 
 from workloads.base.errors import UnknownKeyError
 from workloads.describe.config import ConfigError, ExperimentConfig, load_stack
-from workloads.describe.scenario import FIELDS, QUIET_S, Scenario
+from workloads.describe.runsize import estimate_run_s
+from workloads.describe.scenario import FIELDS
 from workloads.describe.schema import CAMPAIGN, check_path, hint, nearest
 
 PLACES = ("lab", "azure")
@@ -31,13 +32,6 @@ ALIASES = {
     "brokerCpus": "brokers.cpus", "brokerMemoryMb": "brokers.memoryMb", "logTypes": "brokers.logTypes",
 } | {k: f"scenario.{k}" for k in FIELDS}
 TOP_KEYS = tuple(k.name for k in CAMPAIGN)
-VM_BOOT_S = 90.0  # booting the micro-VM under software emulation
-# a small lab run in the micro-VM (CPU emulation) against the same run on the host. Measured on a
-# 2-core machine at load average 9: bringing the lab up took about a minute (1.5-3 s on the host), ten
-# subscribers took 326 s to start and connect (a whole small point: 8-9 s on the host); a guess
-# for a guessing machine: the ETA rescales after the first point.
-VM_SLOWDOWN = 30.0
-LAB_OVERHEAD_S = 4.0  # lab up + down and process start-up per point, measured 1.5-3 s on a 2-core machine
 
 
 class CampaignError(ValueError):
@@ -144,27 +138,6 @@ def _short(v: Any) -> str:
     if isinstance(v, list):
         return "+".join(map(str, v))
     return str(v)
-
-
-def estimate_bench_s(sc: Scenario) -> float:
-    """A benchmark's expected wall time: connecting, publishing on schedule, draining."""
-    per_pub = sc.messages_of(0)  # publisher 0 sends the most when the total does not divide evenly
-    connect = (sc.publishers + sc.subscribers) / max(sc.connect_rate, 1)
-    publish = per_pub * sc.interval_ms / 1000.0
-    return connect + publish + 1.0 + QUIET_S * 0.5
-
-
-def estimate_point_s(cfg: ExperimentConfig) -> float:
-    """A point's expected wall time: the benchmark plus the lab's up and down."""
-    return LAB_OVERHEAD_S + estimate_bench_s(cfg.scenario)
-
-
-def estimate_run_s(cfg: ExperimentConfig, vm: bool = False, own_boot: bool = True) -> float:
-    """A lab run's expected wall time; in the micro-VM slowed by the emulation, plus a boot of its
-    own unless it shares the boot of a whole campaign."""
-    if not vm:
-        return estimate_point_s(cfg)
-    return estimate_point_s(cfg) * VM_SLOWDOWN + (VM_BOOT_S if own_boot else 0.0)
 
 
 def _mapping(doc: Any, key: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import yaml
 
 from workloads.base.errors import ConfigError
 from workloads.describe.faults import Fault, FaultError, TargetError, check_targets, parse_fault
+from workloads.describe.plan import build_plan
 from workloads.describe.scenario import Scenario, scenario_from_mapping
 from workloads.describe.schema import (
     BRIDGE_LAYOUTS,
@@ -406,8 +407,6 @@ def parse_config(cfg: Mapping[str, Any], stack: str) -> ExperimentConfig:
 def _parse_faults(value: Any, exp: ExperimentConfig) -> tuple[Fault, ...]:
     """``mqttlab:faults``: a list of fault strings (see :mod:`workloads.describe.faults`), checked against
     this very plan, so a fault on a broker or bridge that does not exist is refused up front."""
-    from workloads.describe.plan import build_plan
-
     key = f"{NAMESPACE}:faults"
     if value is None:
         return ()
@@ -448,3 +447,39 @@ def load_stack(stack: str, project_dir: Path | None = None) -> ExperimentConfig:
         raise ConfigError("stack", str(path), "must be a YAML mapping with a 'config:' key")
     check_stack_file(doc, path.name)
     return parse_config(doc.get("config") or {}, stack)
+
+
+LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+
+
+def renumber(cfg: ExperimentConfig, into: ipaddress.IPv4Network = LAB_RANGE) -> ExperimentConfig:
+    """Move every subnet into ``into`` keeping prefix lengths and host offsets.
+
+    The local lab lives in the benchmarking range so it can never collide with, or leak to, a
+    real network; keeping offsets keeps the plan recognisable (10.2.0.20 -> 198.18.0.20).
+    """
+    net = cfg.network
+    olds = [net.broker_subnet, *net.client_subnets]
+    cursor = int(into.network_address)
+    mapping: dict[ipaddress.IPv4Network, ipaddress.IPv4Network] = {}
+    for old in olds:
+        size = old.num_addresses
+        cursor = (cursor + size - 1) // size * size  # align
+        new = ipaddress.IPv4Network((cursor, old.prefixlen))
+        if not new.subnet_of(into):
+            raise ConfigError("network", str(old), f"the plan's subnets do not fit in {into} for the lab; use --keep-addresses")
+        mapping[old] = new
+        cursor += size
+
+    def move(addr: ipaddress.IPv4Address, old: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+        return mapping[old].network_address + (int(addr) - int(old.network_address))
+
+    new_net = NetworkConfig(
+        vnet_cidr=into,
+        broker_subnet=mapping[net.broker_subnet],
+        client_subnets=tuple(mapping[s] for s in net.client_subnets),
+        broker_host_address=move(net.broker_host_address, net.broker_subnet),
+        client_host_offset=net.client_host_offset,
+    )
+    new_brokers = dataclasses.replace(cfg.brokers, addresses=tuple(move(a, net.broker_subnet) for a in cfg.brokers.addresses))
+    return dataclasses.replace(cfg, network=new_net, brokers=new_brokers)

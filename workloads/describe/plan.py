@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workloads.base.errors import ConfigError
-from workloads.describe.config import ExperimentConfig, HealthCheckConfig, NetworkConfig
+if TYPE_CHECKING:  # the plan is built from the settings, which check their faults against it
+    from workloads.describe.config import ExperimentConfig, HealthCheckConfig
 
 BROKER_HOST = "brokers"
-LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class Balancer:
     timeout_tcp: int
     timeout_tcpfin: int
     timeout_udp: int
-    health_check: HealthCheckConfig = HealthCheckConfig()
+    health_check: HealthCheckConfig
 
 
 @dataclass(frozen=True)
@@ -178,36 +177,3 @@ def build_plan(cfg: ExperimentConfig) -> Plan:
         broker_image=cfg.brokers.image,
         security=cfg.security.mode,
     )
-
-
-def renumber(cfg: ExperimentConfig, into: ipaddress.IPv4Network = LAB_RANGE) -> ExperimentConfig:
-    """Move every subnet into ``into`` keeping prefix lengths and host offsets.
-
-    The local lab lives in the benchmarking range so it can never collide with, or leak to, a
-    real network; keeping offsets keeps the plan recognisable (10.2.0.20 -> 198.18.0.20).
-    """
-    net = cfg.network
-    olds = [net.broker_subnet, *net.client_subnets]
-    cursor = int(into.network_address)
-    mapping: dict[ipaddress.IPv4Network, ipaddress.IPv4Network] = {}
-    for old in olds:
-        size = old.num_addresses
-        cursor = (cursor + size - 1) // size * size  # align
-        new = ipaddress.IPv4Network((cursor, old.prefixlen))
-        if not new.subnet_of(into):
-            raise ConfigError("network", str(old), f"the plan's subnets do not fit in {into} for the lab; use --keep-addresses")
-        mapping[old] = new
-        cursor += size
-
-    def move(addr: ipaddress.IPv4Address, old: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
-        return mapping[old].network_address + (int(addr) - int(old.network_address))
-
-    new_net = NetworkConfig(
-        vnet_cidr=into,
-        broker_subnet=mapping[net.broker_subnet],
-        client_subnets=tuple(mapping[s] for s in net.client_subnets),
-        broker_host_address=move(net.broker_host_address, net.broker_subnet),
-        client_host_offset=net.client_host_offset,
-    )
-    new_brokers = dataclasses.replace(cfg.brokers, addresses=tuple(move(a, net.broker_subnet) for a in cfg.brokers.addresses))
-    return dataclasses.replace(cfg, network=new_net, brokers=new_brokers)

@@ -7,7 +7,12 @@ the two speak the same units. Standard library only: it runs on the client VMs t
 
 from __future__ import annotations
 
-from workloads.describe.scenario import Scenario
+from typing import TYPE_CHECKING
+
+from workloads.describe.scenario import QUIET_S, Scenario
+
+if TYPE_CHECKING:
+    from workloads.describe.config import ExperimentConfig
 
 # What a run directory takes, measured on two small lab runs (distributed, nftables, 4 publishers,
 # 4 subscribers, 2 workers per client host): 40 messages, 160 deliveries, 4.6 s: 102,533 bytes;
@@ -76,3 +81,34 @@ def progress(done: int, total: int, elapsed_s: float, unit: str) -> str:
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     eta = fmt_s((total - done) / rate) if rate > 0 and done < total else ("0 s" if done >= total else "-")
     return f"{done:,}/{total:,} {unit} ({100.0 * done / total:.1f} %), {rate:,.0f}/s, ETA {eta}"
+
+
+# how long a run takes, before it starts: the lab's and the micro-VM's costs
+VM_BOOT_S = 90.0  # booting the micro-VM under software emulation
+# a small lab run in the micro-VM (CPU emulation) against the same run on the host. Measured on a
+# 2-core machine at load average 9: bringing the lab up took about a minute (1.5-3 s on the host), ten
+# subscribers took 326 s to start and connect (a whole small point: 8-9 s on the host); a guess
+# for a guessing machine: the ETA rescales after the first point.
+VM_SLOWDOWN = 30.0
+LAB_OVERHEAD_S = 4.0  # lab up + down and process start-up per point, measured 1.5-3 s on a 2-core machine
+
+
+def estimate_bench_s(sc: Scenario) -> float:
+    """A benchmark's expected wall time: connecting, publishing on schedule, draining."""
+    per_pub = sc.messages_of(0)  # publisher 0 sends the most when the total does not divide evenly
+    connect = (sc.publishers + sc.subscribers) / max(sc.connect_rate, 1)
+    publish = per_pub * sc.interval_ms / 1000.0
+    return connect + publish + 1.0 + QUIET_S * 0.5
+
+
+def estimate_point_s(cfg: ExperimentConfig) -> float:
+    """A point's expected wall time: the benchmark plus the lab's up and down."""
+    return LAB_OVERHEAD_S + estimate_bench_s(cfg.scenario)
+
+
+def estimate_run_s(cfg: ExperimentConfig, vm: bool = False, own_boot: bool = True) -> float:
+    """A lab run's expected wall time; in the micro-VM slowed by the emulation, plus a boot of its
+    own unless it shares the boot of a whole campaign."""
+    if not vm:
+        return estimate_point_s(cfg)
+    return estimate_point_s(cfg) * VM_SLOWDOWN + (VM_BOOT_S if own_boot else 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import yaml
 
 from workloads.describe.config import ExperimentConfig
+from workloads.describe.names import container
 from workloads.describe.plan import Broker, Plan
 from workloads.render import security
 
@@ -86,7 +87,7 @@ def compose_file(plan: Plan, cfg: ExperimentConfig, parent_interface: str = "eth
     for br in plan.brokers:
         services[br.name] = {
             "image": plan.broker_image,
-            "container_name": f"mqttlab-{br.name}",
+            "container_name": container(br.name),
             "restart": "unless-stopped",
             "cpus": plan.broker_cpus,
             "mem_limit": f"{plan.broker_memory_mb}m",

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from workloads.hosts.lab.netns import LabError
+from workloads.base.errors import LabError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

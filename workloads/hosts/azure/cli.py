@@ -20,12 +20,14 @@ from pathlib import Path
 
 from workloads.base import procs
 from workloads.base.clipaths import in_file, out_dir
+from workloads.base.errors import LabError
 from workloads.describe.cliargs import add_stack_args, load
 from workloads.describe.config import ConfigError, ExperimentConfig
+from workloads.describe.names import container
 from workloads.describe.plan import Broker, Plan, build_plan
 from workloads.describe.standin import balancing
 from workloads.hosts.azure import faults as hostfaults
-from workloads.hosts.lab.netns import LabError
+from workloads.hosts.shell import run as sh
 from workloads.render.balancer import ipvs_apply_steps
 from workloads.render.files import render_files, write_files
 from workloads.rundir.records import deliveries_on_disk, drain, start_manifest, update_manifest
@@ -34,13 +36,6 @@ from workloads.storage import blob as storage
 RENDERED = Path("/var/lib/mqttlab/rendered")
 MATERIAL = Path("/var/lib/mqttlab/security.json")  # the run's secrets, from the Pulumi program (0600)
 CONTAINER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
-
-
-def sh(cmd: Sequence[str], timeout: float = 120, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    cp = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input)
-    if check and cp.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} failed ({cp.returncode}): {cp.stderr.strip()[-2000:]}")
-    return cp
 
 
 def run_tag(stack: str, run_id: str) -> int:
@@ -117,7 +112,7 @@ def cmd_brokers_up(args: argparse.Namespace) -> int:
     for b in plan.brokers:
         end = time.time() + 60
         while True:
-            cp = sh(["docker", "exec", f"mqttlab-{b.name}", "mosquitto_sub", "-h", b.address, "-p", str(b.port), "-t", "$SYS/broker/uptime",
+            cp = sh(["docker", "exec", container(b.name), "mosquitto_sub", "-h", b.address, "-p", str(b.port), "-t", "$SYS/broker/uptime",
                      "-C", "1", "-W", "5"], check=False, timeout=15)
             if cp.returncode == 0:
                 break
@@ -304,7 +299,7 @@ def cmd_monitors_start(args: argparse.Namespace) -> int:
 def start_broker_monitor(cfg: ExperimentConfig, b: Broker, rd: Path) -> int:
     """The host cannot reach its own ipvlan children, so a broker's monitor samples ``$SYS`` from
     inside the container's network namespace; it appends to the broker's CSV."""
-    pid = sh(["docker", "inspect", "-f", "{{.State.Pid}}", f"mqttlab-{b.name}"]).stdout.strip()
+    pid = sh(["docker", "inspect", "-f", "{{.State.Pid}}", container(b.name)]).stdout.strip()
     sec = ["--security", str(RENDERED / "brokers/security/client.json")] if cfg.security.enabled else []
     return detach(["nsenter", "-t", pid, "-n", *me(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
                    "--out", str(rd / "monitor" / f"brokers-{b.name}.csv"), *sec], rd, f"monitor-{b.name}")
@@ -475,7 +470,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     host = plan.host(args.host)
     if host.role == "brokers":
         for b in plan.brokers:
-            logs = sh(["docker", "logs", f"mqttlab-{b.name}"], check=False, timeout=120)
+            logs = sh(["docker", "logs", container(b.name)], check=False, timeout=120)
             (rd / "logs").mkdir(exist_ok=True)
             (rd / "logs" / f"{b.name}.log").write_text(logs.stdout + logs.stderr)
     elif plan.balancer_on(args.host):

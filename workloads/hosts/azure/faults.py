@@ -35,7 +35,6 @@ reads them together.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,10 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from workloads.base import procs
+from workloads.base.errors import LabError
 from workloads.describe.faults import Fault
+from workloads.describe.names import container
 from workloads.describe.plan import Plan
 from workloads.hosts.lab.inject import Injector, director_dead_rules
-from workloads.hosts.lab.netns import LabError
+from workloads.hosts.shell import run
 
 if TYPE_CHECKING:
     from workloads.hosts.lab.lab import Lab
@@ -55,10 +56,6 @@ TABLE = "mqttlab_fault"  # every fault table's name starts so: the end-of-run cl
 LEAD_S = 30.0  # from bench-start to the agreed start: time for Pulumi to start every publisher and fault step
 LATE_S = 5.0  # a publisher step starting later than this after the agreed start shifts the faults' timing
 SETTLE_S = 600.0  # after the run's time limit and drain: the injector stops itself if nobody stopped it
-
-
-def container(broker: str) -> str:
-    return f"mqttlab-{broker}"
 
 
 def injecting_host(f: Fault) -> str:
@@ -81,20 +78,6 @@ def hub_bridge_cut_rules(table: str, hub: str, remote: str, port: int) -> str:
             f"\t\tip saddr {hub} ip daddr {remote} tcp dport {port} drop\n\t}}\n"
             f"\tchain prerouting {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n"
             f"\t\tip saddr {remote} tcp sport {port} ip daddr {hub} drop\n\t}}\n}}\n")
-
-
-def run(cmd: Sequence[str], timeout: float = 60, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """A command whose failure or hang becomes a :class:`LabError` naming it (the schedule
-    records it against the fault and goes on with the others)."""
-    try:
-        cp = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input)
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{' '.join(cmd)} did not finish within {timeout:g}s") from None
-    except FileNotFoundError as exc:
-        raise LabError(f"{cmd[0]} is not installed: {exc}") from None
-    if check and cp.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} failed ({cp.returncode}): {(cp.stderr or cp.stdout).strip()[-500:]}")
-    return cp
 
 
 def container_pid(broker: str) -> int:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workloads.hosts.lab.netns import LabError
+from workloads.base.errors import LabError
 
 ROOT = Path("/sys/fs/cgroup")
 

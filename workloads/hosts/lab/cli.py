@@ -13,12 +13,12 @@ from typing import Any
 
 from workloads.base import procs
 from workloads.base.clipaths import out_dir
+from workloads.base.errors import LabError
 from workloads.describe import standin
 from workloads.describe.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
 from workloads.describe.config import ConfigError
 from workloads.describe.schema import HEALTH_CHECKS, SCHEDULERS, SECURITY_MODES, TOPOLOGIES, leaf_paths
 from workloads.hosts.lab import cgroups, lab, netns, vm
-from workloads.hosts.lab.netns import LabError
 from workloads.rundir.records import format_summary
 
 OVERRIDES = {  # option dest -> config key
@@ -36,7 +36,7 @@ def default(path: str) -> str:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from workloads.describe.plan import renumber
+    from workloads.describe.config import renumber
 
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
     overrides |= scenario_overrides(args)
@@ -123,7 +123,7 @@ def dry_run(args: argparse.Namespace, out: Path, boots_vm: bool) -> int:
 
 def announce(cfg: Any, in_micro_vm: bool) -> None:
     from workloads.bench.cli import announce_size
-    from workloads.campaign.spec import estimate_run_s
+    from workloads.describe.runsize import estimate_run_s
 
     sc = cfg.scenario
     announce_size(sc, list(range(sc.subscribers)), list(range(sc.publishers)), estimate_run_s(cfg, in_micro_vm))
@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def read_calibration(path: str, cfg: Any) -> dict[str, Any]:
     """A calibration file, refused in one line when it is not one or was made for another broker."""
-    from workloads.hosts.lab.calibrate import fanout
+    from workloads.rundir.calibration import fanout
 
     try:
         doc = json.loads(Path(path).read_text())
@@ -177,7 +177,8 @@ def read_calibration(path: str, cfg: Any) -> dict[str, Any]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from workloads.hosts.lab.calibrate import calibrate, offered_per_broker, overload_ratio
+    from workloads.hosts.lab.calibrate import calibrate
+    from workloads.rundir.calibration import offered_per_broker, overload_ratio
 
     out = out_dir(args.out, "--out")
     cfg = _config(args)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from workloads.base.errors import LabError
 from workloads.describe.plan import Balancer
 from workloads.hosts.lab import netns
-from workloads.hosts.lab.netns import LabError
+from workloads.hosts.lab.state import STATE_DIR
 from workloads.render import keepalived
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ READY_S = 60.0  # keepalived's first round of checks; generous because the micro
 
 
 def start_keepalived(lab: Lab, bal: Balancer) -> None:
-    from workloads.hosts.lab.lab import STATE_DIR
 
     directory = STATE_DIR / lab.lab_id / f"keepalived-{bal.host}"
     _conf, argv = keepalived.prepare(bal, directory)

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workloads.base.errors import LabError
 from workloads.describe.faults import Fault
 from workloads.hosts.lab import netns
-from workloads.hosts.lab.netns import LabError
+from workloads.hosts.lab.state import broker_command
 
 if TYPE_CHECKING:
     from workloads.hosts.lab.lab import Lab
@@ -181,7 +182,6 @@ class Injector:
         b = next(x for x in lab.plan.brokers if x.name == name)
         conf = lab.files / "brokers" / name / "mosquitto.conf"
         cap = lab.caps.get(name)
-        from workloads.hosts.lab.lab import broker_command
 
         p = lab.spawn(name, broker_command(conf), "brokers", lab.run_dir / "logs" / f"{name}.log",
                       cap.procs_files if cap else ())

@@ -25,31 +25,26 @@ from pathlib import Path
 from typing import Any
 
 from workloads.base import procs
+from workloads.base.errors import LabError, RunFailed
 from workloads.describe import standin
 from workloads.describe.config import ExperimentConfig
+from workloads.describe.names import client_prefix
 from workloads.describe.plan import Plan, build_plan
 from workloads.describe.runsize import progress
 from workloads.describe.scenario import QUIET_S
 from workloads.hosts.lab import cgroups, health, netns
 from workloads.hosts.lab.inject import Injector, read_faults
-from workloads.hosts.lab.netns import LabError
+from workloads.hosts.lab.state import STATE_DIR, broker_command
 from workloads.render.balancer import haproxy_cfg, ipvs_apply_steps
 from workloads.render.files import render_files, write_files
 from workloads.render.security import CLIENT_FILE
 from workloads.rundir.records import deliveries_on_disk, drain, read_manifest, start_manifest, summarize, update_manifest
 
-STATE_DIR = Path(os.environ.get("MQTTLAB_STATE_DIR", "/run/mqttlab"))
 BALANCERS = ("ipvs", "nftables", "haproxy")
 LB_TOOLS = {"ipvs": ["ipvsadm", "ipvsadm-restore", "iptables-restore"], "nftables": ["nft", "conntrack"], "haproxy": ["haproxy"]}
 HAPROXY_SESS = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); "
                  "s.sendall(b'show sess\\n'); d=b''\nwhile (c:=s.recv(65536)): d+=c\nprint(d.decode())")
 _CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
-
-
-def broker_command(conf: Path) -> list[str]:
-    """Line-buffered output: a broker killed by a fault would otherwise take its last log lines
-    (who connected) with it. stdbuf execs mosquitto, so the PID stays the broker's."""
-    return ["stdbuf", "-oL", "mosquitto", "-c", str(conf)]
 
 
 def kernel_has_ipvs() -> bool:
@@ -519,7 +514,7 @@ class Lab:
             ids = set()
             if log.exists():
                 for m in _CONNECT.finditer(log.read_text(errors="replace")):
-                    if m.group(2).startswith(f"mqttlab-{tag:08x}-"):
+                    if m.group(2).startswith(client_prefix(tag)):
                         ids.add(m.group(2))
             out[b.name] = len(ids)
         return out
@@ -602,7 +597,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
                    mosquitto=mosquitto_version(), faults=[f.spec for f in cfg.faults],
                    health_check=dataclasses.asdict(cfg.balancer.health_check), security=cfg.security.mode)
     if calibration:
-        from workloads.hosts.lab.calibrate import offered_per_broker, overload_ratio
+        from workloads.rundir.calibration import offered_per_broker, overload_ratio
 
         update_manifest(run_dir, calibration=calibration, offered_per_broker=offered_per_broker(cfg), overload_ratio=overload_ratio(cfg, calibration))
     status, reason = "complete", ""
@@ -622,8 +617,8 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
         raise
     except LabError as exc:
         status, reason = "partial", str(exc)
-        if not isinstance(exc, netns.RunFailed):  # started: a failed run (1), not a missing precondition (3)
-            raise netns.RunFailed(f"{exc} (run directory {run_dir})") from exc
+        if not isinstance(exc, RunFailed):  # started: a failed run (1), not a missing precondition (3)
+            raise RunFailed(f"{exc} (run directory {run_dir})") from exc
         raise
     finally:
         with procs.shielded():

@@ -14,29 +14,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from workloads.base.errors import LabError
 from workloads.base.procs import pdeathsig_preexec
+from workloads.hosts.shell import run
 
 PREFIX = "mqttlab-"
-
-
-class LabError(RuntimeError):
-    """Something the lab needs is missing or failed; the message says what to do."""
-
-
-class RunFailed(LabError):
-    """A run that had started failed (its run directory says how far it got): exit status 1, where
-    a ``LabError`` before anything started is a missing precondition (3)."""
-
-
-def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
-    try:
-        cp = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input, preexec_fn=pdeathsig_preexec())
-    except subprocess.TimeoutExpired:
-        raise LabError(f"timed out after {timeout}s: {' '.join(full)}") from None
-    if check and cp.returncode != 0:
-        raise LabError(f"command failed ({cp.returncode}): {' '.join(full)}\n{cp.stderr.strip()}")
-    return cp
 
 
 def list_namespaces(prefix: str = PREFIX) -> list[str]:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workloads.hosts.lab.netns import LabError
+from workloads.base.errors import LabError
 
 
 def _version_key(p: Path) -> list[int]:

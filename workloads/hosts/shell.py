@@ -1,0 +1,32 @@
+"""The one way a host step runs a command: bounded, captured, dying with its parent, and failing
+with one error (:class:`~workloads.base.errors.LabError`) that names the command, its status and
+the end of what it said. The lab runs it inside a network namespace (``ns``), a VM step on the
+VM itself; a fault's schedule records the error against the fault and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from workloads.base.errors import LabError
+from workloads.base.procs import pdeathsig_preexec
+
+TIMEOUT_S = 120.0  # the bound of a command that gives none: a compose up or a docker logs of a long run fits
+TAIL = 2000  # characters of a failed command's output kept in its error
+
+
+def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: float = TIMEOUT_S,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``cmd`` (in network namespace ``ns`` when given); a failure, a missing program or a hang
+    past ``timeout`` raises :class:`LabError`, unless ``check`` is off for the first."""
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    try:
+        cp = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input, preexec_fn=pdeathsig_preexec())
+    except subprocess.TimeoutExpired:
+        raise LabError(f"timed out after {timeout:g}s: {' '.join(full)}") from None
+    except FileNotFoundError as exc:
+        raise LabError(f"{full[0]} is not installed: {exc}") from None
+    if check and cp.returncode != 0:
+        raise LabError(f"command failed ({cp.returncode}): {' '.join(full)}\n{(cp.stderr or cp.stdout).strip()[-TAIL:]}")
+    return cp
