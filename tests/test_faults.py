@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import MQTTLAB, ROOT
 from workloads.describe.config import ConfigError, load_stack
 from workloads.describe.faults import Fault, FaultError, parse_fault
-from workloads.hosts.lab.inject import bridge_cut_rules, director_dead_rules
+from workloads.hosts.faults.rules import bridge_cut_rules, director_dead_rules
 
 
 @pytest.mark.parametrize(("text", "want"), [

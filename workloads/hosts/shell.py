@@ -24,9 +24,9 @@ def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: 
     try:
         cp = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input, preexec_fn=pdeathsig_preexec())
     except subprocess.TimeoutExpired:
-        raise LabError(f"timed out after {timeout:g}s: {' '.join(full)}") from None
+        raise LabError(f"{' '.join(full)} did not finish within {timeout:g}s") from None
     except FileNotFoundError as exc:
         raise LabError(f"{full[0]} is not installed: {exc}") from None
     if check and cp.returncode != 0:
-        raise LabError(f"command failed ({cp.returncode}): {' '.join(full)}\n{(cp.stderr or cp.stdout).strip()[-TAIL:]}")
+        raise LabError(f"{' '.join(full)} failed ({cp.returncode}): {(cp.stderr or cp.stdout).strip()[-TAIL:]}")
     return cp

@@ -14,7 +14,7 @@ that director's VM. What it does there:
   so a rule in the VM's namespace would never see a bridge. The bridge leaves from the hub's
   address (``bridge_bind_address``) to the remote's ``address``, so the pair hub -> remote:port
   names it exactly; clients and monitors use other pairs;
-- director kill: the lab's rules (:func:`workloads.hosts.lab.inject.director_dead_rules`) in the
+- director kill: the lab's rules (:func:`workloads.hosts.faults.rules.director_dead_rules`) in the
   director VM's namespace: nothing reaches its entry point, nothing it forwards or sends to the
   brokers and nothing they answer gets through. SSH (port 22) and the uploads stay open: a
   silent director, not a lost VM.
@@ -37,20 +37,21 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 from workloads.base import procs
 from workloads.base.errors import LabError
 from workloads.describe.faults import Fault
 from workloads.describe.names import container
 from workloads.describe.plan import Plan
-from workloads.hosts.lab.inject import Injector, director_dead_rules
+from workloads.hosts.faults.rules import director_dead_rules, hub_bridge_cut_rules
+from workloads.hosts.faults.schedule import Schedule
 from workloads.hosts.shell import run
 
-if TYPE_CHECKING:
-    from workloads.hosts.lab.lab import Lab
+
+def say(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
 
 TABLE = "mqttlab_fault"  # every fault table's name starts so: the end-of-run cleanup finds them all
 LEAD_S = 30.0  # from bench-start to the agreed start: time for Pulumi to start every publisher and fault step
@@ -69,15 +70,6 @@ def faults_on(faults: Sequence[Fault], host: str) -> list[tuple[int, Fault]]:
 
 def hosts_with_faults(faults: Sequence[Fault]) -> list[str]:
     return sorted({injecting_host(f) for f in faults})
-
-
-def hub_bridge_cut_rules(table: str, hub: str, remote: str, port: int) -> str:
-    """In the hub's own namespace: its packets to the remote broker and the remote's answers."""
-    return (f"table ip {table} {{\n"
-            f"\tchain output {{\n\t\ttype filter hook output priority -300; policy accept;\n"
-            f"\t\tip saddr {hub} ip daddr {remote} tcp dport {port} drop\n\t}}\n"
-            f"\tchain prerouting {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n"
-            f"\t\tip saddr {remote} tcp sport {port} ip daddr {hub} drop\n\t}}\n}}\n")
 
 
 def container_pid(broker: str) -> int:
@@ -102,25 +94,14 @@ def nft_delete(pid: int | None, table: str) -> str:
     return f"table {table} deleted"
 
 
-@dataclass
-class _Vm:
-    """What :class:`Injector` asks of the place it runs in: a run directory and a log."""
-
-    run_dir: Path
-
-    def say(self, msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
-
-
-class HostInjector(Injector):
-    """The lab's schedule, writing and undoing (:class:`Injector`), with the VM's actions."""
+class HostInjector(Schedule):
+    """The schedule (:class:`Schedule`) with the VM's actions: docker, and nftables in a namespace."""
 
     def __init__(self, plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: Path,
                  on_restart: Callable[[str], str] | None = None) -> None:
-        super().__init__(cast("Lab", _Vm(rd)), tuple(f for _, f in mine))
+        super().__init__(tuple(f for _, f in mine), rd / "faults" / f"{host}.jsonl", say)
         self.plan, self.host, self.on_restart = plan, host, on_restart
         self.index = [i for i, _ in mine]
-        self.path = rd / "faults" / f"{host}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for i, rec in zip(self.index, self.records, strict=True):
             rec |= {"index": i, "host": host}
@@ -156,7 +137,7 @@ class HostInjector(Injector):
             rec["detail"] = f"drop all of {bal.vip}:{bal.port} and its broker traffic on {self.host}"
         rec["started_at"] = began
         self.write()
-        self.lab.say(f"fault {f.spec}: {rec['detail']}")
+        self.say(f"fault {f.spec}: {rec['detail']}")
 
     def unpause(self, c: str) -> str:
         run(["docker", "unpause", c])
@@ -213,10 +194,10 @@ def run_injector(plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: P
     stop = procs.StopFlag()  # not threading.Event: `timeout` passes SIGTERM on, twice in a row
     stop.install()
     inj.start(start_at)
-    inj.lab.say(f"armed {len(mine)} fault(s) on {host} from {start_at:.3f}: " + ", ".join(f.spec for _, f in mine))
+    inj.say(f"armed {len(mine)} fault(s) on {host} from {start_at:.3f}: " + ", ".join(f.spec for _, f in mine))
     stop.wait(max(0.0, until - time.time()))
     inj.stop()
-    inj.lab.say("faults stopped: " + ("error " + inj.error if inj.error else "all carried out"))
+    inj.say("faults stopped: " + ("error " + inj.error if inj.error else "all carried out"))
     return 1 if inj.error else 0
 
 
