@@ -155,14 +155,26 @@ class StopFlag:
         return True
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (``[0]`` is the state, field 3 of
+    proc(5)), None once the process is gone. The name is in parentheses and may hold spaces and
+    parentheses itself, so the fields start after the last ``)``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_ticks(fields: Sequence[str]) -> int:
+    """utime + stime + cutime + cstime (fields 14-17 of proc(5)), in clock ticks."""
+    return sum(int(f) for f in fields[11:15])
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22): with
     the PID it names one process, even after the PID was reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 def allowed_cpus(pid: int) -> str | None:
@@ -232,11 +244,9 @@ def is_running(pid: int, started: int | None) -> bool:
     """Whether the process ``pid`` that started at ``started`` still runs (not a zombie)."""
     if pid <= 0:
         return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return False
-    fields = stat.rsplit(")", 1)[1].split()
     return fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
@@ -270,11 +280,8 @@ def tree_cpu_s(pids: Iterable[int]) -> float:
     ticks = 0
     for top in pids:
         for p in _descendants(top):
-            try:
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            fields = stat_fields(p)
+            ticks += cpu_ticks(fields) if fields is not None else 0
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

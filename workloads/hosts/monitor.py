@@ -72,8 +72,10 @@ class BrokerTarget:
 
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its waited-for children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+    fields = procs.stat_fields(pid)
+    if fields is None:
+        raise ProcessLookupError(pid)
+    return procs.cpu_ticks(fields) / CLK_TCK
 
 
 def process_rss_bytes(pid: int) -> int:
