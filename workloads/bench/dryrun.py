@@ -44,7 +44,7 @@ def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: boo
     sc = cfg.scenario
     n = len(plan.clients)
     clients = []
-    for i, c in enumerate(plan.clients):  # as Lab.bench_args splits the scenario over the client hosts
+    for i, c in enumerate(plan.clients):  # as the lab splits the scenario over the client hosts
         clients.append({"host": c.host, "address": c.address, "target": c.target, "via": c.target_host,
                         "subscribers": len(split_evenly(sc.subscribers, n, i)), "publishers": len(split_evenly(sc.publishers, n, i))})
     return {

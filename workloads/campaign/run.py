@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from workloads.bench.command import mqttlab
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.describe.config import ExperimentConfig
 from workloads.describe.runsize import fmt_s
@@ -133,7 +134,7 @@ def calibration_for(cdir_path: Path, cfg: ExperimentConfig, point_dir: Path, pro
     book = json.loads(book_path.read_text()) if book_path.is_file() else {}
     key = calibration_key(cfg)
     if key not in book:
-        cmd = [sys.executable, "-m", "workloads.cli", "lab", "calibrate", "-s", cfg.stack, "--project-dir", str(point_dir),
+        cmd = [*mqttlab(), "lab", "calibrate", "-s", cfg.stack, "--project-dir", str(point_dir),
                "--out", str(cdir_path), "--json"] + ([] if progress else ["--quiet"])
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[2])
         if cp.returncode != 0:
@@ -152,7 +153,7 @@ def lab_runner(campaign: Campaign, progress: bool = False, calibrate: bool = Fal
     def run(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
         write_point_stack(cfg, point_dir)
         runs = point_dir / "runs"
-        cmd = [sys.executable, "-m", "workloads.cli", "lab", "run", "-s", cfg.stack, "--project-dir", str(point_dir), "--out", str(runs),
+        cmd = [*mqttlab(), "lab", "run", "-s", cfg.stack, "--project-dir", str(point_dir), "--out", str(runs),
                "--json"]
         if calibrate:
             cmd += ["--calibration", str(calibration_for(point_dir.parent.parent, cfg, point_dir, progress))]

@@ -21,6 +21,7 @@ from pathlib import Path
 from workloads.base import procs
 from workloads.base.clipaths import in_file, out_dir
 from workloads.base.errors import LabError
+from workloads.bench import command as bench
 from workloads.describe.cliargs import add_stack_args, load
 from workloads.describe.config import ConfigError, ExperimentConfig
 from workloads.describe.names import container
@@ -276,10 +277,6 @@ def stop_detached(rd: Path, prefix: str, timeout: float = 30, exact: bool = Fals
         pidfile.unlink(missing_ok=True)
 
 
-def me() -> list[str]:
-    return [sys.executable, "-m", "workloads.cli"]
-
-
 @recorded("monitors-start")
 def cmd_monitors_start(args: argparse.Namespace) -> int:
     cfg, plan = _cfg(args)
@@ -290,7 +287,7 @@ def cmd_monitors_start(args: argparse.Namespace) -> int:
         for b in plan.brokers:
             start_broker_monitor(cfg, b, rd)
     else:
-        detach([*me(), "monitor", "balancer", "--kind", "ipvs", "--host", args.host, "--out", str(mon / f"balancer-{args.host}.csv")], rd,
+        detach([*bench.mqttlab(), "monitor", "balancer", "--kind", "ipvs", "--host", args.host, "--out", str(mon / f"balancer-{args.host}.csv")], rd,
                f"monitor-{args.host}")
     print(f"monitors started for {args.role}")
     return 0
@@ -301,7 +298,7 @@ def start_broker_monitor(cfg: ExperimentConfig, b: Broker, rd: Path) -> int:
     inside the container's network namespace; it appends to the broker's CSV."""
     pid = sh(["docker", "inspect", "-f", "{{.State.Pid}}", container(b.name)]).stdout.strip()
     sec = ["--security", str(RENDERED / "brokers/security/client.json")] if cfg.security.enabled else []
-    return detach(["nsenter", "-t", pid, "-n", *me(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
+    return detach(["nsenter", "-t", pid, "-n", *bench.mqttlab(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
                    "--out", str(rd / "monitor" / f"brokers-{b.name}.csv"), *sec], rd, f"monitor-{b.name}")
 
 
@@ -316,12 +313,11 @@ def restart_broker_monitor(cfg: ExperimentConfig, plan: Plan, rd: Path, broker: 
     return f"; its monitor started again in the new namespace (pid {pid})"
 
 
-def bench_args(cfg: ExperimentConfig, plan: Plan, host: str, rd: Path, stack: str, run_id: str) -> list[str]:
-    i = [c.host for c in plan.clients].index(host)
-    client = plan.clients[i]
-    return ["--target", client.target, "--out", str(rd), "--host", host, "--host-index", str(i), "--host-count", str(len(plan.clients)),
-            "--tag", hex(run_tag(stack, run_id)), "--quiet", *cfg.scenario.cli_args(),
-            *(["--security", str(RENDERED / host / "security/client.json")] if cfg.security.enabled else [])]
+def bench_command(role: str, cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path, extra: list[str]) -> list[str]:
+    i = [c.host for c in plan.clients].index(args.host)
+    return bench.bench_command(role, cfg.scenario, target=plan.clients[i].target, out=rd, host=args.host, index=i, count=len(plan.clients),
+                               tag=run_tag(args.stack, args.run_id), extra=extra,
+                               security=RENDERED / args.host / "security/client.json" if cfg.security.enabled else None)
 
 
 @recorded("bench-subs")
@@ -336,7 +332,7 @@ def cmd_bench_subs(args: argparse.Namespace) -> int:
     ready.unlink(missing_ok=True)
     if args.load_generator == "emqtt-bench":
         return _emqtt(cfg, plan, args, rd, "sub")
-    detach([*me(), "bench", "sub", *bench_args(cfg, plan, args.host, rd, args.stack, args.run_id), "--ready-file", str(ready)], rd, "bench-sub")
+    detach(bench_command("sub", cfg, plan, args, rd, ["--ready-file", str(ready)]), rd, "bench-sub")
     end = time.time() + cfg.scenario.time_limit_s
     while not ready.exists():
         if time.time() > end:
@@ -362,7 +358,7 @@ def cmd_bench_pubs(args: argparse.Namespace) -> int:
         if args.start_at is not None:
             time.sleep(max(0.0, args.start_at - time.time()))
         return _emqtt(cfg, plan, args, rd, "pub")
-    cp = subprocess.run([*me(), "bench", "pub", *bench_args(cfg, plan, args.host, rd, args.stack, args.run_id), "--json", *start],
+    cp = subprocess.run(bench_command("pub", cfg, plan, args, rd, ["--json", *start]),
                         timeout=cfg.scenario.time_limit_s + 60, capture_output=True, text=True)
     print(cp.stdout.strip())
     if cp.returncode != 0:
@@ -428,7 +424,7 @@ def cmd_faults_start(args: argparse.Namespace) -> int:
     bound = int(until - time.time()) + 60  # the process stops itself at `until`; timeout is the backstop
     record = rd / "faults" / f"{args.host}.jsonl"
     record.unlink(missing_ok=True)
-    detach(["timeout", "-k", "10", str(bound), *me(), "host", "faults-run", "-s", args.stack, "--project-dir", args.project_dir or ".",
+    detach(["timeout", "-k", "10", str(bound), *bench.mqttlab(), "host", "faults-run", "-s", args.stack, "--project-dir", args.project_dir or ".",
             "--run-id", args.run_id, "--runs", args.runs, "--host", args.host, "--start-at", f"{args.start_at:.3f}", "--until", f"{until:.3f}"],
            rd, "faults")
     end = time.time() + 30

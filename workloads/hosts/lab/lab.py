@@ -26,6 +26,7 @@ from typing import Any
 
 from workloads.base import procs
 from workloads.base.errors import LabError, RunFailed
+from workloads.bench.command import bench_command, mqttlab
 from workloads.describe import standin
 from workloads.describe.config import ExperimentConfig
 from workloads.describe.names import client_prefix
@@ -302,21 +303,21 @@ class Lab:
         mon = self.run_dir / "monitor"
         mon.mkdir(parents=True, exist_ok=True)
         args = [f"{b.name}={b.address}:{b.port}@{self.procs[b.name].pid}" for b in self.plan.brokers]
-        cmd = [sys.executable, "-m", "workloads.cli", "monitor", "brokers", "--interval", "1", "--out", str(mon / "brokers.csv")]
+        cmd = [*mqttlab(), "monitor", "brokers", "--interval", "1", "--out", str(mon / "brokers.csv")]
         for a in args:
             cmd += ["--broker", a]
         if self.cfg.security.enabled:
             cmd += ["--security", str(self.files / "brokers" / CLIENT_FILE)]
         self.spawn("monitor-brokers", cmd, "brokers", self.run_dir / "logs" / "monitor-brokers.log")
         # the caps' kernel counters: from the host's namespace, since `ip netns exec` hides /sys/fs/cgroup
-        cmd = [sys.executable, "-m", "workloads.cli", "monitor", "cgroups", "--interval", str(interval), "--out", str(mon / "cgroups.csv")]
+        cmd = [*mqttlab(), "monitor", "cgroups", "--interval", str(interval), "--out", str(mon / "cgroups.csv")]
         for name, cap in self.caps.items():
             cmd += ["--group", f"{name}={cap.version}:{','.join(str(d) for d in cap.dirs)}" + (f"+{cap.acct}" if cap.acct else "")]
         if self.broker_cpu_list:
             cmd += ["--cpus", cgroups.format_cpulist(self.broker_cpu_list)]
         self.spawn("monitor-cgroups", cmd, "", self.run_dir / "logs" / "monitor-cgroups.log")
         for bal in self.plan.balancers:
-            cmd = [sys.executable, "-m", "workloads.cli", "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
+            cmd = [*mqttlab(), "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
                    "--interval", str(interval), "--out", str(mon / f"balancer-{bal.host}.csv"), "--vip", f"{bal.vip}:{bal.port}"]
             if self.balancer == "haproxy":
                 cmd += ["--haproxy-socket", str(self.haproxy_socket(bal.host))]
@@ -346,8 +347,7 @@ class Lab:
         for i, c in enumerate(self.plan.clients):
             ready[c.host] = self.run_dir / "bench" / c.host / "sub.ready"
             ready[c.host].parent.mkdir(parents=True, exist_ok=True)
-            common = self.bench_args(c.host, i, n, c.target, tag)
-            subs[c.host] = self.spawn(f"bench-sub-{c.host}", [*common[:4], "sub", *common[4:], "--ready-file", str(ready[c.host])], c.host,
+            subs[c.host] = self.spawn(f"bench-sub-{c.host}", self.bench_command("sub", c.host, i, n, c.target, tag, ["--ready-file", str(ready[c.host])]), c.host,
                                       bench_logs / f"bench-sub-{c.host}.log")
         self.say(f"bench: {sc.subscribers} subscribers connecting on {n} client hosts")
         # bounded by the time limit, and past it by their progress: under emulation or on a loaded
@@ -363,8 +363,7 @@ class Lab:
             self.injector.start(start_at)
         pubs = {}
         for i, c in enumerate(self.plan.clients):
-            common = self.bench_args(c.host, i, n, c.target, tag)
-            pubs[c.host] = self.spawn(f"bench-pub-{c.host}", [*common[:4], "pub", *common[4:], "--start-at", f"{start_at:.3f}"], c.host,
+            pubs[c.host] = self.spawn(f"bench-pub-{c.host}", self.bench_command("pub", c.host, i, n, c.target, tag, ["--start-at", f"{start_at:.3f}"]), c.host,
                                       bench_logs / f"bench-pub-{c.host}.log")
         self.say(f"bench: {sc.publishers} publishers, {sc.messages} messages, qos {sc.qos}")
         # the publishers stop themselves at their own time limit, counted from their start (not
@@ -470,13 +469,9 @@ class Lab:
                 "publish_complete": all("publish complete" in log.read_text().lower() for _, log, _ in pubs.values()),
                 "errors": [e for t in texts for e in emqtt.parse_output(t)["errors"]][:20]}
 
-    def bench_args(self, host: str, index: int, count: int, target: str, tag: int) -> list[str]:
-        sc = self.cfg.scenario
-        args = [sys.executable, "-m", "workloads.cli", "bench", "--target", target, "--out", str(self.run_dir), "--host", host,
-                "--host-index", str(index), "--host-count", str(count), "--tag", hex(tag), "--quiet"]
-        if self.cfg.security.enabled:
-            args += ["--security", str(self.files / host / CLIENT_FILE)]
-        return args + sc.cli_args()
+    def bench_command(self, role: str, host: str, index: int, count: int, target: str, tag: int, extra: list[str]) -> list[str]:
+        return bench_command(role, self.cfg.scenario, target=target, out=self.run_dir, host=host, index=index, count=count, tag=tag,
+                             security=self.files / host / CLIENT_FILE if self.cfg.security.enabled else None, extra=extra)
 
     def received(self) -> int:
         return deliveries_on_disk(self.run_dir)
