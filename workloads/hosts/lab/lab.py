@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import resource
 import secrets
 import shutil
 import signal
@@ -33,18 +32,15 @@ from workloads.describe.names import client_prefix
 from workloads.describe.plan import Plan, build_plan
 from workloads.describe.runsize import progress
 from workloads.describe.scenario import QUIET_S
-from workloads.hosts.lab import cgroups, health, netns
+from workloads.hosts.lab import cgroups, netns
+from workloads.hosts.lab.directors import DIRECTORS
 from workloads.hosts.lab.inject import Injector, read_faults
 from workloads.hosts.lab.state import STATE_DIR, broker_command
-from workloads.render.balancer import haproxy_cfg, ipvs_apply_steps
 from workloads.render.files import render_files, write_files
 from workloads.render.security import CLIENT_FILE
 from workloads.rundir.records import deliveries_on_disk, drain, read_manifest, start_manifest, summarize, update_manifest
 
-BALANCERS = ("ipvs", "nftables", "haproxy")
-LB_TOOLS = {"ipvs": ["ipvsadm", "ipvsadm-restore", "iptables-restore"], "nftables": ["nft", "conntrack"], "haproxy": ["haproxy"]}
-HAPROXY_SESS = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); "
-                 "s.sendall(b'show sess\\n'); d=b''\nwhile (c:=s.recv(65536)): d+=c\nprint(d.decode())")
+BALANCERS = tuple(DIRECTORS)
 _CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
 
 
@@ -122,6 +118,7 @@ class Lab:
         self.plan: Plan = build_plan(cfg)
         self.run_dir = run_dir
         self.balancer = balancer
+        self.director = DIRECTORS[balancer](self)
         self.note = note
         self.progress = progress
         self.lab_id = secrets.token_hex(3)
@@ -145,13 +142,6 @@ class Lab:
 
     def ns(self, host: str) -> str:
         return ns_name(self.lab_id, host)
-
-    def haproxy_socket(self, host: str) -> Path:
-        """Stats sockets live in the state folder: a run folder's path can exceed the 108 bytes a
-        Unix socket path may have."""
-        d = STATE_DIR / self.lab_id
-        d.mkdir(parents=True, exist_ok=True)
-        return d / f"{host}.sock"
 
     def spawn(self, key: str, cmd: list[str], host: str, log: Path | None = None, cgroup_procs: tuple[Path, ...] = ()) -> subprocess.Popen[bytes]:
         """Start a process of the lab: in the lab's cgroup, and (for a run) dying with us; in
@@ -274,30 +264,7 @@ class Lab:
 
     def apply_balancers(self) -> None:
         for bal in self.plan.balancers:
-            ns = self.ns(bal.host)
-            d = self.files / bal.host
-            if self.balancer == "ipvs":  # the very steps `mqttlab host balancer-apply` runs on Azure
-                for argv, stdin, check in ipvs_apply_steps(bal.host, bal.scheduler, self.rendered):
-                    netns.run(argv, ns=ns, check=check, input=stdin)
-                if bal.health_check.type != "none":
-                    health.start_keepalived(self, bal)
-                continue
-            netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=ns)  # the stand-ins forward, but need no IPVS conntrack
-            if self.balancer == "nftables":
-                netns.run(["nft", "-f", str(d / "nft-balancer.nft")], ns=ns)
-            else:
-                sock = self.haproxy_socket(bal.host)
-                cfg = d / "haproxy-lab.cfg"
-                # each proxied connection takes two descriptors; stay under this host's hard limit
-                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-                maxconn = 20000 if hard == resource.RLIM_INFINITY else max(256, min(20000, (hard - 100) // 2))
-                cfg.write_text(haproxy_cfg(bal, maxconn=maxconn, stats_socket=str(sock)))
-                log = self.run_dir / "logs" / f"haproxy-{bal.host}.log"
-                self.spawn(f"haproxy-{bal.host}", ["haproxy", "-W", "-db", "-f", str(cfg)], bal.host, log)
-                try:
-                    netns.wait_tcp(ns, bal.vip, bal.port)
-                except LabError as exc:
-                    raise LabError(f"{exc}; haproxy said: {log.read_text()[-1500:]}") from None
+            self.director.apply(bal)
 
     def start_monitors(self, interval: float = 0.5) -> None:
         mon = self.run_dir / "monitor"
@@ -319,8 +286,7 @@ class Lab:
         for bal in self.plan.balancers:
             cmd = [*mqttlab(), "monitor", "balancer", "--kind", self.balancer, "--host", bal.host,
                    "--interval", str(interval), "--out", str(mon / f"balancer-{bal.host}.csv"), "--vip", f"{bal.vip}:{bal.port}"]
-            if self.balancer == "haproxy":
-                cmd += ["--haproxy-socket", str(self.haproxy_socket(bal.host))]
+            cmd += self.director.monitor_args(bal)
             (self.run_dir / "balancer").mkdir(exist_ok=True)
             self.spawn(f"monitor-{bal.host}", cmd, bal.host, self.run_dir / "logs" / f"monitor-{bal.host}.log")
 
@@ -488,12 +454,7 @@ class Lab:
         for bal in self.plan.balancers:
             out = self.run_dir / "balancer" / f"{bal.host}-connections.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
-            if self.balancer == "haproxy":
-                sock = self.haproxy_socket(bal.host)
-                text = netns.run(["python3", "-c", HAPROXY_SESS, str(sock)], check=False).stdout
-            else:
-                text = netns.run(["ipvsadm", "-Lnc"] if self.balancer == "ipvs" else ["conntrack", "-L", "-p", "tcp"], ns=self.ns(bal.host),
-                                 check=False).stdout
+            text = self.director.connections(bal)
             out.write_text(text)
 
     def stop_monitors(self) -> None:
@@ -556,8 +517,7 @@ def teardown(lab_id: str) -> list[str]:
 
 def required_tools(cfg: ExperimentConfig, balancer: str) -> list[str]:
     """The programs a run of ``cfg`` with ``balancer`` starts (a dry run lists the missing ones)."""
-    return ["ip", "mosquitto", "sysctl", *LB_TOOLS[balancer],
-            *(["keepalived"] if balancer == "ipvs" and cfg.balancer.health_check.type != "none" else []),
+    return ["ip", "mosquitto", "sysctl", *DIRECTORS[balancer].required_tools(cfg),
             *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else [])]
 
 
