@@ -17,11 +17,10 @@ from infra.cloudinit import cloud_config, custom_data
 from infra.settings import AzureSettings
 from workloads.describe.faults import Fault
 from workloads.describe.plan import Host, Plan
-from workloads.hosts.azure.faults import LEAD_S, hosts_with_faults, start_epoch
+from workloads.hosts.azure import steps
+from workloads.hosts.azure.inject import hosts_with_faults, start_epoch
+from workloads.hosts.azure.steps import MQTTLAB, REMOTE_ROOT
 
-REMOTE_ROOT = "/opt/mqttlab"
-RUNS = "/var/lib/mqttlab/runs"
-MQTTLAB = f"{REMOTE_ROOT}/.venv/bin/mqttlab"
 UBUNTU = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
 BUNDLE = f"{REMOTE_ROOT}/bundle.tar.gz"
 # Azure built-in roles (Microsoft Learn, "Azure built-in roles": Storage section)
@@ -256,7 +255,7 @@ class LabHost(pulumi.ComponentResource):
         self.installed = command.remote.Command(f"{name}-install", connection=self.conn, create=INSTALL, triggers=self.install_triggers,
                                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]))
         if ctx.security is not None:  # secured brokers: every later step waits for this host's secrets
-            self.installed = ctx.security.install(name, self.conn, ctx.stack, f"{REMOTE_ROOT}/src", MQTTLAB, [self.installed], self.vm.vm_id,
+            self.installed = ctx.security.install(name, self.conn, ctx.stack, [self.installed], self.vm.vm_id,
                                                   T_SECURITY)
         self.host = self.vm.host
 
@@ -270,7 +269,7 @@ class BrokerHost(LabHost):
         super().__init__("mqttlab:azure:BrokerHost", name, ctx, vm_args, private_key, opts)
         self.up = command.remote.Command(
             f"{name}-brokers-up", connection=self.conn, triggers=self.install_triggers,
-            create=f"sudo timeout {T_BROKERS} {MQTTLAB} host brokers-up -s {ctx.stack} --project-dir {REMOTE_ROOT}/src",
+            create=steps.line("brokers-up", ctx.stack, T_BROKERS),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.installed]),
         )
         self.register_outputs({"publicIp": self.vm.ip_address})
@@ -288,7 +287,7 @@ class BalancerHost(LabHost):
         if ctx.plan.balancer_on(host.name) is not None:
             self.applied = command.remote.Command(
                 f"{name}-balancer-apply", connection=self.conn, triggers=self.install_triggers,
-                create=f"sudo timeout {T_BALANCER} {MQTTLAB} host balancer-apply -s {ctx.stack} --host {host.name} --project-dir {REMOTE_ROOT}/src",
+                create=steps.line("balancer-apply", ctx.stack, T_BALANCER, host=host.name),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.installed]),
             )
         self.ready: pulumi.Resource = self.applied or self.installed
@@ -310,41 +309,40 @@ class BenchmarkRun(pulumi.ComponentResource):
         run = ctx.az.run_id
         trig: list[pulumi.Input[str]] = [run, ctx.bundle.sha256]
         limit = ctx.az.bench_timeout_s
-        base = f"sudo timeout {limit} {MQTTLAB} host"
-        common = f"-s {ctx.stack} --project-dir {REMOTE_ROOT}/src --run-id {run} --runs {RUNS}"
+        lg = ctx.az.load_generator
+
+        def line(step: str, host: str | None = None, timeout: int = limit, **options: Any) -> str:
+            return steps.line(step, ctx.stack, timeout, host=host, run_id=run if steps.BY_NAME[step].run else None, **options)
         ready = [brokers.up, *[b.ready for b in balancers]]
 
         def cmd(rname: str, host: LabHost, create: pulumi.Input[str], deps: Sequence[pulumi.Resource]) -> command.remote.Command:
             return command.remote.Command(f"{name}-{rname}", connection=host.conn, create=create, triggers=[*trig, host.vm.vm_id],
                                           opts=pulumi.ResourceOptions(parent=self, depends_on=list(deps)))
 
-        probes = [cmd(f"probe-{b.host.name}", b, f"sudo timeout {T_PROBE} {MQTTLAB} host probe-brokers -s {ctx.stack} --host {b.host.name} "
-                      f"--project-dir {REMOTE_ROOT}/src", ready) for b in balancers if b.applied is not None]
-        mon = [cmd("monitor-brokers", brokers, f"{base} monitors-start --role brokers {common}", probes)]
+        probes = [cmd(f"probe-{b.host.name}", b, line("probe-brokers", b.host.name, T_PROBE), ready) for b in balancers if b.applied is not None]
+        mon = [cmd("monitor-brokers", brokers, line("monitors-start", role="brokers"), probes)]
         for b in balancers:
             if b.applied is not None:
-                mon.append(cmd(f"monitor-{b.host.name}", b, f"{base} monitors-start --role balancer --host {b.host.name} {common}", probes))
-        lg = f"--load-generator {ctx.az.load_generator}"
+                mon.append(cmd(f"monitor-{b.host.name}", b, line("monitors-start", b.host.name, role="balancer"), probes))
         first = balancers[0]
-        subs = [cmd(f"subs-{b.host.name}", b, f"{base} bench-subs --host {b.host.name} {lg} {common}", mon) for b in balancers]
+        subs = [cmd(f"subs-{b.host.name}", b, line("bench-subs", b.host.name, load_generator=lg), mon) for b in balancers]
         # one start for every host's publishers and faults, chosen once every subscriber is ready
-        clock = cmd("start", first, f"sudo timeout {T_PROBE} {MQTTLAB} host bench-start -s {ctx.stack} --project-dir {REMOTE_ROOT}/src "
-                    f"--lead {LEAD_S:g}", subs)
+        clock = cmd("start", first, line("bench-start", timeout=T_PROBE, lead=steps.LEAD_S), subs)
         start_at = clock.stdout.apply(start_epoch)
-        pubs = [cmd(f"pubs-{b.host.name}", b, pulumi.Output.concat(f"{base} bench-pubs --host {b.host.name} {lg} {common} --start-at ", start_at),
+        pubs = [cmd(f"pubs-{b.host.name}", b, pulumi.Output.concat(line("bench-pubs", b.host.name, load_generator=lg, last="start_at"), start_at),
                     [*subs, clock]) for b in balancers]
         # mqttlab:faults: a step on each VM that carries some out, beside the publishers; collect stops it
         hosts: dict[str, LabHost] = {h.host.name: h for h in [brokers, *balancers]}
-        faults = [cmd(f"faults-{h}", hosts[h], pulumi.Output.concat(f"{base} faults-start --host {h} {common} --start-at ", start_at), [clock])
+        faults = [cmd(f"faults-{h}", hosts[h], pulumi.Output.concat(line("faults-start", h, last="start_at"), start_at), [clock])
                   for h in hosts_with_faults(ctx.plan_faults)]
-        finish = [cmd(f"finish-{b.host.name}", b, f"{base} bench-finish --host {b.host.name} {lg} {common}", pubs) for b in balancers]
+        finish = [cmd(f"finish-{b.host.name}", b, line("bench-finish", b.host.name, load_generator=lg), pubs) for b in balancers]
         self.collect: list[command.remote.Command] = []
         for h in [brokers, *balancers]:
             writer = store.grant_writer(h.vm)
-            upload = pulumi.Output.concat(f"sudo timeout {T_COLLECT} {MQTTLAB} host collect --host {h.host.name} {lg} {common} --url ", store.url)
+            upload = pulumi.Output.concat(line("collect", h.host.name, T_COLLECT, load_generator=lg, last="url"), store.url)
             self.collect.append(cmd(f"collect-{h.host.name}", h, upload, [*finish, *faults, writer]))
-        verdict = cmd("verdict", first, pulumi.Output.concat(
-            f"sudo timeout {T_VERDICT} {MQTTLAB} host verdict --host {first.host.name} {lg} {common} --url ", store.url), self.collect)
+        verdict = cmd("verdict", first, pulumi.Output.concat(line("verdict", first.host.name, T_VERDICT, load_generator=lg, last="url"), store.url),
+                      self.collect)
         self.summary = verdict.stdout
         self.register_outputs({"runId": run})
 

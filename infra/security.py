@@ -19,6 +19,7 @@ import pulumi_tls as tls
 
 from workloads.describe.config import SecurityConfig
 from workloads.describe.plan import Plan
+from workloads.hosts.azure import steps
 from workloads.render import security
 
 
@@ -71,7 +72,7 @@ class SecurityMaterial(pulumi.ComponentResource):
         self.json: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.from_input(parts).apply(lambda d: json.dumps(d, sort_keys=True)))
         self.register_outputs({})
 
-    def install(self, name: str, conn: command.remote.ConnectionArgs, stack: str, project_dir: str, mqttlab: str,
+    def install(self, name: str, conn: command.remote.ConnectionArgs, stack: str,
                 depends_on: list[pulumi.Resource], vm_id: pulumi.Input[str], timeout_s: int = 300) -> command.remote.Command:
         """A host's copy of the material, piped on stdin; rerun whenever the material or the VM
         changes. No ``delete``: pulumi-command runs a delete over SSH at destroy (a deallocated VM
@@ -80,6 +81,6 @@ class SecurityMaterial(pulumi.ComponentResource):
         with the VM's disk; a rerun overwrites it."""
         return command.remote.Command(
             f"{name}-security", connection=conn, stdin=self.json, triggers=[self.json, vm_id],
-            create=f"sudo timeout {timeout_s} {mqttlab} host security-install -s {stack} --project-dir {project_dir}",
+            create=steps.line("security-install", stack, timeout_s),
             opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )

@@ -251,12 +251,52 @@ def commands(p: Program) -> dict[str, Res]:
     return {r.name: r for r in p.of("command:remote:Command")}
 
 
+def test_every_remote_command_line_parses_with_the_vms_own_parser(program: Program) -> None:
+    """Each remote step's command line, as the program built it from the step table, read by the
+    parser ``mqttlab host`` has on the VM: a step that exists, only options it takes, and the
+    function the table names (so no command line is written in two places that can drift)."""
+    import shlex
+
+    from workloads.cli import build_parser
+    from workloads.hosts.azure.cli import STEP_FUNCTIONS
+    from workloads.hosts.azure.steps import MQTTLAB
+
+    parser = build_parser("host")
+    seen = set()
+    for name, res in commands(program).items():
+        create = res.inputs.get("create") or ""
+        if " host " not in create or MQTTLAB not in create:
+            continue
+        argv = shlex.split(create)
+        argv = argv[argv.index(MQTTLAB) + 1:]
+        args = parser.parse_args(argv)  # argparse exits (SystemExit) on an option the step does not take
+        assert args.func is STEP_FUNCTIONS[argv[1]], name
+        seen.add(argv[1])
+    assert {"brokers-up", "balancer-apply", "probe-brokers", "monitors-start", "bench-subs", "bench-start", "bench-pubs",
+            "bench-finish", "collect", "verdict"} <= seen
+
+
+def test_the_step_table_refuses_an_option_its_step_does_not_take() -> None:
+    from workloads.hosts.azure import steps
+
+    assert steps.line("bench-pubs", "distributed", 60, host="ipvs1", run_id="7", load_generator="mqttlab", last="start_at").endswith(
+        "--run-id 7 --runs /var/lib/mqttlab/runs --start-at ")
+    with pytest.raises(ValueError, match="no option --url"):
+        steps.line("bench-pubs", "distributed", 60, host="ipvs1", run_id="7", last="url")
+    with pytest.raises(ValueError, match="needs --host"):
+        steps.line("bench-subs", "distributed", 60, run_id="7")
+    with pytest.raises(ValueError, match="takes no --run-id"):
+        steps.line("brokers-up", "distributed", 60, run_id="7")
+    with pytest.raises(ValueError, match="load-generator"):
+        steps.line("bench-subs", "distributed", 60, host="ipvs1", run_id="7", load_generator="jmeter")
+
+
 def test_remote_command_graph(program: Program) -> None:
     cmds = commands(program)
     centralized = program.outputs["topology"] == "centralized"
     assert "ipvs1-balancer-apply" in cmds
     assert ("ipvs2-balancer-apply" in cmds) is not centralized  # no IPVS on the second host when centralized
-    assert "host balancer-apply -s" in cmds["ipvs1-balancer-apply"].inputs["create"]
+    assert "host balancer-apply --host ipvs1 -s" in cmds["ipvs1-balancer-apply"].inputs["create"]
     assert "host brokers-up" in cmds["brokers-brokers-up"].inputs["create"]
     for name, c in cmds.items():  # every step is an mqttlab call, not a shell program
         assert "mqttlab" in c.inputs["create"] or name.endswith("-cloud-init"), name

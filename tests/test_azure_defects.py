@@ -97,7 +97,8 @@ def test_5_a_source_or_config_change_reinstalls_and_nothing_else_does(monkeypatc
     root = project_copy(tmp_path)
     a = run("distributed", monkeypatch, root=root)
     again = run("distributed", monkeypatch, root=root)
-    (root / "workloads" / "hostcmd.py").write_text((root / "workloads" / "hostcmd.py").read_text() + "\n# edited\n")
+    cli = root / "workloads" / "hosts" / "azure" / "cli.py"
+    cli.write_text(cli.read_text() + "\n# edited\n")
     b = run("distributed", monkeypatch, root=root)
     ca, cagain, cb = commands(a), commands(again), commands(b)
     for step in ("brokers-install", "ipvs1-install", "brokers-brokers-up", "ipvs1-balancer-apply"):

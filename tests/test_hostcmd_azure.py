@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from workloads.hosts.azure import cli as hostcmd
-from workloads.hosts.azure.cli import LabError, probe_brokers, stray_addresses
+from workloads.base.errors import LabError
+from workloads.bench import command as benchcmd
+from workloads.hosts.azure import bench, common
+from workloads.hosts.azure.brokers import probe_brokers, stray_addresses
 
 
 def args_for(tmp: Path, host: str = "ipvs1") -> argparse.Namespace:
@@ -26,14 +28,14 @@ def args_for(tmp: Path, host: str = "ipvs1") -> argparse.Namespace:
 
 def test_a_failed_publisher_run_is_recorded_and_does_not_stop_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rd = tmp_path / "runs" / "3"
-    hostcmd.record_step(rd, "ipvs1", "bench-subs", "ok")
+    common.record_step(rd, "ipvs1", "bench-subs", "ok")
     fake = [sys.executable, "-c", "import sys; print('{\"complete\": false}'); sys.exit(3)"]  # a real process that fails as the bench does
-    monkeypatch.setattr(hostcmd, "me", lambda: fake)
-    assert hostcmd.cmd_bench_pubs(args_for(tmp_path)) == 0
+    monkeypatch.setattr(benchcmd, "mqttlab", lambda: fake)
+    assert bench.cmd_bench_pubs(args_for(tmp_path)) == 0
     doc = json.loads((rd / "status" / "ipvs1-bench-pubs.json").read_text())
     assert doc["status"] == "failed" and "exited 3" in doc["detail"] and doc["host"] == "ipvs1"
-    hostcmd.record_step(rd, "ipvs2", "bench-subs", "failed", "subscribers not ready")
-    assert hostcmd.cmd_bench_pubs(args_for(tmp_path, "ipvs2")) == 0  # no subscribers here: publishing would only measure loss
+    common.record_step(rd, "ipvs2", "bench-subs", "failed", "subscribers not ready")
+    assert bench.cmd_bench_pubs(args_for(tmp_path, "ipvs2")) == 0  # no subscribers here: publishing would only measure loss
     assert json.loads((rd / "status" / "ipvs2-bench-pubs.json").read_text())["status"] == "skipped"
 
 

@@ -23,8 +23,9 @@ import yaml
 from tests.conftest import ROOT
 from workloads.describe.cliargs import load
 from workloads.describe.plan import build_plan
-from workloads.hosts.azure import cli as hostcmd
-from workloads.hosts.azure import faults as hostfaults
+from workloads.hosts.azure import common
+from workloads.hosts.azure import faults as faultsteps
+from workloads.hosts.azure import inject as hostfaults
 
 BROKERS = ("broker1", "broker2", "broker3")
 # the agreed start, ahead of now: `faults-start` refuses to arm once its first fault's time has
@@ -137,7 +138,7 @@ def test_broker_faults_and_a_bridge_cut_on_the_broker_vm(site: Callable[[list[st
     wait_for("the bridge cut undone", lambda: "mqttlab_fault2" not in tables(hub))
     wait_for("broker1 killed", lambda: [r for r in recs(s, "brokers") if r["spec"] == "broker1:kill@2.5s" and r["started_at"]])
     cfg = load(a)
-    hostcmd.stop_faults(cfg, build_plan(cfg), rd, "brokers")
+    faultsteps.stop_faults(cfg, build_plan(cfg), rd, "brokers")
     assert not list((rd / "pids").glob("faults*"))  # the fault process is gone
 
     assert "ip saddr 10.2.0.20 ip daddr 10.2.0.21 tcp dport 1883 drop" in seen  # the hub's bridge to broker2, both ways
@@ -218,7 +219,7 @@ def test_what_docker_refuses_is_recorded_against_the_fault(site: Callable[[list[
 
 def test_a_fault_step_too_late_for_its_first_fault_refuses_to_arm(site: Callable[[list[str]], dict[str, Any]]) -> None:
     s = site(["broker2:kill@1s"])
-    assert hostcmd.cmd_faults_start(args(s, "brokers", time.time() - 5)) == 0  # recorded, the run goes on
+    assert faultsteps.cmd_faults_start(args(s, "brokers", time.time() - 5)) == 0  # recorded, the run goes on
     doc = json.loads((s["runs"] / "7" / "status" / "brokers-faults.json").read_text())
     assert doc["status"] == "failed" and "past the first fault (1s)" in doc["detail"]
     assert recs(s, "brokers") == [] and not (s["state"].parent / "calls.jsonl").exists()  # nothing was done
@@ -236,9 +237,9 @@ def test_a_restarted_broker_gets_its_monitor_back_in_its_new_namespace(site: Cal
     left in the old one could reach neither, so the fault process replaces it."""
     s = site(["broker3:restart@0.5s+0.5s"])
     base = [sys.executable, "-m", "workloads.cli", "host"]
-    common = ["-s", "distributed", "--project-dir", str(s["dir"]), "--run-id", "7", "--runs", str(s["runs"])]
+    step_args = ["-s", "distributed", "--project-dir", str(s["dir"]), "--run-id", "7", "--runs", str(s["runs"])]
     rd = s["runs"] / "7"
-    cp = subprocess.run([*base, "monitors-start", *common, "--role", "brokers"], capture_output=True, text=True, timeout=120)
+    cp = subprocess.run([*base, "monitors-start", *step_args, "--role", "brokers"], capture_output=True, text=True, timeout=120)
     try:
         # a recorded step exits 0 whatever happened: its status file says how it went
         assert json.loads((rd / "status" / "brokers-monitors-start.json").read_text())["status"] == "ok", cp.stderr
@@ -249,7 +250,7 @@ def test_a_restarted_broker_gets_its_monitor_back_in_its_new_namespace(site: Cal
         csv3 = rd / "monitor" / "brokers-broker3.csv"
         wait_for("the first monitor's rows", lambda: csv3.exists() and len(csv3.read_text().splitlines()) >= 2, 120)
         start = time.time() + LEAD_S
-        cp = subprocess.run([*base, "faults-start", *common, "--host", "brokers", "--start-at", f"{start:.3f}"], capture_output=True,
+        cp = subprocess.run([*base, "faults-start", *step_args, "--host", "brokers", "--start-at", f"{start:.3f}"], capture_output=True,
                             text=True, timeout=120)
         assert cp.returncode == 0 and "1 fault(s) armed" in cp.stdout, cp.stdout + cp.stderr
         (r,) = wait_for("the restart done", lambda: [x for x in recs(s, "brokers") if x["ended_at"]])
@@ -263,8 +264,8 @@ def test_a_restarted_broker_gets_its_monitor_back_in_its_new_namespace(site: Cal
         assert all(Path(f"/proc/{p}").exists() for p in others.values())  # only broker3's was replaced
     finally:
         cfg = load(args(s, "brokers", 0))
-        hostcmd.stop_faults(cfg, build_plan(cfg), rd, "brokers")
-        hostcmd.stop_detached(rd, "monitor")
+        faultsteps.stop_faults(cfg, build_plan(cfg), rd, "brokers")
+        common.stop_detached(rd, "monitor")
     assert not list((rd / "pids").glob("*.pid"))
     rows = (rd / "monitor" / "brokers-broker3.csv").read_text().splitlines()
     assert rows[0].startswith("time_s,broker,") and sum(1 for x in rows if x.startswith("time_s")) == 1  # one CSV, one header

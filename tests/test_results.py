@@ -23,7 +23,8 @@ from tests.azurite import USER_OID, USER_TOKEN, VM_OID, Blob, blob_service, toke
 from tests.conftest import ROOT
 from workloads.analysis.synthetic import reference_truth, write_run
 from workloads.base.errors import LabError
-from workloads.hosts.azure.cli import cmd_verdict, record_step
+from workloads.hosts.azure.collect import cmd_verdict
+from workloads.hosts.azure.common import record_step
 from workloads.rundir.records import summarize
 from workloads.storage import blob as storage
 
