@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh --dev
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy workloads infra tests __main__.py
+echo "== lint-imports"; .venv/bin/lint-imports
 echo "== pytest"
 exec .venv/bin/python -m pytest -ra "$@"

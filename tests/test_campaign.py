@@ -401,14 +401,14 @@ def test_campaign_tables_legends_and_sentences_name_what_ran_for_each_scheduler(
             r["scheduler"] = r["levels"]["scheduler"]
             p.write_text(json.dumps(r))
     legends: list[str] = []  # legend entries and tick labels of the plots written
-    save = report._save
+    save = report.save_figure
 
     def capture(fig: Any, path: Path) -> Path:
         legends.extend(t.get_text().replace("\n", " ") for ax in fig.axes
                        for t in (*(ax.get_legend().get_texts() if ax.get_legend() else ()), *ax.get_xticklabels()))
         return Path(save(fig, path))
 
-    monkeypatch.setattr(report, "_save", capture)
+    monkeypatch.setattr(report, "save_figure", capture)
     rep = report.write_campaign_report(cdir.path)
     rows = list(csv.DictReader((cdir.path / "report" / "runs.csv").open()))
     assert len(rows) == len(results) == 8

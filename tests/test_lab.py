@@ -306,14 +306,14 @@ def saved_labels(monkeypatch: pytest.MonkeyPatch, *modules: Any) -> dict[str, li
     name, read from the figures as they are written."""
     seen: dict[str, list[str]] = {}
     for module in modules:
-        save = module._save
+        save = module.save_figure
 
         def capture(fig: Any, path: Path, save: Any = save) -> Path:
             seen[path.name] = [t.get_text() for ax in fig.axes for t in (*(ax.get_legend().get_texts() if ax.get_legend() else ()),
                                                                              *ax.get_xticklabels())]
             seen[path.name] += [fig._suptitle.get_text()] if fig._suptitle is not None else []
             return Path(save(fig, path))
-        monkeypatch.setattr(module, "_save", capture)
+        monkeypatch.setattr(module, "save_figure", capture)
     return seen
 
 

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from workloads.analysis.figures import _img, _save  # noqa: E402
+from workloads.analysis.figures import figure_html, save_figure  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
 from workloads.describe.names import client_prefix
@@ -347,7 +347,7 @@ def plot_fault_timeline(runs: list[Run], path: Path) -> Path | None:
         for ax in (a1, a2):
             if ax.lines:
                 ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 FAULT_FIELDS = {"run_id": "Run", "kind": "Kind", "target": "Target", "window_s": "Fault window (s)",
@@ -378,7 +378,7 @@ def report_section(runs: list[Run], summaries: list[dict[str, Any]], out: Path) 
     # one column per fault, one row per quantity: twenty quantities side by side would not fit a page
     shown = (table.drop(columns=["affected", "started_at", "ended_at"]).astype(str).set_index("spec").T
              .rename(index=FAULT_FIELDS).rename_axis("Fault").reset_index())
-    img = _img(plot, "throughput and connected clients per broker with the fault windows shaded") if plot is not None else ""
+    img = figure_html(plot, "throughput and connected clients per broker with the fault windows shaded") if plot is not None else ""
     return (f"<h2>Availability under faults</h2><p>Per injected fault: when each balancer stopped using the broker (from its monitor), "
             f"connections it still sent there, clients that lost their connection and how long until they were back, where they went, "
             f"deliveries lost or duplicated for messages sent inside the fault window versus outside it, and for a bridge cut the "

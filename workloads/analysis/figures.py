@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 DPI = 200  # print resolution; the SVG beside each PNG is the one to put in a paper
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """The figure as PNG (for the HTML report) and as SVG beside it (vector, for print)."""
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -24,7 +24,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _img(path: Path, alt: str = "") -> str:
+def figure_html(path: Path, alt: str = "") -> str:
     """The PNG inline (the report stays one file), with a link to its SVG for print."""
     svg = path.with_suffix(".svg")
     link = f'<p class="fig">Figure: {html.escape(alt or path.stem)}. <a href="{svg.name}">SVG for print</a></p>' if svg.is_file() else ""

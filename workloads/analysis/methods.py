@@ -17,7 +17,7 @@ from workloads.base.numbers import shown
 from workloads.describe.standin import from_manifest
 
 
-def _when(t: Any) -> str:
+def utc_time(t: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(t))) if isinstance(t, (int, float)) else "not recorded"
 
 
@@ -92,7 +92,7 @@ def methods_rows(manifest: dict[str, Any], summary: dict[str, Any]) -> list[tupl
     gen = "emqtt-bench, with mqttlab's bench records" if m.get("emqtt_bench") else f"mqttlab bench (Python {ver.get('python', '?')}, paho-mqtt {ver.get('paho_mqtt', '?')})"
     mem = mach.get("memory_bytes")
     return [
-        ("Date", f"{_when(m.get('started_at'))}, {shown((m.get('ended_at') or 0) - (m.get('started_at') or 0), 'seconds') if m.get('ended_at') else '?'} s"),
+        ("Date", f"{utc_time(m.get('started_at'))}, {shown((m.get('ended_at') or 0) - (m.get('started_at') or 0), 'seconds') if m.get('ended_at') else '?'} s"),
         ("Machine", f"{mach.get('cpus', '?')} CPUs, {shown(mem / 2**30, 'rate') if mem else '?'} GiB memory ({mach.get('machine', '?')})"
          if mach else "not recorded"),
         ("Kernel", str(ver.get("kernel", "not recorded"))),

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from workloads.analysis import availability, methods  # noqa: E402
-from workloads.analysis.figures import _img, _save  # noqa: E402
+from workloads.analysis.figures import figure_html, save_figure  # noqa: E402
 from workloads.analysis.load import Run  # noqa: E402
 from workloads.analysis.metrics import GROUP_KEYS, attribution, comparison, summarize_run, throughput  # noqa: E402
 from workloads.analysis.stats import mean_ci  # noqa: E402
@@ -57,7 +57,7 @@ def plot_loss(summaries: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylim(0, top * 1.15)
     ax.set_ylabel("message loss (% of expected deliveries)")
     ax.set_title("Message loss per configuration\n(bar: mean; whisker: standard deviation; dot: one run)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latency(runs: list[Run], path: Path) -> Path:
@@ -73,7 +73,7 @@ def plot_latency(runs: list[Run], path: Path) -> Path:
     ax.set_ylabel("fraction of deliveries at or below")
     ax.set_title("Latency distribution (cumulative) per run", fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_connections(summaries: list[dict[str, Any]], path: Path) -> Path:
@@ -91,7 +91,7 @@ def plot_connections(summaries: list[dict[str, Any]], path: Path) -> Path:
     top = max((max(s["connections_per_broker"].values(), default=0) for s in summaries), default=0)
     ax.set_ylim(0, max(1, top) * 1.6)  # room for the legend above the bars
     ax.legend(fontsize=7, loc="upper right", title=textwrap.fill(JAIN, 60), title_fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_timeseries(runs: list[Run], path: Path) -> Path:
@@ -138,10 +138,10 @@ def plot_timeseries(runs: list[Run], path: Path) -> Path:
     a_lb.yaxis.set_major_locator(MaxNLocator(integer=True))
     # which run: one run's legends name only its series, so the figure says whose they are
     fig.suptitle(runs[0].label if len(runs) == 1 else f"{len(runs)} runs (legends name each)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _table(df: pd.DataFrame, caption: str = "") -> str:
+def html_table(df: pd.DataFrame, caption: str = "") -> str:
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return df.to_html(index=False, border=0, classes="t", na_rep="–").replace('<table border="0" class="dataframe t">', f'<table class="t">{cap}', 1)
 
@@ -262,14 +262,14 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Any]:
 <p>Offered: the scenario's publish rate over all publishers; sent: the messages the publishers sent (a count); expected deliveries:
 sent times the subscribers that hear each publisher. Latencies are the bench's histogram percentiles (3 significant digits), the same as
 <code>mqttlab bench summary</code> prints. {html.escape(JAIN)}.</p>
-{_table(load_t, "Load and delivery per run")}{_table(speed_t, "Latency and balance per run")}
+{html_table(load_t, "Load and delivery per run")}{html_table(speed_t, "Latency and balance per run")}
 <h2>Comparison</h2><p>Runs grouped by topology, balancer, scheduler, QoS and load. Mean over repetitions with the Student's t 95 %
 confidence interval in brackets (loss clipped to 0-100 %, J to 0-1); a configuration with one run has no interval (n = 1).</p>
-{_table(comparison_table(summaries), "Per configuration")}
+{html_table(comparison_table(summaries), "Per configuration")}
 <h2>Where messages were lost</h2><p>Each lost delivery classified from the bench's records, set against the brokers' own drop counters
-and warnings. Unexplained: lost deliveries that no broker reported.</p>{_table(att.rename(columns=ATTRIBUTION_NAMES), "Loss attribution") if not att.empty else '<p>No message was lost.</p>'}
+and warnings. Unexplained: lost deliveries that no broker reported.</p>{html_table(att.rename(columns=ATTRIBUTION_NAMES), "Loss attribution") if not att.empty else '<p>No message was lost.</p>'}
 {faults_html}
-<h2>Figures</h2>{''.join(_img(p, alt) for p, alt in plots)}
+<h2>Figures</h2>{''.join(figure_html(p, alt) for p, alt in plots)}
 </body></html>"""
     (out / "report.html").write_text(doc)
     return {"summaries": summaries, "comparison": comp, "attribution": att, "html": out / "report.html", "plots": [p for p, _ in plots]}

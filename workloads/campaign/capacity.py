@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.campaign.run import CampaignDir, PointFailed, PointRunner, _set_aside, fmt_s, point_record
+from workloads.campaign.run import CampaignDir, PointFailed, PointRunner, fmt_s, point_record, set_aside
 from workloads.campaign.spec import Campaign, CampaignError, Point, config_id
 from workloads.describe.schema import CAPACITY, hint
 from workloads.rundir.records import write_json_atomic
@@ -175,7 +175,7 @@ def run_capacity(campaign: Campaign, out: Path, runner: PointRunner, progress: b
                 if rec is None:
                     cfg = campaign.validate_point(p.overrides, f"point {pid}")
                     pdir = cdir.point_dir(pid)
-                    _set_aside(pdir)
+                    set_aside(pdir)
                     pdir.mkdir(parents=True, exist_ok=True)
                     say(f"{cid}: {offered:.1f} msg/s, repetition {rep} (about {fmt_s(campaign.estimate_s(cfg))})")
                     cdir.event("start", pid)

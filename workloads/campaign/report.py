@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workloads.analysis import methods  # noqa: E402
-from workloads.analysis.report import CSS, _img, _save, _table  # noqa: E402
+from workloads.analysis.figures import figure_html, save_figure  # noqa: E402
+from workloads.analysis.report import CSS, html_table  # noqa: E402
 from workloads.analysis.stats import Difference, Estimate, compare_sentence, holm, mean_ci, welch  # noqa: E402
 from workloads.base.numbers import dumps, shown  # noqa: E402
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
@@ -263,7 +264,7 @@ def methods_section(camp: dict[str, Any], results: list[dict[str, Any]], status:
                     seen[k].append(v)
         rows += [(k, "; ".join(vs) if len(vs) == 1 else "varies by run: " + "; ".join(vs)) for k, vs in seen.items()]
         if starts:
-            rows.insert(1, ("Dates", f"{methods._when(min(starts))} to {methods._when(max(starts))} ({len(manifests)} run manifests read)"))
+            rows.insert(1, ("Dates", f"{methods.utc_time(min(starts))} to {methods.utc_time(max(starts))} ({len(manifests)} run manifests read)"))
     else:
         rows.append(("Machine and software", "not recorded here: the points' run directories are not beside this campaign"))
     sat = sum(1 for r in results if r.get("bench_saturated"))
@@ -362,7 +363,7 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
     ax.set_title("Loss against offered load (mean, 95 % CI)")
     if series:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_by_configuration(conf: list[ConfigStats], path: Path) -> Path:
@@ -386,7 +387,7 @@ def plot_loss_by_configuration(conf: list[ConfigStats], path: Path) -> Path:
     ax.set_ylabel("message loss (%)")
     rate = conf[0].offered_rate if conf else 0.0
     ax.set_title(f"Loss by configuration at {rate:.0f} msg/s offered (mean, 95 % CI)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_capacity(capacities: dict[str, Any], path: Path) -> Path:
@@ -402,7 +403,7 @@ def plot_capacity(capacities: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(range(len(capacities)), list(capacities), fontsize=7)
     ax.set_xlabel("offered rate (messages/s)")
     ax.set_title("Capacity: highest rate that passed to lowest that failed")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[str, Any]:
@@ -450,12 +451,12 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
 {methods.warnings_html(top) if top else ''}
 <p class="answer">{answer(conf, comps)}</p>
 {methods_html}
-<h2>Configurations</h2>{_table(table, "Per configuration and offered rate")}
+<h2>Configurations</h2>{html_table(table, "Per configuration and offered rate")}
 <h2>Comparisons</h2><p>Each pair of configurations that differ in one compared factor. Verdicts use Holm-adjusted p-values per metric;
 p99 latency is given with its interval but no verdict where it is confounded, with the reason.</p>
 <ul>{comp_html or '<li>No pair of configurations differs in exactly one compared factor.</li>'}</ul>
 {f'<h2>Capacity</h2><table><tr><th>Configuration</th><th>Capacity (loss at most the threshold)</th><th>Steps</th></tr>{cap_rows}</table>' if capacities else ''}
-<h2>Figures</h2>{''.join(_img(p, p.stem.replace("-", " ")) for p in plots)}
+<h2>Figures</h2>{''.join(figure_html(p, p.stem.replace("-", " ")) for p in plots)}
 <p>Each point is a normal run directory (see <code>points/*/result.json</code>); <code>mqttlab report</code> on it gives the run's details.</p>
 </body></html>"""
     (out / "report.html").write_text(doc)

@@ -312,7 +312,7 @@ def execute_points(cdir: CampaignDir, campaign: Campaign, order: list[Point], ru
             say(f"the time budget ends before {p.point_id} would; {len(out.skipped)} points left for the next invocation")
             break
         pdir = cdir.point_dir(p.point_id)
-        _set_aside(pdir)
+        set_aside(pdir)
         pdir.mkdir(parents=True, exist_ok=True)
         n = len(out.done) + len(out.ran) + len(out.failed) + 1
         say(f"{n}/{len(order)} {p.point_id} starting (about {fmt_s(est[p.point_id])})")
@@ -400,7 +400,7 @@ def keep_records(src: Path, dest: Path) -> dict[str, int]:
     return {"points": points, "runs": runs}
 
 
-def _set_aside(point_dir: Path) -> None:
+def set_aside(point_dir: Path) -> None:
     """What an interrupted or failed attempt left is kept for diagnosis, out of the analysis's way."""
     runs = point_dir / "runs"
     if not runs.is_dir() or not any(runs.iterdir()):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from workloads.base.errors import LabError
 from workloads.describe.plan import Plan
-from workloads.hosts.azure.common import _cfg, _render
+from workloads.hosts.azure.common import config_and_plan, render_to_disk
 from workloads.hosts.shell import run as sh
 from workloads.render.balancer import ipvs_apply_steps
 
@@ -33,8 +33,8 @@ def apply_balancer(plan: Plan, host: str, rendered: dict[str, str]) -> str:
 
 
 def cmd_balancer_apply(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
-    print(apply_balancer(plan, args.host, _render(cfg, plan)), end="")
+    cfg, plan = config_and_plan(args)
+    print(apply_balancer(plan, args.host, render_to_disk(cfg, plan)), end="")
     return 0
 
 

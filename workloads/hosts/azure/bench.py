@@ -17,14 +17,14 @@ from workloads.describe.names import container
 from workloads.describe.plan import Broker, Plan
 from workloads.describe.standin import balancing
 from workloads.hosts.azure import inject as hostfaults
-from workloads.hosts.azure.common import RENDERED, SKIPPED, _cfg, detach, recorded, run_dir, run_tag, step_status, stop_detached
+from workloads.hosts.azure.common import RENDERED, SKIPPED, config_and_plan, detach, recorded, run_dir, run_tag, step_status, stop_detached
 from workloads.hosts.shell import run as sh
 from workloads.rundir.records import deliveries_on_disk, drain, start_manifest, update_manifest
 
 
 @recorded("monitors-start")
 def cmd_monitors_start(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
+    cfg, plan = config_and_plan(args)
     rd = run_dir(args)
     mon = rd / "monitor"
     mon.mkdir(exist_ok=True)
@@ -67,7 +67,7 @@ def bench_command(role: str, cfg: ExperimentConfig, plan: Plan, args: argparse.N
 
 @recorded("bench-subs")
 def cmd_bench_subs(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
+    cfg, plan = config_and_plan(args)
     rd = run_dir(args)
     start_manifest(rd, kind="azure", stack=args.stack, topology=plan.topology, **balancing("ipvs", cfg.balancer.scheduler).manifest_fields(),
                    scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=run_tag(args.stack, args.run_id), run_id=args.run_id,
@@ -89,7 +89,7 @@ def cmd_bench_subs(args: argparse.Namespace) -> int:
 
 @recorded("bench-pubs")
 def cmd_bench_pubs(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
+    cfg, plan = config_and_plan(args)
     rd = run_dir(args)
     if step_status(rd, args.host, "bench-subs") != "ok":
         return SKIPPED
@@ -139,7 +139,7 @@ def _emqtt(cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path
 
 @recorded("bench-finish")
 def cmd_bench_finish(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
+    cfg, plan = config_and_plan(args)
     rd = run_dir(args)
     drain(lambda: deliveries_on_disk(rd, args.host), None, cfg.scenario.drain_s, poll_s=0.5)
     stop_detached(rd, "bench-sub", timeout=60)

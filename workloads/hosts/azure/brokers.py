@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from workloads.base.errors import LabError
 from workloads.describe.names import container
-from workloads.hosts.azure.common import MATERIAL, RENDERED, _cfg, _render
+from workloads.hosts.azure.common import MATERIAL, RENDERED, config_and_plan, render_to_disk
 from workloads.hosts.shell import run as sh
 
 CONTAINER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
@@ -22,7 +22,7 @@ def cmd_security_install(args: argparse.Namespace) -> int:
     """Store the secrets piped in on stdin (never an argument), owner-only, after checking them."""
     from workloads.render import security
 
-    cfg, plan = _cfg(args)
+    cfg, plan = config_and_plan(args)
     text = sys.stdin.read()
     security.material_from_json(text, plan, cfg.security, "stdin")
     MATERIAL.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +49,8 @@ def stray_addresses(ip_addr_output: str, wanted: Sequence[str]) -> list[str]:
 
 
 def cmd_brokers_up(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
-    _render(cfg, plan)
+    cfg, plan = config_and_plan(args)
+    render_to_disk(cfg, plan)
     d = RENDERED / "brokers"
     shown = sh(["ip", "-4", "-o", "addr", "show", "dev", args.parent], check=False).stdout
     for cidr in stray_addresses(shown, [b.address for b in plan.brokers]):
@@ -102,7 +102,7 @@ def probe_brokers(targets: Sequence[tuple[str, str, int]], attempts: int = 30, p
 
 
 def cmd_probe_brokers(args: argparse.Namespace) -> int:
-    _, plan = _cfg(args)
+    _, plan = config_and_plan(args)
     for line in probe_brokers([(b.name, b.address, b.port) for b in plan.brokers]):
         print(line)
     return 0

@@ -12,7 +12,7 @@ import sys
 from workloads.base.clipaths import in_file, out_dir
 from workloads.describe.config import ConfigError
 from workloads.describe.names import container
-from workloads.hosts.azure.common import _cfg, run_dir, stop_detached
+from workloads.hosts.azure.common import config_and_plan, run_dir, stop_detached
 from workloads.hosts.azure.faults import stop_faults
 from workloads.hosts.shell import run as sh
 from workloads.rundir.records import update_manifest
@@ -20,7 +20,7 @@ from workloads.storage import blob as storage
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
+    cfg, plan = config_and_plan(args)
     rd = run_dir(args)
     # faults first: a restart still being undone may replace a broker's monitor, and the
     # replacements are the fault process's children, reaped once it has ended
@@ -47,7 +47,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_verdict(args: argparse.Namespace) -> int:
     """After every host uploaded: the run fails (and its manifest says so) if any step failed.
     The results are in the store either way; this is what makes ``pulumi up`` report it."""
-    _, plan = _cfg(args)
+    _, plan = config_and_plan(args)
     rd = run_dir(args)
     prefix = f"{args.stack}/{args.run_id}/"
     c = storage.container(args.url, storage.vm_credential(), args.ca_file)

@@ -34,12 +34,12 @@ def run_tag(stack: str, run_id: str) -> int:
     return zlib.crc32(f"{stack}/{run_id}".encode()) or 1
 
 
-def _cfg(args: argparse.Namespace) -> tuple[ExperimentConfig, Plan]:
+def config_and_plan(args: argparse.Namespace) -> tuple[ExperimentConfig, Plan]:
     cfg = load(args)
     return cfg, build_plan(cfg)
 
 
-def _render(cfg: ExperimentConfig, plan: Plan) -> dict[str, str]:
+def render_to_disk(cfg: ExperimentConfig, plan: Plan) -> dict[str, str]:
     """Write every rendered file under RENDERED (where the steps and a person find them)."""
     material = None
     if cfg.security.enabled:

@@ -14,14 +14,14 @@ from workloads.describe.config import ExperimentConfig
 from workloads.describe.plan import Plan
 from workloads.hosts.azure import inject as hostfaults
 from workloads.hosts.azure.bench import restart_broker_monitor
-from workloads.hosts.azure.common import _cfg, detach, recorded, run_dir, stop_detached
+from workloads.hosts.azure.common import config_and_plan, detach, recorded, run_dir, stop_detached
 
 
 @recorded("faults")
 def cmd_faults_start(args: argparse.Namespace) -> int:
     """Start this VM's fault process in the background (it must run beside the publishers and
     be stopped by collect) and return once it has armed its schedule."""
-    cfg, _ = _cfg(args)
+    cfg, _ = config_and_plan(args)
     rd = run_dir(args)
     mine = hostfaults.faults_on(cfg.faults, args.host)
     if not mine:
@@ -47,7 +47,7 @@ def cmd_faults_start(args: argparse.Namespace) -> int:
 
 
 def cmd_faults_run(args: argparse.Namespace) -> int:
-    cfg, plan = _cfg(args)
+    cfg, plan = config_and_plan(args)
     rd = run_dir(args)
     return hostfaults.run_injector(plan, hostfaults.faults_on(cfg.faults, args.host), args.host, rd, args.start_at, args.until,
                                    on_restart=lambda broker: restart_broker_monitor(cfg, plan, rd, broker))
