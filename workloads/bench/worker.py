@@ -18,7 +18,7 @@ import selectors
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from workloads.bench import backoff
 from workloads.bench.client import BenchClient
 from workloads.bench.payload import encode
+from workloads.bench.protocol import Done, Report, StartPublishers, Stop
 from workloads.bench.recorder import Recorder
 from workloads.bench.schedule import PublishSchedule
 from workloads.bench.state import ClientSpec, ClientState, WorkerSpec
@@ -359,14 +360,14 @@ class Worker:
     def control(self) -> None:
         while self.ctl.poll():
             msg = self.ctl.recv()
-            if msg[0] == "start_pubs":
-                self.t0 = msg[1]
+            if isinstance(msg, StartPublishers):
+                self.t0 = msg.at
                 self.start_publishers()
-            elif msg[0] == "stop":
+            elif isinstance(msg, Stop):
                 self.stop = True
 
-    def report(self, *msg: Any) -> None:
-        self.ctl.send(msg)
+    def report(self, kind: Literal["progress", "ready", "published"]) -> None:
+        self.ctl.send(Report(kind, self.totals()))
 
     def totals(self) -> dict[str, int]:
         return {
@@ -414,7 +415,7 @@ class Worker:
                 self.changed = False
                 if all(s.subscribed for s in self.subs) and all(s.connected for s in self.pubs):
                     reported_ready = True
-                    self.report("ready", self.totals())
+                    self.report("ready")
                     if not self.pubs:  # a subscriber-only worker measures itself from here
                         self.cpu_pub0, self.wall_pub0 = time.process_time(), time.time()
             now = time.time()
@@ -433,12 +434,11 @@ class Worker:
                         self.connect(st)  # lost or refused by a path that did not queue it: on_connect records "reconnect"
                 self.flush_writes()
                 self.rec.flush()
-                tot = self.totals()
-                self.report("progress", tot)
+                self.report("progress")
                 if self.phase == "publish" and not self.schedule and not self.publish_done_at:
                     if all(s.acked + s.failed >= s.sent or self.sc.qos == 0 for s in self.pubs):
                         self.publish_done_at = now
-                        self.report("published", tot)
+                        self.report("published")
         self.finish()
 
     def finish(self) -> None:
@@ -483,7 +483,7 @@ class Worker:
             "clients": clients,
         }
         self.rec.finish(self.states, self_check)
-        self.report("done", self.totals(), self_check)
+        self.ctl.send(Done(self.totals(), self_check))
 
 
 def worker_main(spec: WorkerSpec, ctl: Connection) -> None:

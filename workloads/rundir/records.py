@@ -265,15 +265,16 @@ def deliveries_on_disk(run_dir: Path, host: str = "*") -> int:
     return sum(p.stat().st_size // DELIVERY_DTYPE.itemsize for p in run_dir.glob(f"bench/{host}/deliveries-*.bin"))
 
 
-def drain(count: Callable[[], int], want: int | None, limit_s: float, poll_s: float = 0.2) -> int:
+def drain(count: Callable[[], int], want: int | None, limit_s: float, poll_s: float = 0.2,
+          stopped: Callable[[], bool] = lambda: False) -> int:
     """Wait for deliveries to settle: until ``count()`` reaches ``want``, or has not grown for
-    QUIET_S, or ``limit_s`` passed. Messages still queued in an overloaded broker are given the
-    time to arrive instead of being counted as lost; returns the last count."""
+    QUIET_S, or ``limit_s`` passed, or ``stopped()``. Messages still queued in an overloaded broker
+    are given the time to arrive instead of being counted as lost; returns the last count."""
     end = time.time() + limit_s
     seen, quiet_since = -1, time.time()
     while True:
         got = count()
-        if want is not None and got >= want:
+        if (want is not None and got >= want) or stopped():
             return got
         if got != seen:
             seen, quiet_since = got, time.time()
