@@ -22,7 +22,6 @@ undone, or to the end of the run for a kill):
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,42 +34,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workloads.analysis.figures import figure_html, save_figure  # noqa: E402
-from workloads.analysis.load import Run  # noqa: E402
+from workloads.analysis.load import (
+    Run,  # noqa: E402
+    read_outages,
+)
 from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
 from workloads.describe.names import client_prefix
-from workloads.rundir.records import RunDirError  # noqa: E402
+from workloads.rundir.records import (
+    read_faults,
+)
 
-OUTAGE_COLUMNS = ["client_id", "role", "lost_at", "back_at", "attempts", "local_before", "local_after"]
 BROKER_LOG_TIME = "%Y-%m-%dT%H:%M:%S"  # log_timestamp_format in the rendered mosquitto.conf (local time)
-
-
-def read_faults(run: Run) -> list[dict[str, Any]]:
-    """The lab's ``faults.jsonl``, or on Azure each injecting VM's ``faults/<host>.jsonl`` (same
-    records plus their place in ``mqttlab:faults``), merged in that order."""
-    paths = [run.path / "faults.jsonl"] if (run.path / "faults.jsonl").exists() else sorted((run.path / "faults").glob("*.jsonl"))
-    out = []
-    for path in paths:
-        for i, line in enumerate(path.read_text().splitlines()):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise RunDirError(f"{path}: line {i + 1} is not JSON ({exc})") from None
-    return sorted(out, key=lambda r: int(r.get("index", 0)))
-
-
-def read_outages(run: Run) -> pd.DataFrame:
-    frames = []
-    for p in sorted((run.path / "bench").glob("*/outages-*.csv")):
-        df = pd.read_csv(p, dtype={"local_before": str, "local_after": str})
-        missing = [c for c in OUTAGE_COLUMNS if c not in df.columns]
-        if missing:
-            raise RunDirError(f"{p}: missing columns {', '.join(missing)}")
-        frames.append(df.assign(host=p.parent.name))
-    if not frames:
-        return pd.DataFrame(columns=[*OUTAGE_COLUMNS, "host"])
-    return pd.concat(frames, ignore_index=True)
 
 
 def window(fault: dict[str, Any], run: Run) -> tuple[float, float]:
@@ -261,7 +235,7 @@ def bridge_loss(run: Run, fault: dict[str, Any], start: float, end: float) -> tu
 
 
 def fault_table(run: Run) -> pd.DataFrame:
-    faults = read_faults(run)
+    faults = read_faults(run.path)
     cols = ["run_id", "spec", "kind", "target", "started_at", "ended_at", "window_s", "balancer_out_after_s", "sent_to_failed_broker",
             "affected_clients", "affected_by_host", "never_back", "reconnect_p50_s", "reconnect_p99_s", "reconnect_max_s", "attempts",
             "back_on", "lost_inside", "lost_outside", "dup_inside", "dup_outside", "bridge_lost_messages", "bridge_dropped_sys", "affected"]
@@ -316,7 +290,7 @@ def fault_table(run: Run) -> pd.DataFrame:
 def plot_fault_timeline(runs: list[Run], path: Path) -> Path | None:
     """Per run with faults: deliveries per second and connected clients per broker, the fault
     windows shaded and labelled."""
-    runs = [r for r in runs if read_faults(r)]
+    runs = [r for r in runs if read_faults(r.path)]
     if not runs:
         return None
     fig, axes = plt.subplots(2 * len(runs), 1, figsize=(7.5, 5 * len(runs)), squeeze=False)
@@ -330,7 +304,7 @@ def plot_fault_timeline(runs: list[Run], path: Path) -> Path | None:
         b = r.brokers.dropna(subset=["clients_connected"]) if "clients_connected" in r.brokers else pd.DataFrame()
         for broker, g in (b.groupby("broker") if not b.empty else []):
             a2.plot(g["time_s"] - t0, g["clients_connected"], label=str(broker))
-        for f in read_faults(r):
+        for f in read_faults(r.path):
             if f.get("started_at") is None:
                 continue
             s, e = window(f, r)

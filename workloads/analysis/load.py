@@ -109,3 +109,20 @@ def load_run(run_dir: Path) -> Run:
     if clients.empty:
         notes.append("no client records: the bench did not finish writing")
     return Run(run_dir, manifest, clients, pubs, subs, deliveries, timeline, brokers, balancers, connects, drops, notes)
+
+
+OUTAGE_COLUMNS = ["client_id", "role", "lost_at", "back_at", "attempts", "local_before", "local_after"]
+
+
+def read_outages(run: Run) -> pd.DataFrame:
+    """Every client's outages (``outages-*.csv``: lost, back, attempts, where it landed), by host."""
+    frames = []
+    for p in sorted((run.path / "bench").glob("*/outages-*.csv")):
+        df = pd.read_csv(p, dtype={"local_before": str, "local_after": str})
+        missing = [c for c in OUTAGE_COLUMNS if c not in df.columns]
+        if missing:
+            raise RunDirError(f"{p}: missing columns {', '.join(missing)}")
+        frames.append(df.assign(host=p.parent.name))
+    if not frames:
+        return pd.DataFrame(columns=[*OUTAGE_COLUMNS, "host"])
+    return pd.concat(frames, ignore_index=True)

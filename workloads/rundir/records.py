@@ -265,6 +265,23 @@ def deliveries_on_disk(run_dir: Path, host: str = "*") -> int:
     return sum(p.stat().st_size // DELIVERY_DTYPE.itemsize for p in run_dir.glob(f"bench/{host}/deliveries-*.bin"))
 
 
+def read_faults(run_dir: Path) -> list[dict[str, Any]]:
+    """The faults of a run as carried out (empty when it had none): the lab's ``faults.jsonl``,
+    or on Azure each injecting VM's ``faults/<host>.jsonl`` (the same records plus their place in
+    ``mqttlab:faults``), merged in that order."""
+    paths = [run_dir / "faults.jsonl"] if (run_dir / "faults.jsonl").exists() else sorted((run_dir / "faults").glob("*.jsonl"))
+    out = []
+    for path in paths:
+        for i, line in enumerate(path.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RunDirError(f"{path}: line {i + 1} is not JSON ({exc})") from None
+    return sorted(out, key=lambda r: int(r.get("index", 0)))
+
+
 def drain(count: Callable[[], int], want: int | None, limit_s: float, poll_s: float = 0.2,
           stopped: Callable[[], bool] = lambda: False) -> int:
     """Wait for deliveries to settle: until ``count()`` reaches ``want``, or has not grown for

@@ -8,12 +8,10 @@ without resets, as when a link or a VM dies. ``faults.jsonl`` in the run directo
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from workloads.describe.faults import Fault
 from workloads.hosts.faults.rules import bridge_cut_rules, director_dead_rules
@@ -92,11 +90,3 @@ class Injector(Schedule):
                       cap.procs_files if cap else ())
         netns.wait_tcp(lab.ns("brokers"), b.address, b.port)
         return f"started again as pid {p.pid}, listening"
-
-
-def read_faults(run_dir: Path) -> list[dict[str, Any]]:
-    """The faults of a run as recorded (empty when it had none)."""
-    path = run_dir / FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

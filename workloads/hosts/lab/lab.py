@@ -34,11 +34,11 @@ from workloads.describe.runsize import progress
 from workloads.describe.scenario import QUIET_S
 from workloads.hosts.lab import cgroups, netns
 from workloads.hosts.lab.directors import DIRECTORS
-from workloads.hosts.lab.inject import Injector, read_faults
+from workloads.hosts.lab.inject import Injector
 from workloads.hosts.lab.state import STATE_DIR, broker_command
 from workloads.render.files import render_files, write_files
 from workloads.render.security import CLIENT_FILE
-from workloads.rundir.records import deliveries_on_disk, drain, read_manifest, start_manifest, summarize, update_manifest
+from workloads.rundir.records import deliveries_on_disk, drain, read_faults, read_manifest, start_manifest, summarize, update_manifest
 
 BALANCERS = tuple(DIRECTORS)
 _CONNECT = re.compile(r"New client connected from (\S+) as (\S+)")
