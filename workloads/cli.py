@@ -158,12 +158,12 @@ class Parser(argparse.ArgumentParser):
 
 # the modules that add each command's parser: a command loads only its own (a bench process
 # starts without importing the lab, Azure host steps, reports or campaigns)
-COMMANDS = {"monitor": "monitor", "bench": "bench", "lab": "lab", "host": "hostcmd", "results": "hostcmd", "report": "analysis",
+COMMANDS = {"monitor": "monitor", "bench": "bench", "lab": "lab", "host": "azure", "results": "azure", "report": "analysis",
             "campaign": "campaign"}
 
 
 SUBCOMMAND_MODULES = (("monitor", "workloads.hosts.monitor"), ("bench", "workloads.bench.cli"), ("lab", "workloads.hosts.lab.cli"),
-                      ("hostcmd", "workloads.hosts.azure.cli"), ("analysis", "workloads.analysis.cli"), ("campaign", "workloads.campaign.cli"))
+                      ("azure", "workloads.hosts.azure.cli"), ("analysis", "workloads.analysis.cli"), ("campaign", "workloads.campaign.cli"))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

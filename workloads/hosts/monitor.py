@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from workloads.base import procs
+from workloads.base.errors import LabError
+from workloads.hosts import shell
 
 BROKER_COLUMNS = [
     "time_s", "broker", "cpu_pct", "mem_bytes", "clients_connected", "msgs_received",
@@ -286,8 +287,8 @@ def parse_ipvs(stats_text: str, conns_text: str) -> list[dict[str, object]]:
 
 
 def sample_ipvs() -> list[dict[str, object]]:
-    stats = subprocess.run(["ipvsadm", "-Ln", "--stats", "--exact"], capture_output=True, text=True, timeout=10, check=True).stdout
-    conns = subprocess.run(["ipvsadm", "-Ln"], capture_output=True, text=True, timeout=10, check=True).stdout
+    stats = shell.run(["ipvsadm", "-Ln", "--stats", "--exact"], timeout=10).stdout
+    conns = shell.run(["ipvsadm", "-Ln"], timeout=10).stdout
     return parse_ipvs(stats, conns)
 
 
@@ -341,7 +342,7 @@ def parse_conntrack(text: str, vip: str, port: int) -> list[dict[str, object]]:
 
 
 def sample_conntrack(vip: str, port: int) -> list[dict[str, object]]:
-    out = subprocess.run(["conntrack", "-L", "-p", "tcp"], capture_output=True, text=True, timeout=10).stdout
+    out = shell.run(["conntrack", "-L", "-p", "tcp"], check=False, timeout=10).stdout
     return parse_conntrack(out, vip, port)
 
 
@@ -350,7 +351,7 @@ def run_balancer_monitor(host: str, kind: str, sampler: Callable[[], list[dict[s
     def rows_at(now: float) -> list[dict[str, object]]:
         try:
             return [{c: "" for c in BALANCER_COLUMNS} | r | {"time_s": f"{now:.3f}", "host": host, "kind": kind} for r in sampler()]
-        except (subprocess.SubprocessError, OSError) as exc:
+        except (LabError, OSError) as exc:
             print(f"monitor: {kind} sample failed: {exc}", flush=True)
             return []
 
@@ -360,7 +361,7 @@ def run_balancer_monitor(host: str, kind: str, sampler: Callable[[], list[dict[s
 def connection_table(kind: str) -> str:
     """The balancer's connection table as text, for joining clients to brokers after a run."""
     cmd = ["ipvsadm", "-Lnc"] if kind == "ipvs" else ["conntrack", "-L", "-p", "tcp"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    return shell.run(cmd, check=False, timeout=30).stdout
 
 
 # --------------------------------------------------------------------------- CLI

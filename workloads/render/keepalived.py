@@ -114,32 +114,3 @@ def ipvs_reals(ipvsadm_ln: str, vip: str, port: int) -> set[str]:
         elif inside and parts[:1] == ["->"] and len(parts) > 1 and parts[1][0].isdigit():
             out.add(parts[1])
     return out
-
-
-def start_daemon(bal: Balancer, directory: Path, ready_s: float = 30.0) -> str:
-    """Azure's director: (re)start keepalived in the background and wait, bounded, until every
-    weighted broker passed its check; returns ``ipvsadm -Ln`` for the step's log."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    pidfile = directory / "keepalived.pid"
-    if pidfile.exists():  # a previous apply: replace it, so re-running the step is idempotent
-        try:
-            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
-            time.sleep(1)
-        except (ProcessLookupError, ValueError):
-            pass
-    _conf, argv = prepare(bal, directory)
-    subprocess.run([a for a in argv if a not in ("--dont-fork", "--log-console")], check=True, timeout=30, capture_output=True)
-    want = {f"{rs.address}:{rs.port}" for rs in bal.real_servers if rs.weight > 0}
-    end = time.time() + ready_s
-    while True:
-        text = subprocess.run(["ipvsadm", "-Ln"], capture_output=True, text=True, timeout=10).stdout
-        if want <= ipvs_reals(text, bal.vip, bal.port):
-            return text
-        if time.time() > end:
-            raise RuntimeError(f"keepalived on {bal.host}: brokers {sorted(want - ipvs_reals(text, bal.vip, bal.port))} "
-                               f"fail the {bal.health_check.type} check after {ready_s:.0f}s")
-        time.sleep(0.5)

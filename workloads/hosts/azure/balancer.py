@@ -4,14 +4,41 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
+import signal
+import time
 from pathlib import Path
 
 from workloads.base.errors import LabError
-from workloads.describe.plan import Plan
+from workloads.describe.plan import Balancer, Plan
 from workloads.hosts.azure.common import config_and_plan, render_to_disk
 from workloads.hosts.shell import run as sh
+from workloads.render import keepalived
 from workloads.render.balancer import ipvs_apply_steps
+
+
+def start_keepalived(bal: Balancer, directory: Path, ready_s: float = 30.0) -> str:
+    """Azure's director: (re)start keepalived in the background and wait, bounded, until every
+    weighted broker passed its check; returns ``ipvsadm -Ln`` for the step's log."""
+    pidfile = directory / "keepalived.pid"
+    if pidfile.exists():  # a previous apply: replace it, so re-running the step is idempotent
+        try:
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+            time.sleep(1)
+        except (ProcessLookupError, ValueError):
+            pass
+    _conf, argv = keepalived.prepare(bal, directory)
+    sh([a for a in argv if a not in ("--dont-fork", "--log-console")], timeout=30)
+    want = {f"{rs.address}:{rs.port}" for rs in bal.real_servers if rs.weight > 0}
+    end = time.time() + ready_s
+    while True:
+        text = sh(["ipvsadm", "-Ln"], check=False, timeout=10).stdout
+        if want <= keepalived.ipvs_reals(text, bal.vip, bal.port):
+            return text
+        if time.time() > end:
+            raise LabError(f"keepalived on {bal.host}: brokers {sorted(want - keepalived.ipvs_reals(text, bal.vip, bal.port))} "
+                           f"fail the {bal.health_check.type} check after {ready_s:.0f}s")
+        time.sleep(0.5)
 
 
 def apply_balancer(plan: Plan, host: str, rendered: dict[str, str]) -> str:
@@ -23,12 +50,7 @@ def apply_balancer(plan: Plan, host: str, rendered: dict[str, str]) -> str:
     for argv, stdin, check in ipvs_apply_steps(host, bal.scheduler, rendered):
         sh(argv, input=stdin, check=check)
     if bal.health_check.type != "none":
-        from workloads.render import keepalived
-
-        try:
-            keepalived.start_daemon(bal, Path("/run/mqttlab/keepalived") / host)  # root-only: script security
-        except (RuntimeError, subprocess.SubprocessError) as exc:
-            raise LabError(str(exc)) from None
+        start_keepalived(bal, Path("/run/mqttlab/keepalived") / host)  # root-only: script security
     return sh(["ipvsadm", "-Sn"]).stdout
 
 
