@@ -18,8 +18,9 @@ from infra.settings import AzureSettings
 from workloads.describe.faults import Fault
 from workloads.describe.plan import Host, Plan
 from workloads.hosts.azure import steps
-from workloads.hosts.azure.inject import hosts_with_faults, start_epoch
-from workloads.hosts.azure.steps import MQTTLAB, REMOTE_ROOT
+from workloads.hosts.azure.bench import start_epoch
+from workloads.hosts.azure.inject import hosts_with_faults
+from workloads.hosts.azure.steps import MQTTLAB, PROJECT_DIR, REMOTE_ROOT
 
 UBUNTU = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
 BUNDLE = f"{REMOTE_ROOT}/bundle.tar.gz"
@@ -230,10 +231,10 @@ def bounded(seconds: int, script: str) -> str:
 
 
 CLOUD_INIT_WAIT = bounded(T_CLOUD_INIT, "cloud-init status --wait --long; rc=$?; [ $rc -ne 1 ]")  # 2: finished with warnings
-INSTALL = bounded(T_INSTALL, f"set -e; rm -rf {REMOTE_ROOT}/src.new; mkdir -p {REMOTE_ROOT}/src.new; tar -xzf {BUNDLE} -C {REMOTE_ROOT}/src.new; "
-                  f"rm -rf {REMOTE_ROOT}/src; mv {REMOTE_ROOT}/src.new {REMOTE_ROOT}/src; "
+INSTALL = bounded(T_INSTALL, f"set -e; rm -rf {PROJECT_DIR}.new; mkdir -p {PROJECT_DIR}.new; tar -xzf {BUNDLE} -C {PROJECT_DIR}.new; "
+                  f"rm -rf {PROJECT_DIR}; mv {PROJECT_DIR}.new {PROJECT_DIR}; "
                   f"test -x {REMOTE_ROOT}/.venv/bin/python || python3 -m venv {REMOTE_ROOT}/.venv; "
-                  f"{REMOTE_ROOT}/.venv/bin/pip install -q --disable-pip-version-check \"{REMOTE_ROOT}/src[azure]\"; {MQTTLAB} --help >/dev/null")
+                  f"{REMOTE_ROOT}/.venv/bin/pip install -q --disable-pip-version-check \"{PROJECT_DIR}[azure]\"; {MQTTLAB} --help >/dev/null")
 
 
 class LabHost(pulumi.ComponentResource):

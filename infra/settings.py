@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workloads.describe.config import ConfigError
+from workloads.describe.schema import LOAD_GENERATORS
 
 P = "mqttlab:azure."
-LOAD_GENERATORS = ("mqttlab", "emqtt-bench")
+
 OPEN_WORLD = {"*", "0.0.0.0/0", "internet", "any", "::/0"}
 _SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
 _TIME = re.compile(r"^([01]\d|2[0-3])[0-5]\d$")

@@ -283,8 +283,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_failed_command_line_is_one_line_with_its_output_after_it() -> None:
-    text = cli.one_line(LabError("command failed (2): ip link add x\nRTNETLINK answers: File exists\n"))
-    assert text == "command failed (2): ip link add x: RTNETLINK answers: File exists"
+    text = cli.one_line(LabError("ip link add x failed (2): RTNETLINK answers\nFile exists\n"))
+    assert text == "ip link add x failed (2): RTNETLINK answers: File exists"
 
 
 def test_the_top_level_help_lists_the_exit_statuses() -> None:
@@ -328,13 +328,13 @@ def test_a_lab_run_that_fails_after_it_started_exits_1_and_names_its_run_directo
     from workloads.hosts.lab import lab
 
     def up_fails(self: lab.Lab) -> None:
-        raise LabError("command failed (1): ip netns add x\nCannot create namespace file")
+        raise LabError("ip netns add x failed (1): Cannot create\nnamespace file")
 
     monkeypatch.setattr(lab.Lab, "up", up_fails)
     code, err = main_of(["lab", "run", "-s", "smoke", "--quiet", "--out", str(tmp_path / "runs")], capsys)
     (run_dir,) = (tmp_path / "runs").iterdir()
     errors = [line for line in err.splitlines() if not line.startswith("[lab] warning")]  # another lab's leftovers may be named
-    assert code == 1 and errors == [f"mqttlab: command failed (1): ip netns add x: Cannot create namespace file (run directory {run_dir})"]
+    assert code == 1 and errors == [f"mqttlab: ip netns add x failed (1): Cannot create: namespace file (run directory {run_dir})"]
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "partial"
 
 

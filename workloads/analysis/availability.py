@@ -34,15 +34,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workloads.analysis.figures import figure_html, save_figure  # noqa: E402
-from workloads.analysis.load import (
-    Run,  # noqa: E402
-    read_outages,
-)
+from workloads.analysis.load import Run, read_outages  # noqa: E402
 from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
-from workloads.describe.names import client_prefix
-from workloads.rundir.records import (
-    read_faults,
-)
+from workloads.describe.names import client_prefix  # noqa: E402
+from workloads.rundir.records import read_faults  # noqa: E402
 
 BROKER_LOG_TIME = "%Y-%m-%dT%H:%M:%S"  # log_timestamp_format in the rendered mosquitto.conf (local time)
 

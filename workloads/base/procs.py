@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -305,3 +306,9 @@ def wait_progressing(done: Callable[[], bool], limit: float, progress: Callable[
                 return False
         time.sleep(poll)
     return True
+
+
+def mqttlab() -> list[str]:
+    """The command that runs this interpreter's mqttlab: the VMs install it into a venv, the lab
+    runs it from its checkout, and every child (bench, monitor, fault process) is started so."""
+    return [sys.executable, "-m", "workloads.cli"]

@@ -4,16 +4,11 @@ Azure differ only in where the bench runs."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from workloads.base.procs import mqttlab
 from workloads.describe.scenario import Scenario
-
-
-def mqttlab() -> list[str]:
-    """This interpreter and package: the VMs install it into a venv, the lab runs from its checkout."""
-    return [sys.executable, "-m", "workloads.cli"]
 
 
 def bench_command(role: str, scenario: Scenario, *, target: str, out: Path, host: str, index: int, count: int, tag: int,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Totals = dict[str, int]  # connected, subscribed, sent, acked, received, planned
+ReportKind = Literal["progress", "ready", "published"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class Report:
-    kind: Literal["progress", "ready", "published"]
+    kind: ReportKind
     totals: Totals
 
 

@@ -99,6 +99,7 @@ class HostRun:
         self.deadline = time.time() + scenario.time_limit_s
         self.phase, self.phase_t0 = "connect", time.time()  # a phase's rate counts from its start
         self.status, self.reason = "complete", ""
+        self.expected = scenario.expected_deliveries(share.subscribers) if share.publishers else 0
 
     # ------------------------------------------------------------------ the pipe
 
@@ -134,7 +135,10 @@ class HostRun:
                 continue
             if isinstance(msg, Report):
                 self.state[w] = msg.totals
-                {"ready": self.ready, "published": self.published}.get(msg.kind, set()).add(w)
+                if msg.kind == "ready":
+                    self.ready.add(w)
+                elif msg.kind == "published":
+                    self.published.add(w)
             elif isinstance(msg, Done):
                 self.state[w], self.done[w] = msg.totals, msg.result
         self.show()
@@ -143,6 +147,8 @@ class HostRun:
         return sum(s.get(key, 0) for s in self.state.values())
 
     def show(self) -> None:
+        if not self.prog.enabled:
+            return
         tot = {k: self.total(k) for k in ("connected", "subscribed", "sent", "acked", "received", "planned")}
         # the phase's own measure against its total, with rate and ETA (runsize.progress, as the lab)
         since = time.time() - self.phase_t0
@@ -151,7 +157,7 @@ class HostRun:
         elif self.phase == "publish" or not self.share.subscribers:
             main = runsize.progress(tot["sent"], tot["planned"], since, "sent")
         else:
-            main = runsize.progress(tot["received"], self.sc.expected_deliveries(self.share.subscribers), since, "received")
+            main = runsize.progress(tot["received"], self.expected, since, "received")
         self.prog.show(f"[{self.share.host}] {self.phase:8s} {main}  subscribed {tot['subscribed']}/{len(self.share.subscribers)}  "
                        f"sent {tot['sent']}/{tot['planned'] or '-'}  acked {tot['acked']}  received {tot['received']}")
 
@@ -180,7 +186,7 @@ class HostRun:
         if not self.pump_until(lambda: len(self.published) == self.n):
             self.fail("publishing did not finish before the time limit")
 
-    def drain(self) -> None:
+    def settle(self) -> None:
         """With local publishers: until everything expected arrived, or nothing arrived for
         QUIET_S, or drain_s passed (:func:`~workloads.rundir.records.drain`). A subscriber-only
         host waits to be stopped: its orchestrator knows when the run is over."""
@@ -217,7 +223,7 @@ class HostRun:
             if self.share.publishers and self.status == "complete":
                 self.publish(start_at)
             if self.share.subscribers and self.status == "complete":
-                self.drain()
+                self.settle()
             elif self.share.publishers:
                 self.pump(0.1)
         except KeyboardInterrupt:

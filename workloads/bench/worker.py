@@ -18,7 +18,7 @@ import selectors
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -29,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from workloads.bench import backoff
 from workloads.bench.client import BenchClient
 from workloads.bench.payload import encode
-from workloads.bench.protocol import Done, Report, StartPublishers, Stop
+from workloads.bench.protocol import Done, Report, ReportKind, StartPublishers, Stop
 from workloads.bench.recorder import Recorder
 from workloads.bench.schedule import PublishSchedule
 from workloads.bench.state import ClientSpec, ClientState, WorkerSpec
@@ -366,7 +366,7 @@ class Worker:
             elif isinstance(msg, Stop):
                 self.stop = True
 
-    def report(self, kind: Literal["progress", "ready", "published"]) -> None:
+    def report(self, kind: ReportKind) -> None:
         self.ctl.send(Report(kind, self.totals()))
 
     def totals(self) -> dict[str, int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from workloads.bench.command import mqttlab
+from workloads.base.procs import mqttlab
 from workloads.campaign.spec import Campaign, CampaignError, Point
 from workloads.describe.config import ExperimentConfig
 from workloads.describe.runsize import fmt_s

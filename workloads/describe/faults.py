@@ -12,7 +12,8 @@ the stack file (``mqttlab:faults``, a list of the same strings), e.g.::
 
 Parsing and checking are pure, so a bad fault stops a run before anything is created, with the
 key (``--fault`` or ``mqttlab:faults[i]``) and what is allowed. Carrying faults out is the
-business of the place that runs the experiment (the lab: :mod:`workloads.hosts.lab.faults`).
+business of the place that runs the experiment: one schedule (:mod:`workloads.hosts.faults`), the
+lab's actions (:mod:`workloads.hosts.lab.inject`) and a VM's (:mod:`workloads.hosts.azure.inject`).
 """
 
 from __future__ import annotations

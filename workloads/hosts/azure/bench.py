@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from workloads.base import procs
 from workloads.base.errors import LabError
 from workloads.bench import command as benchcmd
 from workloads.describe.config import ExperimentConfig
 from workloads.describe.names import container
 from workloads.describe.plan import Broker, Plan
 from workloads.describe.standin import balancing
-from workloads.hosts.azure import inject as hostfaults
+from workloads.hosts.azure import inject
 from workloads.hosts.azure.common import RENDERED, SKIPPED, config_and_plan, detach, recorded, run_dir, run_tag, step_status, stop_detached
 from workloads.hosts.shell import run as sh
 from workloads.rundir.records import deliveries_on_disk, drain, start_manifest, update_manifest
@@ -32,7 +33,7 @@ def cmd_monitors_start(args: argparse.Namespace) -> int:
         for b in plan.brokers:
             start_broker_monitor(cfg, b, rd)
     else:
-        detach([*benchcmd.mqttlab(), "monitor", "balancer", "--kind", "ipvs", "--host", args.host, "--out", str(mon / f"balancer-{args.host}.csv")], rd,
+        detach([*procs.mqttlab(), "monitor", "balancer", "--kind", "ipvs", "--host", args.host, "--out", str(mon / f"balancer-{args.host}.csv")], rd,
                f"monitor-{args.host}")
     print(f"monitors started for {args.role}")
     return 0
@@ -43,7 +44,7 @@ def start_broker_monitor(cfg: ExperimentConfig, b: Broker, rd: Path) -> int:
     inside the container's network namespace; it appends to the broker's CSV."""
     pid = sh(["docker", "inspect", "-f", "{{.State.Pid}}", container(b.name)]).stdout.strip()
     sec = ["--security", str(RENDERED / "brokers/security/client.json")] if cfg.security.enabled else []
-    return detach(["nsenter", "-t", pid, "-n", *benchcmd.mqttlab(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
+    return detach(["nsenter", "-t", pid, "-n", *procs.mqttlab(), "monitor", "brokers", "--broker", f"{b.name}={b.address}:{b.port}@{pid}",
                    "--out", str(rd / "monitor" / f"brokers-{b.name}.csv"), *sec], rd, f"monitor-{b.name}")
 
 
@@ -58,7 +59,7 @@ def restart_broker_monitor(cfg: ExperimentConfig, plan: Plan, rd: Path, broker: 
     return f"; its monitor started again in the new namespace (pid {pid})"
 
 
-def bench_command(role: str, cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path, extra: list[str]) -> list[str]:
+def host_bench_command(role: str, cfg: ExperimentConfig, plan: Plan, args: argparse.Namespace, rd: Path, extra: list[str]) -> list[str]:
     i = [c.host for c in plan.clients].index(args.host)
     return benchcmd.bench_command(role, cfg.scenario, target=plan.clients[i].target, out=rd, host=args.host, index=i, count=len(plan.clients),
                                tag=run_tag(args.stack, args.run_id), extra=extra,
@@ -77,7 +78,7 @@ def cmd_bench_subs(args: argparse.Namespace) -> int:
     ready.unlink(missing_ok=True)
     if args.load_generator == "emqtt-bench":
         return _emqtt(cfg, plan, args, rd, "sub")
-    detach(bench_command("sub", cfg, plan, args, rd, ["--ready-file", str(ready)]), rd, "bench-sub")
+    detach(host_bench_command("sub", cfg, plan, args, rd, ["--ready-file", str(ready)]), rd, "bench-sub")
     end = time.time() + cfg.scenario.time_limit_s
     while not ready.exists():
         if time.time() > end:
@@ -94,7 +95,7 @@ def cmd_bench_pubs(args: argparse.Namespace) -> int:
     if step_status(rd, args.host, "bench-subs") != "ok":
         return SKIPPED
     start = [] if args.start_at is None else ["--start-at", f"{args.start_at:.3f}"]
-    if args.start_at is not None and time.time() > args.start_at + hostfaults.LATE_S:
+    if args.start_at is not None and time.time() > args.start_at + inject.LATE_S:
         late = f"publishers on {args.host} start {time.time() - args.start_at:.1f}s after the agreed start"
         if cfg.faults:
             raise LabError(f"{late}: the faults are timed from it; run again with a new mqttlab:runId")
@@ -103,7 +104,7 @@ def cmd_bench_pubs(args: argparse.Namespace) -> int:
         if args.start_at is not None:
             time.sleep(max(0.0, args.start_at - time.time()))
         return _emqtt(cfg, plan, args, rd, "pub")
-    cp = subprocess.run(bench_command("pub", cfg, plan, args, rd, ["--json", *start]),
+    cp = subprocess.run(host_bench_command("pub", cfg, plan, args, rd, ["--json", *start]),
                         timeout=cfg.scenario.time_limit_s + 60, capture_output=True, text=True)
     print(cp.stdout.strip())
     if cp.returncode != 0:
@@ -149,4 +150,23 @@ def cmd_bench_finish(args: argparse.Namespace) -> int:
     if plan.clients[0].host == args.host:
         update_manifest(rd, status="complete", ended_at=time.time())
     print(json.dumps({"host": args.host, "deliveries_on_disk": deliveries_on_disk(rd, args.host)}))
+    return 0
+
+
+def start_epoch(text: str) -> str:
+    """The agreed start printed by ``mqttlab host bench-start`` (its last line, an epoch); the
+    Pulumi program hands it on and refuses anything else, rather than start publishers at a
+    time nobody chose."""
+    last = (text or "").strip().splitlines()[-1:] or [""]
+    try:
+        value = float(last[0])
+    except ValueError:
+        raise ValueError(f"bench-start printed {text!r}, not an epoch time") from None
+    if value < 1e9:
+        raise ValueError(f"bench-start printed {value}, not an epoch time")
+    return f"{value:.3f}"
+
+
+def cmd_bench_start(args: argparse.Namespace) -> int:
+    print(f"{time.time() + args.lead:.3f}")
     return 0

@@ -10,9 +10,8 @@ import argparse
 from collections.abc import Callable
 
 from workloads.describe.cliargs import add_stack_args
-from workloads.hosts.azure import inject as hostfaults
 from workloads.hosts.azure.balancer import cmd_balancer_apply, cmd_balancer_clear
-from workloads.hosts.azure.bench import cmd_bench_finish, cmd_bench_pubs, cmd_bench_subs, cmd_monitors_start
+from workloads.hosts.azure.bench import cmd_bench_finish, cmd_bench_pubs, cmd_bench_start, cmd_bench_subs, cmd_monitors_start
 from workloads.hosts.azure.brokers import cmd_brokers_down, cmd_brokers_up, cmd_probe_brokers, cmd_security_install
 from workloads.hosts.azure.collect import cmd_collect, cmd_fetch, cmd_verdict
 from workloads.hosts.azure.faults import cmd_faults_run, cmd_faults_start
@@ -21,7 +20,7 @@ from workloads.hosts.azure.steps import LOAD_GENERATORS, RUNS, STEPS
 STEP_FUNCTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
     "security-install": cmd_security_install, "brokers-up": cmd_brokers_up, "probe-brokers": cmd_probe_brokers,
     "brokers-down": cmd_brokers_down, "balancer-apply": cmd_balancer_apply, "balancer-clear": cmd_balancer_clear,
-    "monitors-start": cmd_monitors_start, "bench-subs": cmd_bench_subs, "bench-start": hostfaults.cmd_bench_start,
+    "monitors-start": cmd_monitors_start, "bench-subs": cmd_bench_subs, "bench-start": cmd_bench_start,
     "bench-pubs": cmd_bench_pubs, "faults-start": cmd_faults_start, "faults-run": cmd_faults_run, "bench-finish": cmd_bench_finish,
     "collect": cmd_collect, "verdict": cmd_verdict,
 }

@@ -24,8 +24,6 @@ from workloads.describe.plan import Plan, build_plan
 from workloads.render.files import render_files, write_files
 
 RENDERED = Path("/var/lib/mqttlab/rendered")
-
-
 MATERIAL = Path("/var/lib/mqttlab/security.json")  # the run's secrets, from the Pulumi program (0600)
 
 

@@ -14,7 +14,7 @@ that director's VM. What it does there:
   so a rule in the VM's namespace would never see a bridge. The bridge leaves from the hub's
   address (``bridge_bind_address``) to the remote's ``address``, so the pair hub -> remote:port
   names it exactly; clients and monitors use other pairs;
-- director kill: the lab's rules (:func:`workloads.hosts.faults.rules.director_dead_rules`) in the
+- director kill: the shared rules (:func:`workloads.hosts.faults.rules.director_dead_rules`) in the
   director VM's namespace: nothing reaches its entry point, nothing it forwards or sends to the
   brokers and nothing they answer gets through. SSH (port 22) and the uploads stay open: a
   silent director, not a lost VM.
@@ -34,7 +34,7 @@ reads them together.
 
 from __future__ import annotations
 
-import argparse
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,13 +44,19 @@ from workloads.base.errors import LabError
 from workloads.describe.faults import Fault
 from workloads.describe.names import container
 from workloads.describe.plan import Plan
+from workloads.hosts import shell
 from workloads.hosts.faults.rules import director_dead_rules, hub_bridge_cut_rules
 from workloads.hosts.faults.schedule import Schedule
-from workloads.hosts.shell import run
 
 
 def say(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def run(cmd: Sequence[str], timeout: float = 60, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A fault's command, bounded at 60 s unless it says otherwise: the schedule records its failure
+    against the fault and goes on with the others."""
+    return shell.run(cmd, check=check, timeout=timeout, input=input)
 
 
 TABLE = "mqttlab_fault"  # every fault table's name starts so: the end-of-run cleanup finds them all
@@ -198,25 +204,6 @@ def run_injector(plan: Plan, mine: Sequence[tuple[int, Fault]], host: str, rd: P
     inj.stop()
     inj.say("faults stopped: " + ("error " + inj.error if inj.error else "all carried out"))
     return 1 if inj.error else 0
-
-
-def start_epoch(text: str) -> str:
-    """The agreed start printed by ``mqttlab host bench-start`` (its last line, an epoch); the
-    Pulumi program hands it on and refuses anything else, rather than start publishers at a
-    time nobody chose."""
-    last = (text or "").strip().splitlines()[-1:] or [""]
-    try:
-        value = float(last[0])
-    except ValueError:
-        raise ValueError(f"bench-start printed {text!r}, not an epoch time") from None
-    if value < 1e9:
-        raise ValueError(f"bench-start printed {value}, not an epoch time")
-    return f"{value:.3f}"
-
-
-def cmd_bench_start(args: argparse.Namespace) -> int:
-    print(f"{time.time() + args.lead:.3f}")
-    return 0
 
 
 def armed_in_time(mine: Sequence[tuple[int, Fault]], start_at: float, now: float) -> str:

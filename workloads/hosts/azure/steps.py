@@ -3,19 +3,21 @@
 every remote command line with :func:`line`. A step's command line is written once, here, and
 an option the step does not take is refused when the program is built, not on the VM.
 
-Standard library only: the Pulumi program imports it without the VM's dependencies.
+It imports only the schema, so the Pulumi program reads it without the VM's dependencies.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
+
+from workloads.describe.schema import LOAD_GENERATORS
 
 REMOTE_ROOT = "/opt/mqttlab"  # the bundle, its source and its venv on every VM
 PROJECT_DIR = f"{REMOTE_ROOT}/src"
 MQTTLAB = f"{REMOTE_ROOT}/.venv/bin/mqttlab"
 RUNS = "/var/lib/mqttlab/runs"
-LOAD_GENERATORS = ("mqttlab", "emqtt-bench")
 LEAD_S = 30.0  # from bench-start to the agreed start: time for Pulumi to start every publisher and fault step
 
 
@@ -51,7 +53,7 @@ def _start_at(required: bool, help: str = "the agreed start (epoch) from bench-s
 
 
 _URL = Option("--url", {"required": True, "help": "results container URL"})
-_CA = Option("--ca-file", {"help": "==SUPPRESS=="})  # a CA bundle to trust instead of the system's (an emulator)
+_CA = Option("--ca-file", {"help": argparse.SUPPRESS})  # a CA bundle to trust instead of the system's (an emulator)
 
 STEPS: tuple[Step, ...] = (
     Step("security-install", "store the run's passwords and certificates, read from stdin"),
@@ -78,30 +80,42 @@ STEPS: tuple[Step, ...] = (
 BY_NAME = {s.name: s for s in STEPS}
 
 
-def line(name: str, stack: str, timeout: int | float, *, host: str | None = None, run_id: str | None = None,
-         load_generator: str | None = None, last: str | None = None, **options: Any) -> str:
-    """The shell line a remote command runs for step ``name``: ``sudo timeout T mqttlab host NAME
-    ...``. ``last`` names the one option whose value the caller appends (a Pulumi output known
-    only at deploy time: the agreed start, the container URL); the line then ends with its flag
-    and a space. Anything the step does not take raises ``ValueError``."""
+def _text(value: Any) -> str:
+    """An option's value on a command line: a float to the millisecond at most, no exponent."""
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def argv(name: str, stack: str, *, host: str | None = None, run_id: str | None = None, load_generator: str | None = None,
+         project_dir: str = PROJECT_DIR, runs: str = RUNS, **options: Any) -> list[str]:
+    """``host NAME ...``: the arguments of step ``name`` after the program (``mqttlab``). Anything
+    the step does not take raises ``ValueError``."""
     step = BY_NAME[name]
-    parts = [f"sudo timeout {timeout:g} {MQTTLAB} host {name}"]
+    out = ["host", name]
     if step.host != (host is not None) and not (host is not None and any(o.flag == "--host" for o in step.options)):
         raise ValueError(f"step {name} {'needs' if step.host else 'takes no'} --host")
     if host is not None:
-        parts.append(f"--host {host}")
+        out += ["--host", host]
     for dest, value in options.items():
-        parts.append(f"{step.option(dest).flag} {value:g}" if isinstance(value, float) else f"{step.option(dest).flag} {value}")
+        out += [step.option(dest).flag, _text(value)]
     if step.run != (run_id is not None):
         raise ValueError(f"step {name} {'needs' if step.run else 'takes no'} --run-id")
     if load_generator is not None:
         if not step.run or load_generator not in LOAD_GENERATORS:
             raise ValueError(f"step {name}: --load-generator {load_generator} (choices {', '.join(LOAD_GENERATORS)}, run steps only)")
-        parts.append(f"--load-generator {load_generator}")
+        out += ["--load-generator", load_generator]
     if step.stack:
-        parts.append(f"-s {stack} --project-dir {PROJECT_DIR}")
+        out += ["-s", stack, "--project-dir", project_dir]
     if run_id is not None:
-        parts.append(f"--run-id {run_id} --runs {RUNS}")
-    if last is not None:
-        parts.append(f"{step.option(last).flag} ")
-    return " ".join(parts)
+        out += ["--run-id", run_id, "--runs", runs]
+    return out
+
+
+def line(name: str, stack: str, timeout: int | float, *, last: str | None = None, **kwargs: Any) -> str:
+    """The shell line a remote command runs for step ``name``: ``sudo timeout T mqttlab host NAME
+    ...`` (:func:`argv`). ``last`` names the one option whose value the caller appends (a Pulumi
+    output known only at deploy time: the agreed start, the container URL); the line then ends
+    with its flag and a space."""
+    text = " ".join(["sudo", "timeout", _text(timeout), MQTTLAB, *argv(name, stack, **kwargs)])
+    return text + f" {BY_NAME[name].option(last).flag} " if last is not None else text

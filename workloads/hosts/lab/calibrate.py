@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 
 from workloads.base.errors import LabError
-from workloads.describe.config import ExperimentConfig
+from workloads.describe.config import ExperimentConfig, renumber
 from workloads.hosts.lab import lab
 from workloads.rundir.calibration import Calibration, fanout, measure, offered_per_broker
 
@@ -51,8 +51,6 @@ def flood_config(cfg: ExperimentConfig, factor: float) -> ExperimentConfig:
         "scenario.timeLimitS": 120.0, "faults": [], "balancer.healthCheck": {"type": "none"},
     })
     if flood.network.broker_subnet != cfg.network.broker_subnet:
-        from workloads.describe.config import renumber
-
         flood = renumber(flood)
     return flood
 

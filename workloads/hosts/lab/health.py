@@ -23,7 +23,6 @@ READY_S = 60.0  # keepalived's first round of checks; generous because the micro
 
 
 def start_keepalived(lab: Lab, bal: Balancer) -> None:
-
     directory = STATE_DIR / lab.lab_id / f"keepalived-{bal.host}"
     _conf, argv = keepalived.prepare(bal, directory)
     log = lab.run_dir / "logs" / f"keepalived-{bal.host}.log"

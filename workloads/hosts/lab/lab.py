@@ -25,7 +25,8 @@ from typing import Any
 
 from workloads.base import procs
 from workloads.base.errors import LabError, RunFailed
-from workloads.bench.command import bench_command, mqttlab
+from workloads.base.procs import mqttlab
+from workloads.bench.command import bench_command
 from workloads.describe import standin
 from workloads.describe.config import ExperimentConfig
 from workloads.describe.names import client_prefix
@@ -313,7 +314,7 @@ class Lab:
         for i, c in enumerate(self.plan.clients):
             ready[c.host] = self.run_dir / "bench" / c.host / "sub.ready"
             ready[c.host].parent.mkdir(parents=True, exist_ok=True)
-            subs[c.host] = self.spawn(f"bench-sub-{c.host}", self.bench_command("sub", c.host, i, n, c.target, tag, ["--ready-file", str(ready[c.host])]), c.host,
+            subs[c.host] = self.spawn(f"bench-sub-{c.host}", self.client_command("sub", c.host, i, n, c.target, tag, ["--ready-file", str(ready[c.host])]), c.host,
                                       bench_logs / f"bench-sub-{c.host}.log")
         self.say(f"bench: {sc.subscribers} subscribers connecting on {n} client hosts")
         # bounded by the time limit, and past it by their progress: under emulation or on a loaded
@@ -329,7 +330,7 @@ class Lab:
             self.injector.start(start_at)
         pubs = {}
         for i, c in enumerate(self.plan.clients):
-            pubs[c.host] = self.spawn(f"bench-pub-{c.host}", self.bench_command("pub", c.host, i, n, c.target, tag, ["--start-at", f"{start_at:.3f}"]), c.host,
+            pubs[c.host] = self.spawn(f"bench-pub-{c.host}", self.client_command("pub", c.host, i, n, c.target, tag, ["--start-at", f"{start_at:.3f}"]), c.host,
                                       bench_logs / f"bench-pub-{c.host}.log")
         self.say(f"bench: {sc.publishers} publishers, {sc.messages} messages, qos {sc.qos}")
         # the publishers stop themselves at their own time limit, counted from their start (not
@@ -435,7 +436,7 @@ class Lab:
                 "publish_complete": all("publish complete" in log.read_text().lower() for _, log, _ in pubs.values()),
                 "errors": [e for t in texts for e in emqtt.parse_output(t)["errors"]][:20]}
 
-    def bench_command(self, role: str, host: str, index: int, count: int, target: str, tag: int, extra: list[str]) -> list[str]:
+    def client_command(self, role: str, host: str, index: int, count: int, target: str, tag: int, extra: list[str]) -> list[str]:
         return bench_command(role, self.cfg.scenario, target=target, out=self.run_dir, host=host, index=index, count=count, tag=tag,
                              security=self.files / host / CLIENT_FILE if self.cfg.security.enabled else None, extra=extra)
 

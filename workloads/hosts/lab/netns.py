@@ -16,9 +16,17 @@ from pathlib import Path
 
 from workloads.base.errors import LabError
 from workloads.base.procs import pdeathsig_preexec
-from workloads.hosts.shell import run
+from workloads.hosts import shell
+from workloads.hosts.shell import NotInstalled
 
 PREFIX = "mqttlab-"
+
+
+def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: float = 30.0,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """:func:`workloads.hosts.shell.run` as the lab runs its commands: dying with the lab, and
+    bounded at 30 s unless a command says otherwise (setting up a namespace takes milliseconds)."""
+    return shell.run(cmd, ns=ns, check=check, timeout=timeout, input=input, die_with_parent=True)
 
 
 def list_namespaces(prefix: str = PREFIX) -> list[str]:
@@ -96,6 +104,8 @@ def wait_tcp(ns: str | None, host: str, port: int, timeout: float = 60.0) -> Non
         try:
             if run(probe, ns=ns, check=False, timeout=max(5.0, end - time.time())).returncode == 0:
                 return
+        except NotInstalled:
+            raise
         except LabError:
             pass  # the probe ran out of time: try again while the bound allows
         time.sleep(0.1)

@@ -23,9 +23,9 @@ import yaml
 from tests.conftest import ROOT
 from workloads.describe.cliargs import load
 from workloads.describe.plan import build_plan
-from workloads.hosts.azure import common
+from workloads.hosts.azure import bench as azure_bench
+from workloads.hosts.azure import common, inject
 from workloads.hosts.azure import faults as faultsteps
-from workloads.hosts.azure import inject as hostfaults
 
 BROKERS = ("broker1", "broker2", "broker3")
 # the agreed start, ahead of now: `faults-start` refuses to arm once its first fault's time has
@@ -197,10 +197,10 @@ def test_cleanup_after_a_killed_fault_process_leaves_nothing(site: Callable[[lis
     hub = s["pids"]["broker1"]
     assert tables(hub) == ["mqttlab_fault1"] and json.loads(s["state"].read_text())["mqttlab-broker2"]["paused"]
     cfg = load(args(s, "brokers", start))
-    done = hostfaults.cleanup(build_plan(cfg), "brokers")
+    done = inject.cleanup(build_plan(cfg), "brokers")
     assert done == ["mqttlab-broker1: table mqttlab_fault1 deleted", "docker unpause mqttlab-broker2"]
     assert tables(hub) == [] and not json.loads(s["state"].read_text())["mqttlab-broker2"]["paused"]
-    assert hostfaults.cleanup(build_plan(cfg), "brokers") == []  # idempotent
+    assert inject.cleanup(build_plan(cfg), "brokers") == []  # idempotent
 
 
 def test_what_docker_refuses_is_recorded_against_the_fault(site: Callable[[list[str]], dict[str, Any]]) -> None:
@@ -209,7 +209,7 @@ def test_what_docker_refuses_is_recorded_against_the_fault(site: Callable[[list[
     state["mqttlab-broker2"]["running"] = False  # already dead
     s["state"].write_text(json.dumps(state))
     cfg = load(args(s, "brokers", 0))
-    inj = hostfaults.HostInjector(build_plan(cfg), hostfaults.faults_on(cfg.faults, "brokers"), "brokers", s["runs"] / "10")
+    inj = inject.HostInjector(build_plan(cfg), inject.faults_on(cfg.faults, "brokers"), "brokers", s["runs"] / "10")
     inj.start(time.time())
     wait_for("the refusal recorded", lambda: "failed" in inj.records[0]["detail"])
     inj.stop()
@@ -226,10 +226,10 @@ def test_a_fault_step_too_late_for_its_first_fault_refuses_to_arm(site: Callable
 
 
 def test_start_epoch_accepts_only_an_epoch() -> None:
-    assert hostfaults.start_epoch("1790000000.25\n") == "1790000000.250"
+    assert azure_bench.start_epoch("1790000000.25\n") == "1790000000.250"
     for bad in ("", '{"host": "bench-start"}', "12.5"):
         with pytest.raises(ValueError, match="bench-start printed"):
-            hostfaults.start_epoch(bad)
+            azure_bench.start_epoch(bad)
 
 
 def test_a_restarted_broker_gets_its_monitor_back_in_its_new_namespace(site: Callable[[list[str]], dict[str, Any]]) -> None:
