@@ -725,3 +725,19 @@ def test_publishes_a_broker_refused_are_not_expected_and_refused_clients_are_nam
     assert s["clients_refused"] == 2
     assert s["refusal_reasons"] == {"connack_error: Not authorized": 3, "connect_error: tls handshake": 1,
                                     "publish_refused: Not authorized": 2, "suback_error: 128": 1}
+
+
+def test_a_runs_fault_records_are_read_from_the_lab_file_or_merged_from_every_vm_in_fault_order(tmp_path: Path) -> None:
+    assert rundir.read_faults(tmp_path) == []  # a run without faults
+    vm = tmp_path / "faults"
+    vm.mkdir()
+    (vm / "ipvs2.jsonl").write_text(json.dumps({"index": 2, "spec": "director:ipvs2:kill@8s"}) + "\n\n")
+    (vm / "brokers.jsonl").write_text(json.dumps({"index": 3, "spec": "broker1:pause@9s+1s"}) + "\n"
+                                      + json.dumps({"index": 0, "spec": "broker2:kill@5s"}) + "\n")
+    assert [r["index"] for r in rundir.read_faults(tmp_path)] == [0, 2, 3]  # Azure: each VM's file, in mqttlab:faults' order
+    (tmp_path / "faults.jsonl").write_text(json.dumps({"spec": "broker2:kill@1s"}) + "\n" + json.dumps({"spec": "broker3:kill@2s"}) + "\n")
+    assert [r["spec"] for r in rundir.read_faults(tmp_path)] == ["broker2:kill@1s", "broker3:kill@2s"]  # the lab's one file, as written
+    (vm / "brokers.jsonl").write_text('{"index": 1}\nnot json\n')
+    (tmp_path / "faults.jsonl").unlink()
+    with pytest.raises(RunDirError, match=r"brokers.jsonl: line 2 is not JSON"):
+        rundir.read_faults(tmp_path)
