@@ -732,7 +732,7 @@ def test_a_runs_fault_records_are_read_from_the_lab_file_or_merged_from_every_vm
     vm = tmp_path / "faults"
     vm.mkdir()
     (vm / "ipvs2.jsonl").write_text(json.dumps({"index": 2, "spec": "director:ipvs2:kill@8s"}) + "\n\n")
-    (vm / "brokers.jsonl").write_text(json.dumps({"index": 3, "spec": "broker1:pause@9s+1s"}) + "\n"
+    (vm / "brokers.jsonl").write_text(json.dumps({"index": 3, "spec": "broker1:pause@9s+1s"}) + "\n\n"  # a blank line is no record
                                       + json.dumps({"index": 0, "spec": "broker2:kill@5s"}) + "\n")
     assert [r["index"] for r in rundir.read_faults(tmp_path)] == [0, 2, 3]  # Azure: each VM's file, in mqttlab:faults' order
     (tmp_path / "faults.jsonl").write_text(json.dumps({"spec": "broker2:kill@1s"}) + "\n" + json.dumps({"spec": "broker3:kill@2s"}) + "\n")
