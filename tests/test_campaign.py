@@ -530,6 +530,28 @@ def test_invalid_runs_are_counted_left_out_of_every_estimate_and_can_be_retaken(
     assert retake_invalid(cdir, order) == []  # nothing left to retake: a second call changes nothing
 
 
+def test_a_campaign_whose_every_run_is_invalid_still_gets_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No valid run leaves no estimate (NaN): the report is written all the same, its loss plot
+    saying there is no valid run to show instead of failing on the axis limits."""
+    from workloads.campaign import report
+    from workloads.campaign.report import configurations, write_campaign_report
+
+    c = load_campaign(write(tmp_path, BASE), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    execute_points(cdir, c, cdir.open(c, c.order()), judged(lambda p: "invalid"), progress=False)
+    assert all(x.n == 0 and x.invalid == 3 for x in configurations(cdir.results()))
+    texts: list[str] = []
+    save = report.save_figure
+
+    def capture(fig: Any, path: Path) -> Path:
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return Path(save(fig, path))
+
+    monkeypatch.setattr(report, "save_figure", capture)
+    rep = write_campaign_report(cdir.path)
+    assert rep["html"].is_file() and "no valid run to show" in texts
+
+
 def test_kept_records_re_derive_the_report_without_the_run_directories(tmp_path: Path) -> None:
     """campaign keep copies results, stacks, manifests and counters; with the campaign and its
     runs gone, campaign report on the kept folder writes the same tables and reads the methods

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -320,12 +321,16 @@ def answer(conf: list[ConfigStats], comps: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
-def _loss_axis(ax: Any, top: float) -> None:
+def _loss_axis(ax: Any, tops: list[float]) -> None:
     """Loss is never negative and never above 100 %; with nothing lost, say so rather than stretch
-    the axis around zero."""
+    the axis around zero. A configuration without a valid run has no estimate (NaN): it sets no
+    limit, and when none has one the plot says so."""
+    finite = [v for v in tops if math.isfinite(v)]
+    top = max(finite, default=0.0)
     if top <= 0:
         ax.set_ylim(0, 1)
-        ax.text(0.5, 0.5, "no message lost in any run", transform=ax.transAxes, ha="center", color="grey")
+        ax.text(0.5, 0.5, "no message lost in any run" if finite or not tops else "no valid run to show", transform=ax.transAxes,
+                ha="center", color="grey")
     else:
         ax.set_ylim(0, min(top * 1.15, 100.0))
 
@@ -342,7 +347,7 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
         key = _label(r.levels, keys)
         series.setdefault(key, []).append((r.offered_rate, r.loss_pct))
         names.setdefault(key, r.name(keys))
-    top = 0.0
+    tops: list[float] = []
     colours: dict[str, Any] = {}
     for name, pts in series.items():
         pts.sort(key=lambda t: t[0])
@@ -351,13 +356,13 @@ def plot_loss_curves(conf: list[ConfigStats], load_keys: list[str], capacities: 
         err = [[p[1].mean - (p[1].lo if p[1].lo is not None else p[1].mean) for p in pts],
                [(p[1].hi if p[1].hi is not None else p[1].mean) - p[1].mean for p in pts]]
         colours[name] = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=names[name]).lines[0].get_color()
-        top = max([top, *[(p[1].hi if p[1].hi is not None else p[1].mean) for p in pts]])
+        tops += [(p[1].hi if p[1].hi is not None else p[1].mean) for p in pts]
     for c in capacities.values():  # the bracket: highest rate that passed to lowest that failed
         name = _label(c["levels"], [k for k in c["levels"] if k not in load_keys])
         if c.get("capacity") and c.get("upper"):
             ax.axvspan(c["capacity"], c["upper"], color=colours.get(name, "grey"), alpha=0.2,
                        label=f"capacity, {names.get(name, name)}: {c['capacity']:.0f}-{c['upper']:.0f} msg/s")
-    _loss_axis(ax, top)
+    _loss_axis(ax, tops)
     ax.set_xlabel("offered rate (messages/s published, all publishers)")
     ax.set_ylabel("message loss (%)")
     ax.set_title("Loss against offered load (mean, 95 % CI)")
@@ -378,9 +383,11 @@ def plot_loss_by_configuration(conf: list[ConfigStats], path: Path) -> Path:
         lo = e.lo if e.lo is not None else e.mean
         hi = e.hi if e.hi is not None else e.mean
         ax.errorbar([i], [e.mean], yerr=[[e.mean - lo], [hi - e.mean]], marker="o", capsize=4, color="#2c7fb8")
-        ax.annotate(f"{e.mean:.1f} %", (i, e.mean), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")
-    top = max([(r.loss_pct.hi if r.loss_pct.hi is not None else r.loss_pct.mean) for r in conf], default=0.0)
-    _loss_axis(ax, top)
+        if math.isfinite(e.mean):
+            ax.annotate(f"{e.mean:.1f} %", (i, e.mean), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")
+        else:
+            ax.annotate("no valid run", (i, 0), textcoords="offset points", xytext=(0, 6), fontsize=8, ha="center", color="grey")
+    _loss_axis(ax, [(r.loss_pct.hi if r.loss_pct.hi is not None else r.loss_pct.mean) for r in conf])
     names = [textwrap.fill(r.name([k for k in r.levels if k != "offered_rate"]), 30) for r in conf]
     ax.set_xticks(x, [f"{name}\n(n = {r.n})" for name, r in zip(names, conf, strict=True)], fontsize=8)
     ax.set_xlim(-0.5, len(conf) - 0.5)
