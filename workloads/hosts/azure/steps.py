@@ -93,7 +93,8 @@ def argv(name: str, stack: str, *, host: str | None = None, run_id: str | None =
     the step does not take raises ``ValueError``."""
     step = BY_NAME[name]
     out = ["host", name]
-    if step.host != (host is not None) and not (host is not None and any(o.flag == "--host" for o in step.options)):
+    takes_host = step.host or any(o.flag == "--host" for o in step.options)  # required, or an option (monitors-start)
+    if (host is None and step.host) or (host is not None and not takes_host):
         raise ValueError(f"step {name} {'needs' if step.host else 'takes no'} --host")
     if host is not None:
         out += ["--host", host]
