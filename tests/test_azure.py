@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import runpy
 import subprocess
 import sys
 import tarfile
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,37 +16,15 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from pulumi.runtime import settings as pulumi_settings
-from pulumi.runtime.mocks import MockMonitor
 
 import infra.login
 import infra.settings
-from tests.azure_contracts import MOCK_START, NAMESPACES, ContractMocks, ContractViolation, arm_stand_in, options_violation, unsecret
+from infra.contracts import MOCK_START, NAMESPACES, ContractMocks
+from infra.mocked import Monitor, Program, Res, run_program
 from tests.conftest import ROOT
 
 AZURE = {"adminCidr": "203.0.113.7/32", "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockKeyForTestsOnly user@host"}
 SECRET = {"mqttlab:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"}
-
-
-class Monitor(MockMonitor):
-    """Records what the engine would see, including dependencies, which Mocks cannot."""
-
-    def __init__(self, mocks: ContractMocks) -> None:
-        super().__init__(mocks)
-        self.registered: list[Res] = []
-        self.raw: dict[str, dict[str, Any]] = {}
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        why = options_violation(request.type, request.name, list(request.replaceOnChanges), list(request.ignoreChanges))
-        if why:
-            self.mocks.violations.append(why)  # type: ignore[attr-defined]
-            raise ContractViolation(why)
-        resp = super().RegisterResource(request)
-        if request.type != "pulumi:pulumi:Stack":
-            self.registered.append(Res(request.type, request.name, resp.urn, list(request.dependencies), request.parent,
-                                       options={"replaceOnChanges": list(request.replaceOnChanges), "ignoreChanges": list(request.ignoreChanges),
-                                                "deleteBeforeReplace": request.deleteBeforeReplace}))
-        return resp
 
 
 def record_registrations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -66,37 +40,6 @@ def record_registrations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-@dataclass
-class Res:
-    type: str
-    name: str
-    urn: str
-    deps: list[str]
-    parent: str
-    options: dict[str, Any] = field(default_factory=dict)
-    inputs: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Program:
-    resources: list[Res]
-    outputs: dict[str, Any]
-    violations: list[str] = field(default_factory=list)
-    secret_outputs: set[str] = field(default_factory=set)
-    secrets: set[str] = field(default_factory=set)  # the private keys and passwords the mocks made
-
-    def of(self, typ: str) -> list[Res]:
-        return [r for r in self.resources if r.type == typ]
-
-    def one(self, name: str) -> Res:
-        return next(r for r in self.resources if r.name == name)
-
-    def names(self, urns: list[str]) -> set[str]:
-        by = {r.urn: r.name for r in self.resources}
-        return {by[u] for u in urns if u in by}
-
-
 def stack_config(stack: str, azure: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, str]:
     doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     doc = {**doc, "mqttlab:azure": azure if azure is not None else AZURE, **SECRET, **(extra or {})}
@@ -105,63 +48,12 @@ def stack_config(stack: str, azure: dict[str, Any] | None = None, extra: dict[st
 
 def run(stack: str, monkeypatch: pytest.MonkeyPatch, config: dict[str, str] | None = None, allow_violations: bool = False,
         root: Path = ROOT, caller: str = "User", registered: frozenset[str] = NAMESPACES) -> Program:
-    """The real __main__.py under mocks, resolving every input and output, run by a login of
-    the kind ``caller`` ("User" or "ServicePrincipal") on a subscription with the ``registered``
-    resource providers (answered by a stand-in for ARM)."""
-    with contextlib.ExitStack() as stack_of:
-        mocks = ContractMocks(caller_type=caller, registered=registered)
-        monkeypatch.setattr(infra.login, "ARM_ENDPOINT", stack_of.enter_context(arm_stand_in(mocks)))
-        return _run(stack, monkeypatch, mocks, config, allow_violations, root)
-
-
-def _run(stack: str, monkeypatch: pytest.MonkeyPatch, mocks: ContractMocks, config: dict[str, str] | None, allow_violations: bool,
-         root: Path) -> Program:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    pulumi_settings.ROOT.set(None)
-    pulumi_settings.SETTINGS.rpc_manager.clear()  # a program that failed leaves RPCs and output tasks
-    pulumi_settings.SETTINGS.outputs.clear()  # of its own (closed) event loop behind
-    recorded: dict[str, dict[str, Any]] = {}
-    raw: dict[str, dict[str, Any]] = {}
-    orig = mocks.new_resource
-
-    def new_resource(args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        recorded[args.name] = unsecret(dict(args.inputs))
-        raw[args.name] = dict(args.inputs)
-        return orig(args)
-
-    mocks.new_resource = new_resource  # type: ignore[method-assign]
-    monitor = Monitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="mqttlab", stack=stack, preview=False, monitor=monitor)  # type: ignore[arg-type]
-    pulumi.runtime.set_all_config(config if config is not None else stack_config(stack))
-    monkeypatch.chdir(root)
-    try:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        from pulumi.runtime.stack import wait_for_rpcs
-
-        stack_resource = pulumi_settings.get_root_resource()
-        outputs: dict[str, Any] = {}
-        secret_outputs: set[str] = set()
-        for k, v in (stack_resource.outputs if stack_resource else {}).items():  # type: ignore[attr-defined]
-            out = pulumi.Output.from_input(v)
-            outputs[k] = loop.run_until_complete(out.future())
-            if loop.run_until_complete(out.is_secret()):
-                secret_outputs.add(k)
-        loop.run_until_complete(wait_for_rpcs())
-    except Exception:
-        if mocks.violations and not allow_violations:
-            raise ContractViolation("; ".join(mocks.violations)) from None
-        if not allow_violations:
-            raise
-    finally:
-        pulumi.runtime.set_all_config({})
-    for r in monitor.registered:
-        r.inputs = recorded.get(r.name, {})
-        r.raw = raw.get(r.name, {})
-    if mocks.violations and not allow_violations:
-        raise ContractViolation("; ".join(mocks.violations))
-    return Program(monitor.registered, outputs if not mocks.violations else {}, list(mocks.violations), secret_outputs if not mocks.violations else set(),
-                   set(mocks.secrets))
+    """The real __main__.py under mocks (:func:`infra.mocked.run_program`), resolving every input
+    and output, run by a login of the kind ``caller`` ("User" or "ServicePrincipal") on a
+    subscription with the ``registered`` resource providers (answered by a stand-in for ARM)."""
+    monkeypatch.chdir(root)  # the tests' own files in ``root`` stay where the program wrote them
+    mocks = ContractMocks(caller_type=caller, registered=registered)
+    return run_program(stack, config if config is not None else stack_config(stack), mocks, allow_violations, root)
 
 
 @pytest.fixture(params=["distributed", "centralized"])

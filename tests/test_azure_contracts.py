@@ -16,7 +16,7 @@ import yaml
 from pulumi.runtime import settings as pulumi_settings
 from pulumi_azure_native import authorization, compute, network, storage
 
-from tests.azure_contracts import CALLER_OBJECT_ID, DEFAULT_REGISTERED, RULES, ContractMocks, autoname
+from infra.contracts import CALLER_OBJECT_ID, DEFAULT_REGISTERED, RULES, ContractMocks, autoname
 from tests.conftest import ROOT
 from tests.test_azure import AZURE, run, stack_config
 

@@ -17,7 +17,7 @@ import pulumi
 import pytest
 import yaml
 
-from tests.azure_contracts import MOCK_SECRET, SECRET_SIG
+from infra.contracts import MOCK_SECRET, SECRET_SIG
 from tests.conftest import ROOT
 from tests.test_azure import AZURE, Program, commands, run, stack_config
 

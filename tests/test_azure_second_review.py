@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import infra.settings
-from tests.azure_contracts import CALLER_OBJECT_ID, DEFAULT_REGISTERED, SECRET_SIG
+from infra.contracts import CALLER_OBJECT_ID, DEFAULT_REGISTERED, SECRET_SIG
 from tests.conftest import ROOT
 from tests.test_azure import AZURE, commands, record_registrations, run, stack_config
 

@@ -1,7 +1,7 @@
 """Secured brokers in the Azure program, under the contract-checked Pulumi mocks (no Azure, no
 Pulumi CLI here).
 
-The mocks of :mod:`tests.azure_contracts` refuse what pulumi-tls, pulumi-random and Azure refuse,
+The mocks of :mod:`infra.contracts` refuse what pulumi-tls, pulumi-random and Azure refuse,
 answer with recognisable fake keys and passwords (all containing ``MOCK_SECRET``), and keep every
 input exactly as the engine would receive it (secrets still wrapped), so the tests can check that
 each one reaches the engine only as a secret."""
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.azure_contracts import MOCK_SECRET, SECRET_SIG
+from infra.contracts import MOCK_SECRET, SECRET_SIG
 from tests.conftest import ROOT
 from tests.test_azure import SECRET, Program, stack_config
 from tests.test_azure import run as run_program
