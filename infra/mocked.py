@@ -114,7 +114,7 @@ def _run(stack: str, mocks: ContractMocks, config: dict[str, str], allow_violati
     answered: dict[str, dict[str, Any]] = {}
     orig = mocks.new_resource
 
-    def new_resource(args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+    def new_resource(args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         recorded[args.name] = unsecret(dict(args.inputs))
         raw[args.name] = dict(args.inputs)
         rid, out = orig(args)

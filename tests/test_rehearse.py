@@ -1,0 +1,135 @@
+"""The rehearsal of ``pulumi up``: the program's own remote steps, found under the mocks, and the
+update semantics the engine and pulumi-command give them (which steps run again, what a failure
+stops), carried out by a recording runner. The real run over SSH is in test_rehearse_real.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+from infra.rehearse.engine import FAILED, NOT_RUN, RAN, UNCHANGED, Outcome, State, up
+from infra.rehearse.program import COMMAND, COPY, MARK_BASE, RemoteStep, rehearsed
+
+START = "1900000000.500"
+
+
+class Recorder:
+    """Answers every step with exit 0 (``bench-start`` with an epoch), except those named in ``fail``."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail or set()
+        self.lock = threading.Lock()
+
+    def run(self, step: RemoteStep, inputs: Mapping[str, Any]) -> Outcome:
+        with self.lock:
+            self.calls.append((step.name, dict(inputs)))
+        if step.name in self.fail:
+            return Outcome(1, "", f"{step.name} failed on purpose")
+        return Outcome(0, f"{START}\n" if " host bench-start " in step.create else f"{step.name} done\n", "")
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.calls]
+
+
+@pytest.fixture(scope="module", params=["smoke", "distributed"])
+def program(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    memory: dict[str, Any] = {}
+    rehearsed(request.param, memory)
+    return request.param, memory
+
+
+def test_every_remote_step_the_program_registers_is_rehearsed_after_what_it_waits_for(program: tuple[str, dict[str, Any]]) -> None:
+    stack, memory = program
+    r = rehearsed(stack, memory)
+    registered = {res.name for res in r.program.resources if res.type in (COMMAND, COPY)}
+    assert {s.name for s in r.steps} == registered and len(r.steps) == len(registered) >= 20
+    seen: set[str] = set()
+    for s in r.steps:
+        assert set(s.after) <= seen, f"{s.name} comes before {set(s.after) - seen}"
+        seen.add(s.name)
+    pos = {s.name: i for i, s in enumerate(r.steps)}
+    chain = ["brokers-cloud-init", "brokers-bundle", "brokers-install", "brokers-brokers-up", "bench-start", "bench-verdict"]
+    assert [pos[n] for n in chain] == sorted(pos[n] for n in chain)
+    by = {s.name: s for s in r.steps}
+    assert "brokers-brokers-up" in by["bench-probe-ipvs1"].after  # the probe waits for the brokers and every director
+    # each step dials its VM with the key its cloud-init installs: real Ed25519 keys, one per VM
+    for s in r.steps:
+        load_ssh_public_key(s.host_key.encode())
+        assert s.host_key.split()[1] in r.user_data[s.vm] or _private_matches(r.user_data[s.vm], s.host_key)
+        assert s.inputs["connection"]["host"] == r.addresses[s.vm] and s.user == "mqttlab"
+    assert len({s.host_key for s in r.steps}) == len(r.addresses)
+    # the copy is the program's bundle, a real file
+    assert all(Path(s.source or "").is_file() for s in r.steps if s.kind == "copy")
+    # destroy runs no remote step: none has a delete command
+    assert not [s.name for s in r.steps if s.inputs.get("delete")]
+
+
+def _private_matches(user_data: str, public: str) -> bool:
+    import yaml
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_private_key
+
+    doc = yaml.safe_load(user_data)
+    key = load_ssh_private_key(doc["ssh_keys"]["ed25519_private"].encode(), None)
+    return key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() == " ".join(public.split()[:2])
+
+
+def test_updates_run_what_changed_and_hand_on_the_agreed_start(tmp_path: Path) -> None:
+    memory: dict[str, Any] = {}
+    state = State(tmp_path / "state.json")
+    r = rehearsed("smoke", memory)
+    rec = Recorder()
+    first = up(r.steps, rec, state, r.marks)
+    assert {x.status for x in first} == {RAN} and len(rec.calls) == len(r.steps)
+    order = rec.names
+    for s in r.steps:  # started only after what it waits for
+        assert all(order.index(a) < order.index(s.name) for a in s.after)
+    pubs = [inputs["create"] for name, inputs in rec.calls if name.startswith("bench-pubs-")]
+    assert pubs and all(c.endswith(f"--start-at {START}") for c in pubs)  # what bench-start printed, not the marker
+    assert not any(str(MARK_BASE)[:6] in json.dumps(inputs, default=str) for _, inputs in rec.calls)
+
+    again = Recorder()
+    second = up(rehearsed("smoke", memory).steps, again, State.load(tmp_path / "state.json"), r.marks)
+    assert again.calls == [] and {x.status for x in second} == {UNCHANGED}
+
+    new_run = rehearsed("smoke", memory, run_id="2")
+    rec3 = Recorder()
+    third = up(new_run.steps, rec3, State.load(tmp_path / "state.json"), new_run.marks)
+    ran = {x.name for x in third if x.status == RAN}
+    assert ran == {s.name for s in new_run.steps if s.component == "bench"}  # the benchmark only
+    assert {x.status for x in third if x.name not in ran} == {UNCHANGED}
+    assert all("--run-id 2 " in inputs["create"] for _, inputs in rec3.calls if "--run-id" in inputs["create"])
+
+
+def test_a_failed_step_stops_the_update_and_runs_again_next_time(tmp_path: Path) -> None:
+    memory: dict[str, Any] = {}
+    r = rehearsed("smoke", memory)
+    state = State(tmp_path / "state.json")
+    results = {x.name: x for x in up(r.steps, Recorder(fail={"brokers-brokers-up"}), state, r.marks)}
+    assert results["brokers-brokers-up"].status == FAILED and results["brokers-brokers-up"].tail == ["brokers-brokers-up failed on purpose"]
+    assert results["bench-probe-ipvs1"].status == NOT_RUN and "brokers-brokers-up" in results["bench-probe-ipvs1"].why
+    assert all(x.status == NOT_RUN for x in results.values() if x.name.startswith("bench-"))
+    assert "brokers-brokers-up" not in State.load(tmp_path / "state.json").steps  # not recorded: it runs again
+    rec = Recorder()
+    after = {x.name: x for x in up(r.steps, rec, State.load(tmp_path / "state.json"), r.marks)}
+    assert after["brokers-brokers-up"].status == RAN and after["brokers-install"].status == UNCHANGED
+    assert rec.names[0] in ("brokers-brokers-up", "ipvs1-balancer-apply", "ipvs2-balancer-apply") or rec.names[0].startswith("bench-")
+    assert {x.status for x in after.values()} <= {RAN, UNCHANGED}
+
+
+def test_continue_on_error_stops_only_what_waits_for_the_failure(tmp_path: Path) -> None:
+    r = rehearsed("smoke", {})
+    stopped = {x.name: x.status for x in up(r.steps, Recorder(fail={"ipvs1-cloud-init"}), State(tmp_path / "a.json"), r.marks)}
+    going = {x.name: x.status for x in up(r.steps, Recorder(fail={"ipvs1-cloud-init"}), State(tmp_path / "b.json"), r.marks,
+                                           continue_on_error=True)}
+    assert stopped["ipvs1-bundle"] == going["ipvs1-bundle"] == NOT_RUN
+    assert going["brokers-brokers-up"] == RAN and going["ipvs2-install"] == RAN and going["bench-probe-ipvs2"] == NOT_RUN
+    assert stopped["brokers-brokers-up"] == NOT_RUN  # without it, nothing new starts after the failure
+
