@@ -7,7 +7,9 @@ VM, deliberately: see ``LinuxVm``.
 
 The SSH host key is the program's own (pulumi-tls, Ed25519), written by cloud-init's ``ssh_keys``
 in place of the image's, with no other host key type generated (only ed25519, which exists), so the remote commands can pin
-it. On the broker host cloud-init is told to stop putting the NIC's secondary addresses on eth0
+it. ``runcmd`` stops at its first failing command, so cloud-init reports the failure (and the
+program's ``cloud-init status --wait`` step fails naming it) instead of "done" on a VM that lacks
+what the later steps need. On the broker host cloud-init is told to stop putting the NIC's secondary addresses on eth0
 (Azure datasource ``apply_network_config_for_secondary_ips``, default true; cloud-init
 doc/rtd/reference/datasources/azure.rst): they belong to the ipvlan broker containers. The
 setting is system configuration read when the network is configured, so it takes effect from
@@ -32,7 +34,10 @@ def cloud_config(role: str, admin_user: str, docker: bool = False, host_key: tup
     ``host_key``: (OpenSSH private key, public key line) for the SSH server."""
     packages = list(COMMON_PACKAGES)
     files = []
-    runcmd: list[list[str]] = []
+    # cloud-init runs runcmd as one sh script and judges it by its last command's status: without
+    # set -e a failed `systemctl enable --now docker` was followed by a chown that succeeded, and
+    # cloud-init reported done on a VM without Docker
+    runcmd: list[str | list[str]] = ["set -e"]
     if role == "brokers":
         files.append({"path": SECONDARY_IPS_CFG, "permissions": "0644",
                       "content": "datasource:\n  Azure:\n    apply_network_config_for_secondary_ips: false\n"})

@@ -133,3 +133,29 @@ def test_continue_on_error_stops_only_what_waits_for_the_failure(tmp_path: Path)
     assert going["brokers-brokers-up"] == RAN and going["ipvs2-install"] == RAN and going["bench-probe-ipvs2"] == NOT_RUN
     assert stopped["brokers-brokers-up"] == NOT_RUN  # without it, nothing new starts after the failure
 
+
+
+def test_a_failed_runcmd_command_fails_cloud_init_instead_of_reporting_done(tmp_path: Path) -> None:
+    """Found by the rehearsal: cloud-init runs ``runcmd`` as one script (cloud-init's own
+    ``util.shellify``, run by the real sh here) and judges it by its exit status; a failed
+    ``systemctl enable --now docker`` used to be followed by commands that succeeded, so the VM
+    was reported done without Docker and only brokers-up failed, with a Compose traceback."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    if not Path("/usr/lib/python3/dist-packages/cloudinit").is_dir() or not shutil.which("sh"):
+        pytest.skip("cloud-init is not installed (scripts/setup.sh --dev installs it)")
+    r = rehearsed("smoke", {})
+    runcmd = yaml.safe_load(r.user_data["brokers"])["runcmd"]
+    docker = ["systemctl", "enable", "--now", "docker"]
+    assert docker in runcmd
+    marker = tmp_path / "after"
+    cmds = [["false"] if c == docker else ["touch", str(marker)] if isinstance(c, list) and c[0] == "chown" else
+            ["true"] if isinstance(c, list) else c for c in runcmd]
+    script = subprocess.run(["/usr/bin/python3", "-c", "import json, sys; from cloudinit import util; print(util.shellify(json.load(sys.stdin)))"],
+                            input=json.dumps(cmds), capture_output=True, text=True, check=True).stdout
+    (tmp_path / "runcmd").write_text(script)
+    done = subprocess.run(["sh", str(tmp_path / "runcmd")], capture_output=True, text=True)
+    assert done.returncode != 0 and not marker.exists()
