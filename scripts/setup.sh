@@ -14,7 +14,8 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(mosquitto mosquitto-clients ipvsadm haproxy keepalived nftables iptables conntrack iproute2 procps kmod util-linux python3-venv python3-pip openssh-client)
 if [ "$dev" = 1 ]; then
   # erlang-base and erlang-ssl run the emqtt-bench escript (found via EMQTT_BENCH or PATH) for the comparisons
-  pkgs+=(docker-compose cloud-init qemu-system-x86 busybox-static chromium time erlang-base erlang-ssl)
+  # openssh-server, sudo and locales: the rehearsal's hosts (their sshd, the steps' sudo, the image's locale)
+  pkgs+=(docker-compose cloud-init qemu-system-x86 busybox-static chromium time erlang-base erlang-ssl openssh-server sudo locales)
 fi
 echo "== apt-get install ${pkgs[*]}"
 apt-get update -q >/dev/null

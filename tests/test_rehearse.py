@@ -159,3 +159,21 @@ def test_a_failed_runcmd_command_fails_cloud_init_instead_of_reporting_done(tmp_
     (tmp_path / "runcmd").write_text(script)
     done = subprocess.run(["sh", str(tmp_path / "runcmd")], capture_output=True, text=True)
     assert done.returncode != 0 and not marker.exists()
+
+
+def test_a_misspelt_stack_is_one_line_before_anything_is_made() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cp = subprocess.run([str(Path(sys.executable).parent / "mqttlab"), "rehearse", "-s", "smok"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+    assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and "did you mean smoke?" in cp.stderr, cp.stderr
+    assert not (ROOT / ".rehearsal" / "smok").exists()
+    bad = subprocess.run([str(Path(sys.executable).parent / "mqttlab"), "rehearse", "-s", "smoke", "--run-id", "BAD_ID", "--dir", "/nonexistent/x"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "mqttlab:runId='BAD_ID'" in bad.stderr, bad.stderr
+    outside = subprocess.run([str(Path(sys.executable).parent / "mqttlab"), "rehearse", "-s", "smoke"], cwd="/", capture_output=True, text=True,
+                             timeout=120)
+    assert outside.returncode == 2 and "inside the project's checkout" in outside.stderr

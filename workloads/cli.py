@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,8 +32,47 @@ A stack file, Pulumi.<stack>.yaml, describes the experiment for both.
 COMMAND_GROUPS = (
     ("run the experiment", ("lab", "campaign", "report", "bench")),
     ("describe it", ("config", "schema", "render", "plan")),
+    ("check the Azure program without Azure", ("rehearse",)),
     ("steps on the Azure VMs (the Pulumi program's remote commands run these; not for use by hand)", ("host", "results", "monitor")),
 )
+
+
+# --------------------------------------------------------------------------- rehearse
+
+
+def project_root(start: Path) -> Path | None:
+    """The checkout holding the Pulumi program (``__main__.py``, ``infra/``): the rehearsal runs
+    the program itself, which is not part of the installed package."""
+    for d in (start, *start.parents):
+        if (d / "__main__.py").is_file() and (d / "infra" / "rehearse" / "__main__.py").is_file():
+            return d
+    return None
+
+
+def add_rehearse_args(p: argparse.ArgumentParser) -> None:
+    """The rehearsal's options, read by ``mqttlab rehearse`` and by ``python -m infra.rehearse``."""
+    p.add_argument("-s", "--stack", required=True, help="the stack to rehearse (Pulumi.STACK.yaml)")
+    p.add_argument("--run-id", help="the stack's mqttlab:runId for the first update (default: the stack file's)")
+    p.add_argument("--again", action="store_true", help="then a second update with the same configuration (runs no unchanged step)")
+    p.add_argument("--new-run-id", help="then an update with this runId (reruns the benchmark's steps)")
+    p.add_argument("--continue-on-error", action="store_true", help="as pulumi up --continue-on-error: a failure stops only what waits for it")
+    p.add_argument("--dir", type=Path, help="where the rehearsal keeps its state and log (default .rehearsal/STACK)")
+    p.add_argument("--work", type=Path, default=Path("/dev/shm/mqttlab-rehearsal"), help="the hosts' private roots (a tmpfs)")
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    root = project_root(Path.cwd().resolve())
+    if root is None:
+        print("mqttlab rehearse: run it inside the project's checkout (the folder with Pulumi.yaml and infra/)", file=sys.stderr)
+        return 2
+    os.chdir(root)
+    argv = ["-s", args.stack, "--work", str(args.work)]  # as parsed here: one reading of the command line
+    for flag, value in (("--run-id", args.run_id), ("--new-run-id", args.new_run_id), ("--dir", args.dir)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [flag for flag, on in (("--again", args.again), ("--continue-on-error", args.continue_on_error)) if on]
+    os.execv(sys.executable, [sys.executable, "-m", "infra.rehearse", *argv])
+    return 0  # not reached: execv replaces this process
 
 
 # --------------------------------------------------------------------------- render
@@ -200,6 +240,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--campaign", action="store_true", help="campaign files instead of stack files")
     p.add_argument("--markdown", action="store_true", help="every key as Markdown tables (docs/configuration.md) instead of JSON Schema")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("rehearse", help="pulumi up rehearsed here: the program's remote steps over real SSH to stand-in hosts")
+    add_rehearse_args(p)
+    p.set_defaults(func=cmd_rehearse)
 
     want = {COMMANDS[command]} if command in COMMANDS else set(COMMANDS.values())
     # each subcommand's module is imported only when it is the one asked for (start-up cost)

@@ -1,0 +1,251 @@
+"""The rehearsal's machines: one network namespace per VM of the program, each with its own mount,
+UTS and PID namespaces and a root overlaid on this machine's (so apt, cloud-init and pip write
+privately), its own sshd and cloud-init, and a controller namespace the steps are dialled from.
+
+What stands in for what (each is said in the rehearsal's log):
+- the Ubuntu image and Azure's provisioning agent: the admin user with the operator's key from
+  the VM's ``osProfile`` and passwordless sudo, as the agent creates them; sshd as installed;
+- Azure's datasource: a NoCloud seed with the VM's ``customData`` as user-data and its ``vmId``
+  as instance id; cloud-init's network configuration is off (the fabric below sets addresses);
+- the fabric: two switches in a namespace of their own, "admin" for the public addresses (the
+  controller dials them) and "vnet" for the plan's private addresses, one address per host
+  with the VNet on-link, the broker host's secondary addresses routed to it;
+- the registries: apt and pip go through a relay to a proxy on a unix socket
+  (:mod:`infra.rehearse.proxy`).
+
+Nothing is changed in the root network namespace; teardown removes every namespace and stops
+every process the rehearsal started, and always runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.rehearse import standins
+from infra.rehearse.program import ADMIN_NET, CONTROLLER, Rehearsed
+from workloads.base.errors import LabError
+from workloads.hosts.shell import run
+
+PREFIX = "rh-"
+FABRIC, CTL = f"{PREFIX}fabric", f"{PREFIX}ctl"
+RELAY_PORT = 3142
+ROOT = Path(__file__).resolve().parents[2]
+STAND_INS = (
+    "image: the admin user, its key and passwordless sudo are made as Azure's provisioning agent makes them",
+    "datasource: cloud-init reads a NoCloud seed (the VM's customData and vmId) instead of Azure's",
+    "network: cloud-init's network configuration is off; the rehearsal's switches give the plan's addresses",
+    "name resolution: each host resolves its own name from /etc/hosts (Azure's DNS resolves a VM's name in its VNet)",
+    "registries: apt and pip reach Debian's mirror and PyPI through a relay to a proxy outside the hosts",
+)
+
+
+@dataclass(frozen=True)
+class Machine:
+    vm: str
+    ns: str
+    public: str  # on the admin switch: what the steps dial
+    private: str  # the plan's address, with its subnet's prefix
+    secondary: tuple[str, ...]  # the broker host's broker addresses
+    user: str
+    authorized_key: str
+    instance_id: str
+    user_data: str
+
+
+def machines(r: Rehearsed, plan: Any) -> list[Machine]:
+    """One per VM the program makes, from its resources (names, keys, ids) and the plan (addresses)."""
+    out = []
+    for vm in r.program.of("azure-native:compute:VirtualMachine"):
+        name = vm.name.removesuffix("-vm")
+        host = plan.host(name) if name != "brokers" else plan.host("brokers")
+        prof = vm.inputs["osProfile"]
+        key = prof["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"]
+        prefix = ipaddress.ip_network(host.subnet).prefixlen
+        secondary = tuple(b.address for b in plan.brokers) if name == "brokers" else ()
+        out.append(Machine(name, PREFIX + name, r.addresses[name], f"{host.address}/{prefix}", secondary, prof["adminUsername"], key,
+                           str(vm.outputs.get("vmId", name)), r.user_data[name]))
+    return out
+
+
+def _init_script(m: Machine, python: str) -> str:
+    """Runs as PID 1 of the host, in its root: the image's preparation, cloud-init's boot stages,
+    sshd (after the stage that writes the program's host key, as on the VM), then the rest."""
+    q = shlex.quote
+    return f"""set -e
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen && locale-gen > /dev/null 2>&1 || true
+echo 'deb [trusted=yes] file:/rehearsal/apt ./' > /etc/apt/sources.list.d/rehearsal.list
+install -m 755 /rehearsal/systemctl /usr/local/sbin/systemctl
+grep -q ' {m.vm}$' /etc/hosts || echo '127.0.1.1 {m.vm}' >> /etc/hosts
+id -u {m.user} >/dev/null 2>&1 || useradd -m -s /bin/bash {m.user}
+install -d -m 700 -o {m.user} -g {m.user} /home/{m.user}/.ssh
+printf '%s\\n' {q(m.authorized_key)} > /home/{m.user}/.ssh/authorized_keys
+chown {m.user}:{m.user} /home/{m.user}/.ssh/authorized_keys; chmod 600 /home/{m.user}/.ssh/authorized_keys
+echo '{m.user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users; chmod 440 /etc/sudoers.d/90-cloud-init-users
+rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; mkdir -p /run/sshd
+rm -rf /var/lib/cloud/instance /var/lib/cloud/instances /var/log/cloud-init*.log
+mkdir -p /var/lib/cloud/seed/nocloud
+cp /rehearsal/user-data /rehearsal/meta-data /var/lib/cloud/seed/nocloud/
+printf 'datasource_list: [NoCloud]\\nnetwork: {{config: disabled}}\\n' > /etc/cloud/cloud.cfg.d/99-rehearsal.cfg
+printf 'Acquire::http::Proxy "http://127.0.0.1:{RELAY_PORT}";\\n' > /etc/apt/apt.conf.d/99-rehearsal-proxy
+printf '[global]\\nproxy = http://127.0.0.1:{RELAY_PORT}\\n' > /etc/pip.conf
+cd {q(str(ROOT))} && {q(python)} -m infra.rehearse.proxy relay /run/rehearsal/proxy.sock {RELAY_PORT} &
+cd /
+cloud-init init --local > /var/log/rehearsal-boot.log 2>&1 || true
+cloud-init init >> /var/log/rehearsal-boot.log 2>&1 || true
+/usr/sbin/sshd -D -e 2>> /var/log/rehearsal-sshd.log &
+cloud-init modules --mode config >> /var/log/rehearsal-boot.log 2>&1 || true
+cloud-init modules --mode final >> /var/log/rehearsal-boot.log 2>&1 || true
+wait
+"""
+
+
+def _mount_script(m: Machine, d: Path, sock_dir: Path) -> str:
+    root = d / "root"
+    return f"""set -e
+mount --make-rprivate /
+mount -t overlay overlay -o lowerdir=/,upperdir={d}/upper,workdir={d}/work {root}
+mount -t proc proc {root}/proc
+mount -t sysfs sysfs {root}/sys
+mount --rbind /dev {root}/dev
+mount --rbind /sys/fs/cgroup {root}/sys/fs/cgroup
+mkdir -p {d}/docker {root}/var/lib/docker && mount --bind {d}/docker {root}/var/lib/docker
+mount -t tmpfs tmpfs {root}/run
+mount -t tmpfs tmpfs {root}/tmp
+mkdir -p {root}/run/rehearsal && mount --bind {sock_dir} {root}/run/rehearsal
+hostname {m.vm}
+exec chroot {root} /bin/sh /rehearsal/init.sh
+"""
+
+
+class Hosts:
+    """Builds, and always tears down, the hosts of one rehearsal under ``work`` (a tmpfs path)."""
+
+    def __init__(self, r: Rehearsed, plan: Any, work: Path, log: Any = print) -> None:
+        self.r, self.plan, self.work, self.log = r, plan, work, log
+        self.machines = machines(r, plan)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.namespaces: list[str] = []
+
+    def __enter__(self) -> Hosts:
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def _ns(self, name: str) -> None:
+        run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        run(["ip", "link", "set", "lo", "up"], ns=name)
+
+    def _port(self, switch: str, peer_ns: str, peer_if: str, tag: str) -> None:
+        outside = f"{tag}"[:15]
+        run(["ip", "link", "add", outside, "type", "veth", "peer", "name", peer_if, "netns", peer_ns], ns=FABRIC)
+        run(["ip", "link", "set", outside, "master", switch, "up"], ns=FABRIC)
+        run(["ip", "link", "set", peer_if, "up"], ns=peer_ns)
+
+    def build(self) -> None:
+        if any(n.startswith(PREFIX) for n in run(["ip", "netns", "list"]).stdout.split()):
+            raise LabError(f"namespaces {PREFIX}* exist: another rehearsal runs, or one was killed (ip netns del them)")
+        self.work.mkdir(parents=True, exist_ok=True)
+        sock_dir = self.work / "sock"
+        sock_dir.mkdir(exist_ok=True)
+        sock = sock_dir / "proxy.sock"
+        sock.unlink(missing_ok=True)
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "infra.rehearse.proxy", "serve", str(sock)], cwd=ROOT,
+                                           start_new_session=True))
+        self._ns(FABRIC)
+        for sw in ("admin", "vnet"):
+            run(["ip", "link", "add", sw, "type", "bridge"], ns=FABRIC)
+            run(["ip", "link", "set", sw, "up"], ns=FABRIC)
+        self._ns(CTL)
+        self._port("admin", CTL, "eth0", "a-ctl")
+        run(["ip", "addr", "add", f"{CONTROLLER}/{ADMIN_NET.prefixlen}", "dev", "eth0"], ns=CTL)
+        vnet = self.plan.vnet
+        for i, m in enumerate(self.machines):
+            self._ns(m.ns)
+            self._port("admin", m.ns, "eth1", f"a{i}")
+            self._port("vnet", m.ns, "eth0", f"v{i}")
+            run(["ip", "addr", "add", f"{m.public}/{ADMIN_NET.prefixlen}", "dev", "eth1"], ns=m.ns)
+            run(["ip", "addr", "add", m.private, "dev", "eth0"], ns=m.ns)
+            run(["ip", "route", "add", vnet, "dev", "eth0"], ns=m.ns)
+        brokers = next(m for m in self.machines if m.vm == "brokers")
+        for m in self.machines:
+            if m is not brokers:  # Azure's fabric delivers a NIC's secondary addresses to its VM
+                for a in brokers.secondary:
+                    run(["ip", "route", "add", f"{a}/32", "via", brokers.private.split("/")[0], "dev", "eth0"], ns=m.ns)
+        image = self.work / "broker-image.tar"
+        standins.broker_image(image)
+        for m in self.machines:
+            d = self.work / m.vm
+            for sub in ("upper/rehearsal", "work", "root"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            (d / "upper/rehearsal/init.sh").write_text(_init_script(m, sys.executable))
+            (d / "upper/rehearsal/systemctl").write_text(standins.systemctl(self.plan.broker_image))
+            standins.compose_repo(d / "upper/rehearsal/apt")
+            shutil.copyfile(image, d / "upper/rehearsal/broker-image.tar")
+            (d / "upper/rehearsal/user-data").write_text(m.user_data)
+            (d / "upper/rehearsal/meta-data").write_text(f"instance-id: {m.instance_id}\nlocal-hostname: {m.vm}\n")
+            out = open(d / "console.log", "wb")  # noqa: SIM115 - kept open for the host's life
+            # nsenter, not ip netns exec: that one remounts /sys, hiding the cgroup hierarchies dockerd needs
+            self.procs.append(subprocess.Popen(["nsenter", f"--net=/run/netns/{m.ns}", "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
+                                                "sh", "-c", _mount_script(m, d, sock_dir)], stdout=out, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+            self.log(f"host {m.vm}: namespace {m.ns}, public {m.public}, private {m.private}"
+                     + (f", secondary {', '.join(m.secondary)}" if m.secondary else ""))
+        for s in (*STAND_INS, *standins.STAND_INS):
+            self.log(f"stand-in: {s}")
+        self.wait_ssh()
+
+    def wait_ssh(self, limit_s: float = 120.0) -> None:
+        """Until every host's sshd answers (its cloud-init wrote the host key first); bounded,
+        and failing at once when a host's init has died."""
+        left = {m.vm: m for m in self.machines}
+        t0 = time.monotonic()
+        while left:
+            for vm, m in list(left.items()):
+                cp = run(["python3", "-c", f"import socket; socket.create_connection(({m.public!r}, 22), 1)"], ns=CTL, check=False, timeout=10)
+                if cp.returncode == 0:
+                    del left[vm]
+            dead = [p for p in self.procs[1:] if p.poll() is not None]
+            if dead:
+                raise LabError(f"a rehearsal host's init ended (status {dead[0].returncode}); see {self.work}/*/console.log")
+            if left and time.monotonic() - t0 > limit_s:
+                raise LabError(f"sshd did not answer within {limit_s:g}s on {', '.join(left)}")
+            if left:
+                time.sleep(0.5)
+
+    def teardown(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        for ns in reversed(self.namespaces):
+            run(["ip", "netns", "del", ns], check=False)
+        self.namespaces.clear()
+        self.procs.clear()
+        shutil.rmtree(self.work / "sock", ignore_errors=True)
+
