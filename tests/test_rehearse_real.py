@@ -63,7 +63,9 @@ def test_the_programs_steps_run_over_ssh_as_far_as_this_kernel_allows(tmp_path: 
     assert "stand-in: systemctl" in out.stdout and "stand-in: docker-compose-v2" in out.stdout, out.stdout[-3000:]
     missing = " ".join(missing_kernel_features())
     for step in ("brokers-cloud-init", "brokers-bundle", "brokers-install"):
-        assert by[step]["status"] == RAN and by[step]["rc"] == 0, (step, by.get(step), out.stdout[-3000:])
+        boot = tmp_path / "hosts" / "brokers" / "cloud-init-output.log"
+        assert by[step]["status"] == RAN and by[step]["rc"] == 0, (step, by.get(step), out.stdout[-2000:],
+                                                                   boot.read_text()[-3000:] if boot.exists() else "no cloud-init log")
     up = by["brokers-brokers-up"]
     if "ipvlan" in missing:  # Docker, the image and Compose all worked: only the kernel refuses the network
         assert up["status"] == FAILED and "ipvlan port: operation not supported" in " ".join(up["tail"]), up

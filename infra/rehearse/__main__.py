@@ -12,6 +12,7 @@ the terminal and to ``.rehearsal/<stack>/log.jsonl``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -119,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     d.mkdir(parents=True, exist_ok=True)
     for old in ("state.json", "memory.json", "log.jsonl"):
         (d / old).unlink(missing_ok=True)  # the hosts are new: so is the stack
+    shutil.rmtree(d / "hosts", ignore_errors=True)
     log = Log(d / "log.jsonl")
     state = State(d / "state.json")
     (d / "memory.json").write_text(json.dumps(memory))
     ok = True
     try:
-        with Hosts(first, plan, args.work / args.stack, log.say):
+        with Hosts(first, plan, args.work / args.stack, log.say, keep=d / "hosts"):
             runner = SshRunner(d / "ssh", first.operator_key)
             for gap in missing_kernel_features():
                 log.say(f"this kernel has no {gap}: that step fails here (the micro-VM's stock kernel has it)")
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"mqttlab rehearse: {exc}", file=sys.stderr)
         return 1
-    log.say(f"rehearsal of {args.stack}: {'every remote step succeeded' if ok else 'FAILED'}; log {d / 'log.jsonl'}")
+    log.say(f"rehearsal of {args.stack}: {'every remote step succeeded' if ok else 'FAILED'}; log {d / 'log.jsonl'}, "
+            f"the hosts' boot, cloud-init, sshd and dockerd logs in {d / 'hosts'}")
     return 0 if ok else 1
 
 

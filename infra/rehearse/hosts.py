@@ -97,7 +97,7 @@ rm -rf /var/lib/cloud/instance /var/lib/cloud/instances /var/log/cloud-init*.log
 mkdir -p /var/lib/cloud/seed/nocloud
 cp /rehearsal/user-data /rehearsal/meta-data /var/lib/cloud/seed/nocloud/
 printf 'datasource_list: [NoCloud]\\nnetwork: {{config: disabled}}\\n' > /etc/cloud/cloud.cfg.d/99-rehearsal.cfg
-printf 'Acquire::http::Proxy "http://127.0.0.1:{RELAY_PORT}";\\n' > /etc/apt/apt.conf.d/99-rehearsal-proxy
+printf 'Acquire::http::Proxy "http://127.0.0.1:{RELAY_PORT}";\\nAcquire::http::Pipeline-Depth "0";\\nAcquire::Retries "3";\\n' > /etc/apt/apt.conf.d/99-rehearsal-proxy
 printf '[global]\\nproxy = http://127.0.0.1:{RELAY_PORT}\\n' > /etc/pip.conf
 cd {q(str(ROOT))} && {q(python)} -m infra.rehearse.proxy relay /run/rehearsal/proxy.sock {RELAY_PORT} &
 cd /
@@ -131,8 +131,12 @@ exec chroot {root} /bin/sh /rehearsal/init.sh
 class Hosts:
     """Builds, and always tears down, the hosts of one rehearsal under ``work`` (a tmpfs path)."""
 
-    def __init__(self, r: Rehearsed, plan: Any, work: Path, log: Any = print) -> None:
-        self.r, self.plan, self.work, self.log = r, plan, work, log
+    LOGS = ("var/log/cloud-init-output.log", "var/log/cloud-init.log", "var/log/rehearsal-boot.log", "var/log/rehearsal-sshd.log",
+            "var/log/rehearsal-dockerd.log")
+
+    def __init__(self, r: Rehearsed, plan: Any, work: Path, log: Any = print, keep: Path | None = None) -> None:
+        """``keep``: where each host's boot, cloud-init, sshd and dockerd logs are copied at teardown."""
+        self.r, self.plan, self.work, self.log, self.keep = r, plan, work, log, keep
         self.machines = machines(r, plan)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.namespaces: list[str] = []
@@ -163,6 +167,7 @@ class Hosts:
         if any(n.startswith(PREFIX) for n in run(["ip", "netns", "list"]).stdout.split()):
             raise LabError(f"namespaces {PREFIX}* exist: another rehearsal runs, or one was killed (ip netns del them)")
         self.work.mkdir(parents=True, exist_ok=True)
+        self.work.chmod(0o755)  # apt reads the hosts' local repository as its own unprivileged user
         sock_dir = self.work / "sock"
         sock_dir.mkdir(exist_ok=True)
         sock = sock_dir / "proxy.sock"
@@ -243,6 +248,13 @@ class Hosts:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(10)
+        for m in self.machines if self.keep is not None else ():
+            for rel in (*self.LOGS, "console.log"):
+                src = self.work / m.vm / ("upper/" + rel if rel.startswith("var/") else rel)
+                if src.is_file():
+                    dst = self.keep / m.vm / Path(rel).name
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
         for ns in reversed(self.namespaces):
             run(["ip", "netns", "del", ns], check=False)
         self.namespaces.clear()

@@ -34,7 +34,8 @@ async def _splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter], b: tuple
 
 async def _proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """One client: ``CONNECT host:port`` opens a tunnel; ``GET http://host/path`` is forwarded
-    with the request line made relative (one request per connection: ``Connection: close``)."""
+    with the request line made relative, one request per connection (``Connection: close``; the
+    hosts' apt is told not to pipeline, so no second request follows on the same connection)."""
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
