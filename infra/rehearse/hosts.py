@@ -248,11 +248,12 @@ class Hosts:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(10)
-        for m in self.machines if self.keep is not None else ():
+        keep = self.keep
+        for m in self.machines if keep is not None else ():
             for rel in (*self.LOGS, "console.log"):
                 src = self.work / m.vm / ("upper/" + rel if rel.startswith("var/") else rel)
-                if src.is_file():
-                    dst = self.keep / m.vm / Path(rel).name
+                if src.is_file() and keep is not None:
+                    dst = keep / m.vm / Path(rel).name
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dst)
         for ns in reversed(self.namespaces):
