@@ -379,7 +379,8 @@ def test_a_paused_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path)
 
 def test_a_cpu_capped_subscriber_is_reported_as_the_bench_saturating(tmp_path: Path) -> None:
     """The subscriber worker under a 1 % CPU cap (cgroup) while 8000 deliveries a second arrive:
-    its sockets' receive queues stay full, and the summary names both subscribers."""
+    its sockets' receive queues stay full, and the summary names both subscribers, or their worker's
+    loop lag."""
     from workloads.hosts.lab import cgroups
 
     version = cgroups.detect()
@@ -425,8 +426,15 @@ def test_a_cpu_capped_subscriber_is_reported_as_the_bench_saturating(tmp_path: P
                 time.sleep(0.1)
     assert capped["bench_saturated"], capped
     named = {c["client_id"]: c for c in capped["saturated_clients"]}
-    assert set(named) == {"mqttlab-000005a7-sub0", "mqttlab-000005a7-sub1"}, capped["saturated_clients"]
-    assert all(c["kind"] == "receive_backlog" and c["longest_s"] >= (0.1 if c["lost"] else 0.5) for c in named.values()), named
+    lagging = [r for r in capped["saturation_reasons"] if r.startswith("worker subs/sub0 loop_lag_p99_ms=")]
+    # the capped worker is named either through its clients' receive backlog or through its own
+    # loop lag (both seen on this kind of machine; the lag alone in 3 of 4 runs on one of them)
+    assert named or lagging, capped["saturation_reasons"]
+    if named:
+        assert set(named) == {"mqttlab-000005a7-sub0", "mqttlab-000005a7-sub1"}, capped["saturated_clients"]
+        assert all(c["kind"] == "receive_backlog" and c["longest_s"] >= (0.1 if c["lost"] else 0.5) for c in named.values()), named
+    else:
+        assert all(float(r.split("=")[1].split()[0]) >= 50.0 for r in lagging), lagging
     assert not free["bench_saturated"], free["saturation_reasons"]
     assert free["delivered"] == free["expected"] == 24000
 
