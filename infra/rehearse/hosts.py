@@ -101,6 +101,14 @@ printf 'Acquire::http::Proxy "http://127.0.0.1:{RELAY_PORT}";\\nAcquire::http::P
 printf '[global]\\nproxy = http://127.0.0.1:{RELAY_PORT}\\n' > /etc/pip.conf
 cd {q(str(ROOT))} && {q(python)} -m infra.rehearse.proxy relay /run/rehearsal/proxy.sock {RELAY_PORT} &
 cd /
+{q(python)} -c 'import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", {RELAY_PORT}), 1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("rehearsal: the registry relay did not start in 10 s")'
 cloud-init init --local > /var/log/rehearsal-boot.log 2>&1 || true
 cloud-init init >> /var/log/rehearsal-boot.log 2>&1 || true
 /usr/sbin/sshd -D -e 2>> /var/log/rehearsal-sshd.log &
@@ -111,7 +119,11 @@ wait
 
 
 def _mount_script(m: Machine, d: Path, sock_dir: Path) -> str:
+    """The host's root; the project and its interpreter (which the host's relay runs) stay visible
+    when they live under /tmp or /run, which the host gets empty."""
     root = d / "root"
+    shown = sorted({p for p in (ROOT, Path(sys.prefix)) if p.is_relative_to("/tmp") or p.is_relative_to("/run")})
+    binds = "\n".join(f"mkdir -p {root}{p} && mount --bind {p} {root}{p}" for p in shown)
     return f"""set -e
 mount --make-rprivate /
 mount -t overlay overlay -o lowerdir=/,upperdir={d}/upper,workdir={d}/work {root}
@@ -123,6 +135,7 @@ mkdir -p {d}/docker {root}/var/lib/docker && mount --bind {d}/docker {root}/var/
 mount -t tmpfs tmpfs {root}/run
 mount -t tmpfs tmpfs {root}/tmp
 mkdir -p {root}/run/rehearsal && mount --bind {sock_dir} {root}/run/rehearsal
+{binds}
 hostname {m.vm}
 exec chroot {root} /bin/sh /rehearsal/init.sh
 """
