@@ -67,7 +67,7 @@ def machines(r: Rehearsed, plan: Any) -> list[Machine]:
     out = []
     for vm in r.program.of("azure-native:compute:VirtualMachine"):
         name = vm.name.removesuffix("-vm")
-        host = plan.host(name) if name != "brokers" else plan.host("brokers")
+        host = plan.host(name)
         prof = vm.inputs["osProfile"]
         key = prof["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"]
         prefix = ipaddress.ip_network(host.subnet).prefixlen
