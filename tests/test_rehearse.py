@@ -177,3 +177,21 @@ def test_a_misspelt_stack_is_one_line_before_anything_is_made() -> None:
     outside = subprocess.run([str(Path(sys.executable).parent / "mqttlab"), "rehearse", "-s", "smoke"], cwd="/", capture_output=True, text=True,
                              timeout=120)
     assert outside.returncode == 2 and "inside the project's checkout" in outside.stderr
+
+
+def test_the_store_stand_in_grants_what_the_programs_role_assignments_grant_and_nothing_else(program: tuple[str, dict[str, Any]]) -> None:
+    """The gate's roles come from the program: every VM's identity may write, the operator may
+    read, no other principal appears; account, container and URL are the program's outputs."""
+    from infra.components import BLOB_DATA_CONTRIBUTOR, BLOB_DATA_READER
+    from infra.rehearse.store import spec
+
+    stack, memory = program
+    r = rehearsed(stack, memory)
+    s = spec(r)
+    vms = r.program.of("azure-native:compute:VirtualMachine")
+    assert set(s.principals) == {v.name.removesuffix("-vm") for v in vms}
+    assert s.roles == {**{p: "contributor" for p in s.principals.values()}, s.operator: "reader"}
+    assert s.url == r.program.outputs["resultsUrl"] == f"https://{s.host}/{s.container}"
+    assert s.prefix == r.program.outputs["resultsPrefix"]
+    by_role = {str(ra.inputs["roleDefinitionId"]).rsplit("/", 1)[-1] for ra in r.program.of("azure-native:authorization:RoleAssignment")}
+    assert by_role == {BLOB_DATA_CONTRIBUTOR, BLOB_DATA_READER}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,29 +39,14 @@ def shm() -> Any:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_a_host_answering_with_another_key_is_refused(tmp_path: Path, shm: Path) -> None:
-    r = rehearsed("smoke", {})
-    from infra.rehearse.__main__ import plan_of
-
-    with Hosts(r, plan_of("smoke"), shm, log=lambda _t: None):
-        runner = SshRunner(tmp_path / "ssh", r.operator_key)
-        step = next(s for s in r.steps if s.name == "brokers-cloud-init")
-        ok = runner.run(step, {**step.inputs, "create": "id -un; hostname"})
-        assert ok.rc == 0 and ok.stdout.split() == ["mqttlab", "brokers"], ok
-        other = next(s for s in r.steps if s.vm != "brokers")  # another VM's key
-        forged = type(step)(**{**step.__dict__, "host_key": other.host_key})
-        refused = runner.run(forged, {**step.inputs, "create": "true"})
-        assert refused.rc == SSH_FAILED and "verification failed" in refused.stderr, refused
-    assert _namespaces() == []
-
-
 def test_the_programs_steps_run_over_ssh_as_far_as_this_kernel_allows(tmp_path: Path, shm: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "infra.rehearse", "-s", "smoke", "--continue-on-error", "--dir", str(tmp_path), "--work", str(shm)],
+    out = subprocess.run([sys.executable, "-m", "infra.rehearse", "-s", "smoke", "--continue-on-error", "--vm", "never", "--dir", str(tmp_path), "--work", str(shm)],
                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert _namespaces() == [], "teardown left namespaces"
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     by = {e["step"]: e for e in log}
     assert "stand-in: systemctl" in out.stdout and "stand-in: docker-compose-v2" in out.stdout, out.stdout[-3000:]
+    assert "results store: https://resultssa" in out.stdout, out.stdout[-3000:]
     missing = " ".join(missing_kernel_features())
     for step in ("brokers-cloud-init", "brokers-bundle", "brokers-install"):
         boot = tmp_path / "hosts" / "brokers" / "cloud-init-output.log"
@@ -80,3 +66,59 @@ def test_the_programs_steps_run_over_ssh_as_far_as_this_kernel_allows(tmp_path: 
         else:
             assert init["status"] == RAN and by[f"{vm}-install"]["status"] == RAN
     assert "bench-verdict" not in by or by["bench-verdict"]["status"] == RAN
+
+
+# after the test above: these hosts live until the module ends, and a rehearsal refuses to start beside them
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One rehearsal's hosts, store included, for the tests that only dial them."""
+    from infra.rehearse.__main__ import plan_of
+
+    shm_dir = Path(tempfile.mkdtemp(prefix="mqttlab-rehearsal-", dir="/dev/shm"))
+    r = rehearsed("smoke", {})
+    try:
+        with Hosts(r, plan_of("smoke"), shm_dir, log=lambda _t: None) as hosts:
+            yield r, hosts, SshRunner(tmp_path_factory.mktemp("ssh"), r.operator_key)
+    finally:
+        shutil.rmtree(shm_dir, ignore_errors=True)
+    assert _namespaces() == []
+
+
+def test_a_host_answering_with_another_key_is_refused(built: Any) -> None:
+    r, _hosts, runner = built
+    step = next(s for s in r.steps if s.name == "brokers-cloud-init")
+    ok = runner.run(step, {**step.inputs, "create": "id -un; hostname"})
+    assert ok.rc == 0 and ok.stdout.split() == ["mqttlab", "brokers"], ok
+    other = next(s for s in r.steps if s.vm != "brokers")  # another VM's key
+    forged = type(step)(**{**step.__dict__, "host_key": other.host_key})
+    refused = runner.run(forged, {**step.inputs, "create": "true"})
+    assert refused.rc == SSH_FAILED and "verification failed" in refused.stderr, refused
+
+
+def _blob_as_vm(runner: SshRunner, step: Any, code: str) -> Any:
+    """Python run on the host as the steps run (over SSH, under sudo), with this interpreter's SDK."""
+    return runner.run(step, {**step.inputs, "create": f"sudo {sys.executable} -c {shlex.quote(code)}"})
+
+
+def test_a_host_writes_to_the_programs_container_with_its_managed_identity_and_only_the_roles_allow(built: Any) -> None:
+    """What collect does on a VM: ManagedIdentityCredential (the host's IMDS at 169.254.169.254),
+    the account's own host name, TLS trusted as the host is told to; the gate lets each VM's
+    identity write (the program assigns Contributor) and the operator only read."""
+    r, hosts, runner = built
+    url = hosts.store.url
+    step = next(s for s in r.steps if s.name == "ipvs1-cloud-init")
+    put = _blob_as_vm(runner, step, "from azure.identity import ManagedIdentityCredential; from azure.storage.blob import ContainerClient; "
+                      f"c = ContainerClient.from_container_url({url!r}, credential=ManagedIdentityCredential()); "
+                      "c.upload_blob('check/ipvs1.txt', b'written by ipvs1', overwrite=True); print(c.download_blob('check/ipvs1.txt').readall().decode())")
+    assert put.rc == 0 and put.stdout.strip() == "written by ipvs1", put
+    from infra.rehearse.dataplane import token
+
+    operator = token(hosts.store.operator, "user")
+    as_operator = ("from azure.core.credentials import AccessToken; from azure.storage.blob import ContainerClient; "
+                   "from azure.core.exceptions import HttpResponseError\n"
+                   f"class T:\n    def get_token(self, *a, **k): return AccessToken({operator!r}, 4070908800)\n"
+                   f"c = ContainerClient.from_container_url({url!r}, credential=T())\n"
+                   "print(c.download_blob('check/ipvs1.txt').readall().decode())\n"
+                   "try:\n    c.upload_blob('check/operator.txt', b'x')\nexcept HttpResponseError as e:\n    print(e.error_code)\n")
+    read = _blob_as_vm(runner, step, as_operator)
+    assert read.rc == 0 and read.stdout.split() == ["written", "by", "ipvs1", "AuthorizationPermissionMismatch"], read

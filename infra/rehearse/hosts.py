@@ -20,6 +20,7 @@ every process the rehearsal started, and always runs.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shlex
 import shutil
@@ -31,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.rehearse import standins
+from infra.rehearse import dataplane, standins
+from infra.rehearse import store as results_store
 from infra.rehearse.program import ADMIN_NET, CONTROLLER, Rehearsed
 from workloads.base.errors import LabError
+from workloads.hosts.lab import vm as microvm
 from workloads.hosts.shell import run
 
 PREFIX = "rh-"
@@ -60,6 +63,7 @@ class Machine:
     authorized_key: str
     instance_id: str
     user_data: str
+    principal: str  # its system-assigned identity
 
 
 def machines(r: Rehearsed, plan: Any) -> list[Machine]:
@@ -73,7 +77,7 @@ def machines(r: Rehearsed, plan: Any) -> list[Machine]:
         prefix = ipaddress.ip_network(host.subnet).prefixlen
         secondary = tuple(b.address for b in plan.brokers) if name == "brokers" else ()
         out.append(Machine(name, PREFIX + name, r.addresses[name], f"{host.address}/{prefix}", secondary, prof["adminUsername"], key,
-                           str(vm.outputs.get("vmId", name)), r.user_data[name]))
+                           str(vm.outputs.get("vmId", name)), r.user_data[name], vm.outputs["identity"]["principalId"]))
     return out
 
 
@@ -92,6 +96,7 @@ install -d -m 700 -o {m.user} -g {m.user} /home/{m.user}/.ssh
 printf '%s\\n' {q(m.authorized_key)} > /home/{m.user}/.ssh/authorized_keys
 chown {m.user}:{m.user} /home/{m.user}/.ssh/authorized_keys; chmod 600 /home/{m.user}/.ssh/authorized_keys
 echo '{m.user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users; chmod 440 /etc/sudoers.d/90-cloud-init-users
+echo "rehearsal: the image's host keys"
 rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; mkdir -p /run/sshd
 rm -rf /var/lib/cloud/instance /var/lib/cloud/instances /var/log/cloud-init*.log
 mkdir -p /var/lib/cloud/seed/nocloud
@@ -99,16 +104,25 @@ cp /rehearsal/user-data /rehearsal/meta-data /var/lib/cloud/seed/nocloud/
 printf 'datasource_list: [NoCloud]\\nnetwork: {{config: disabled}}\\n' > /etc/cloud/cloud.cfg.d/99-rehearsal.cfg
 printf 'Acquire::http::Proxy "http://127.0.0.1:{RELAY_PORT}";\\nAcquire::http::Pipeline-Depth "0";\\nAcquire::Retries "3";\\n' > /etc/apt/apt.conf.d/99-rehearsal-proxy
 printf '[global]\\nproxy = http://127.0.0.1:{RELAY_PORT}\\n' > /etc/pip.conf
+echo "rehearsal: the registry relay"
 cd {q(str(ROOT))} && {q(python)} -m infra.rehearse.proxy relay /run/rehearsal/proxy.sock {RELAY_PORT} &
+if [ -f /rehearsal/store-hosts ]; then
+  cat /rehearsal/store-hosts >> /etc/hosts
+  echo 'REQUESTS_CA_BUNDLE=/rehearsal/store-ca.pem' >> /etc/environment
+  echo 'Defaults env_keep += "REQUESTS_CA_BUNDLE"' > /etc/sudoers.d/91-rehearsal-store; chmod 440 /etc/sudoers.d/91-rehearsal-store
+  ip addr add {dataplane.IMDS_ADDRESS}/32 dev lo
+  cd {q(str(ROOT))} && {q(python)} -m infra.rehearse.dataplane imds {m.principal} > /var/log/rehearsal-imds.log 2>&1 &
+fi
 cd /
 {q(python)} -c 'import socket, sys, time
-for _ in range(100):
+for _ in range(1200):
     try:
         socket.create_connection(("127.0.0.1", {RELAY_PORT}), 1).close()
         sys.exit(0)
     except OSError:
         time.sleep(0.1)
-sys.exit("rehearsal: the registry relay did not start in 10 s")'
+sys.exit("rehearsal: the registry relay did not start in 120 s")'
+echo "rehearsal: cloud-init's stages"
 cloud-init init --local > /var/log/rehearsal-boot.log 2>&1 || true
 cloud-init init >> /var/log/rehearsal-boot.log 2>&1 || true
 /usr/sbin/sshd -D -e 2>> /var/log/rehearsal-sshd.log &
@@ -145,13 +159,18 @@ class Hosts:
     """Builds, and always tears down, the hosts of one rehearsal under ``work`` (a tmpfs path)."""
 
     LOGS = ("var/log/cloud-init-output.log", "var/log/cloud-init.log", "var/log/rehearsal-boot.log", "var/log/rehearsal-sshd.log",
-            "var/log/rehearsal-dockerd.log")
+            "var/log/rehearsal-dockerd.log", "var/log/rehearsal-imds.log")
+    NETNS_ETC = Path("/etc/netns") / CTL  # ip netns exec binds its files over /etc: the controller's name for the store
 
-    def __init__(self, r: Rehearsed, plan: Any, work: Path, log: Any = print, keep: Path | None = None) -> None:
-        """``keep``: where each host's boot, cloud-init, sshd and dockerd logs are copied at teardown."""
+    def __init__(self, r: Rehearsed, plan: Any, work: Path, log: Any = print, keep: Path | None = None, with_store: bool = True) -> None:
+        """``keep``: where each host's boot, cloud-init, sshd and dockerd logs are copied at teardown;
+        ``with_store``: the results store stood in (Azurite, its gate, the hosts' IMDS)."""
         self.r, self.plan, self.work, self.log, self.keep = r, plan, work, log, keep
+        self.store = results_store.spec(r) if with_store else None
+        self.store_ca: Path | None = None
         self.machines = machines(r, plan)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.inits: dict[str, subprocess.Popen[bytes]] = {}
         self.namespaces: list[str] = []
 
     def __enter__(self) -> Hosts:
@@ -202,6 +221,8 @@ class Hosts:
             run(["ip", "addr", "add", f"{m.public}/{ADMIN_NET.prefixlen}", "dev", "eth1"], ns=m.ns)
             run(["ip", "addr", "add", m.private, "dev", "eth0"], ns=m.ns)
             run(["ip", "route", "add", vnet, "dev", "eth0"], ns=m.ns)
+        if self.store is not None:
+            self.store_ca = self._start_store(self.store)
         brokers = next(m for m in self.machines if m.vm == "brokers")
         for m in self.machines:
             if m is not brokers:  # Azure's fabric delivers a NIC's secondary addresses to its VM
@@ -219,32 +240,111 @@ class Hosts:
             shutil.copyfile(image, d / "upper/rehearsal/broker-image.tar")
             (d / "upper/rehearsal/user-data").write_text(m.user_data)
             (d / "upper/rehearsal/meta-data").write_text(f"instance-id: {m.instance_id}\nlocal-hostname: {m.vm}\n")
+            if self.store is not None and self.store_ca is not None:
+                (d / "upper/rehearsal/store-hosts").write_text(f"{results_store.ADDRESS} {self.store.host}\n")
+                (d / "upper/rehearsal/store-ca.pem").write_text(results_store.ca_bundle(self.store_ca))
             out = open(d / "console.log", "wb")  # noqa: SIM115 - kept open for the host's life
             # nsenter, not ip netns exec: that one remounts /sys, hiding the cgroup hierarchies dockerd needs
-            self.procs.append(subprocess.Popen(["nsenter", f"--net=/run/netns/{m.ns}", "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
-                                                "sh", "-c", _mount_script(m, d, sock_dir)], stdout=out, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+            init = subprocess.Popen(["nsenter", f"--net=/run/netns/{m.ns}", "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
+                                     "sh", "-c", _mount_script(m, d, sock_dir)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs.append(init)
+            self.inits[m.vm] = init
             self.log(f"host {m.vm}: namespace {m.ns}, public {m.public}, private {m.private}"
                      + (f", secondary {', '.join(m.secondary)}" if m.secondary else ""))
-        for s in (*STAND_INS, *standins.STAND_INS):
+        for s in (*STAND_INS, *standins.STAND_INS, *(results_store.STAND_INS if self.store else ())):
             self.log(f"stand-in: {s}")
         self.wait_ssh()
+        if self.store is not None:
+            self._wait_store()
 
-    def wait_ssh(self, limit_s: float = 120.0) -> None:
-        """Until every host's sshd answers (its cloud-init wrote the host key first); bounded,
-        and failing at once when a host's init has died."""
-        left = {m.vm: m for m in self.machines}
+    def _start_store(self, spec: results_store.StoreSpec) -> Path:
+        """Azurite and its gate in the controller's namespace at the store's address; the
+        controller resolves the account's host name there too. Its readiness is awaited later,
+        while the hosts boot."""
+        d = self.work / "store"
+        cert, key = dataplane.certificate(d, names=[spec.host], ips=[results_store.ADDRESS, "127.0.0.1"])
+        run(["ip", "addr", "add", f"{results_store.ADDRESS}/{ADMIN_NET.prefixlen}", "dev", "eth0"], ns=CTL)
+        self.NETNS_ETC.mkdir(parents=True, exist_ok=True)
+        (self.NETNS_ETC / "hosts").write_text(f"127.0.0.1 localhost\n{results_store.ADDRESS} {spec.host}\n")
+        cfg = d / "store.json"
+        cfg.write_text(json.dumps({"cert": str(cert), "key": str(key), "account": spec.account, "container": spec.container,
+                                   "roles": spec.roles, "address": results_store.ADDRESS}))
+        self.store_out = open(d / "store.log", "w+b")  # noqa: SIM115 - kept open for the store's life
+        self.store_proc = subprocess.Popen(["ip", "netns", "exec", CTL, sys.executable, "-m", "infra.rehearse.dataplane", "store", str(cfg)],
+                                           cwd=ROOT, stdout=self.store_out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(self.store_proc)
+        return cert
+
+    def _wait_store(self, limit_s: float | None = None) -> None:
+        """Until the store says ``ready`` (Azurite started, the container made); bounded (5
+        minutes, 30 in the emulated micro-VM, where node's start alone takes minutes), and
+        failing at once when it has ended."""
+        limit_s = limit_s if limit_s is not None else (1800.0 if microvm.in_guest() else 300.0)
         t0 = time.monotonic()
+        log = self.work / "store" / "store.log"
+        while b"ready" not in log.read_bytes():
+            if self.store_proc.poll() is not None or time.monotonic() - t0 > limit_s:
+                tail = log.read_bytes().decode(errors="replace").strip().splitlines()[-3:]
+                state = "ended" if self.store_proc.poll() is not None else f"still starting after {limit_s:.0f}s"
+                raise LabError(f"the results store did not start ({state}: {' | '.join(tail) or 'no output'})")
+            time.sleep(0.5)
+        self.log(f"results store: {self.store.url if self.store else ''} at {results_store.ADDRESS} (Azurite behind the role gate)")
+
+    BOOT_LOGS = ("console.log", "upper/var/log/rehearsal-boot.log", "upper/var/log/cloud-init.log", "upper/var/log/cloud-init-output.log")
+
+    def _boot_progress(self, vm: str) -> int:
+        """How much the host's first script and cloud-init have logged so far: its sign of life
+        before sshd starts."""
+        size = 0
+        for rel in self.BOOT_LOGS:
+            try:
+                size += (self.work / vm / rel).stat().st_size
+            except OSError:
+                pass
+        return size
+
+    def _boot_stage(self, vm: str) -> str:
+        """The last line the host's first script or cloud-init wrote."""
+        lines: list[str] = []
+        for rel in ("console.log", "upper/var/log/cloud-init.log"):
+            try:
+                lines += [ln for ln in (self.work / vm / rel).read_text(errors="replace").splitlines() if ln.strip()][-1:]
+            except OSError:
+                pass
+        return " | ".join(line[-160:] for line in lines) or "nothing logged yet"
+
+    def wait_ssh(self, quiet_s: float | None = None, limit_s: float = 3600.0) -> None:
+        """Until every host's sshd answers (its cloud-init wrote the host key first); bounded by
+        progress: failing once no waiting host has logged anything for ``quiet_s`` (2 minutes,
+        10 in the emulated micro-VM, where one interpreter's start takes seconds and a boot stage
+        minutes, logging all along), past ``limit_s`` in any case, and at once when a host's init
+        has died."""
+        quiet_s = quiet_s if quiet_s is not None else (600.0 if microvm.in_guest() else 120.0)
+        left = {m.vm: m for m in self.machines}
+        t0 = last = shown = time.monotonic()
+        seen = {vm: self._boot_progress(vm) for vm in left}
         while left:
             for vm, m in list(left.items()):
-                cp = run(["python3", "-c", f"import socket; socket.create_connection(({m.public!r}, 22), 1)"], ns=CTL, check=False, timeout=10)
+                # bash, not python: emulated, an interpreter's start alone takes seconds
+                cp = run(["timeout", "5", "bash", "-c", f"exec 3<>/dev/tcp/{m.public}/22"], ns=CTL, check=False, timeout=30)
                 if cp.returncode == 0:
                     del left[vm]
-            dead = [p for p in self.procs[1:] if p.poll() is not None]
+            dead = [vm for vm, p in self.inits.items() if p.poll() is not None]
             if dead:
-                raise LabError(f"a rehearsal host's init ended (status {dead[0].returncode}); see {self.work}/*/console.log")
-            if left and time.monotonic() - t0 > limit_s:
-                raise LabError(f"sshd did not answer within {limit_s:g}s on {', '.join(left)}")
+                raise LabError(f"the init of rehearsal host {dead[0]} ended (status {self.inits[dead[0]].returncode}); "
+                               f"see {self.work / dead[0] / 'console.log'}")
+            if self.store is not None and self.store_proc.poll() is not None:
+                self._wait_store()  # says why it ended
+            now = {vm: self._boot_progress(vm) for vm in left}
+            if any(now[vm] != seen.get(vm) for vm in left):
+                seen, last = now, time.monotonic()
+            if left and time.monotonic() - shown > 60:  # long under emulation: say where each host is
+                shown = time.monotonic()
+                for vm_name in left:
+                    self.log(f"waiting for sshd on {vm_name} ({shown - t0:.0f}s): {self._boot_stage(vm_name)}")
+            if left and (time.monotonic() - last > quiet_s or time.monotonic() - t0 > limit_s):
+                raise LabError(f"sshd did not answer on {', '.join(left)}: they logged nothing for {time.monotonic() - last:.0f}s "
+                               f"({time.monotonic() - t0:.0f}s in all)")
             if left:
                 time.sleep(0.5)
 
@@ -274,4 +374,6 @@ class Hosts:
         self.namespaces.clear()
         self.procs.clear()
         shutil.rmtree(self.work / "sock", ignore_errors=True)
+        if self.store is not None:
+            shutil.rmtree(self.NETNS_ETC, ignore_errors=True)
 
