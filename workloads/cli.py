@@ -56,8 +56,23 @@ def add_rehearse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--again", action="store_true", help="then a second update with the same configuration (runs no unchanged step)")
     p.add_argument("--new-run-id", help="then an update with this runId (reruns the benchmark's steps)")
     p.add_argument("--continue-on-error", action="store_true", help="as pulumi up --continue-on-error: a failure stops only what waits for it")
+    p.add_argument("--failures", action="store_true",
+                   help="then rehearse failures, one update each: a broker that does not come up, publishers that fail")
     p.add_argument("--dir", type=Path, help="where the rehearsal keeps its state and log (default .rehearsal/STACK)")
     p.add_argument("--work", type=Path, default=Path("/dev/shm/mqttlab-rehearsal"), help="the hosts' private roots (a tmpfs)")
+    p.add_argument("--vm", choices=("auto", "always", "never"), default="auto",
+                   help="run the hosts in the micro-VM (a stock kernel with IPVS and ipvlan): auto when this kernel lacks either")
+
+
+def rehearse_argv(args: argparse.Namespace) -> list[str]:
+    """The options :func:`add_rehearse_args` read, as a command line again (less ``--vm``): one
+    reading of the user's, passed on to the rehearsal and from it into the micro-VM."""
+    argv = ["-s", args.stack, "--work", str(args.work)]
+    for flag, value in (("--run-id", args.run_id), ("--new-run-id", args.new_run_id), ("--dir", args.dir)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + [flag for flag, on in (("--again", args.again), ("--continue-on-error", args.continue_on_error), ("--failures", args.failures))
+                   if on]
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
@@ -66,12 +81,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         print("mqttlab rehearse: run it inside the project's checkout (the folder with Pulumi.yaml and infra/)", file=sys.stderr)
         return 2
     os.chdir(root)
-    argv = ["-s", args.stack, "--work", str(args.work)]  # as parsed here: one reading of the command line
-    for flag, value in (("--run-id", args.run_id), ("--new-run-id", args.new_run_id), ("--dir", args.dir)):
-        if value is not None:
-            argv += [flag, str(value)]
-    argv += [flag for flag, on in (("--again", args.again), ("--continue-on-error", args.continue_on_error)) if on]
-    os.execv(sys.executable, [sys.executable, "-m", "infra.rehearse", *argv])
+    os.execv(sys.executable, [sys.executable, "-m", "infra.rehearse", *rehearse_argv(args), "--vm", args.vm])
     return 0  # not reached: execv replaces this process
 
 

@@ -12,6 +12,8 @@ the terminal and to ``.rehearsal/<stack>/log.jsonl``.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,15 +25,17 @@ import pulumi
 import yaml
 
 from infra.mocked import ROOT
+from infra.rehearse import dataplane, failures, store
 from infra.rehearse.engine import FAILED, NOT_RUN, RAN, UNCHANGED, Runner, State, StepResult, up
-from infra.rehearse.hosts import Hosts
-from infra.rehearse.program import rehearsed
+from infra.rehearse.hosts import CTL, Hosts
+from infra.rehearse.program import Rehearsed, rehearsed
 from infra.rehearse.ssh import SshRunner
 from workloads.base.errors import LabError
-from workloads.cli import Parser, add_rehearse_args
+from workloads.cli import Parser, add_rehearse_args, rehearse_argv
 from workloads.describe.config import ConfigError, parse_config
 from workloads.describe.plan import Plan, build_plan
 from workloads.describe.schema import nearest
+from workloads.hosts.lab import vm
 
 SECTIONS = ("topology", "network", "brokers", "bridge", "balancer", "scenario", "security", "faults")
 
@@ -86,6 +90,57 @@ def one_update(name: str, stack: str, memory: dict[str, Any], run_id: str | None
     return summary(name, results, log), results
 
 
+def fetch_and_report(hosts: Hosts, d: Path, log: Log) -> bool:
+    """What the README has the operator do after ``pulumi up``: ``mqttlab results fetch`` with the
+    stack's ``resultsUrl`` and ``resultsPrefix`` and the operator's login (from the controller,
+    through the store's gate, which lets the operator read and not write), then ``mqttlab
+    report`` on what came back."""
+    spec, ca = hosts.store, hosts.store_ca
+    if spec is None or ca is None:
+        return False
+    bindir = store.fake_az(hosts.work / "bin", dataplane.token(spec.operator, "user"))
+    bundle = hosts.work / "store" / "operator-ca.pem"
+    bundle.write_text(store.ca_bundle(ca))
+    env = [f"PATH={bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", f"REQUESTS_CA_BUNDLE={bundle}"]
+    fetch = [sys.executable, "-m", "workloads.cli", "results", "fetch", "--url", spec.url, "--prefix", spec.prefix, "--out", str(d / "runs")]
+    log.say(f"fetch: mqttlab results fetch --url {spec.url} --prefix {spec.prefix} --out {d / 'runs'}")
+    cp = subprocess.run(["ip", "netns", "exec", CTL, "env", *env, *fetch], capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    if cp.returncode != 0:
+        log.say(f"fetch FAILED (exit {cp.returncode}): {(cp.stderr.strip().splitlines() or ['no output'])[-1]}")
+        return False
+    run_dir = Path(cp.stdout.strip().splitlines()[-1])
+    files = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    log.say(f"fetched {len(files)} files into {run_dir}")
+    rep = subprocess.run([sys.executable, "-m", "workloads.cli", "report", "--out", str(d / "report"), str(run_dir)],
+                         capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    for line in (rep.stdout + rep.stderr).strip().splitlines()[-12:]:
+        log.say(f"    report | {line}")
+    if rep.returncode != 0:
+        log.say(f"report FAILED (exit {rep.returncode})")
+        return False
+    log.say(f"report: {d / 'report' / 'report.html'}")
+    return True
+
+
+def rehearse_failures(plan: Plan, r: Rehearsed, runner: Runner, state: State, memory: dict[str, Any], stack: str, log: Log) -> bool:
+    """Each of :func:`infra.rehearse.failures.cases`: made real, one update, undone, checked."""
+    ok = True
+    for case in failures.cases(plan):
+        log.say(f"failure: {case.name}")
+        hooked = failures.Hooked(runner, r.steps, case.after_step, log.say)
+        for vm_name, command in case.before:
+            hooked.act(vm_name, command)
+        try:
+            _, results = one_update(f"up runId={case.run_id}", stack, memory, case.run_id, state, hooked, log)
+        finally:
+            for vm_name, command in case.undo:
+                hooked.act(vm_name, command)
+        wrong = case.check(results)
+        log.say(f"failure: {case.name}: " + ("as the program says" if not wrong else "NOT as the program says: " + "; ".join(wrong)))
+        ok = ok and not wrong
+    return ok
+
+
 def missing_kernel_features() -> list[str]:
     """What the program's steps need of the kernel that this one lacks (the hosts share it)."""
     out = []
@@ -93,6 +148,32 @@ def missing_kernel_features() -> list[str]:
         if not Path(f"/sys/module/{module}").exists() and subprocess.run(["modprobe", "-n", module], capture_output=True).returncode != 0:
             out.append(f"{module} for {needed_by}")
     return out
+
+
+VM_MEMORY = "6G"  # three hosts' private roots (Docker, its image, the packages) live in the guest's memory
+
+
+def in_vm(argv: list[str], d: Path) -> int:
+    """This very rehearsal again inside the micro-VM (``--vm never`` there), its state, log and
+    hosts' logs written through to ``d``; the guest reaches the registries through qemu's
+    user-mode network, so nothing changes in this machine's network."""
+    console = d / "guest.log"
+    console.unlink(missing_ok=True)
+    inner = [*argv, "--vm", "never"]
+    script = ("set -e; mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; modprobe -a ip_vs ipvlan overlay; "
+              "mkdir -p /dev/shm; mountpoint -q /dev/shm || mount -t tmpfs tmpfs /dev/shm; "
+              f"export {vm.GUEST_ENV}=1; cd {shlex.quote(str(ROOT))}; "
+              f"exec {shlex.quote(sys.executable)} -m infra.rehearse {shlex.join(inner)} >> {shlex.quote(str(console))} 2>&1")
+    print("mqttlab rehearse: booting the micro-VM (a stock kernel with IPVS and ipvlan; emulated, so every step is slower)",
+          file=sys.stderr, flush=True)
+    try:
+        cp = vm.run_in_vm(script, [d], timeout=1800, memory=VM_MEMORY, echo=console, network="user")
+    except LabError as exc:
+        print(f"mqttlab rehearse: {exc}", file=sys.stderr)
+        return 1
+    if cp.returncode not in (0, 1):
+        sys.stderr.write(cp.stderr[-4000:])
+    return cp.returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,30 +197,52 @@ def main(argv: list[str] | None = None) -> int:
     except (pulumi.RunError, ConfigError, ValueError) as exc:
         print(f"mqttlab rehearse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
-    d = args.dir or ROOT / ".rehearsal" / args.stack
+    if dataplane.azurite_binary() is None:
+        print(f"mqttlab rehearse: the results store needs Azurite ({dataplane.AZURITE_BIN} or azurite-blob on PATH): "
+              "./scripts/setup.sh --dev installs it", file=sys.stderr)
+        return 2
+    d = (args.dir or ROOT / ".rehearsal" / args.stack).resolve()
     d.mkdir(parents=True, exist_ok=True)
+    gaps = missing_kernel_features()
+    if args.vm == "always" or (args.vm == "auto" and gaps and not vm.in_guest()):
+        if vm.in_guest():
+            print("mqttlab rehearse: already in the micro-VM", file=sys.stderr)
+            return 2
+        if reason := vm.unavailable_reason():
+            print(f"mqttlab rehearse: this kernel has no {' nor '.join(gaps)}, and the micro-VM cannot run here: missing {reason} "
+                  "(--vm never rehearses without them)", file=sys.stderr)
+            return 2
+        args.dir = d  # the guest writes through to this very folder
+        return in_vm(rehearse_argv(args), d)
     for old in ("state.json", "memory.json", "log.jsonl"):
         (d / old).unlink(missing_ok=True)  # the hosts are new: so is the stack
-    shutil.rmtree(d / "hosts", ignore_errors=True)
+    for old_dir in ("hosts", "runs", "report"):
+        shutil.rmtree(d / old_dir, ignore_errors=True)
     log = Log(d / "log.jsonl")
     state = State(d / "state.json")
     (d / "memory.json").write_text(json.dumps(memory))
     ok = True
     try:
-        with Hosts(first, plan, args.work / args.stack, log.say, keep=d / "hosts"):
+        with Hosts(first, plan, args.work / args.stack, log.say, keep=d / "hosts") as hosts:
             runner = SshRunner(d / "ssh", first.operator_key)
-            for gap in missing_kernel_features():
+            for gap in gaps:
                 log.say(f"this kernel has no {gap}: that step fails here (the micro-VM's stock kernel has it)")
             updates = [("up", args.run_id)]
             if args.again:
                 updates.append(("up again", args.run_id))
             if args.new_run_id:
                 updates.append((f"up runId={args.new_run_id}", args.new_run_id))
+            collected = False
             for name, rid in updates:
-                done, _ = one_update(name, args.stack, memory, rid, state, runner, log, args.continue_on_error)
+                done, results = one_update(name, args.stack, memory, rid, state, runner, log, args.continue_on_error)
+                collected = collected or any(r.status == RAN and "-collect-" in r.name for r in results)
                 ok = ok and done
                 if not done:
                     break
+            if collected:  # the results were uploaded, for a failed run too: the operator fetches them
+                ok = fetch_and_report(hosts, d, log) and ok
+            if args.failures and ok:
+                ok = rehearse_failures(plan, first, runner, state, memory, args.stack, log)
     except LabError as exc:
         print(f"mqttlab rehearse: {exc}", file=sys.stderr)
         return 1

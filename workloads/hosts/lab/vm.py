@@ -79,7 +79,9 @@ def guest_command(argv: list[str], log: Path | None = None) -> str:
 
 
 def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str = "2G", cpus: int = 2,
-              echo: Path | None = None) -> subprocess.CompletedProcess[str]:
+              echo: Path | None = None, network: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``network``: vng's ``--network`` (``user``: qemu's user-mode stack, the guest reaching out
+    through qemu's own sockets, nothing changed in this machine's network); none by default."""
     reason = unavailable_reason()
     if reason:
         raise LabError(f"the micro-VM cannot run here: missing {reason}")
@@ -93,6 +95,8 @@ def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str
     # is opt-in
     if os.environ.get("MQTTLAB_VM_KVM") != "1":
         cmd.append("--disable-kvm")
+    if network:
+        cmd += ["--network", network]
     for d in rwdirs:
         d.mkdir(parents=True, exist_ok=True)
         cmd += ["--rwdir", str(d)]
