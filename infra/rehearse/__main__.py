@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -154,16 +153,13 @@ VM_MEMORY = "6G"  # three hosts' private roots (Docker, its image, the packages)
 
 
 def in_vm(argv: list[str], d: Path) -> int:
-    """This very rehearsal again inside the micro-VM (``--vm never`` there), its state, log and
+    """This very rehearsal again inside the micro-VM (where ``--vm auto`` runs it there), its state, log and
     hosts' logs written through to ``d``; the guest reaches the registries through qemu's
     user-mode network, so nothing changes in this machine's network."""
     console = d / "guest.log"
     console.unlink(missing_ok=True)
-    inner = [*argv, "--vm", "never"]
-    script = ("set -e; mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; modprobe -a ip_vs ipvlan overlay; "
-              "mkdir -p /dev/shm; mountpoint -q /dev/shm || mount -t tmpfs tmpfs /dev/shm; "
-              f"export {vm.GUEST_ENV}=1; cd {shlex.quote(str(ROOT))}; "
-              f"exec {shlex.quote(sys.executable)} -m infra.rehearse {shlex.join(inner)} >> {shlex.quote(str(console))} 2>&1")
+    script = vm.guest_command(argv, console, module="infra.rehearse", cwd=ROOT, modules=("ipvlan", "overlay"), shm=True,
+                              both_streams=True)
     print("mqttlab rehearse: booting the micro-VM (a stock kernel with IPVS and ipvlan; emulated, so every step is slower)",
           file=sys.stderr, flush=True)
     try:

@@ -30,6 +30,7 @@ import datetime as dt
 import http.client
 import ipaddress
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -236,8 +237,6 @@ def azurite(cert: Path, key: Path, accounts: Sequence[str] = (), host: str = "12
     port = free_port()
     env = None
     if accounts:
-        import os
-
         key_b64 = base64.b64encode(b"rehearsal-shared-key-never-used").decode()  # shared-key access is off: nobody signs with it
         env = {**os.environ, "AZURITE_ACCOUNTS": ";".join(f"{a}:{key_b64}" for a in accounts)}
     cmd = [found, "--blobHost", host, "--blobPort", str(port), "--oauth", "basic", "--cert", str(cert), "--key", str(key),

@@ -65,17 +65,21 @@ def in_guest() -> bool:
     return os.environ.get(GUEST_ENV) == "1"
 
 
-def guest_command(argv: list[str], log: Path | None = None) -> str:
+def guest_command(argv: list[str], log: Path | None = None, module: str = "workloads.cli", cwd: Path | None = None,
+                  modules: tuple[str, ...] = (), shm: bool = False, both_streams: bool = False) -> str:
     """The guest's script for re-running this very ``mqttlab`` command inside the micro-VM (less
-    ``--vm``): cgroup2 mounted for the brokers' caps, IPVS loaded, from the same folder and
-    interpreter; its stderr to ``log`` (in a written-through folder) when given, so the host can
-    show progress while the guest runs."""
+    ``--vm``): cgroup2 mounted for the brokers' caps, IPVS (and ``modules``) loaded, a tmpfs on
+    /dev/shm when ``shm``, from the same folder (or ``cwd``) and interpreter, as ``python -m
+    module``; its stderr (and stdout, with ``both_streams``) to ``log`` (in a written-through
+    folder) when given, so the host can show progress while the guest runs."""
     inner = [a for a in argv if a != "--vm"]
     prelude = ("set -e; mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; "
-               f"modprobe ip_vs; export {GUEST_ENV}=1; ")
-    redirect = f" 2>> {shlex.quote(str(log))}" if log else ""
-    return (f"{prelude} cd {shlex.quote(str(Path.cwd()))}; "
-            f"exec {shlex.quote(guest_python())} -m workloads.cli {shlex.join(inner)}{redirect}")
+               f"modprobe ip_vs; {f'modprobe -a {shlex.join(modules)}; ' if modules else ''}"
+               f"{'mkdir -p /dev/shm; mountpoint -q /dev/shm || mount -t tmpfs tmpfs /dev/shm; ' if shm else ''}"
+               f"export {GUEST_ENV}=1; ")
+    redirect = (f" >> {shlex.quote(str(log))} 2>&1" if both_streams else f" 2>> {shlex.quote(str(log))}") if log else ""
+    return (f"{prelude} cd {shlex.quote(str(cwd or Path.cwd()))}; "
+            f"exec {shlex.quote(guest_python())} -m {module} {shlex.join(inner)}{redirect}")
 
 
 def run_in_vm(script: str, rwdirs: list[Path], timeout: float = 900, memory: str = "2G", cpus: int = 2,
