@@ -195,3 +195,32 @@ def test_the_store_stand_in_grants_what_the_programs_role_assignments_grant_and_
     assert s.prefix == r.program.outputs["resultsPrefix"]
     by_role = {str(ra.inputs["roleDefinitionId"]).rsplit("/", 1)[-1] for ra in r.program.of("azure-native:authorization:RoleAssignment")}
     assert by_role == {BLOB_DATA_CONTRIBUTOR, BLOB_DATA_READER}
+
+
+def test_the_docker_unit_stand_in_starts_dockerd_in_a_clean_environment_as_systemd_would(tmp_path: Path) -> None:
+    """Found by the rehearsal: dockerd started with the SSH session's environment kept
+    ``XDG_RUNTIME_DIR=/run/user/0``, which does not exist without logind, so runc failed every
+    ``docker exec`` and brokers-up reported that broker1 did not answer."""
+    import os
+    import subprocess
+
+    from infra.rehearse.standins import systemctl
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    # docker: `info` fails until "dockerd" has run; the image is already there
+    (bin_ / "docker").write_text(f'#!/bin/sh\n[ "$1" = info ] && exec test -e {tmp_path}/env\nexit 0\n')
+    # nohup: run what it is given, with dockerd replaced by env(1) to record dockerd's environment
+    (bin_ / "nohup").write_text(f'#!/bin/sh\nlast=$(eval echo \\${{$#}})\n[ "$last" = dockerd ] || exit 9\n'
+                                f'n=$#; set -- $(for a in "$@"; do n=$((n-1)); [ $n -eq 0 ] || echo "$a"; done) env\n'
+                                f'"$@" > {tmp_path}/env.tmp; mv {tmp_path}/env.tmp {tmp_path}/env\n')
+    for f in ("docker", "nohup"):
+        (bin_ / f).chmod(0o755)
+    (tmp_path / "systemctl").write_text(systemctl("mqttlab/mosquitto:rehearsal", log=str(tmp_path / "dockerd.log")))
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "XDG_RUNTIME_DIR": "/run/user/0", "TMPDIR": "/nonexistent"}
+    cp = subprocess.run(["sh", str(tmp_path / "systemctl"), "enable", "--now", "docker"], env=env, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines())
+    assert "XDG_RUNTIME_DIR" not in seen and "TMPDIR" not in seen and seen["PATH"].startswith("/usr/local/sbin")
+    other = subprocess.run(["sh", str(tmp_path / "systemctl"), "start", "ssh"], env=env, capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and "not stood in" in other.stderr

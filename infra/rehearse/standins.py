@@ -116,7 +116,7 @@ def broker_image(tar_path: Path) -> None:
     tar_path.write_bytes(buf.getvalue())
 
 
-def systemctl(image: str) -> str:
+def systemctl(image: str, log: str = "/var/log/rehearsal-dockerd.log") -> str:
     """``/usr/local/sbin/systemctl`` of a host: dockerd for ``docker``, nothing else."""
     q = shlex.quote(image)
     return f"""#!/bin/sh
@@ -124,7 +124,11 @@ def systemctl(image: str) -> str:
 case "$*" in
   "enable --now docker"|"start docker"|"restart docker")
     if ! docker info >/dev/null 2>&1; then
-      nohup dockerd > /var/log/rehearsal-dockerd.log 2>&1 &
+      # as systemd would: a clean environment, not the SSH/sudo session's (its
+      # XDG_RUNTIME_DIR=/run/user/0 does not exist without logind, and runc then
+      # fails every `docker exec`)
+      nohup env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        dockerd > {shlex.quote(log)} 2>&1 &
       i=0
       until docker info >/dev/null 2>&1; do
         i=$((i+1)); [ $i -gt 120 ] && {{ echo "rehearsal: dockerd did not answer within 120 s" >&2; exit 1; }}; sleep 1
