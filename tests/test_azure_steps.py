@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 from workloads.base.errors import LabError
 from workloads.bench import command as benchcmd
 from workloads.hosts.azure import bench, common
-from workloads.hosts.azure.brokers import probe_brokers, stray_addresses
+from workloads.hosts.azure.brokers import container_story, probe_brokers, stray_addresses
 
 
 def args_for(tmp: Path, host: str = "ipvs1") -> argparse.Namespace:
@@ -45,6 +45,22 @@ def test_brokers_up_takes_back_only_the_broker_addresses() -> None:
              "2: eth0    inet 10.2.0.22/24 brd 10.2.0.255 scope global secondary eth0\\       valid_lft forever\n")
     assert stray_addresses(shown, ["10.2.0.20", "10.2.0.21", "10.2.0.22"]) == ["10.2.0.20/24", "10.2.0.22/24"]
     assert stray_addresses("", ["10.2.0.20"]) == []
+
+
+def test_a_broker_that_does_not_answer_is_told_with_what_docker_says_of_its_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The only place a broker that exited on its configuration says why is its container's log."""
+    import os
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "docker").write_text('#!/bin/sh\ncase "$1" in\n  inspect) echo "exited (exit 3) ";;\n'
+                                 '  logs) echo "1764700000: Error: Unable to open config file /mosquitto/config/mosquitto.conf." >&2;;\n'
+                                 '  *) exit 1;;\nesac\n')
+    (bin_ / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    told = container_story("mqttlab-broker1")
+    assert told == ("container mqttlab-broker1: exited (exit 3); its log: "
+                    "1764700000: Error: Unable to open config file /mosquitto/config/mosquitto.conf."), told
 
 
 def free_port() -> int:

@@ -224,3 +224,50 @@ def test_the_docker_unit_stand_in_starts_dockerd_in_a_clean_environment_as_syste
     assert "XDG_RUNTIME_DIR" not in seen and "TMPDIR" not in seen and seen["PATH"].startswith("/usr/local/sbin")
     other = subprocess.run(["sh", str(tmp_path / "systemctl"), "start", "ssh"], env=env, capture_output=True, text=True, timeout=60)
     assert other.returncode == 1 and "not stood in" in other.stderr
+
+
+class Slow(Recorder):
+    """Takes ``seconds`` over ``slow``, as a step that waits quietly (a broker probe) does."""
+
+    def __init__(self, slow: str, seconds: float) -> None:
+        super().__init__()
+        self.slow, self.seconds = slow, seconds
+
+    def run(self, step: RemoteStep, inputs: Mapping[str, Any]) -> Outcome:
+        if step.name == self.slow:
+            import time
+
+            time.sleep(self.seconds)
+        return super().run(step, inputs)
+
+
+def test_a_step_that_runs_long_is_shown_still_running_with_its_host_and_time(tmp_path: Path) -> None:
+    """Found by the rehearsal: brokers-up waited quietly past the micro-VM's minute without a sign of
+    life, and the run was stopped as hung before the step could end and say why."""
+    r = rehearsed("smoke", {})
+    seen: list[list[tuple[str, str, float]]] = []
+    results = up(r.steps, Slow("brokers-brokers-up", 0.5), State(tmp_path / "s.json"), r.marks, running=seen.append, every_s=0.1)
+    assert {x.status for x in results} == {RAN}
+    shown = [entry for now in seen for entry in now if entry[0] == "brokers-brokers-up"]
+    assert len(shown) >= 3 and {h for _, h, _ in shown} == {"brokers"}
+    assert [t for *_, t in shown] == sorted(t for *_, t in shown) and shown[-1][2] >= 0.3
+    assert not [now for now in seen if any(n != "brokers-brokers-up" for n, _, _ in now)]  # only what was still running
+
+
+def test_what_a_step_said_before_its_bound_is_kept_in_its_output_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step stopped at the runner's bound (or a run stopped while it runs) leaves what it said."""
+    import os
+
+    from infra.rehearse.ssh import SshRunner
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "ip").write_text("#!/bin/sh\necho waiting for broker1\necho 'no answer yet' >&2\nexec sleep 30\n")  # ip netns exec ctl ssh ...
+    (bin_ / "ip").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    r = rehearsed("smoke", {})
+    step = next(s for s in r.steps if s.name == "brokers-brokers-up")
+    runner = SshRunner(tmp_path / "ssh", r.operator_key, timeout_s=1.0, outdir=tmp_path / "steps")
+    out = runner.run(step, step.inputs)
+    assert out.rc == 124 and out.stdout == "waiting for broker1\n" and "no answer yet" in out.stderr and "no end within 1s" in out.stderr
+    assert (tmp_path / "steps" / "brokers-brokers-up.out").read_text() == "waiting for broker1\n"

@@ -85,7 +85,8 @@ def one_update(name: str, stack: str, memory: dict[str, Any], run_id: str | None
     """One ``pulumi up``: the program run again (as the engine runs it on every update), then its steps."""
     r = rehearsed(stack, memory, run_id)
     log.say(f"{name}: the program registers {len(r.steps)} remote steps (runId {r.program.outputs.get('runId')})")
-    results = up(r.steps, runner, state, r.marks, lambda res, d, t: log.step(name, res, d, t), continue_on_error)
+    results = up(r.steps, runner, state, r.marks, lambda res, d, t: log.step(name, res, d, t), continue_on_error,
+                 running=lambda now: log.say(f"{name}: still running " + ", ".join(f"{s} on {h} ({t:.0f}s)" for s, h, t in now)))
     return summary(name, results, log), results
 
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return in_vm(rehearse_argv(args), d)
     for old in ("state.json", "memory.json", "log.jsonl"):
         (d / old).unlink(missing_ok=True)  # the hosts are new: so is the stack
-    for old_dir in ("hosts", "runs", "report"):
+    for old_dir in ("hosts", "runs", "report", "steps"):
         shutil.rmtree(d / old_dir, ignore_errors=True)
     log = Log(d / "log.jsonl")
     state = State(d / "state.json")
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     try:
         with Hosts(first, plan, args.work / args.stack, log.say, keep=d / "hosts") as hosts:
-            runner = SshRunner(d / "ssh", first.operator_key)
+            runner = SshRunner(d / "ssh", first.operator_key, outdir=d / "steps")
             for gap in gaps:
                 log.say(f"this kernel has no {gap}: that step fails here (the micro-VM's stock kernel has it)")
             updates = [("up", args.run_id)]

@@ -91,9 +91,14 @@ def tail(text: str, n: int = 8) -> list[str]:
 
 
 def up(steps: Sequence[RemoteStep], runner: Runner, state: State, marks: Mapping[str, str],
-       report: Callable[[StepResult, int, int], None] = lambda r, done, total: None, continue_on_error: bool = False) -> list[StepResult]:
+       report: Callable[[StepResult, int, int], None] = lambda r, done, total: None, continue_on_error: bool = False,
+       running: Callable[[list[tuple[str, str, float]]], None] = lambda steps: None, every_s: float = 30.0) -> list[StepResult]:
     """Carry the steps out as ``pulumi up`` would; ``report(result, done, total)`` after each.
-    ``continue_on_error``: as ``pulumi up --continue-on-error``, a failure stops only what waits for it."""
+    ``continue_on_error``: as ``pulumi up --continue-on-error``, a failure stops only what waits for it.
+    ``running([(step, host, seconds so far)])`` every ``every_s`` in which no step ended, as the
+    Pulumi CLI keeps showing what is still being created: a step that waits quietly (a broker
+    probe, a compose up) is then seen to be alive, and bounded by the runner, not by a guess of
+    how long silence may last."""
     by_name = {s.name: s for s in steps}
     stdout: dict[str, str] = {k: v.get("stdout", "") for k, v in state.steps.items()}
     results: dict[str, StepResult] = {}
@@ -119,20 +124,23 @@ def up(steps: Sequence[RemoteStep], runner: Runner, state: State, marks: Mapping
             state.save()
         return res
 
-    running: dict[Future[StepResult], str] = {}
+    started: dict[Future[StepResult], tuple[str, float]] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(steps))) as pool:
         while True:
             if not failed:
                 for s in steps:
-                    if s.name in results or s.name in running.values():
+                    if s.name in results or s.name in (n for n, _ in started.values()):
                         continue
                     if all(results.get(a) is not None and results[a].status in (RAN, UNCHANGED) for a in s.after if a in by_name):
-                        running[pool.submit(carry_out, s)] = s.name
-            if not running:
+                        started[pool.submit(carry_out, s)] = (s.name, time.monotonic())
+            if not started:
                 break
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            finished, _ = wait(list(started), timeout=every_s, return_when=FIRST_COMPLETED)
+            if not finished:
+                now = time.monotonic()
+                running([(n, by_name[n].vm, now - t) for n, t in sorted(started.values(), key=lambda v: v[1])])
             for f in finished:
-                name = running.pop(f)
+                name, _t = started.pop(f)
                 try:
                     res = f.result()
                 except Exception as exc:  # noqa: BLE001 - a step that cannot even be tried fails, named

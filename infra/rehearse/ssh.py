@@ -23,9 +23,13 @@ SSH_FAILED = 255  # ssh's own status: it could not connect or authenticate
 
 
 class SshRunner:
-    def __init__(self, keydir: Path, operator_key: str, timeout_s: float = 3600.0) -> None:
+    def __init__(self, keydir: Path, operator_key: str, timeout_s: float = 3600.0, outdir: Path | None = None) -> None:
+        """``outdir``: each step's stdout and stderr are written there (``NAME.out``, ``NAME.err``)
+        as they come, so what a step said survives a run that is stopped while it runs."""
         keydir.mkdir(parents=True, exist_ok=True)
         self.keydir = keydir
+        self.outdir = outdir or keydir / "steps"
+        self.outdir.mkdir(parents=True, exist_ok=True)
         self.key = keydir / "operator"
         self.key.write_text(operator_key)
         os.chmod(self.key, 0o600)
@@ -54,13 +58,18 @@ class SshRunner:
             stdin = str(inputs.get("stdin") or "")
         limit = int(conn.get("dialErrorLimit") or 10)
         for attempt in range(limit):
-            try:
-                cp = subprocess.run(["ip", "netns", "exec", CTL, *cmd], input=stdin, capture_output=True, text=True, timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                return Outcome(124, "", f"{step.name}: no end within {self.timeout_s:g}s")
-            dial_failed = cp.returncode == SSH_FAILED and ("Connection refused" in cp.stderr or "timed out" in cp.stderr
-                                                            or "No route" in cp.stderr)
+            out_path, err_path = self.outdir / f"{step.name}.out", self.outdir / f"{step.name}.err"
+            with out_path.open("w") as out, err_path.open("w") as err:
+                try:
+                    rc = subprocess.run(["ip", "netns", "exec", CTL, *cmd], input=stdin, stdout=out, stderr=err, text=True,
+                                        timeout=self.timeout_s).returncode
+                except subprocess.TimeoutExpired:
+                    rc = None
+            stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+            if rc is None:
+                return Outcome(124, stdout, stderr + f"\n{step.name}: no end within {self.timeout_s:g}s")
+            dial_failed = rc == SSH_FAILED and ("Connection refused" in stderr or "timed out" in stderr or "No route" in stderr)
             if not dial_failed or attempt == limit - 1:
-                return Outcome(cp.returncode, cp.stdout, cp.stderr)
+                return Outcome(rc, stdout, stderr)
             time.sleep(1)
         raise AssertionError("unreachable")

@@ -70,10 +70,19 @@ def cmd_brokers_up(args: argparse.Namespace) -> int:
             if cp.returncode == 0:
                 break
             if time.time() > end:
-                raise LabError(f"{b.name} does not answer on {b.address}:{b.port}: {cp.stderr.strip()}")
+                raise LabError(f"{b.name} does not answer on {b.address}:{b.port}: {cp.stderr.strip()}; {container_story(container(b.name))}")
             time.sleep(1)
         print(f"{b.name} up on {b.address}:{b.port}")
     return 0
+
+
+def container_story(name: str, lines: int = 15) -> str:
+    """What Docker says of a container that does not answer: its state and the end of its log
+    (a broker that exited on a bad configuration says why only there)."""
+    state = sh(["docker", "inspect", "-f", "{{.State.Status}} (exit {{.State.ExitCode}}) {{.State.Error}}", name], check=False, timeout=30)
+    logs = sh(["docker", "logs", "--tail", str(lines), name], check=False, timeout=30)
+    said = " | ".join(line for line in (logs.stdout + logs.stderr).splitlines() if line.strip())
+    return f"container {name}: {(state.stdout or state.stderr).strip() or 'no state'}; its log: {said or 'empty'}"
 
 
 def probe_brokers(targets: Sequence[tuple[str, str, int]], attempts: int = 30, pause_s: float = 2.0) -> list[str]:
