@@ -529,6 +529,7 @@ def test_every_field_of_the_run_summary(tmp_path: Path) -> None:
         "connections_per_balancer": {"ipvs1": {"broker1": 2, "broker2": 1, "broker3": 0}, "ipvs2": {"broker1": 1, "broker2": 1, "broker3": 1}},
         "fairness": round(36 / 42, 3), "fairness_per_balancer": {"ipvs1": round(9 / 15, 3), "ipvs2": 1.0},
         "loss_by_broker": {"broker1": 12, "broker2": 1, "broker3": 6},
+        "locality": None, "links": None,  # this plan does not say how its brokers are joined; its links were clean
     }
     assert s["latency_ms"] == rundir.summarize(run)["latency_ms"]  # the same numbers bench summary prints
     # without a plan in the manifest, brokers and balancers come from the brokers' logs and the client hosts

@@ -243,8 +243,11 @@ def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
     if reason and not lab_mod.kernel_has_ipvs():
         pytest.skip(f"no IPVS here and no micro-VM: {reason}")
     runs = tmp_path / "runs"
-    # distributed rr through `mqttlab lab run --vm` itself: tests/test_readme_claims.py
+    # distributed rr through `mqttlab lab run --vm` itself: tests/test_readme_claims.py. Each case
+    # impairs links (the host kernel has no netem): the bridges in one, the other two classes in the other
     cases = [("distributed", "lc"), ("centralized", "rr")]
+    links = {"distributed": ["--set", f"links.bridge.delayMs={BRIDGE_DELAY_MS}"],
+             "centralized": ["--set", "links.clientBalancer.delayMs=5", "--set", "links.balancerBroker.delayMs=2"]}
     py = vm.guest_python()
     lines = ["set -e", "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup", "modprobe ip_vs", f"cd {ROOT}"]
     for i, (topology, sched) in enumerate(cases):
@@ -252,6 +255,7 @@ def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
         # emulation on a busy machine starting the clients alone takes minutes; the VM's own wait
         # is bounded by the guest's progress (vm.run_in_vm)
         lines.append(f"{py} -m workloads.cli lab run -s {topology} --balancer ipvs --scheduler {sched} {' '.join(SMALL)} --time-limit-s 900 "
+                     f"{' '.join(links[topology])} "
                      f"--json --quiet --out {runs} > {runs}/case{i}.json 2> {runs}/case{i}.err")
     lines.append(f"ip netns list > {runs}/netns-after.txt")
     runs.mkdir()
@@ -266,8 +270,39 @@ def test_real_ipvs_lab_in_the_micro_vm(tmp_path: Path) -> None:
         s = check_run(subprocess.CompletedProcess([], 0 if out else 1, out, err), topology, "ipvs", sched)
         conns = (Path(s["run_dir"]) / "balancer" / "ipvs1-connections.txt").read_text()
         assert "ESTABLISHED" in conns  # the IPVS connection table, collected at the end
+        check_links(Path(s["run_dir"]), topology)
     assert (runs / "netns-after.txt").read_text().strip() == ""
     print(f"{len(cases)} IPVS lab runs in the micro-VM took {time.time() - t0:.0f}s")
+
+
+BRIDGE_DELAY_MS = 50
+
+
+def check_links(run_dir: Path, topology: str) -> None:
+    """The impairment as the kernel holds it (read back into the manifest), and as the deliveries
+    felt it: every delivery that crossed a bridge took at least the bridge's delay."""
+    from workloads.analysis import metrics
+    from workloads.analysis.load import load_run
+    from workloads.analysis.locality import locality
+
+    links = json.loads((run_dir / "manifest.json").read_text())["links"]
+    assert links["carried_out"] == "lab: tc netem"
+    netems = {(a["host"], a["dev"]): [q for q in a["qdiscs"] if q["kind"] == "netem"] for a in links["applied"]}
+    counted = {(c["host"], c["dev"]): c["qdiscs"] for c in links["counters"]}
+    if topology == "distributed":
+        assert set(netems) == {("brokers", "lo")}
+        [q] = netems[("brokers", "lo")]
+        assert q["options"]["delay"]["delay"] == pytest.approx(BRIDGE_DELAY_MS / 1000), q
+        assert counted[("brokers", "lo")][0]["packets"] > 0  # the bridges' traffic went through it
+        run = load_run(run_dir)
+        loc = locality(run, metrics.client_brokers(run))
+        assert loc is not None and loc["unrouted"] == 0 and loc["by_bridges_crossed"].get("1"), loc
+        assert loc["by_bridges_crossed"]["1"]["latency_ms"]["min"] >= BRIDGE_DELAY_MS * 0.99, loc  # netem delays every packet by it
+    else:
+        assert set(netems) == {("sw", "p0"), ("sw", "p1"), ("sw", "p2")}  # brokers, ipvs1 (brokers and ipvs2), ipvs2 (ipvs1)
+        assert len(netems[("sw", "p1")]) == 2 and len(netems[("sw", "p0")]) == 1
+        p1 = next(a for a in links["applied"] if a["dev"] == "p1")
+        assert len([f for f in p1["filters"] if f.get("options", {}).get("match")]) == 2, p1["filters"]
 
 
 @pytest.mark.lab

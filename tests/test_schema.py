@@ -227,6 +227,9 @@ MOVED_BY_ANOTHER = {
     "bridge.qos",  # >= the scenario's qos
     "scenario.publishers",  # <= messages when they are a total
     "scenario.reconnectMinMs",  # <= reconnectMaxMs
+    # the distributed topology has no client-to-balancer link; jitter is at most the delay
+    *(f"links.clientBalancer.{k}" for k in ("delayMs", "jitterMs", "lossPct", "rateMbit")),
+    *(f"links.{c}.jitterMs" for c in ("balancerBroker", "bridge")),
 }
 
 

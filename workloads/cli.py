@@ -17,7 +17,7 @@ import yaml
 
 from workloads.base import procs
 from workloads.base.clipaths import out_dir
-from workloads.describe.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
+from workloads.describe.cliargs import add_scenario_args, add_set_arg, add_stack_args, load, scenario_overrides
 
 # the top-level help, for the people who run experiments; each command's own --help says more
 DESCRIPTION = """MQTT broker clusters behind Linux L4 load balancers (IPVS): the experiment on this machine, in
@@ -113,13 +113,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     print(json.dumps(build_plan(load(args)).to_dict(), indent=2))
     return 0
-
-
-def _set_value(text: str) -> tuple[str, Any]:
-    key, eq, value = text.partition("=")
-    if not eq or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as balancer.scheduler=rr, got {text!r}")
-    return key, yaml.safe_load(value) if value else None
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -239,8 +232,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config", required=True)
     q = csub.add_parser("show", help="the effective configuration of a stack, every default filled in (YAML, or --json)")
     add_stack_args(q)
-    q.add_argument("--set", action="append", type=_set_value, metavar="KEY=VALUE",
-                   help="override a stack key, as a campaign's set does: balancer.scheduler=rr, brokers.cpus=0.5 (repeatable)")
+    add_set_arg(q)
     q.add_argument("--lab-addresses", action="store_true", help="the addresses as the local lab moves them into 198.18.0.0/15")
     q.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     add_scenario_args(q)

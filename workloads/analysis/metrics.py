@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from workloads.analysis.load import Run
+from workloads.analysis.locality import locality
 from workloads.base.numbers import rounded
 from workloads.describe.names import client_prefix
 from workloads.describe.scenario import Scenario
@@ -130,6 +131,7 @@ def summarize_run(run: Run) -> dict[str, Any]:
         "fairness": rounded(jain(list(per_broker.values())), "fairness"),
         "fairness_per_balancer": {k: rounded(jain(list(v.values())), "fairness") for k, v in per_bal.items()},
         "loss_by_broker": {str(k): int(v) for k, v in loss_by_broker.items()},
+        "locality": locality(run, cb), "links": run.manifest.get("links"),
     }
 
 

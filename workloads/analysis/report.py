@@ -157,6 +157,19 @@ def estimate_text(values: list[Any], quantity: str, clip_low: float | None = Non
     return f"{shown(e.mean, quantity)} [{shown(e.lo, quantity)}, {shown(e.hi, quantity)}]"
 
 
+def links_text(links: dict[str, Any] | None) -> str:
+    """``mqttlab:links`` as a run carried it out: each impaired class's netem, or why none was."""
+    if not links:
+        return "clean"
+    parts = []
+    for cls, imp in (links.get("configured") or {}).items():
+        bits = [f"delay {imp['delay_ms']:g}±{imp['jitter_ms']:g} ms" if imp.get("delay_ms") else "",
+                f"loss {imp['loss_pct']:g} %" if imp.get("loss_pct") else "", f"rate {imp['rate_mbit']:g} Mbit/s" if imp.get("rate_mbit") else ""]
+        if any(bits):
+            parts.append(f"{cls}: {', '.join(b for b in bits if b)}")
+    return "; ".join(parts) + ("" if links.get("carried_out") else f" (not carried out: {links.get('why', 'unknown')})")
+
+
 def runs_tables(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two tables a page wide: what was offered and delivered, and how fast and how evenly."""
     load = pd.DataFrame([{
@@ -169,6 +182,8 @@ def runs_tables(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataF
         "max latency (ms)": shown(s["latency_ms"]["max"], "latency_ms"),
         "Clients per broker": ", ".join(f"{b} {n}" for b, n in s["connections_per_broker"].items()),
         "Jain's fairness J": shown(s["fairness"], "fairness"),
+        "Across a bridge (%)": shown((s.get("locality") or {}).get("crossed_pct"), "pct"),
+        "Links": links_text(s.get("links")),
         "Load generator": "saturated" if s.get("bench_saturated") else "not saturated"} for s in summaries])
     return load, speed
 

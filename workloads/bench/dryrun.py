@@ -59,6 +59,7 @@ def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: boo
         "brokers": [{"name": b.name, "address": f"{b.address}:{b.port}", "cpus": plan.broker_cpus, "memory_mb": plan.broker_memory_mb}
                     for b in plan.brokers],
         "bridges": [b.name for b in plan.bridges],
+        "links": _links(cfg, plan),
         "balancers": [{"host": b.host, "entry": f"{b.vip}:{b.port}", "scheduler": ran.text,
                        "real_servers": [f"{r.broker} {r.address}:{r.port} weight {r.weight}" for r in b.real_servers]}
                       for b in plan.balancers],
@@ -66,6 +67,17 @@ def lab_plan(cfg: ExperimentConfig, balancer: str, note: str, out: Path, vm: boo
         "preconditions": preconditions,
         **_numbers(sc, estimate_run_s(cfg, vm), list(range(sc.subscribers)), list(range(sc.publishers))),
     }
+
+
+def _links(cfg: ExperimentConfig, plan: Any) -> list[dict[str, Any]]:
+    """Where the lab would put each impaired class (workloads/describe/links.py), and its netem."""
+    from workloads.describe.links import placements
+
+    def where(host: str, dev: str) -> str:  # the switch's port p<j> leads to the plan's j-th host
+        return f"the switch's port to {plan.hosts[int(dev[1:])].name} ({dev})" if host == "sw" else f"{host} {dev}"
+
+    return [{"class": p.cls, "host": p.host, "dev": p.dev, "where": where(p.host, p.dev), "sources": list(p.sources),
+             "netem": " ".join(cfg.links.of(p.cls).netem_args()[2:])} for p in placements(plan, cfg.links)]
 
 
 def format_plan(doc: dict[str, Any]) -> str:
@@ -84,6 +96,8 @@ def format_plan(doc: dict[str, Any]) -> str:
         lines += [f"  balancer {b['host']} {b['entry']} {b['scheduler']} -> {'; '.join(b['real_servers'])}" for b in doc["balancers"]]
         lines += [f"  clients  on {c['host']} ({c['address']}): {c['subscribers']} subscribers, {c['publishers']} publishers -> "
                   f"{c['target']} ({c['via']})" for c in doc["clients"]]
+        lines += [f"  link     {k['class']}: netem {k['netem']} on {k['where']}"
+                  + (f" for packets from {', '.join(k['sources'])}" if k["sources"] else "") for k in doc.get("links", [])]
         if doc["faults"]:
             lines.append(f"  faults   {', '.join(doc['faults'])}")
     else:

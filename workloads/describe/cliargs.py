@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from workloads.describe.config import ConfigError, ExperimentConfig, load_stack
 from workloads.describe.scenario import FIELDS
 from workloads.describe.schema import SCENARIO
@@ -29,6 +31,20 @@ def project_dir(arg: str | None) -> Path:
 def add_stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     p.add_argument("--project-dir", help="folder holding Pulumi.<stack>.yaml (default: here or the repository)")
+
+
+def set_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``; the value read as YAML (``[3, 2, 1]``, ``0.5``, ``rr``)."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as balancer.scheduler=rr, got {text!r}")
+    return key, yaml.safe_load(value) if value else None
+
+
+def add_set_arg(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument("--set", action="append", type=set_value, metavar="KEY=VALUE",
+                   help="override a stack key, as a campaign's set does: balancer.scheduler=rr, brokers.cpus=0.5, "
+                        "links.bridge.delayMs=50 (repeatable)")
 
 
 def _bool(text: str) -> bool:

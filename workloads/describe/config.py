@@ -21,6 +21,7 @@ import yaml
 
 from workloads.base.errors import ConfigError
 from workloads.describe.faults import Fault, FaultError, TargetError, check_targets, parse_fault
+from workloads.describe.links import LinksConfig, parse_links
 from workloads.describe.plan import build_plan
 from workloads.describe.scenario import Scenario, scenario_from_mapping
 from workloads.describe.schema import (
@@ -137,6 +138,7 @@ class ExperimentConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     faults: tuple[Fault, ...] = ()
+    links: LinksConfig = field(default_factory=LinksConfig)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
         """Re-validate with ``{"section.key": value}`` overrides (any depth:
@@ -399,7 +401,8 @@ def parse_config(cfg: Mapping[str, Any], stack: str) -> ExperimentConfig:
     if balancer.health_check.type == "mqtt" and security.tls:
         raise ConfigError(f"{NAMESPACE}:balancer.healthCheck.type", "mqtt",
                           f"the MQTT probe speaks plain MQTT; with security mode {security.mode} (TLS) use type tcp")
-    exp = ExperimentConfig(stack, topology, network, brokers, bridge, balancer, scenario, security, raw=dict(cfg))
+    links = parse_links(_section(cfg, "links"), f"{NAMESPACE}:links", topology, bridge.layout)
+    exp = ExperimentConfig(stack, topology, network, brokers, bridge, balancer, scenario, security, raw=dict(cfg), links=links)
     faults = _parse_faults(cfg.get(f"{NAMESPACE}:faults"), exp)
     return dataclasses.replace(exp, faults=faults) if faults else exp
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workloads.base.errors import ConfigError, UnknownKeyError
+from workloads.describe.links import MAX_DELAY_MS, MAX_LOSS_PCT, MAX_RATE_MBIT
 from workloads.describe.scenario import FIELDS, HEADER_BYTES, MQTT_VERSIONS, QOS_LEVELS, TOPIC_LAYOUTS
 
 NAMESPACE = "mqttlab"
@@ -186,6 +187,25 @@ SECURITY = Key("security", "object", "how clients and bridges reach the brokers"
     _int("certDays", "validity of the generated certificates", 30, 1, 825, unit="days", attr="security.cert_days"),
 ), attr="security")
 
+def _link(cls: str, doc: str) -> Key:
+    a = f"links.{_LINK_ATTR[cls]}"
+    return Key(cls, "object", doc, keys=(
+        _num("delayMs", "delay added to each packet, in each direction", 0.0, 0, MAX_DELAY_MS, unit="ms", attr=f"{a}.delay_ms"),
+        _num("jitterMs", "netem's jitter around delayMs; at most delayMs", 0.0, 0, MAX_DELAY_MS, unit="ms", attr=f"{a}.jitter_ms"),
+        _num("lossPct", "share of packets dropped at random, in each direction (all of them is a cut: a fault)", 0.0, 0, MAX_LOSS_PCT, unit="%",
+             attr=f"{a}.loss_pct"),
+        Key("rateMbit", "number", "the link's rate, in each direction (none: no limit)", None, minimum=0, maximum=MAX_RATE_MBIT,
+            exclusive_minimum=True, nullable=True, unit="Mbit/s", attr=f"{a}.rate_mbit"),
+    ), attr=a)
+
+
+_LINK_ATTR = {"clientBalancer": "client_balancer", "balancerBroker": "balancer_broker", "bridge": "bridge"}
+LINKS = Key("links", "object", "impaired links (tc netem in the lab; on Azure the network is Azure's and this is only recorded)", keys=(
+    _link("clientBalancer", "clients to a director on another host (the centralized topology only)"),
+    _link("balancerBroker", "directors to brokers, both ways"),
+    _link("bridge", "between the brokers (the bridges)"),
+), attr="links")
+
 AZURE = Key("azure", "object", "Azure only: VM sizes, access, the run's limits (the lab ignores this section)", keys=(
     Key("adminCidr", "string|array", "the only source allowed to SSH to the VMs: an IPv4 CIDR or a list of them", None,
         default_doc="required"),
@@ -207,7 +227,7 @@ AZURE = Key("azure", "object", "Azure only: VM sizes, access, the run's limits (
 STACK: tuple[Key, ...] = (
     _enum("topology", "distributed (each balancer the entry point of its own clients) or centralized (one balancer for all)", None,
           TOPOLOGIES, default_doc="the stack's name when it is a topology, else distributed", attr="topology"),
-    NETWORK, BROKERS, BRIDGE, BALANCER, SCENARIO, SECURITY,
+    NETWORK, BROKERS, BRIDGE, BALANCER, SCENARIO, SECURITY, LINKS,
     Key("faults", "array", "faults to inject, e.g. [broker2:kill@5s]: the grammar is in the faults page", [], items=Key("fault", "string", "a fault"),
         attr="faults"),
     AZURE,

@@ -72,7 +72,9 @@ def cmd_bench_subs(args: argparse.Namespace) -> int:
     rd = run_dir(args)
     start_manifest(rd, kind="azure", stack=args.stack, topology=plan.topology, **balancing("ipvs", cfg.balancer.scheduler).manifest_fields(),
                    scenario=cfg.scenario.to_dict(), plan=plan.to_dict(), tag=run_tag(args.stack, args.run_id), run_id=args.run_id,
-                   load_generator=args.load_generator, faults=[f.spec for f in cfg.faults])
+                   load_generator=args.load_generator, faults=[f.spec for f in cfg.faults],
+                   **({"links": {"configured": cfg.links.to_dict(), "carried_out": None,
+                                 "why": "on Azure the network is Azure's: mqttlab:links is carried out only in the lab"}} if cfg.links.active else {}))
     ready = rd / "bench" / args.host / "sub.ready"
     ready.parent.mkdir(parents=True, exist_ok=True)
     ready.unlink(missing_ok=True)

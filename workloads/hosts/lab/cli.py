@@ -15,7 +15,7 @@ from workloads.base import procs
 from workloads.base.clipaths import out_dir
 from workloads.base.errors import LabError
 from workloads.describe import standin
-from workloads.describe.cliargs import add_scenario_args, add_stack_args, load, scenario_overrides
+from workloads.describe.cliargs import add_scenario_args, add_set_arg, add_stack_args, load, scenario_overrides
 from workloads.describe.config import ConfigError
 from workloads.describe.schema import HEALTH_CHECKS, SCHEDULERS, SECURITY_MODES, TOPOLOGIES, leaf_paths
 from workloads.hosts.lab import cgroups, lab, netns, vm
@@ -38,7 +38,8 @@ def default(path: str) -> str:
 def _config(args: argparse.Namespace) -> Any:
     from workloads.describe.config import renumber
 
-    overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
+    overrides: dict[str, Any] = dict(getattr(args, "set", None) or [])  # the named options below go on top
+    overrides |= {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest, None) is not None}
     overrides |= scenario_overrides(args)
     if getattr(args, "fault", None):
         overrides["faults"] = list(args.fault)  # the command line's faults replace the stack file's
@@ -100,9 +101,12 @@ def preconditions(cfg: Any, balancer: str, load_generator: str, boots_vm: bool) 
         from workloads.bench import emqtt
 
         missing += [] if emqtt.find_native() else ["emqtt_bench"]
-    return {"root": "yes" if os.geteuid() == 0 else "no: a run needs root",
-            "tools": f"missing {', '.join(missing)}" if missing else "all found",
-            "cgroups": cgroups.detect() or "no cpu and memory controllers: a run refuses to start"}
+    out = {"root": "yes" if os.geteuid() == 0 else "no: a run needs root",
+           "tools": f"missing {', '.join(missing)}" if missing else "all found",
+           "cgroups": cgroups.detect() or "no cpu and memory controllers: a run refuses to start"}
+    if cfg.links.active:
+        out["netem"] = "yes" if lab.kernel_has_netem() else "no: mqttlab:links needs --vm here (a run refuses to start)"
+    return out
 
 
 def dry_run(args: argparse.Namespace, out: Path, boots_vm: bool) -> int:
@@ -291,6 +295,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         t.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
         t.add_argument("--security", choices=SECURITY_MODES, help="default: the stack's mqttlab:security.mode")
         t.add_argument("--keep-addresses", action="store_true", help="use the stack's addresses instead of 198.18.0.0/15")
+        add_set_arg(t)
         add_scenario_args(q)
         o = q.add_argument_group("output")
         o.add_argument("--out", default="runs", help="runs folder (default ./runs)")

@@ -56,6 +56,13 @@ def kernel_could_load_ipvs() -> bool:
     return Path("/proc/net/ip_vs").exists() or subprocess.run(["modprobe", "--dry-run", "--quiet", "ip_vs"], capture_output=True).returncode == 0
 
 
+def kernel_has_netem() -> bool:
+    """Whether ``mqttlab:links`` can be carried out: netem and prio, built in or as modules
+    (``modprobe -n`` asks, nothing is loaded; tc loads them when the first qdisc is added)."""
+    return all(Path(f"/sys/module/{m}").exists() or subprocess.run(["modprobe", "-n", "-q", m], capture_output=True).returncode == 0
+               for m in ("sch_netem", "sch_prio"))
+
+
 def choose_balancer(requested: str | None, scheduler: str, load: bool = True) -> tuple[str, str]:
     """(balancer, note). The default is IPVS where the kernel has it, else the kernel NAT stand-in
     (workloads/describe/standin.py says why and what it does for each scheduler). ``load=False``: a dry
@@ -188,6 +195,46 @@ class Lab:
             netns.run(["ip", "link", "set", "eth0", "up"], ns=hn)
             netns.run(["ip", "route", "add", "default", "via", h.gateway], ns=hn)
 
+    def impair_links(self) -> list[dict[str, Any]]:
+        """``mqttlab:links`` carried out (workloads/describe/links.py says where), each device's
+        qdiscs and filters then read back from the kernel, as the manifest records them."""
+        from workloads.describe.links import placements, tc_commands
+
+        ps = placements(self.plan, self.cfg.links)
+        applied = []
+        for (host, dev), cmds in tc_commands(ps, self.cfg.links).items():
+            ns = self.ns(host)
+            for cmd in cmds:
+                netns.run(cmd, ns=ns)
+            applied.append({"host": host, "dev": dev, "classes": {p.cls: list(p.sources) for p in ps if (p.host, p.dev) == (host, dev)},
+                            **self.read_qdiscs(host, dev)})
+            self.say(f"links: {host} {dev}: " + ", ".join(f"{p.cls} {' '.join(self.cfg.links.of(p.cls).netem_args()[2:])}"
+                                                           for p in ps if (p.host, p.dev) == (host, dev)))
+        return applied
+
+    def read_qdiscs(self, host: str, dev: str, stats: bool = False) -> dict[str, Any]:
+        """``tc -j`` of a device's qdiscs (with ``-s``, their counters: packets sent, dropped) and filters."""
+        ns = self.ns(host)
+        qd = netns.run(["tc", *(["-s"] if stats else []), "-j", "qdisc", "show", "dev", dev], ns=ns).stdout
+        out: dict[str, Any] = {"qdiscs": json.loads(qd or "[]")}
+        if not stats:
+            out["filters"] = json.loads(netns.run(["tc", "-j", "filter", "show", "dev", dev, "parent", "1:"], ns=ns, check=False).stdout or "[]")
+        return out
+
+    def record_link_counters(self) -> None:
+        """The impaired devices' qdisc counters at the end of the run (netem's drops are the loss
+        it inflicted), into the manifest beside what was applied; a device already gone is left out."""
+        links = read_manifest(self.run_dir).get("links")
+        if not links:
+            return
+        counters = []
+        for a in links.get("applied", []):
+            try:
+                counters.append({"host": a["host"], "dev": a["dev"], **self.read_qdiscs(a["host"], a["dev"], stats=True)})
+            except (LabError, ValueError):
+                pass
+        update_manifest(self.run_dir, links=links | {"counters": counters})
+
     def start_brokers(self) -> None:
         version = cgroups.detect()
         if version is None:
@@ -298,6 +345,8 @@ class Lab:
         write_files(self.rendered, self.files)
         self.say(f"network: {len(self.plan.hosts)} hosts + switch in namespaces {ns_name(self.lab_id, '*')}")
         self.create_network()
+        if self.cfg.links.active:
+            update_manifest(self.run_dir, links={"configured": self.cfg.links.to_dict(), "carried_out": "lab: tc netem", "applied": self.impair_links()})
         self.say(f"brokers: {len(self.plan.brokers)} x mosquitto, {self.plan.broker_cpus} CPU / {self.plan.broker_memory_mb} MB each")
         self.start_brokers()
         self.say(f"balancer: {self.balancer} on {', '.join(b.host for b in self.plan.balancers)}" + (f" ({self.note})" if self.note else ""))
@@ -519,7 +568,7 @@ def teardown(lab_id: str) -> list[str]:
 def required_tools(cfg: ExperimentConfig, balancer: str) -> list[str]:
     """The programs a run of ``cfg`` with ``balancer`` starts (a dry run lists the missing ones)."""
     return ["ip", "mosquitto", "sysctl", *DIRECTORS[balancer].required_tools(cfg),
-            *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else [])]
+            *(["nft"] if any(f.kind != "broker" for f in cfg.faults) else []), *(["tc"] if cfg.links.active else [])]
 
 
 def preflight(cfg: ExperimentConfig, balancer: str) -> None:
@@ -528,6 +577,9 @@ def preflight(cfg: ExperimentConfig, balancer: str) -> None:
     netns.require_tools(required_tools(cfg, balancer))
     if cgroups.detect() is None:
         raise LabError("no cgroup hierarchy with cpu and memory controllers under /sys/fs/cgroup: broker caps cannot be applied")
+    if cfg.links.active and not kernel_has_netem():
+        raise LabError("mqttlab:links needs tc netem and prio (sch_netem, sch_prio), which this kernel lacks: "
+                       "add --vm to run the lab in the micro-VM (a stock kernel with both)")
 
 
 def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progress: bool = True,
@@ -581,6 +633,7 @@ def run(cfg: ExperimentConfig, runs_dir: Path, balancer_req: str | None, progres
             if lab.injector:
                 lab.injector.stop()
             lab.stop_monitors()
+            lab.record_link_counters()
             t1 = time.time()
             lab.down()
             conns = lab.connections_per_broker(tag)

@@ -119,7 +119,7 @@ def require_tools(tools: Sequence[str]) -> None:
 
 
 APT = {"mosquitto": "mosquitto", "mosquitto_sub": "mosquitto-clients", "ipvsadm": "ipvsadm", "haproxy": "haproxy", "nft": "nftables",
-       "iptables-restore": "iptables", "conntrack": "conntrack", "ip": "iproute2",
+       "iptables-restore": "iptables", "conntrack": "conntrack", "ip": "iproute2", "tc": "iproute2",
        "keepalived": "keepalived"}
 
 
