@@ -271,3 +271,24 @@ def test_what_a_step_said_before_its_bound_is_kept_in_its_output_files(tmp_path:
     out = runner.run(step, step.inputs)
     assert out.rc == 124 and out.stdout == "waiting for broker1\n" and "no answer yet" in out.stderr and "no end within 1s" in out.stderr
     assert (tmp_path / "steps" / "brokers-brokers-up.out").read_text() == "waiting for broker1\n"
+
+
+def test_the_guest_can_write_the_programs_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the rehearsal: a source changed while the micro-VM booted, the program (run again
+    in the guest for the update) wrote its new bundle, and the guest's read-only root refused it."""
+    from infra.bundle import BUNDLE_DIR
+    from infra.mocked import ROOT
+    from infra.rehearse import __main__ as rehearse_main
+    from workloads.hosts.lab import vm
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(script: str, rwdirs: list[Path], **kw: Any) -> Any:
+        import subprocess
+
+        seen["rwdirs"] = rwdirs
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(vm, "run_in_vm", fake_run)
+    assert rehearse_main.in_vm(["-s", "smoke"], tmp_path) == 0
+    assert ROOT / BUNDLE_DIR in seen["rwdirs"] and tmp_path in seen["rwdirs"]

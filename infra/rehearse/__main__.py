@@ -23,6 +23,7 @@ from typing import Any
 import pulumi
 import yaml
 
+from infra.bundle import BUNDLE_DIR
 from infra.mocked import ROOT
 from infra.rehearse import dataplane, failures, store
 from infra.rehearse.engine import FAILED, NOT_RUN, RAN, UNCHANGED, Runner, State, StepResult, up
@@ -164,7 +165,9 @@ def in_vm(argv: list[str], d: Path) -> int:
     print("mqttlab rehearse: booting the micro-VM (a stock kernel with IPVS and ipvlan; emulated, so every step is slower)",
           file=sys.stderr, flush=True)
     try:
-        cp = vm.run_in_vm(script, [d], timeout=1800, memory=VM_MEMORY, echo=console, network="user")
+        # the program runs again in the guest for every update and writes its bundle there when
+        # the sources changed since (the guest's root is read-only): that folder is written through too
+        cp = vm.run_in_vm(script, [d, ROOT / BUNDLE_DIR], timeout=1800, memory=VM_MEMORY, echo=console, network="user")
     except LabError as exc:
         print(f"mqttlab rehearse: {exc}", file=sys.stderr)
         return 1
