@@ -292,3 +292,21 @@ def test_the_guest_can_write_the_programs_bundle(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(vm, "run_in_vm", fake_run)
     assert rehearse_main.in_vm(["-s", "smoke"], tmp_path) == 0
     assert ROOT / BUNDLE_DIR in seen["rwdirs"] and tmp_path in seen["rwdirs"]
+
+
+def test_a_failure_case_acts_on_each_vm_over_that_vms_own_connection(tmp_path: Path) -> None:
+    """Found by the rehearsal: the first action on the broker VM raised KeyError, since the
+    runner looked for steps by their resource type instead of their kind and found none."""
+    from infra.rehearse.__main__ import plan_of
+    from infra.rehearse.failures import Hooked, cases
+
+    r = rehearsed("smoke", {})
+    rec = Recorder()
+    hooked = Hooked(rec, r.steps, {}, lambda _t: None)
+    for case in cases(plan_of("smoke")):
+        for vm, command in (*case.before, *case.undo, *(a for acts in case.after_step.values() for a in acts)):
+            assert hooked.act(vm, command).rc == 0
+    assert {n for n, _ in rec.calls} == {"rehearsal-action-brokers", "rehearsal-action-ipvs1", "rehearsal-action-ipvs2"}
+    for name, inputs in rec.calls:
+        vm = name.removeprefix("rehearsal-action-")
+        assert inputs["connection"]["host"] == r.addresses[vm] and inputs["environment"] == {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.rehearse.engine import FAILED, NOT_RUN, RAN, Outcome, Runner, StepResult
-from infra.rehearse.program import COMMAND, RemoteStep
+from infra.rehearse.program import RemoteStep
 from workloads.describe.names import container
 from workloads.describe.plan import Plan
 
@@ -82,7 +82,7 @@ class Hooked:
 
     def __init__(self, runner: Runner, steps: Sequence[RemoteStep], after_step: Mapping[str, tuple[Action, ...]], log: Callable[[str], None]):
         self.runner, self.after_step, self.log = runner, after_step, log
-        self.by_vm = {s.vm: s for s in reversed(steps) if s.kind == COMMAND}
+        self.by_vm = {s.vm: s for s in reversed(steps) if s.kind == "command"}  # a step's kind, not its resource type
 
     def act(self, vm: str, command: str) -> Outcome:
         base = self.by_vm[vm]
