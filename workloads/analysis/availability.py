@@ -35,6 +35,7 @@ import pandas as pd  # noqa: E402
 
 from workloads.analysis.figures import figure_html, save_figure  # noqa: E402
 from workloads.analysis.load import Run, read_outages  # noqa: E402
+from workloads.analysis.locality import routes  # noqa: E402
 from workloads.analysis.metrics import classify_losses, client_brokers, pair_table, throughput  # noqa: E402
 from workloads.describe.names import client_prefix  # noqa: E402
 from workloads.rundir.records import read_faults  # noqa: E402
@@ -150,29 +151,11 @@ def _bridge_nodes(bridges: list[dict[str, Any]], a: str, b: str) -> list[str]:
 
 
 def _bridge_path(bridges: list[dict[str, Any]], a: str, b: str) -> list[frozenset[str]]:
-    """The bridges a message crosses from broker ``a`` to broker ``b`` (Mosquitto forwards along
-    the bridges; the shortest path, as ``try_private`` keeps loops out)."""
-    links: dict[str, set[str]] = {}
-    for br in bridges:
-        links.setdefault(br["local"], set()).add(br["remote"])
-        links.setdefault(br["remote"], set()).add(br["local"])
-    prev: dict[str, str | None] = {a: None}
-    todo = [a]
-    while todo:
-        x = todo.pop(0)
-        for y in sorted(links.get(x, ())):
-            if y not in prev:
-                prev[y] = x
-                todo.append(y)
-    if b not in prev:
-        return []
-    path, x = [], b
-    while prev[x] is not None:
-        p = prev[x]
-        assert p is not None
-        path.append(frozenset((p, x)))
-        x = p
-    return path
+    """The bridges a message crosses from broker ``a`` to broker ``b``, from ``b`` back to ``a``
+    (Mosquitto forwards along the bridges; the shortest path, as ``try_private`` keeps loops out)."""
+    ends = {br["name"]: frozenset((br["local"], br["remote"])) for br in bridges}
+    path = routes(sorted({x for e in ends.values() for x in e} | {a, b}), bridges).get((a, b))
+    return [ends[name] for name in reversed(path)] if path else []
 
 
 def bridge_loss(run: Run, fault: dict[str, Any], start: float, end: float) -> tuple[dict[str, int], dict[str, int], float]:
