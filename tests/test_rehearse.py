@@ -310,3 +310,17 @@ def test_a_failure_case_acts_on_each_vm_over_that_vms_own_connection(tmp_path: P
     for name, inputs in rec.calls:
         vm = name.removeprefix("rehearsal-action-")
         assert inputs["connection"]["host"] == r.addresses[vm] and inputs["environment"] == {}
+
+
+def test_the_operator_fetches_the_last_updates_results_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the rehearsal: after an update with a new runId it fetched the first runId's
+    results, since it took the prefix from the store made with the hosts, not from the update."""
+    from infra.rehearse.__main__ import Log, one_update
+
+    memory: dict[str, Any] = {}
+    log = Log(tmp_path / "log.jsonl")
+    state = State(tmp_path / "state.json")
+    first = one_update("up", "smoke", memory, None, state, Recorder(), log)
+    second = one_update("up runId=7", "smoke", memory, "7", state, Recorder(), log)
+    assert first[0] and second[0]
+    assert first[2] == rehearsed("smoke", memory).program.outputs["resultsPrefix"] and second[2] == "smoke/7/" != first[2]

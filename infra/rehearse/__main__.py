@@ -82,20 +82,22 @@ def summary(update: str, results: list[StepResult], log: Log) -> bool:
 
 
 def one_update(name: str, stack: str, memory: dict[str, Any], run_id: str | None, state: State, runner: Runner, log: Log,
-               continue_on_error: bool = False) -> tuple[bool, list[StepResult]]:
-    """One ``pulumi up``: the program run again (as the engine runs it on every update), then its steps."""
+               continue_on_error: bool = False) -> tuple[bool, list[StepResult], str]:
+    """One ``pulumi up``: the program run again (as the engine runs it on every update), then its
+    steps; with the stack's ``resultsPrefix`` output after it (each runId has its own)."""
     r = rehearsed(stack, memory, run_id)
     log.say(f"{name}: the program registers {len(r.steps)} remote steps (runId {r.program.outputs.get('runId')})")
     results = up(r.steps, runner, state, r.marks, lambda res, d, t: log.step(name, res, d, t), continue_on_error,
                  running=lambda now: log.say(f"{name}: still running " + ", ".join(f"{s} on {h} ({t:.0f}s)" for s, h, t in now)))
-    return summary(name, results, log), results
+    return summary(name, results, log), results, str(r.program.outputs.get("resultsPrefix") or "")
 
 
-def fetch_and_report(hosts: Hosts, d: Path, log: Log) -> bool:
+def fetch_and_report(hosts: Hosts, d: Path, log: Log, prefix: str) -> bool:
     """What the README has the operator do after ``pulumi up``: ``mqttlab results fetch`` with the
     stack's ``resultsUrl`` and ``resultsPrefix`` and the operator's login (from the controller,
     through the store's gate, which lets the operator read and not write), then ``mqttlab
-    report`` on what came back."""
+    report`` on what came back. ``prefix``: the last update's ``resultsPrefix`` output, as the
+    operator reads it after that update."""
     spec, ca = hosts.store, hosts.store_ca
     if spec is None or ca is None:
         return False
@@ -103,8 +105,8 @@ def fetch_and_report(hosts: Hosts, d: Path, log: Log) -> bool:
     bundle = hosts.work / "store" / "operator-ca.pem"
     bundle.write_text(store.ca_bundle(ca))
     env = [f"PATH={bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", f"REQUESTS_CA_BUNDLE={bundle}"]
-    fetch = [sys.executable, "-m", "workloads.cli", "results", "fetch", "--url", spec.url, "--prefix", spec.prefix, "--out", str(d / "runs")]
-    log.say(f"fetch: mqttlab results fetch --url {spec.url} --prefix {spec.prefix} --out {d / 'runs'}")
+    fetch = [sys.executable, "-m", "workloads.cli", "results", "fetch", "--url", spec.url, "--prefix", prefix, "--out", str(d / "runs")]
+    log.say(f"fetch: mqttlab results fetch --url {spec.url} --prefix {prefix} --out {d / 'runs'}")
     cp = subprocess.run(["ip", "netns", "exec", CTL, "env", *env, *fetch], capture_output=True, text=True, timeout=1800, cwd=ROOT)
     if cp.returncode != 0:
         log.say(f"fetch FAILED (exit {cp.returncode}): {(cp.stderr.strip().splitlines() or ['no output'])[-1]}")
@@ -132,7 +134,7 @@ def rehearse_failures(plan: Plan, r: Rehearsed, runner: Runner, state: State, me
         for vm_name, command in case.before:
             hooked.act(vm_name, command)
         try:
-            _, results = one_update(f"up runId={case.run_id}", stack, memory, case.run_id, state, hooked, log)
+            _, results, _prefix = one_update(f"up runId={case.run_id}", stack, memory, case.run_id, state, hooked, log)
         finally:
             for vm_name, command in case.undo:
                 hooked.act(vm_name, command)
@@ -232,15 +234,16 @@ def main(argv: list[str] | None = None) -> int:
                 updates.append(("up again", args.run_id))
             if args.new_run_id:
                 updates.append((f"up runId={args.new_run_id}", args.new_run_id))
-            collected = False
+            collected = ""  # the resultsPrefix of the last update that collected
             for name, rid in updates:
-                done, results = one_update(name, args.stack, memory, rid, state, runner, log, args.continue_on_error)
-                collected = collected or any(r.status == RAN and "-collect-" in r.name for r in results)
+                done, results, prefix = one_update(name, args.stack, memory, rid, state, runner, log, args.continue_on_error)
+                if any(r.status == RAN and "-collect-" in r.name for r in results):
+                    collected = prefix
                 ok = ok and done
                 if not done:
                     break
             if collected:  # the results were uploaded, for a failed run too: the operator fetches them
-                ok = fetch_and_report(hosts, d, log) and ok
+                ok = fetch_and_report(hosts, d, log, collected) and ok
             if args.failures and ok:
                 ok = rehearse_failures(plan, first, runner, state, memory, args.stack, log)
     except LabError as exc:
