@@ -77,7 +77,7 @@ def _links(cfg: ExperimentConfig, plan: Any) -> list[dict[str, Any]]:
         return f"the switch's port to {plan.hosts[int(dev[1:])].name} ({dev})" if host == "sw" else f"{host} {dev}"
 
     return [{"class": p.cls, "host": p.host, "dev": p.dev, "where": where(p.host, p.dev), "sources": list(p.sources),
-             "netem": " ".join(cfg.links.of(p.cls).netem_args()[2:])} for p in placements(plan, cfg.links)]
+             "netem": cfg.links.of(p.cls).shown} for p in placements(plan, cfg.links)]
 
 
 def format_plan(doc: dict[str, Any]) -> str:

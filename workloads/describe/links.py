@@ -19,7 +19,6 @@ carried out.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +48,11 @@ class Impairment:
     @property
     def active(self) -> bool:
         return bool(self.delay_ms or self.jitter_ms or self.loss_pct or self.rate_mbit)
+
+    @property
+    def shown(self) -> str:
+        """What the impairment does, in netem's words (its queue limit left out)."""
+        return " ".join(self.netem_args()[2:])
 
     def netem_args(self) -> list[str]:
         """The ``netem`` options of tc-netem(8), in its units."""
@@ -156,9 +160,6 @@ def placements(plan: Plan, links: LinksConfig) -> list[Placement]:
                 out.append(Placement("clientBalancer", "sw", port, (f"{plan.host(c.target_host).address}/32",)))
     if links.bridge.active and plan.bridges:
         out.append(Placement("bridge", next(h.name for h in plan.hosts if h.role == "brokers"), "lo"))
-    for p in out:
-        for s in p.sources:
-            ipaddress.IPv4Network(s)  # a plan's subnet: never a string tc would misread
     return out
 
 

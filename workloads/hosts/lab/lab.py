@@ -208,7 +208,7 @@ class Lab:
                 netns.run(cmd, ns=ns)
             applied.append({"host": host, "dev": dev, "classes": {p.cls: list(p.sources) for p in ps if (p.host, p.dev) == (host, dev)},
                             **self.read_qdiscs(host, dev)})
-            self.say(f"links: {host} {dev}: " + ", ".join(f"{p.cls} {' '.join(self.cfg.links.of(p.cls).netem_args()[2:])}"
+            self.say(f"links: {host} {dev}: " + ", ".join(f"{p.cls} {self.cfg.links.of(p.cls).shown}"
                                                            for p in ps if (p.host, p.dev) == (host, dev)))
         return applied
 
