@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,35 @@ def format_lab_summary(s: dict[str, Any]) -> str:
 
 
 def in_vm(args: argparse.Namespace, argv: list[str]) -> int:
-    """Re-run this very command inside the micro-VM; the run directory is written through."""
+    """Re-run this very command inside the micro-VM; the run directory is written through. The
+    guest always says its progress, into a log written through as it goes: each line is a sign
+    of work to the VM's wait (vm.run_in_vm), is shown here unless ``--quiet``, and when the run
+    fails its last lines say in which phase."""
     runs = Path(args.out).resolve()
     runs.mkdir(parents=True, exist_ok=True)
     print("[lab] booting the micro-VM (a stock kernel with IPVS; about a minute under emulation)", file=sys.stderr, flush=True)
-    cp = vm.run_in_vm(vm.guest_command(argv), [runs], timeout=args.vm_timeout)
-    sys.stdout.write(cp.stdout)
-    sys.stderr.write(cp.stderr[-20000:])
+    with tempfile.TemporaryDirectory(prefix="mqttlab-vm-log-") as d:
+        log = Path(d) / "guest.log"
+        log.touch()
+        script = vm.guest_command([a for a in argv if a != "--quiet"], log)
+        try:
+            cp = vm.run_in_vm(script, [runs, Path(d)], timeout=args.vm_timeout, echo=None if args.quiet else log)
+        except LabError as exc:
+            raise LabError(f"{exc}{last_lines(log, 1, '; the guest last said: ')}") from None
+        sys.stdout.write(cp.stdout)
+        sys.stderr.write(cp.stderr[-20000:])
+        if cp.returncode != 0 and args.quiet:
+            sys.stderr.write(last_lines(log, 20))
     return cp.returncode
+
+
+def last_lines(path: Path, n: int, prefix: str = "") -> str:
+    """The last ``n`` lines of ``path`` after ``prefix`` (one line: as it stands; more: each
+    ending in a newline); "" when there are none."""
+    lines = path.read_text(errors="replace").splitlines()[-n:] if path.is_file() else []
+    if not lines:
+        return ""
+    return prefix + (lines[0].strip() if n == 1 else "".join(f"{x}\n" for x in lines))
 
 
 def preconditions(cfg: Any, balancer: str, load_generator: str, boots_vm: bool) -> dict[str, str]:

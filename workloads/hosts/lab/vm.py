@@ -125,6 +125,10 @@ BEAT_EVERY_S = 5
 # kernel and the beat)
 BUSY_S_PER_MINUTE = 10.0
 CHECK_EVERY_S = 60.0  # the minute of BUSY_S_PER_MINUTE
+# idle checks in a row before the guest counts as hung: a guest starved by a busy neighbour is
+# credited only the clock ticks its virtual CPUs were running for, and one phase of a run can wait
+# a minute on bounded timeouts of its own; a hung guest costs this many minutes more, no more
+IDLE_CHECKS = 2
 USER_HZ = 100  # the unit of /proc/stat on every Linux the micro-VM boots (x86)
 
 
@@ -166,9 +170,10 @@ def _written(dirs: list[Path]) -> tuple[int, int]:
 def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Path], timeout: float,
                            echo: Path | None = None, beat: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the VM for ``timeout`` seconds, and past that for as long as the guest still works
-    (checked each minute), up to three times ``timeout``: software emulation on a busy machine can
-    be several times slower than on an idle one, and a guess of the wall clock would fail a run
-    that is merely slow, while a hung guest is stopped. The guest works when it wrote into
+    (checked each minute; :data:`IDLE_CHECKS` idle checks in a row stop it), up to three times
+    ``timeout``: software emulation on a busy machine can be several times slower than on an idle
+    one, and a guess of the wall clock would fail a run that is merely slow, while a hung guest is
+    stopped. The guest works when it wrote into
     ``rwdirs`` or, by its ``beat`` (:func:`heartbeat_wrapper`), spent CPU time: what runs inside
     has bounded waits of its own, so a guest that computes is getting somewhere.
 
@@ -183,6 +188,7 @@ def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Pat
             start = time.time()
             bound, hard = start + timeout, start + 3 * timeout
             seen, busy = _written(rwdirs), _busy_s(beat)
+            idle = 0
             while p.poll() is None:
                 if time.time() > bound:
                     now, busy_now = _written(rwdirs), _busy_s(beat)
@@ -192,13 +198,15 @@ def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Pat
                         continue
                     need = BUSY_S_PER_MINUTE * CHECK_EVERY_S / 60
                     worked = busy is not None and busy_now is not None and busy_now - busy >= need
-                    if (now == seen and not worked) or time.time() >= hard:
+                    idle = 0 if now != seen or worked else idle + 1
+                    if idle >= IDLE_CHECKS or time.time() >= hard:
                         if time.time() >= hard:
                             why = f"the bound of three times {timeout:.0f}s"
                         elif beat is not None and busy_now is None:
                             why = "nothing written, and no beat from the guest to show its CPU time"
                         else:
-                            why = f"nothing written and under {need:.0f}s of CPU spent in the last {CHECK_EVERY_S:.0f}s"
+                            why = (f"nothing written and under {need:.0f}s of CPU spent in each of the last {IDLE_CHECKS} "
+                                   f"checks, {CHECK_EVERY_S:.0f}s apart")
                         raise LabError(f"the micro-VM did not finish within {time.time() - start:.0f}s ({why})")
                     seen, busy, bound = now, busy_now, min(time.time() + CHECK_EVERY_S, hard)
                 shown = _echo(echo, shown)
