@@ -230,6 +230,23 @@ def test_emqtt_adapter_commands_and_estimated_summary() -> None:
     assert s["errors"] == ["Connection closed: tcp_closed"] and s["latency_ms"]["p99"] is None
 
 
+def test_emqtt_counters_are_read_in_every_form_of_its_elapsed_time() -> None:
+    """emqtt-bench prints its elapsed time with fmt_tdiff: nothing in its first second (the lab
+    run that failed with "emqtt-bench subscribers did not all subscribe" had " sub total=3"),
+    and minutes, hours and days past the first minute; every counter line counts."""
+    text = ("Start with 1 workers, addrs pool size: 1 and req interval: 10 ms \n\n"
+            " sub total=3 rate=2.93/sec\n"
+            " connect_succ total=3 rate=2.93/sec\n"
+            "59s recv total=100 rate=10.00/sec\n"
+            "1m0s recv total=110 rate=10.00/sec\n"
+            "2h3m4s recv total=120 rate=10.00/sec\n"
+            "1d0h0m0s recv total=130 rate=10.00/sec\n"
+            "client(3): EXIT for {shutdown,tcp_closed}\n")
+    parsed = emqtt.parse_output(text)
+    assert parsed["totals"] == {"sub": 3, "connect_succ": 3, "recv": 130}
+    assert parsed["errors"] == ["client(3): EXIT for {shutdown,tcp_closed}"]
+
+
 def test_clients_reconnect_after_the_broker_restarts(tmp_path: Path) -> None:
     b = Broker(tmp_path)
     out = tmp_path / "run"

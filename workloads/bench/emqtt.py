@@ -3,6 +3,10 @@
 emqtt-bench prints only per-second counters (``<elapsed> <name> total=N rate=X/sec``), so the
 summary built from it is marked ``estimated``: loss is inferred from totals, never per message,
 and it has no latency percentiles.
+
+``<elapsed>`` is its ``fmt_tdiff`` (emqtt_bench.erl, 0.4.21 and 0.4.25): whole seconds since it
+started, in days, hours, minutes and seconds with every unit from the largest non-zero one down
+(``59s``, ``1m0s``, ``2h3m4s``), and the empty string in its first second.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ if TYPE_CHECKING:  # only a type here; importing it loads cryptography, which a 
     from workloads.render.security import ClientSecurity
 
 IMAGE = "emqx/emqtt-bench:0.4.25"
-_COUNTER = re.compile(r"^\s*(\d+(?:\.\d+)?)(?:s|ms)?\s+([A-Za-z_]+)\s+total=(\d+)\s+rate=([\d.]+)(?:/sec)?")
+_COUNTER = re.compile(r"^\s*(?:\d+[dhms])*\s+([A-Za-z_]+)\s+total=(\d+)\s+rate=([\d.]+)(?:/sec)?")
 _ERROR = re.compile(r"error|fail|refused|closed|timeout", re.IGNORECASE)
 
 
@@ -95,7 +99,7 @@ def parse_output(text: str) -> dict[str, Any]:
     for line in text.splitlines():
         m = _COUNTER.match(line)
         if m:
-            totals[m.group(2)] = int(m.group(3))
+            totals[m.group(1)] = int(m.group(2))
             continue
         if "publish complete" in line.lower():
             complete = True
