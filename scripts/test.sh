@@ -8,4 +8,5 @@ echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy workloads infra tests __main__.py
 echo "== lint-imports"; .venv/bin/lint-imports
 echo "== pytest"
-exec .venv/bin/python -m pytest -ra "$@"
+# the slowest tests, so a suite that grows past its time budget says where
+exec .venv/bin/python -m pytest -ra --durations=25 "$@"
