@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -114,8 +115,11 @@ def test_a_guest_that_computes_but_writes_nothing_runs_on_past_the_timeout(tmp_p
 def test_a_guest_that_neither_computes_nor_writes_is_stopped_after_idle_checks_in_a_row(tmp_path: Path, short_minute: int) -> None:
     beat = tmp_path / "beat" / vm.BEAT_FILE
     beat.parent.mkdir()
+    # what the guest's beat loop found in uninterruptible sleep, named with the stall
+    vm.blocked_file(beat).write_text("python3 in percpu_rwsem_wait\n")
     t0 = time.time()
-    with pytest.raises(LabError, match=rf"nothing written and under \d+s of CPU spent in each of the last {vm.IDLE_CHECKS} checks, 2s apart"):
+    with pytest.raises(LabError, match=rf"nothing written and under \d+s of CPU spent in each of the last {vm.IDLE_CHECKS} checks, 2s apart; "
+                                       r"in uninterruptible sleep: python3 in percpu_rwsem_wait\)"):
         vm._run_while_progressing(_fake_guest(beat, -1, 0), dict(os.environ), [tmp_path / "shared"], timeout=3, beat=beat)
     # the first check (at 3 s) sets the baseline, the next IDLE_CHECKS see no growth: well before the hard bound of 9 s
     assert 3 + vm.IDLE_CHECKS * 2 <= time.time() - t0 < 3 + vm.IDLE_CHECKS * 2 + 1.5
@@ -156,13 +160,15 @@ def test_a_guest_that_computes_forever_is_stopped_at_three_times_the_timeout(tmp
 def test_the_heartbeat_wrapper_keeps_the_scripts_exit_status_and_writes_busy_ticks(tmp_path: Path) -> None:
     beat = tmp_path / vm.BEAT_FILE
     script = tmp_path / "s.sh"
-    script.write_text(f"until [ -s {shlex.quote(str(beat))} ]; do sleep 0.05; done; exit 7\n")
+    script.write_text(f"until [ -s {shlex.quote(str(beat))} ] && [ -s {shlex.quote(str(vm.blocked_file(beat)))} ]; do sleep 0.05; done; exit 7\n")
     wrapper = tmp_path / "w.sh"
     wrapper.write_text(vm.heartbeat_wrapper(str(script), beat))
     before = _proc_busy_s()
     assert subprocess.run(["bash", str(wrapper)], timeout=60).returncode == 7
     busy = vm._busy_s(beat)
     assert busy is not None and before <= busy <= _proc_busy_s()  # this machine's busy time, read as the guest reads its own
+    blocked = vm.blocked_file(beat).read_text()  # this machine's processes in D state at the beat: "comm in wchan", or none
+    assert blocked.endswith("\n") and all(re.fullmatch(r".+ in \S+", x) for x in blocked.strip().split(", ") if x), blocked
 
 
 def _proc_busy_s() -> float:

@@ -134,15 +134,33 @@ USER_HZ = 100  # the unit of /proc/stat on every Linux the micro-VM boots (x86)
 
 def heartbeat_wrapper(script: str, beat: Path) -> str:
     """Runs ``script`` while a background loop writes the guest's busy CPU time (the user, nice,
-    system, irq and softirq columns of /proc/stat's ``cpu`` line, in clock ticks) to ``beat``;
-    the script's exit status is the wrapper's. The loop forks only ``mv`` (so the host never reads
-    half a number) and ``sleep``, so the beat costs the guest next to nothing."""
+    system, irq and softirq columns of /proc/stat's ``cpu`` line, in clock ticks) to ``beat``,
+    and the processes in uninterruptible sleep with the kernel function each waits in (``comm``
+    and ``wchan``: what a guest that stops working waits for) to :func:`blocked_file`; the
+    script's exit status is the wrapper's. The loop forks only ``mv`` (so the host never reads
+    half a line) and ``sleep``, so the beat costs the guest next to nothing."""
     b = shlex.quote(str(beat))
+    w = shlex.quote(str(blocked_file(beat)))
+    blocked = ('d=""; for f in /proc/[0-9]*/stat; do read -r l < "$f" 2> /dev/null || continue; st=${l##*) }; '
+               'if [ "${st%% *}" = D ]; then c=${l#*(}; read -r k < "${f%/stat}/wchan" 2> /dev/null || k=?; d="$d${d:+, }${c%)*} in $k"; fi; done; '
+               f'echo "$d" > {w}.tmp && mv -f {w}.tmp {w}; ')
     return (f"( while :; do read -r _ u n s _ _ i q _ < /proc/stat; echo $((u + n + s + i + q)) > {b}.tmp && mv -f {b}.tmp {b}; "
-            f"sleep {BEAT_EVERY_S}; done ) > /dev/null 2>&1 &\n"
+            f"{blocked}sleep {BEAT_EVERY_S}; done ) > /dev/null 2>&1 &\n"
             "beat=$!\n"
             "trap 'kill $beat 2> /dev/null' EXIT\n"
             f"bash {shlex.quote(script)}\n")
+
+
+def blocked_file(beat: Path) -> Path:
+    return beat.with_name(beat.name + "-blocked")
+
+
+def _blocked(beat: Path | None) -> str:
+    """What the guest's processes in uninterruptible sleep waited in at its last beat; "" if none."""
+    try:
+        return blocked_file(beat).read_text().strip() if beat is not None else ""
+    except OSError:
+        return ""
 
 
 def _busy_s(beat: Path | None) -> float | None:
@@ -207,6 +225,8 @@ def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Pat
                         else:
                             why = (f"nothing written and under {need:.0f}s of CPU spent in each of the last {IDLE_CHECKS} "
                                    f"checks, {CHECK_EVERY_S:.0f}s apart")
+                            if stuck := _blocked(beat):
+                                why += f"; in uninterruptible sleep: {stuck}"
                         raise LabError(f"the micro-VM did not finish within {time.time() - start:.0f}s ({why})")
                     seen, busy, bound = now, busy_now, min(time.time() + CHECK_EVERY_S, hard)
                 shown = _echo(echo, shown)
