@@ -94,21 +94,18 @@ def in_vm(args: argparse.Namespace, argv: list[str]) -> int:
         try:
             cp = vm.run_in_vm(script, [runs, Path(d)], timeout=args.vm_timeout, echo=None if args.quiet else log)
         except LabError as exc:
-            raise LabError(f"{exc}{last_lines(log, 1, '; the guest last said: ')}") from None
+            said = last_lines(log, 1)
+            raise LabError(f"{exc}" + (f"; the guest last said: {said[0].strip()}" if said else "")) from None
         sys.stdout.write(cp.stdout)
         sys.stderr.write(cp.stderr[-20000:])
         if cp.returncode != 0 and args.quiet:
-            sys.stderr.write(last_lines(log, 20))
+            sys.stderr.writelines(f"{x}\n" for x in last_lines(log, 20))
     return cp.returncode
 
 
-def last_lines(path: Path, n: int, prefix: str = "") -> str:
-    """The last ``n`` lines of ``path`` after ``prefix`` (one line: as it stands; more: each
-    ending in a newline); "" when there are none."""
-    lines = path.read_text(errors="replace").splitlines()[-n:] if path.is_file() else []
-    if not lines:
-        return ""
-    return prefix + (lines[0].strip() if n == 1 else "".join(f"{x}\n" for x in lines))
+def last_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of ``path``; none when it is missing."""
+    return path.read_text(errors="replace").splitlines()[-n:] if path.is_file() else []
 
 
 def preconditions(cfg: Any, balancer: str, load_generator: str, boots_vm: bool) -> dict[str, str]:

@@ -152,6 +152,7 @@ def heartbeat_wrapper(script: str, beat: Path) -> str:
 
 
 def blocked_file(beat: Path) -> Path:
+    """Where the beat loop writes the guest's processes in uninterruptible sleep."""
     return beat.with_name(beat.name + "-blocked")
 
 
@@ -191,9 +192,9 @@ def _run_while_progressing(cmd: list[str], env: dict[str, str], rwdirs: list[Pat
     (checked each minute; :data:`IDLE_CHECKS` idle checks in a row stop it), up to three times
     ``timeout``: software emulation on a busy machine can be several times slower than on an idle
     one, and a guess of the wall clock would fail a run that is merely slow, while a hung guest is
-    stopped. The guest works when it wrote into
-    ``rwdirs`` or, by its ``beat`` (:func:`heartbeat_wrapper`), spent CPU time: what runs inside
-    has bounded waits of its own, so a guest that computes is getting somewhere.
+    stopped. The guest works when it wrote into ``rwdirs`` or, by its ``beat``
+    (:func:`heartbeat_wrapper`), spent CPU time: what runs inside has bounded waits of its own,
+    so a guest that computes is getting somewhere.
 
     The VM runs in a session of its own (a Ctrl-C at the terminal must reach us, not qemu), so
     whatever ends this wait early (Ctrl-C, SIGTERM turned into an exception, a bug) kills that
