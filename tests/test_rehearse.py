@@ -179,6 +179,32 @@ def test_a_misspelt_stack_is_one_line_before_anything_is_made() -> None:
     assert outside.returncode == 2 and "inside the project's checkout" in outside.stderr
 
 
+def test_a_set_key_reaches_the_hosts_through_the_bundle_and_a_misspelt_one_is_refused_first(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tarfile
+
+    import yaml
+
+    from infra.rehearse.__main__ import plan_of
+    from tests.conftest import ROOT
+
+    r = rehearsed("distributed", {}, overrides={"scenario.publishers": 7, "balancer.scheduler": "rr"})
+    bundle = next(s for s in r.steps if s.kind == "copy" and s.vm == "ipvs1")
+    assert bundle.source is not None
+    with tarfile.open(bundle.source) as tar:
+        member = tar.extractfile("Pulumi.distributed.yaml")
+        assert member is not None
+        doc = yaml.safe_load(member.read())["config"]
+    assert doc["mqttlab:scenario"]["publishers"] == 7 and doc["mqttlab:balancer"]["scheduler"] == "rr"
+    assert doc["mqttlab:scenario"]["subscribers"] == 240  # what was not set stays the stack file's
+    assert plan_of("distributed", overrides={"brokers.cpus": 0.5}).broker_cpus == 0.5 != plan_of("distributed").broker_cpus
+    rehearse = [str(Path(sys.executable).parent / "mqttlab"), "rehearse", "-s", "distributed", "--dir", str(tmp_path / "d")]
+    cp = subprocess.run([*rehearse, "--set", "scenario.publisher=6"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and "did you mean scenario.publishers?" in cp.stderr, cp.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_the_store_stand_in_grants_what_the_programs_role_assignments_grant_and_nothing_else(program: tuple[str, dict[str, Any]]) -> None:
     """The gate's roles come from the program: every VM's identity may write, the operator may
     read, no other principal appears; account, container and URL are the program's outputs."""

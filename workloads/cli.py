@@ -17,7 +17,7 @@ import yaml
 
 from workloads.base import procs
 from workloads.base.clipaths import out_dir
-from workloads.describe.cliargs import add_scenario_args, add_set_arg, add_stack_args, load, scenario_overrides
+from workloads.describe.cliargs import add_scenario_args, add_set_arg, add_stack_args, load, scenario_overrides, set_value
 
 # the top-level help, for the people who run experiments; each command's own --help says more
 DESCRIPTION = """MQTT broker clusters behind Linux L4 load balancers (IPVS): the experiment on this machine, in
@@ -62,12 +62,17 @@ def add_rehearse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", type=Path, default=Path("/dev/shm/mqttlab-rehearsal"), help="the hosts' private roots (a tmpfs)")
     p.add_argument("--vm", choices=("auto", "always", "never"), default="auto",
                    help="run the hosts in the micro-VM (a stock kernel with IPVS and ipvlan): auto when this kernel lacks either")
+    p.add_argument("--set", action="append", type=set_value, metavar="KEY=VALUE",
+                   help="change a stack key for this rehearsal, as `pulumi config set --path mqttlab:KEY VALUE` would: "
+                        "scenario.publishers=6 (repeatable; the log names each)")
 
 
 def rehearse_argv(args: argparse.Namespace) -> list[str]:
     """The options :func:`add_rehearse_args` read, as a command line again (less ``--vm``): one
     reading of the user's, passed on to the rehearsal and from it into the micro-VM."""
     argv = ["-s", args.stack, "--work", str(args.work)]
+    for key, value in args.set or []:
+        argv += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: read back as the same value
     for flag, value in (("--run-id", args.run_id), ("--new-run-id", args.new_run_id), ("--dir", args.dir)):
         if value is not None:
             argv += [flag, str(value)]

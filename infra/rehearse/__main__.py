@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,10 @@ def stacks(root: Path = ROOT) -> list[str]:
     return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
 
 
-def plan_of(stack: str, root: Path = ROOT) -> Plan:
+def plan_of(stack: str, root: Path = ROOT, overrides: Mapping[str, Any] | None = None) -> Plan:
     doc = (yaml.safe_load((root / f"Pulumi.{stack}.yaml").read_text()) or {}).get("config") or {}
-    return build_plan(parse_config({f"mqttlab:{k}": doc[f"mqttlab:{k}"] for k in SECTIONS if f"mqttlab:{k}" in doc}, stack))
+    cfg = parse_config({f"mqttlab:{k}": doc[f"mqttlab:{k}"] for k in SECTIONS if f"mqttlab:{k}" in doc}, stack)
+    return build_plan(cfg.with_overrides(overrides) if overrides else cfg)
 
 
 class Log:
@@ -82,10 +84,10 @@ def summary(update: str, results: list[StepResult], log: Log) -> bool:
 
 
 def one_update(name: str, stack: str, memory: dict[str, Any], run_id: str | None, state: State, runner: Runner, log: Log,
-               continue_on_error: bool = False) -> tuple[bool, list[StepResult], str]:
+               continue_on_error: bool = False, overrides: Mapping[str, Any] | None = None) -> tuple[bool, list[StepResult], str]:
     """One ``pulumi up``: the program run again (as the engine runs it on every update), then its
     steps; with the stack's ``resultsPrefix`` output after it (each runId has its own)."""
-    r = rehearsed(stack, memory, run_id)
+    r = rehearsed(stack, memory, run_id, overrides=overrides)
     log.say(f"{name}: the program registers {len(r.steps)} remote steps (runId {r.program.outputs.get('runId')})")
     results = up(r.steps, runner, state, r.marks, lambda res, d, t: log.step(name, res, d, t), continue_on_error,
                  running=lambda now: log.say(f"{name}: still running " + ", ".join(f"{s} on {h} ({t:.0f}s)" for s, h, t in now)))
@@ -125,7 +127,8 @@ def fetch_and_report(hosts: Hosts, d: Path, log: Log, prefix: str) -> bool:
     return True
 
 
-def rehearse_failures(plan: Plan, r: Rehearsed, runner: Runner, state: State, memory: dict[str, Any], stack: str, log: Log) -> bool:
+def rehearse_failures(plan: Plan, r: Rehearsed, runner: Runner, state: State, memory: dict[str, Any], stack: str, log: Log,
+                      overrides: Mapping[str, Any] | None = None) -> bool:
     """Each of :func:`infra.rehearse.failures.cases`: made real, one update, undone, checked."""
     ok = True
     for case in failures.cases(plan):
@@ -134,7 +137,8 @@ def rehearse_failures(plan: Plan, r: Rehearsed, runner: Runner, state: State, me
         for vm_name, command in case.before:
             hooked.act(vm_name, command)
         try:
-            _, results, _prefix = one_update(f"up runId={case.run_id}", stack, memory, case.run_id, state, hooked, log)
+            _, results, _prefix = one_update(f"up runId={case.run_id}", stack, memory, case.run_id, state, hooked, log,
+                                             overrides=overrides)
         finally:
             for vm_name, command in case.undo:
                 hooked.act(vm_name, command)
@@ -189,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
               f"Stacks: {', '.join(known)}", file=sys.stderr)
         return 2
     try:
-        plan = plan_of(args.stack)
+        sets = dict(args.set or [])
+        plan = plan_of(args.stack, overrides=sets)
     except ConfigError as exc:
         print(f"mqttlab rehearse: configuration error: {exc}", file=sys.stderr)
         return 2
     memory: dict[str, Any] = {}
     try:  # the program checks its configuration before it registers anything, as under pulumi up
-        first = rehearsed(args.stack, memory, args.run_id)
+        first = rehearsed(args.stack, memory, args.run_id, overrides=sets)
     except (pulumi.RunError, ConfigError, ValueError) as exc:
         print(f"mqttlab rehearse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
@@ -221,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     for old_dir in ("hosts", "runs", "report", "steps"):
         shutil.rmtree(d / old_dir, ignore_errors=True)
     log = Log(d / "log.jsonl")
+    if sets:  # not the stack file's experiment: the log says how it differs, as `pulumi config` would show it
+        log.say(f"configuration: Pulumi.{args.stack}.yaml with " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sets.items())
+                + " (--set, as `pulumi config set --path` would change the stack)")
     state = State(d / "state.json")
     (d / "memory.json").write_text(json.dumps(memory))
     ok = True
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 updates.append((f"up runId={args.new_run_id}", args.new_run_id))
             collected = ""  # the resultsPrefix of the last update that collected
             for name, rid in updates:
-                done, results, prefix = one_update(name, args.stack, memory, rid, state, runner, log, args.continue_on_error)
+                done, results, prefix = one_update(name, args.stack, memory, rid, state, runner, log, args.continue_on_error, sets)
                 if any(r.status == RAN and "-collect-" in r.name for r in results):
                     collected = prefix
                 ok = ok and done
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             if collected:  # the results were uploaded, for a failed run too: the operator fetches them
                 ok = fetch_and_report(hosts, d, log, collected) and ok
             if args.failures and ok:
-                ok = rehearse_failures(plan, first, runner, state, memory, args.stack, log)
+                ok = rehearse_failures(plan, first, runner, state, memory, args.stack, log, sets)
     except LabError as exc:
         print(f"mqttlab rehearse: {exc}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.contracts import NAMESPACES, ContractMocks
 from infra.mocked import ROOT, Program, Res, run_program
+from workloads.describe.config import parse_config
 from workloads.hosts.azure.bench import start_epoch
 
 COMMAND, COPY = "command:remote:Command", "command:remote:CopyToRemote"
@@ -127,11 +128,15 @@ class Rehearsed:
     marks: dict[str, str] = field(default_factory=dict)
 
 
-def stack_config(stack: str, operator_public: str, operator_private: str, run_id: str | None, root: Path = ROOT) -> dict[str, str]:
+def stack_config(stack: str, operator_public: str, operator_private: str, run_id: str | None, root: Path = ROOT,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``Pulumi.<stack>.yaml`` as the engine would pass it, with the operator's key and adminCidr
-    of the rehearsal (what the README asks every user to set)."""
+    of the rehearsal (what the README asks every user to set) and ``overrides`` (``--set``: what
+    ``pulumi config set --path`` would have changed in the stack, checked by the same rules)."""
     path = root / f"Pulumi.{stack}.yaml"
     doc = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    if overrides:
+        doc = dict(parse_config(doc, stack).with_overrides(overrides).raw)
     azure = dict(doc.get("mqttlab:azure") or {})
     azure |= {"adminCidr": f"{CONTROLLER}/32", "sshPublicKey": operator_public.strip()}
     azure.pop("generateSshKey", None)
@@ -210,7 +215,8 @@ def user_data(program: Program) -> dict[str, str]:
     return out
 
 
-def rehearsed(stack: str, memory: dict[str, Any], run_id: str | None = None, root: Path = ROOT) -> Rehearsed:
+def rehearsed(stack: str, memory: dict[str, Any], run_id: str | None = None, root: Path = ROOT,
+              overrides: Mapping[str, Any] | None = None) -> Rehearsed:
     """The program for ``stack`` under the rehearsal's mocks; each VM it makes answers at the next
     address of the administration switch. ``memory`` holds what a real stack keeps between
     updates and gains what this run made: the keys (the operator's and each ``tls:PrivateKey``)
@@ -220,7 +226,7 @@ def rehearsed(stack: str, memory: dict[str, Any], run_id: str | None = None, roo
         keys["operator"] = list(ssh_keypair("mqttlab-rehearsal"))
     private, public = keys["operator"]
     mocks = RehearsalMocks(memory.setdefault("addresses", {}), keys)
-    program = run_program(stack, stack_config(stack, public, private, run_id, root), mocks, root=root)
+    program = run_program(stack, stack_config(stack, public, private, run_id, root, overrides), mocks, root=root)
     steps = remote_steps(program, mocks.marks, mocks.addresses)
     return Rehearsed(program, steps, user_data(program), dict(mocks.addresses), private, dict(mocks.marks))
 
