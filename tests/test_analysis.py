@@ -185,6 +185,7 @@ def test_availability_per_fault_on_a_run_with_known_truth(tmp_path: Path, health
     took = truth["reconnect_s"]
     assert (f["reconnect_p50_s"], f["reconnect_max_s"]) == (took[1], took[2])
     assert f["reconnect_p99_s"] == pytest.approx(took[1] + 0.98 * (took[2] - took[1]), abs=1e-3)
+    assert f["all_back_s"] == pytest.approx(max(took), abs=1e-3)  # every one was cut off at the fault's start
     assert f["back_on"] == truth["back_on"]
     assert (f["lost_inside"], f["lost_outside"], f["dup_inside"], f["dup_outside"]) == (80, 5, 1, 1)
     assert f["balancer_out_after_s"] == truth["balancer_out_after_s"] and f["sent_to_failed_broker"] == truth["sent_to_failed_broker"]
@@ -212,6 +213,7 @@ def test_a_client_back_only_after_the_measurement_ended_counts_as_never_back(tmp
     f = fault_table(load_run(path)).to_dict("records")[0]
     assert f["window_s"] == pytest.approx(0.46) and f["affected_clients"] == 3
     assert f["never_back"] == 1 and f["reconnect_max_s"] == truth["reconnect_s"][1]  # the one back after 1 s was back too late
+    assert f["all_back_s"] is None  # not every client came back: the storm never ended
 
 
 def test_a_bridge_cut_is_charged_to_that_bridge_and_set_against_its_ends_counters(tmp_path: Path) -> None:

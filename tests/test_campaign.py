@@ -595,3 +595,40 @@ def test_kept_records_re_derive_the_report_without_the_run_directories(tmp_path:
     assert "<th scope=\"row\">Kernel</th><td>6.1.0-kept</td>" in after["html"].read_text()
     with pytest.raises(CampaignError, match="not a campaign directory"):
         keep_records(tmp_path / "docs", tmp_path / "x")
+
+
+def test_a_campaign_of_faulted_runs_reports_the_reconnect_storm_and_the_bridge_share(tmp_path: Path) -> None:
+    """Each point's record carries what its run's own records say of recovery and locality (the
+    time until every client the fault cut off had its CONNACK again, the share of deliveries
+    that crossed a bridge), and the report gives each its mean and interval per configuration."""
+    from workloads.analysis.synthetic import write_fault_run
+    from workloads.campaign.report import write_campaign_report
+
+    c = load_campaign(write(tmp_path, BASE.replace("publishers: [2, 4, 8]", "publishers: [2, 4]")), ROOT)
+    cdir = CampaignDir(tmp_path / "camp")
+    fake = FakeSystem(capacity=300)
+    truth: dict[str, Any] = {}
+
+    def faulted(point: Point, cfg: ExperimentConfig, point_dir: Path) -> dict[str, Any]:
+        summary = fake(point, cfg, point_dir)
+        run, truth["t"] = write_fault_run(Path(summary["run_dir"]))
+        m = json.loads((run / "manifest.json").read_text())  # the reference's star, hub broker1
+        m["plan"]["bridges"] = [{"name": f"broker1-{b}", "local": "broker1", "remote": b} for b in ("broker2", "broker3")]
+        (run / "manifest.json").write_text(json.dumps(m))
+        return summary
+
+    execute_points(cdir, c, cdir.open(c, c.order()), faulted, progress=False)
+    rec = json.loads(next(cdir.path.glob("points/*/result.json")).read_text())
+    took = truth["t"]["reconnect_s"]
+    assert rec["all_back_s"] == pytest.approx(max(took), abs=1e-3) and rec["never_back"] == 0
+    assert rec["affected_clients"] == len(truth["t"]["affected"]) and 0 < rec["crossed_pct"] < 100
+    rep = write_campaign_report(cdir.path)
+    page = (cdir.path / "report" / "report.html").read_text()
+    assert "All back after the fault (s) mean [95 % CI]" in page and "Across a bridge (%) mean [95 % CI]" in page
+    for conf in rep["configurations"]:
+        assert conf["all_back_s"]["n"] == 3 and conf["all_back_s"]["mean"] == pytest.approx(max(took), abs=1e-3)
+        assert conf["crossed_pct"]["mean"] == pytest.approx(rec["crossed_pct"])
+    plain = CampaignDir(tmp_path / "plain")  # runs with neither: no such columns
+    execute_points(plain, c, plain.open(c, c.order()), FakeSystem(capacity=300), progress=False)
+    write_campaign_report(plain.path)
+    assert "All back after" not in (plain.path / "report" / "report.html").read_text()

@@ -215,7 +215,7 @@ def bridge_loss(run: Run, fault: dict[str, Any], start: float, end: float) -> tu
 def fault_table(run: Run) -> pd.DataFrame:
     faults = read_faults(run.path)
     cols = ["run_id", "spec", "kind", "target", "started_at", "ended_at", "window_s", "balancer_out_after_s", "sent_to_failed_broker",
-            "affected_clients", "affected_by_host", "never_back", "reconnect_p50_s", "reconnect_p99_s", "reconnect_max_s", "attempts",
+            "affected_clients", "affected_by_host", "never_back", "all_back_s", "reconnect_p50_s", "reconnect_p99_s", "reconnect_max_s", "attempts",
             "back_on", "lost_inside", "lost_outside", "dup_inside", "dup_outside", "bridge_lost_messages", "bridge_dropped_sys", "affected"]
     if not faults:
         return pd.DataFrame(columns=cols)
@@ -254,6 +254,9 @@ def fault_table(run: Run) -> pd.DataFrame:
             "balancer_out_after_s": view, "sent_to_failed_broker": sent,
             "affected_clients": int(o["client_id"].nunique()), "affected_by_host": {str(k): int(v) for k, v in o.groupby("host")["client_id"].nunique().items()},
             "never_back": int((o["back_at"] <= 0).sum()),
+            # the reconnect storm's length: from the fault until the last client it cut off had its
+            # CONNACK again; none while one is still away (0 when it cut nobody off)
+            "all_back_s": None if (o["back_at"] <= 0).any() else round(float(back["back_at"].max() - start), 3) if len(back) else 0.0,
             "reconnect_p50_s": pct["p50"], "reconnect_p99_s": pct["p99"], "reconnect_max_s": pct["max"],
             "attempts": int(o["attempts"].sum()),
             "back_on": {str(k): int(v) for k, v in after.groupby("broker")["client_id"].nunique().items()} if not after.empty else {},

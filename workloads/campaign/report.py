@@ -30,8 +30,12 @@ from workloads.base.numbers import dumps, shown  # noqa: E402
 from workloads.campaign.spec import LOAD_KEYS  # noqa: E402
 from workloads.describe.standin import Balancing, balancing_columns, from_manifest  # noqa: E402
 
-METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0))
-CLIP_HIGH = {"loss_pct": 100.0}
+METRICS = (("loss_pct", "loss", " percentage points", 0.0), ("p99_ms", "p99 latency", " ms", 0.0), ("throughput", "throughput", " deliveries/s", 0.0),
+           ("crossed_pct", "deliveries across a bridge", " percentage points", 0.0),
+           ("all_back_s", "time until every client cut off was connected again", " s", 0.0))
+CLIP_HIGH = {"loss_pct": 100.0, "crossed_pct": 100.0}
+# the measures a campaign's runs have only when they do it (bridges, faults): a column when one has
+OPTIONAL = {"crossed_pct": ("Across a bridge (%) mean [95 % CI]", "pct"), "all_back_s": ("All back after the fault (s) mean [95 % CI]", "seconds")}
 
 
 SCHEDULER_KEYS = ("scheduler", "balancer.scheduler")
@@ -100,6 +104,8 @@ class ConfigStats:
     invalid: int = 0  # runs whose fidelity checks failed: counted, never in the estimates
     unjudged: int = 0  # runs recorded without a verdict (made before the checks existed): in the estimates, counted
     overload_ratio: float | None = None  # offered per broker over the calibrated capacity (campaign run --calibrate)
+    crossed_pct: Estimate = Estimate(float("nan"), None, None, 0, None)  # deliveries that crossed a bridge
+    all_back_s: Estimate = Estimate(float("nan"), None, None, 0, None)  # the reconnect storm after the faults
 
     @property
     def runs(self) -> str:
@@ -147,7 +153,7 @@ def configurations(results: list[dict[str, Any]]) -> list[ConfigStats]:
         out.append(ConfigStats(every[0]["config_id"], every[0]["levels"], len(rs), float(every[0]["offered_rate"]), est["loss_pct"], est["p99_ms"],
                                est["throughput"], sum(1 for r in rs if r.get("bench_saturated")),
                                "; ".join(sorted({ran_text(r) for r in every} - {""})), len(every) - len(rs),
-                               sum(1 for r in rs if r.get("verdict") is None), _ratio(every)))
+                               sum(1 for r in rs if r.get("verdict") is None), _ratio(every), est["crossed_pct"], est["all_back_s"]))
     return sorted(out, key=lambda c: (json.dumps({k: v for k, v in c.levels.items() if k != "offered_rate"}, sort_keys=True, default=str),
                                       c.offered_rate))
 
@@ -434,6 +440,7 @@ def write_campaign_report(campaign_dir: Path, out: Path | None = None) -> dict[s
                            **({"Overload ratio": "" if r.overload_ratio is None else f"{r.overload_ratio:.2f}"} if any(c.overload_ratio for c in conf) else {}),
                            "Loss (%) mean [95 % CI]": _fmt(r.loss_pct, "pct"), "p99 latency (ms) mean [95 % CI]": _fmt(r.p99_ms, "latency_ms"),
                            "Deliveries per second mean [95 % CI]": _fmt(r.throughput, "rate"),
+                           **{col: _fmt(getattr(r, key), q) for key, (col, q) in OPTIONAL.items() if any(getattr(c, key).n for c in conf)},
                            "Load generator saturated (runs)": r.saturated} for r in conf])
     table.to_csv(out / "configurations.csv", index=False)
     runs_table(results).to_csv(out / "runs.csv", index=False)

@@ -90,7 +90,29 @@ def point_record(point: Point, cfg: ExperimentConfig, run_dir: Path, summary: di
         "balancer_kind": (summary.get("balancer") or {}).get("kind"), "balancer_note": (summary.get("balancer") or {}).get("note"),
         "bench_saturated": summary.get("bench_saturated"), **fidelity_fields(summary.get("fidelity")),
         "overload_ratio": summary.get("overload_ratio"), "capacity": (summary.get("calibration") or {}).get("capacity"),
-    }
+    } | (run_measures(run_dir) if run_dir.is_dir() else {})
+
+
+def run_measures(run_dir: Path) -> dict[str, Any]:
+    """What a point's run says of locality and recovery, from its own records: the share of its
+    deliveries that crossed a bridge, and after its faults the reconnect storm (the clients they
+    cut off, how many never came back, the time until the last had its CONNACK again, the worst
+    fault's; the deliveries lost inside the fault windows)."""
+    from workloads.analysis.availability import fault_table
+    from workloads.analysis.load import load_run
+    from workloads.analysis.locality import locality
+    from workloads.analysis.metrics import client_brokers
+
+    run = load_run(run_dir)
+    out: dict[str, Any] = {"crossed_pct": (locality(run, client_brokers(run)) or {}).get("crossed_pct")}
+    faults = fault_table(run)
+    if not faults.empty:
+        never = int(faults["never_back"].sum())
+        backs = [b for b in faults["all_back_s"] if b is not None and b == b]
+        out |= {"affected_clients": int(faults["affected_clients"].sum()), "never_back": never,
+                "all_back_s": max(backs) if backs and not never and len(backs) == len(faults) else None,
+                "lost_in_faults": int(faults["lost_inside"].sum())}
+    return out
 
 
 def fidelity_fields(f: dict[str, Any] | None) -> dict[str, Any]:
