@@ -350,3 +350,39 @@ def test_the_operator_fetches_the_last_updates_results_prefix(tmp_path: Path, ca
     second = one_update("up runId=7", "smoke", memory, "7", state, Recorder(), log)
     assert first[0] and second[0]
     assert first[2] == rehearsed("smoke", memory).program.outputs["resultsPrefix"] and second[2] == "smoke/7/" != first[2]
+
+
+def test_the_registry_proxy_looks_names_up_one_at_a_time_remembers_them_and_asks_again_on_try_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu's user-mode DNS forwarder fails parallel lookups with EAI_AGAIN (every request of the
+    hosts' first apt-get update got a 502): the proxy asks for IPv4 only, one name at a time,
+    again after a try-again, and asks once per name."""
+    import asyncio
+    import socket
+
+    from infra.rehearse import proxy
+
+    asked: list[tuple[str, int]] = []
+    answers = iter([socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")] * 2 + [None])
+
+    async def getaddrinfo(host: str, port: int, *, family: int = 0, type: int = 0) -> list[Any]:  # noqa: A002
+        asked.append((host, family))
+        if host == "nowhere.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        err = next(answers)
+        if err is not None:
+            raise err
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.80", port))]
+
+    monkeypatch.setattr(proxy, "_addresses", {})
+    pause = asyncio.sleep
+    monkeypatch.setattr(proxy.asyncio, "sleep", lambda _s: pause(0))
+
+    async def main() -> list[str]:
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        got = await asyncio.gather(*(proxy.address("deb.debian.org", 80) for _ in range(3)))
+        with pytest.raises(socket.gaierror):
+            await proxy.address("nowhere.invalid", 80)
+        return list(got)
+
+    assert asyncio.run(main()) == ["203.0.113.80"] * 3
+    assert asked == [("deb.debian.org", socket.AF_INET)] * 3 + [("nowhere.invalid", socket.AF_INET)]

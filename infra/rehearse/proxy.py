@@ -10,10 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import urllib.parse
 
 LIMIT = 64 * 1024
+LOOKUP_TRIES = 6  # 0.5 s doubling: about 30 s for a resolver that answers "try again"
+_addresses: dict[str, str] = {}
+_lookup = asyncio.Lock()
+
+
+async def address(host: str, port: int) -> str:
+    """``host``'s IPv4 address, looked up one name at a time, remembered, and asked again while the
+    resolver says "try again". In the micro-VM the names go to qemu's user-mode DNS forwarder,
+    which answers parallel lookups (apt asks for its three suites at once, each an A and an AAAA
+    query) with failures: every request of a rehearsal's first apt-get update then failed. A
+    registry has a handful of names, and the hosts reach nothing by IPv6."""
+    if host in _addresses:
+        return _addresses[host]
+    async with _lookup:
+        for attempt in range(LOOKUP_TRIES):
+            if host in _addresses:
+                break
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
+                _addresses[host] = str(infos[0][4][0])
+            except socket.gaierror as exc:
+                if exc.errno != socket.EAI_AGAIN or attempt == LOOKUP_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.5 * 2 ** attempt)
+    return _addresses[host]
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,13 +72,15 @@ async def _proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         method, target, version = first.decode("latin-1").split(" ", 2)
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
-            upstream = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 30)
+            upstream = await asyncio.wait_for(asyncio.open_connection(await address(host, int(port)), int(port)), 30)
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
             await _splice((reader, writer), upstream)
             return
         url = urllib.parse.urlsplit(target)
-        upstream = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 80), 30)
+        if not url.hostname:
+            raise ValueError(f"not a proxy request: {target}")
+        upstream = await asyncio.wait_for(asyncio.open_connection(await address(url.hostname, url.port or 80), url.port or 80), 30)
         path = url.path or "/"
         if url.query:
             path += "?" + url.query
@@ -61,6 +89,7 @@ async def _proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         await upstream[1].drain()
         await _splice((reader, writer), upstream)
     except (OSError, ValueError, TimeoutError) as exc:
+        print(f"rehearsal proxy: {first.decode('latin-1', 'replace')}: 502 ({exc})", file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
             writer.write(f"HTTP/1.1 502 Bad Gateway\r\nContent-Length: {len(str(exc))}\r\nConnection: close\r\n\r\n{exc}".encode())
             await writer.drain()
