@@ -92,3 +92,20 @@ def test_probe_names_the_unreachable_broker(broker: int) -> None:
     with pytest.raises(LabError, match=rf"broker2 127\.0\.0\.1:{dead}") as info:
         probe_brokers([("broker1", "127.0.0.1", broker), ("broker2", "127.0.0.1", dead)], attempts=2, pause_s=0.1)
     assert "broker1" not in str(info.value).split("attempts:")[1]
+
+
+def test_probe_names_a_broker_that_never_answers_and_gives_up_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped broker container's address answers nothing, so the subscription hangs: that
+    attempt fails naming the broker (it used to end the whole probe with a bare "did not
+    finish"), and no attempt starts past the probe's bound."""
+    from workloads.hosts.azure import brokers
+
+    monkeypatch.setattr(brokers, "PROBE_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody answers the CONNECT
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(LabError, match=rf"broker3 127\.0\.0\.1:{port} \(no answer within 0\.5s\)"):
+            probe_brokers([("broker3", "127.0.0.1", port)], attempts=30, pause_s=0.1, within_s=2)
+        assert time.monotonic() - t0 < 10

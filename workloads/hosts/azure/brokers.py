@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from workloads.base.errors import LabError
 from workloads.describe.names import container
 from workloads.hosts.azure.common import MATERIAL, RENDERED, config_and_plan, render_to_disk
+from workloads.hosts.shell import NotInstalled
 from workloads.hosts.shell import run as sh
 
 CONTAINER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
@@ -85,17 +86,29 @@ def container_story(name: str, lines: int = 15) -> str:
     return f"container {name}: {(state.stdout or state.stderr).strip() or 'no state'}; its log: {said or 'empty'}"
 
 
-def probe_brokers(targets: Sequence[tuple[str, str, int]], attempts: int = 30, pause_s: float = 2.0) -> list[str]:
+PROBE_TIMEOUT_S = 15.0  # one subscription: a stopped container's address drops the SYN, so connect hangs
+
+
+def probe_brokers(targets: Sequence[tuple[str, str, int]], attempts: int = 30, pause_s: float = 2.0, within_s: float = 120.0) -> list[str]:
     """Each broker answers a real MQTT subscription to its ``$SYS`` uptime from this host, or the
     unreachable ones are named. Run on a balancer host: the broker host cannot reach its own
     ipvlan children, and a broker the balancers cannot reach is otherwise found only when the
-    subscribers time out."""
+    subscribers time out. An attempt that hangs (a stopped container: nothing answers its
+    address) counts as a failed one, and no attempt starts after ``within_s``."""
     pending = {name: (addr, port) for name, addr, port in targets}
     answered: list[str] = []
     last: dict[str, str] = {}
+    end = time.monotonic() + within_s
     for i in range(attempts):
         for name, (addr, port) in list(pending.items()):
-            cp = sh(["mosquitto_sub", "-h", addr, "-p", str(port), "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"], check=False, timeout=15)
+            try:
+                cp = sh(["mosquitto_sub", "-h", addr, "-p", str(port), "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"], check=False,
+                        timeout=PROBE_TIMEOUT_S)
+            except LabError as exc:
+                if isinstance(exc, NotInstalled):
+                    raise
+                last[name] = f"no answer within {PROBE_TIMEOUT_S:g}s"
+                continue
             if cp.returncode == 0:
                 answered.append(f"{name} {addr}:{port} answers: {cp.stdout.strip()}")
                 del pending[name]
@@ -103,6 +116,9 @@ def probe_brokers(targets: Sequence[tuple[str, str, int]], attempts: int = 30, p
                 last[name] = (cp.stderr or cp.stdout).strip()[-200:] or f"exit {cp.returncode}"
         if not pending:
             return answered
+        if time.monotonic() >= end:
+            attempts = i + 1
+            break
         if i + 1 < attempts:
             time.sleep(pause_s)
     raise LabError("brokers unreachable from this host after " f"{attempts} attempts: "
