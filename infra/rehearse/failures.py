@@ -64,8 +64,11 @@ def cases(plan: Plan) -> list[Case]:
             out.append("the verdict did not fail naming the publishers: " + ", ".join(f"{r.name} {r.status} {r.tail[-2:]}" for r in verdict))
         return out
 
-    refuse = (f"sudo nft add table inet rehearsal && sudo nft 'add chain inet rehearsal out {{ type filter hook output priority 0; }}' && "
-              f"sudo nft add rule inet rehearsal out tcp dport {port} ct state new reject")
+    # ahead of IPVS and of conntrack (raw priority), by the SYN itself: a director handing a local
+    # client's connection to a broker marks it untracked (its conntrack setting off), so a rule
+    # on "ct state new" after it let every publisher through
+    refuse = (f"sudo nft add table inet rehearsal && sudo nft 'add chain inet rehearsal out {{ type filter hook output priority -300; }}' && "
+              f"sudo nft 'add rule inet rehearsal out tcp dport {port} tcp flags & (syn | ack) == syn reject with tcp reset'")
     return [
         Case(f"a broker that does not come up ({victim} stopped)", "failure-broker-down",
              before=(("brokers", f"sudo docker stop {container(victim)}"),), undo=(("brokers", f"sudo docker start {container(victim)}"),),
