@@ -59,8 +59,9 @@ class Log:
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:7.1f}s] {text}", flush=True)
 
-    def step(self, update: str, r: StepResult, done: int, total: int) -> None:
-        elapsed = time.monotonic() - self.t0
+    def step(self, update: str, r: StepResult, done: int, total: int, since: float | None = None) -> None:
+        """One step's line; the ETA from this update's own pace (``since``: when it began)."""
+        elapsed = time.monotonic() - (self.t0 if since is None else since)
         eta = elapsed / done * (total - done) if done else 0.0
         mark = {RAN: "ok", UNCHANGED: "unchanged", FAILED: "FAILED", NOT_RUN: "not run"}[r.status]
         rc = "" if r.rc is None else f" exit {r.rc}"
@@ -89,7 +90,8 @@ def one_update(name: str, stack: str, memory: dict[str, Any], run_id: str | None
     steps; with the stack's ``resultsPrefix`` output after it (each runId has its own)."""
     r = rehearsed(stack, memory, run_id, overrides=overrides)
     log.say(f"{name}: the program registers {len(r.steps)} remote steps (runId {r.program.outputs.get('runId')})")
-    results = up(r.steps, runner, state, r.marks, lambda res, d, t: log.step(name, res, d, t), continue_on_error,
+    began = time.monotonic()
+    results = up(r.steps, runner, state, r.marks, lambda res, d, t: log.step(name, res, d, t, began), continue_on_error,
                  running=lambda now: log.say(f"{name}: still running " + ", ".join(f"{s} on {h} ({t:.0f}s)" for s, h, t in now)))
     return summary(name, results, log), results, str(r.program.outputs.get("resultsPrefix") or "")
 
