@@ -96,4 +96,4 @@ def test_campaign_survives_ctrl_c_and_resumes_without_repeating_a_point(tmp_path
     assert len(summary["configurations"]) == 6 and all(c["n"] + c["invalid"] == 3 for c in summary["configurations"])
     with_runs = Counter(c["levels"]["publishers"] for c in summary["configurations"] if c["n"])
     both = sum(1 for v in with_runs.values() if v == 2)  # loads at which both topologies have valid runs to compare
-    assert len(summary["comparisons"]) == 3 * both  # topology at each such load x (loss, p99, throughput)
+    assert len(summary["comparisons"]) == 4 * both  # topology at each such load x (loss, p99, throughput, bridge share)
