@@ -335,7 +335,9 @@ def test_behind_schedule_latency_from_the_intended_time_counts_the_wait(paused_r
     its wait was not. Latency from the actual send hides the wait; from the intended time it shows."""
     actual, intended = paused_run["latency_ms"], paused_run["latency_intended_ms"]
     assert intended is not None and intended["max"] >= 1500 and intended["p99"] >= 1000
-    assert actual["max"] < intended["max"] - 1000 and actual["p99"] < intended["p99"]
+    # not the maxima: the stop can fall between a publisher stamping a message and writing it,
+    # and that one message's trip then holds the whole pause (seen: 2000 ms of 2010)
+    assert actual["p99"] < intended["p99"] / 2
     assert all(intended[k] >= actual[k] for k in ("p50", "p90", "p99", "max"))  # never sent before its slot
     assert "    from intended    p50 " in format_summary(paused_run)
 
