@@ -108,9 +108,8 @@ def run_measures(run_dir: Path) -> dict[str, Any]:
     faults = fault_table(run)
     if not faults.empty:
         never = int(faults["never_back"].sum())
-        backs = [b for b in faults["all_back_s"] if b is not None and b == b]
         out |= {"affected_clients": int(faults["affected_clients"].sum()), "never_back": never,
-                "all_back_s": max(backs) if backs and not never and len(backs) == len(faults) else None,
+                "all_back_s": None if never else float(faults["all_back_s"].max()),  # each fault's is set once all are back
                 "lost_in_faults": int(faults["lost_inside"].sum())}
     return out
 
